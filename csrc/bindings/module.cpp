@@ -1,0 +1,193 @@
+// Thin pybind11 layer: re-check what Python validated (cheaply), release the GIL, call the core.
+// Arrays come in already allocated and typed by fastrnn/_validation.py and fastrnn/functional.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cblas.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../core/driver.h"
+#include "../dispatch/dispatch.h"
+
+namespace py = pybind11;
+using fastrnn::Desc;
+using i64 = std::int64_t;
+
+namespace {
+
+int g_num_threads = 1;
+
+Desc make_desc(int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D) {
+    if (cell < 0 || cell > 3) throw std::invalid_argument("cell: unknown cell kind " + std::to_string(cell));
+    if (T <= 0 || N <= 0 || C <= 0 || H <= 0 || L <= 0 || (D != 1 && D != 2))
+        throw std::invalid_argument("sizes must be positive and D in {1, 2}");
+    Desc d;
+    d.cell = fastrnn::CellKind(cell);
+    d.reset_after = reset_after;
+    d.bias = bias;
+    d.T = T; d.N = N; d.C = C; d.H = H; d.L = L; d.D = D;
+    return d;
+}
+
+// Checks dtype, C-contiguity and element count of an array handed over by Python; null for None.
+template <class T>
+T* data_of(const py::object& obj, const char* name, i64 size, bool writable, bool required = true) {
+    if (obj.is_none()) {
+        if (required) throw std::invalid_argument(std::string(name) + " is required");
+        return nullptr;
+    }
+    auto a = py::cast<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + ": dtype " + std::string(py::str(a.dtype())) + ", expected " +
+                             std::string(py::str(py::dtype::of<T>())));
+    if (!(a.flags() & py::array::c_style))
+        throw std::invalid_argument(std::string(name) + ": must be C-contiguous");
+    if (a.size() != size)
+        throw std::invalid_argument(std::string(name) + ": has " + std::to_string(a.size()) + " elements, expected " +
+                                    std::to_string(size));
+    if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": must be writable");
+    return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template <class T>
+std::vector<fastrnn::LayerWeights<T>> weights_of(const Desc& d, const py::list& ws) {
+    const i64 GH = fastrnn::cell_gates(d) * d.H;
+    if (i64(ws.size()) != d.L * d.D) throw std::invalid_argument("weights: expected one entry per layer-direction");
+    std::vector<fastrnn::LayerWeights<T>> out;
+    for (i64 i = 0; i < d.L * d.D; ++i) {
+        auto t = py::cast<py::tuple>(ws[i]);
+        const i64 C_l = i < d.D ? d.C : d.D * d.H;
+        out.push_back({data_of<T>(t[0], "weight_ih", GH * C_l, false), data_of<T>(t[1], "weight_hh", GH * d.H, false),
+                       data_of<T>(t[2], "bias_ih", GH, false, d.bias), data_of<T>(t[3], "bias_hh", GH, false, d.bias)});
+    }
+    return out;
+}
+
+template <class T>
+std::vector<fastrnn::LayerGrads<T>> grads_of(const Desc& d, const py::list& gs) {
+    const i64 GH = fastrnn::cell_gates(d) * d.H;
+    if (i64(gs.size()) != d.L * d.D) throw std::invalid_argument("grads: expected one entry per layer-direction");
+    std::vector<fastrnn::LayerGrads<T>> out;
+    for (i64 i = 0; i < d.L * d.D; ++i) {
+        auto t = py::cast<py::tuple>(gs[i]);
+        const i64 C_l = i < d.D ? d.C : d.D * d.H;
+        out.push_back({data_of<T>(t[0], "grad weight_ih", GH * C_l, true),
+                       data_of<T>(t[1], "grad weight_hh", GH * d.H, true),
+                       data_of<T>(t[2], "grad bias_ih", GH, true, d.bias),
+                       data_of<T>(t[3], "grad bias_hh", GH, true, d.bias)});
+    }
+    return out;
+}
+
+const i64* lengths_of(const Desc& d, const py::object& obj) {
+    const i64* p = data_of<i64>(obj, "lengths", d.N, false, false);
+    if (p)
+        for (i64 n = 0; n < d.N; ++n)
+            if (p[n] < 1 || p[n] > d.T) throw std::invalid_argument("lengths: values must be in [1, T]");
+    return p;
+}
+
+template <class T>
+void forward_impl(const Desc& d, bool dropout, const py::object& x, const py::list& ws, const py::object& h0,
+                  const py::object& c0, const py::object& lengths, const py::object& masks, const py::object& out,
+                  const py::object& h_n, const py::object& c_n, const py::object& cache) {
+    const bool lstm = fastrnn::cell_has_c(d);
+    const i64 S = d.L * d.D * d.N * d.H, TN = d.T * d.N;
+    auto W = weights_of<T>(d, ws);
+    const T* px = data_of<T>(x, "x", TN * d.C, false);
+    const T* ph0 = data_of<T>(h0, "h0", S, false, false);
+    const T* pc0 = lstm ? data_of<T>(c0, "c0", S, false, false) : nullptr;
+    const i64* plen = lengths_of(d, lengths);
+    T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), true, false);
+    const T* pm = (pcache && dropout) ? data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * d.H, false) : nullptr;
+    T* pout = data_of<T>(out, "out", TN * d.D * d.H, true);
+    T* phn = data_of<T>(h_n, "h_n", S, true);
+    T* pcn = lstm ? data_of<T>(c_n, "c_n", S, true) : nullptr;
+    py::gil_scoped_release release;
+    fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache);
+}
+
+template <class T>
+void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::list& ws, const py::object& lengths,
+                   const py::object& masks, const py::object& cache, const py::object& grad_out,
+                   const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
+                   const py::object& grad_h0, const py::object& grad_c0, const py::list& gs) {
+    const bool lstm = fastrnn::cell_has_c(d);
+    const i64 S = d.L * d.D * d.N * d.H, TN = d.T * d.N;
+    auto W = weights_of<T>(d, ws);
+    auto G = grads_of<T>(d, gs);
+    const T* px = data_of<T>(x, "x", TN * d.C, false);
+    const i64* plen = lengths_of(d, lengths);
+    const T* pm = dropout ? data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * d.H, false) : nullptr;
+    const T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), false);
+    const T* pgo = data_of<T>(grad_out, "grad_output", TN * d.D * d.H, false, false);
+    const T* pghn = data_of<T>(grad_h_n, "grad_h_n", S, false, false);
+    const T* pgcn = lstm ? data_of<T>(grad_c_n, "grad_c_n", S, false, false) : nullptr;
+    T* pgx = data_of<T>(grad_x, "grad_x", TN * d.C, true);
+    T* pgh0 = data_of<T>(grad_h0, "grad_h0", S, true);
+    T* pgc0 = lstm ? data_of<T>(grad_c0, "grad_c0", S, true) : nullptr;
+    py::gil_scoped_release release;
+    fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data());
+}
+
+bool is_double(const py::object& x) {
+    auto a = py::cast<py::array>(x);
+    if (a.dtype().is(py::dtype::of<double>())) return true;
+    if (a.dtype().is(py::dtype::of<float>())) return false;
+    throw py::type_error("x: dtype " + std::string(py::str(a.dtype())) + ", expected float32 or float64");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "fastrnn C++ core (internal; use the fastrnn package)";
+
+    m.def("cache_size",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout) {
+              return fastrnn::cache_elements(make_desc(cell, reset_after, bias, T, N, C, H, L, D), dropout);
+          });
+    m.def("scratch_size",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool training) {
+              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
+              return training ? std::max(fastrnn::forward_scratch_elements(d, true),
+                                         fastrnn::backward_scratch_elements(d))
+                              : fastrnn::forward_scratch_elements(d, false);
+          });
+    m.def("forward",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
+             py::object x, py::list ws, py::object h0, py::object c0, py::object lengths, py::object masks,
+             py::object out, py::object h_n, py::object c_n, py::object cache) {
+              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
+              if (is_double(x))
+                  forward_impl<double>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache);
+              else
+                  forward_impl<float>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache);
+          });
+    m.def("backward",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
+             py::object x, py::list ws, py::object lengths, py::object masks, py::object cache, py::object grad_out,
+             py::object grad_h_n, py::object grad_c_n, py::object grad_x, py::object grad_h0, py::object grad_c0,
+             py::list gs) {
+              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
+              if (is_double(x))
+                  backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
+                                        grad_x, grad_h0, grad_c0, gs);
+              else
+                  backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
+                                       grad_x, grad_h0, grad_c0, gs);
+          });
+    m.def("get_isa", &fastrnn::get_isa);
+    m.def("available_isas", &fastrnn::available_isas);
+    m.def("set_isa", &fastrnn::set_isa);
+    m.def("set_num_threads", [](int n) {
+        if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
+        g_num_threads = n;
+        scipy_openblas_set_num_threads(n);
+    });
+    m.def("get_num_threads", [] { return g_num_threads; });
+}

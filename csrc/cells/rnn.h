@@ -1,0 +1,48 @@
+// Vanilla RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+#pragma once
+#include "rows.h"
+#include "../simd/scalar.h"
+
+#ifndef FASTRNN_ISA_NS
+#error "include from an ISA kernel file that defines FASTRNN_ISA_NS"
+#endif
+
+// Per-ISA namespace: each ISA's translation unit gets its own copies of every inline helper,
+// so the linker can never pick an AVX2-compiled copy for the scalar path.
+namespace fastrnn {
+namespace FASTRNN_ISA_NS {
+
+template <bool Relu>
+struct RNNCell {
+    static constexpr int gates = 1;        // row blocks of W_ih / W_hh
+    static constexpr int cache_gates = 0;  // h_t is the activation output; the driver keeps it
+    static constexpr bool has_c = false;
+    static constexpr bool separate_dgh = false;
+    static constexpr bool two_phase = false;
+    static constexpr bool unfolded_bhn = false;
+
+    template <bool Train, class V, class T>
+    static void forward(const FwdRow<T>& r) {
+        for_lanes<V>(r.H, [&](auto v, std::int64_t j) {
+            using W = decltype(v);
+            W pre = W::load(r.xp + j) + W::load(r.hp + j);
+            W h = Relu ? vrelu(pre) : vtanh(pre);
+            h.store(r.h + j);
+            h.store(r.y + j);
+        });
+    }
+
+    template <class V, class T>
+    static void backward(const BwdRow<T>& r) {
+        for_lanes<V>(r.H, [&](auto v, std::int64_t j) {
+            using W = decltype(v);
+            W h = W::load(r.h + j), dh = W::load(r.dh + j);
+            W d = Relu ? dh * step(h) : dh * (W::set1(1) - h * h);
+            d.store(r.dgx + j);
+            W::zero().store(r.dh + j);
+        });
+    }
+};
+
+}  // namespace FASTRNN_ISA_NS
+}  // namespace fastrnn

@@ -1,0 +1,53 @@
+// Row-major GEMM on the BLAS from scipy-openblas32 (symbols carry the scipy_ prefix).
+// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
+#pragma once
+#include <cstdint>
+#include <cblas.h>
+
+namespace fastrnn {
+
+namespace blas_detail {
+inline void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha, const float* a, int lda,
+                 const float* b, int ldb, float beta, float* c, int ldc) {
+    scipy_cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, double alpha, const double* a, int lda,
+                 const double* b, int ldb, double beta, double* c, int ldc) {
+    scipy_cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void gemv(CBLAS_TRANSPOSE t, int m, int n, float alpha, const float* a, int lda, const float* x, int incx,
+                 float beta, float* y) {
+    scipy_cblas_sgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
+}
+inline void gemv(CBLAS_TRANSPOSE t, int m, int n, double alpha, const double* a, int lda, const double* x, int incx,
+                 double beta, double* y) {
+    scipy_cblas_dgemv(CblasRowMajor, t, m, n, alpha, a, lda, x, incx, beta, y, 1);
+}
+}  // namespace blas_detail
+
+// Sizes are validated in Python to fit in int (BLAS uses 32-bit indices).
+template <class T>
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+          std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // BLAS would still scale C by beta; keep that meaning explicitly
+        for (std::int64_t i = 0; i < m; ++i)
+            for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+        return;
+    }
+    const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    if (m == 1) {
+        if (beta == T(0))  // scratch may hold NaN patterns; BLAS is not required to ignore them
+            for (std::int64_t j = 0; j < n; ++j) c[j] = T(0);
+        // One output row: sgemm is ~6x slower than sgemv here (OpenBLAS); use op(B)^T * a.
+        const int inc_a = trans_a ? int(lda) : 1;
+        if (trans_b)  // B is [n, k]
+            blas_detail::gemv(CblasNoTrans, int(n), int(k), alpha, b, int(ldb), a, inc_a, beta, c);
+        else  // B is [k, n]
+            blas_detail::gemv(CblasTrans, int(k), int(n), alpha, b, int(ldb), a, inc_a, beta, c);
+        return;
+    }
+    blas_detail::gemm(ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+
+}  // namespace fastrnn

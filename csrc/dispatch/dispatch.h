@@ -1,0 +1,19 @@
+// The only place that knows which ISAs exist.
+#pragma once
+#include <string>
+#include <vector>
+#include "../core/desc.h"
+
+namespace fastrnn {
+
+template <class T> KernelSet<T> scalar_kernels();
+
+std::vector<std::string> available_isas();  // best first
+std::string get_isa();
+// Forces an ISA by name; throws std::invalid_argument naming the available ones.
+void set_isa(const std::string& name);
+
+template <class T>
+const CellKernels<T>& cell_kernels(const Desc& d);
+
+}  // namespace fastrnn

@@ -1,0 +1,102 @@
+"""The one place that checks and coerces user input.
+
+Messages name the function, the argument, what was given and what was expected, using the
+letters of DESIGN.md: T steps, N batch, C input features, H hidden units, L layers, D directions.
+Arrays handed to the C++ core are C-contiguous and of the layer dtype; user arrays are never
+written (copies are made when the layout has to change).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BLAS_INT_MAX = 2**31 - 1
+
+
+def as_dtype(dtype, where="dtype"):
+    """Normalise a dtype argument; only float32 and float64 are supported."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{where}: {dtype!r} is not a dtype; expected float32 or float64") from exc
+    if dt not in SUPPORTED_DTYPES:
+        raise TypeError(f"{where}: unsupported dtype {dt}; expected float32 or float64")
+    return dt
+
+
+def to_numpy(a):
+    """ndarray view of a NumPy array, a torch tensor (CPU) or any array-like."""
+    if isinstance(a, np.ndarray):
+        return a
+    if type(a).__module__.startswith("torch"):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def float_array(a, dtype, where, name):
+    """The array `a` of exactly `dtype`: arrays of another dtype raise TypeError (no silent casts);
+    Python sequences and scalars are converted to `dtype`."""
+    if isinstance(a, np.ndarray) or type(a).__module__.startswith("torch"):
+        arr = to_numpy(a)
+        if arr.dtype != dtype:
+            raise TypeError(f"{where}: {name} has dtype {arr.dtype}, expected {dtype} (the layer's dtype); "
+                            f"convert it explicitly, e.g. {name}.astype(np.{dtype})")
+        return arr
+    try:
+        arr = np.asarray(a, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where}: {name} of type {type(a).__name__} cannot be read as a {dtype} array") from exc
+    return arr
+
+
+def expect_shape(arr, expected, where, name, letters):
+    """Raise ValueError unless arr.shape == expected; `letters` labels each dimension."""
+    if tuple(arr.shape) != tuple(expected):
+        want = ", ".join(f"{k}={v}" for k, v in zip(letters, expected))
+        raise ValueError(f"{where}: {name} has shape {tuple(arr.shape)}, expected ({want})")
+
+
+def contiguous(arr):
+    """C-contiguous array (a copy only when needed; never written by fastrnn)."""
+    return np.ascontiguousarray(arr)
+
+
+def check_positive_int(value, name, where):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{where}: {name} must be positive, got {value}")
+    return int(value)
+
+
+def check_dropout(p, where):
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{where}: dropout must be a float, got {type(p).__name__}")
+    if not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{where}: dropout must be in [0, 1), got {p}")
+    return float(p)
+
+
+def lengths_array(lengths, N, T, where):
+    """int64 [N] with 1 <= lengths[i] <= T."""
+    arr = to_numpy(lengths)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise TypeError(f"{where}: lengths must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != N:
+        raise ValueError(f"{where}: lengths has shape {tuple(arr.shape)}, expected (N={N},)")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    bad = (arr < 1) | (arr > T)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: lengths[{i}] = {arr[i]} is out of range; every length must be in [1, T={T}]")
+    return arr
+
+
+def check_blas_sizes(where, **dims):
+    """The core uses 32-bit BLAS indices: every GEMM extent must fit in an int."""
+    for name, value in dims.items():
+        if value > _BLAS_INT_MAX:
+            raise ValueError(f"{where}: {name} = {value} exceeds the supported maximum {_BLAS_INT_MAX} "
+                             "(32-bit BLAS indices); split the batch or the sequence")

@@ -1,0 +1,309 @@
+"""Stateless forward and backward of RNN, LSTM and GRU stacks on explicit weights.
+
+This is what the layers (`fastrnn.RNN/LSTM/GRU`) and the torch front end call. Weights are a
+dict with PyTorch's names and shapes (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+``bias_hh_l0``, ``..._reverse``); see DESIGN.md §1 for the equations and gate order.
+
+>>> import numpy as np, fastrnn
+>>> layer = fastrnn.LSTM(3, 4, rng=0)
+>>> x = np.ones((5, 2, 3), np.float32)
+>>> out, (h_n, c_n), ctx = fastrnn.functional.lstm_forward(x, layer.params, training=True)
+>>> out.shape, h_n.shape
+((5, 2, 4), (1, 2, 4))
+>>> grad_x, grad_h0, grad_c0, grads = fastrnn.functional.backward(ctx, np.ones_like(out))
+>>> grads["weight_hh_l0"].shape
+(16, 4)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+from . import _validation as V
+
+# Cell codes of the C++ core and gate counts (row blocks of W_ih / W_hh).
+_CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+__all__ = ["rnn_forward", "lstm_forward", "gru_forward", "backward", "param_shapes", "Context"]
+
+
+def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True):
+    """Ordered dict-like list of (name, shape) exactly as torch.nn.RNN/LSTM/GRU register them.
+
+    `cell` is "rnn_tanh", "rnn_relu", "lstm" or "gru".
+    """
+    G = _GATES[cell]
+    D = 2 if bidirectional else 1
+    shapes = []
+    for k in range(num_layers):
+        C_k = input_size if k == 0 else D * hidden_size
+        for d in range(D):
+            sfx = f"_l{k}" + ("_reverse" if d else "")
+            shapes.append((f"weight_ih{sfx}", (G * hidden_size, C_k)))
+            shapes.append((f"weight_hh{sfx}", (G * hidden_size, hidden_size)))
+            if bias:
+                shapes.append((f"bias_ih{sfx}", (G * hidden_size,)))
+                shapes.append((f"bias_hh{sfx}", (G * hidden_size,)))
+    return shapes
+
+
+class Context:
+    """What a training forward keeps for `backward`: the core's cache and the call's layout.
+
+    A context is consumed by `backward`; a second backward on it raises RuntimeError.
+    """
+
+    __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "L", "D", "dtype", "x", "weights",
+                 "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+        self.consumed = False
+
+    @property
+    def output_shape(self):
+        T, N, DH = self.T, self.N, self.D * self.H
+        if self.unbatched:
+            return (T, DH)
+        return (N, T, DH) if self.batch_first else (T, N, DH)
+
+    @property
+    def state_shape(self):
+        S = self.L * self.D
+        return (S, self.H) if self.unbatched else (S, self.N, self.H)
+
+
+def _check_params(where, cell, params, num_layers, bidirectional, bias):
+    """Validate the weight dict; returns (dtype, C, H, names in torch order)."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{where}: params must be a dict of name -> array, got {type(params).__name__}")
+    if "weight_hh_l0" not in params or "weight_ih_l0" not in params:
+        raise KeyError(f"{where}: params is missing 'weight_ih_l0'/'weight_hh_l0'")
+    w_hh = V.to_numpy(params["weight_hh_l0"])
+    w_ih = V.to_numpy(params["weight_ih_l0"])
+    dtype = V.as_dtype(w_hh.dtype, f"{where}: weight_hh_l0")
+    if w_hh.ndim != 2 or w_ih.ndim != 2:
+        raise ValueError(f"{where}: weights must be 2-D, got weight_ih_l0 {w_ih.shape}, weight_hh_l0 {w_hh.shape}")
+    H, C = w_hh.shape[1], w_ih.shape[1]
+    shapes = param_shapes(cell, C, H, num_layers, bidirectional, bias)
+    arrays = []
+    for name, shape in shapes:
+        if name not in params:
+            raise KeyError(f"{where}: params is missing {name!r} (expected shape {shape})")
+        a = V.to_numpy(params[name])
+        if a.dtype != dtype:
+            raise TypeError(f"{where}: {name} has dtype {a.dtype}, expected {dtype} like weight_hh_l0")
+        if a.shape != shape:
+            raise ValueError(f"{where}: {name} has shape {a.shape}, expected {shape}")
+        arrays.append(V.contiguous(a))
+    return dtype, C, H, [n for n, _ in shapes], arrays
+
+
+def _group(arrays, bias):
+    """Per layer-direction tuples (w_ih, w_hh, b_ih, b_hh) in the core's order."""
+    step = 4 if bias else 2
+    out = []
+    for i in range(0, len(arrays), step):
+        chunk = arrays[i:i + step]
+        out.append(tuple(chunk) if bias else (chunk[0], chunk[1], None, None))
+    return out
+
+
+def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
+             training, rng, reset_after, where):
+    num_layers = V.check_positive_int(num_layers, "num_layers", where)
+    dropout = V.check_dropout(dropout, where)
+    dtype, C, H, names, arrays = _check_params(where, cell, params, num_layers, bidirectional, bias)
+    D = 2 if bidirectional else 1
+    L = num_layers
+    is_lstm = cell == "lstm"
+
+    x = V.float_array(x, dtype, where, "x")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{where}: x has shape {tuple(x.shape)}, expected "
+                         f"{'(N, T, C)' if batch_first else '(T, N, C)'} or unbatched (T, C) with C={C}")
+    unbatched = x.ndim == 2
+    if unbatched:
+        if lengths is not None:
+            raise ValueError(f"{where}: lengths is not allowed with unbatched input of shape {tuple(x.shape)}")
+        x3 = x[:, None, :]
+    else:
+        x3 = x.swapaxes(0, 1) if batch_first else x
+    T, N, Cx = x3.shape
+    if T == 0 or N == 0 or Cx != C:
+        letters = ("T", "C") if unbatched else (("N", "T", "C") if batch_first else ("T", "N", "C"))
+        want = (max(T, 1), C) if unbatched else ((max(N, 1), max(T, 1), C) if batch_first else (max(T, 1), max(N, 1), C))
+        want_s = ", ".join(f"{k}={v}" if k == "C" else f"{k}>0" for k, v in zip(letters, want))
+        raise ValueError(f"{where}: x has shape {tuple(x.shape)}, expected ({want_s})")
+    G = _GATES[cell]
+    V.check_blas_sizes(where, **{"T*N": T * N, "T*N*C": T * N * C, "T*N*G*H": T * N * G * H, "T*N*D*H": T * N * D * H})
+    x3 = V.contiguous(x3)
+
+    state_shape = (L * D, H) if unbatched else (L * D, N, H)
+    state_letters = ("L*D", "H") if unbatched else ("L*D", "N", "H")
+    h0 = c0 = None
+    if hx is not None:
+        if is_lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{where}: hx must be a tuple (h0, c0) for LSTM, got {type(hx).__name__}")
+            h0, c0 = hx
+        else:
+            h0 = hx
+        h0 = V.float_array(h0, dtype, where, "h0")
+        V.expect_shape(h0, state_shape, where, "h0", state_letters)
+        h0 = V.contiguous(h0)
+        if c0 is not None:
+            c0 = V.float_array(c0, dtype, where, "c0")
+            V.expect_shape(c0, state_shape, where, "c0", state_letters)
+            c0 = V.contiguous(c0)
+    lens = None if lengths is None else V.lengths_array(lengths, N, T, where)
+
+    masks = None
+    use_dropout = training and dropout > 0.0 and L > 1
+    if use_dropout:
+        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        keep = gen.random((L - 1, T, N, D * H)) >= dropout
+        masks = (keep / (1.0 - dropout)).astype(dtype)
+
+    out = np.empty((T, N, D * H), dtype)
+    h_n = np.empty((L * D, N, H), dtype)
+    c_n = np.empty((L * D, N, H), dtype) if is_lstm else None
+    code = _CELL_CODE[cell]
+    cache = None
+    if training:
+        cache = np.empty(_C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout), dtype)
+    weights = _group(arrays, bias)
+    _C.forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
+               out, h_n, c_n, cache)
+
+    ctx = None
+    if training:
+        ctx = Context(cell=cell, reset_after=reset_after, bias=bias, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype,
+                      x=x3, weights=weights, names=names, lengths=lens, masks=masks, cache=cache,
+                      batch_first=batch_first, unbatched=unbatched, where=where)
+    output = _from_time_major(out, batch_first, unbatched)
+    if unbatched:
+        h_n = h_n[:, 0, :]
+        c_n = None if c_n is None else c_n[:, 0, :]
+    return output, h_n, c_n, ctx
+
+
+def _from_time_major(a, batch_first, unbatched):
+    if unbatched:
+        return a[:, 0, :]
+    return np.ascontiguousarray(a.swapaxes(0, 1)) if batch_first else a
+
+
+def _to_time_major(a, ctx, name):
+    where = ctx.where.replace("forward", "backward")
+    a = V.float_array(a, ctx.dtype, where, name)
+    letters = {(ctx.T, ctx.D * ctx.H): ("T", "D*H"), (ctx.N, ctx.T, ctx.D * ctx.H): ("N", "T", "D*H"),
+               (ctx.T, ctx.N, ctx.D * ctx.H): ("T", "N", "D*H")}[ctx.output_shape]
+    V.expect_shape(a, ctx.output_shape, where, name, letters)
+    if ctx.unbatched:
+        a = a[:, None, :]
+    elif ctx.batch_first:
+        a = a.swapaxes(0, 1)
+    return V.contiguous(a)
+
+
+def _state_grad(a, ctx, name):
+    if a is None:
+        return None
+    where = ctx.where.replace("forward", "backward")
+    a = V.float_array(a, ctx.dtype, where, name)
+    letters = ("L*D", "H") if ctx.unbatched else ("L*D", "N", "H")
+    V.expect_shape(a, ctx.state_shape, where, name, letters)
+    return V.contiguous(a).reshape(ctx.L * ctx.D, ctx.N, ctx.H)
+
+
+def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None):
+    """BPTT through a training forward.
+
+    Returns ``(grad_x, grad_h0, grad_c0, grads)``: ``grad_c0`` is None except for LSTM;
+    ``grads`` maps parameter names to gradients. Pass ``grads=`` (a dict of arrays with those
+    names) to accumulate into existing arrays instead (what layers do). Gradients arriving at
+    padded positions (t >= lengths[n]) are ignored. `grad_output` may be None (no gradient).
+    """
+    if not isinstance(ctx, Context):
+        raise TypeError(f"backward: ctx must be the Context returned by a training forward, got {type(ctx).__name__}")
+    where = ctx.where.replace("forward", "backward")
+    if ctx.consumed:
+        raise RuntimeError(f"{where}: this forward's cache was already used by an earlier backward "
+                           "(backward consumes it); run forward again before another backward")
+    go = None if grad_output is None else _to_time_major(grad_output, ctx, "grad_output")
+    ghn = _state_grad(grad_h_n, ctx, "grad_h_n")
+    gcn = _state_grad(grad_c_n, ctx, "grad_c_n") if ctx.cell == "lstm" else None
+    if grad_c_n is not None and ctx.cell != "lstm":
+        raise ValueError(f"{where}: grad_c_n is only valid for LSTM")
+
+    dtype = ctx.dtype
+    if grads is None:
+        grads = {name: np.zeros(w.shape, dtype) for name, w in zip(ctx.names, _flat(ctx.weights))}
+    else:
+        for name, w in zip(ctx.names, _flat(ctx.weights)):
+            g = grads.get(name)
+            if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != dtype or not g.flags.c_contiguous \
+                    or not g.flags.writeable:
+                raise ValueError(f"{where}: grads[{name!r}] must be a writable C-contiguous {dtype} array of shape {w.shape}")
+    grad_list = _group([grads[n] for n in ctx.names], ctx.bias)
+    S = ctx.L * ctx.D
+    grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
+    grad_h0 = np.empty((S, ctx.N, ctx.H), dtype)
+    grad_c0 = np.empty((S, ctx.N, ctx.H), dtype) if ctx.cell == "lstm" else None
+    ctx.consumed = True
+    _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
+                ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
+                grad_x, grad_h0, grad_c0, grad_list)
+    ctx.cache = None  # free the cache now: it is consumed
+    grad_x = _from_time_major(grad_x, ctx.batch_first, ctx.unbatched)
+    if ctx.unbatched:
+        grad_h0 = grad_h0[:, 0, :]
+        grad_c0 = None if grad_c0 is None else grad_c0[:, 0, :]
+    return grad_x, grad_h0, grad_c0, grads
+
+
+def _flat(weights):
+    return [w for group in weights for w in group if w is not None]
+
+
+def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="tanh", bias=True,
+                batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None):
+    """Elman RNN stack: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
+
+    Returns ``(output, h_n, ctx)``; ``ctx`` is None unless ``training`` (then pass it to `backward`).
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"rnn_forward: unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+    out, h_n, _, ctx = _forward(f"rnn_{nonlinearity}", x, params, hx, lengths, num_layers=num_layers,
+                                bidirectional=bidirectional, bias=bias, batch_first=batch_first, dropout=dropout,
+                                training=training, rng=rng, reset_after=True, where="rnn_forward")
+    return out, h_n, ctx
+
+
+def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
+                 bidirectional=False, dropout=0.0, training=False, rng=None):
+    """LSTM stack (gates i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
+
+    `hx` is None or ``(h0, c0)``. Returns ``(output, (h_n, c_n), ctx)``.
+    """
+    out, h_n, c_n, ctx = _forward("lstm", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
+                                  bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
+                                  reset_after=True, where="lstm_forward")
+    return out, (h_n, c_n), ctx
+
+
+def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
+                bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True):
+    """GRU stack (gates r, z, n): ``h' = (1-z)*n + z*h``; ``reset_after`` selects
+    ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`` (True, PyTorch) or
+    ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`` (False, Keras v1 / ONNX default).
+
+    Returns ``(output, h_n, ctx)``.
+    """
+    out, h_n, _, ctx = _forward("gru", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
+                                bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
+                                reset_after=bool(reset_after), where="gru_forward")
+    return out, h_n, ctx

@@ -30,6 +30,7 @@ ext = Pybind11Extension(
     include_dirs=["csrc", sob.get_include_dir()],
     library_dirs=[sob.get_lib_dir()],
     libraries=[sob.get_library()],
+    depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
     cxx_std=17,
     extra_compile_args=extra_compile_args,
 )

@@ -32,8 +32,9 @@ struct Scalar {
     // a*b + c; kept as separate ops so the scalar path is bit-stable across compilers.
     friend Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
     friend Scalar vmax(Scalar a, Scalar b) { return {a.v > b.v ? a.v : b.v}; }
-    // 1 where a > 0, else 0 (NaN maps to 0, like a compare mask).
-    friend Scalar step(Scalar a) { return {a.v > T(0) ? T(1) : T(0)}; }
+    // Heaviside step, the relu derivative: 1 where a > 0, 0 where a <= 0, NaN stays NaN so that
+    // a NaN state shows up in the gradient instead of being silently zeroed.
+    friend Scalar step(Scalar a) { return {a.v > T(0) ? T(1) : (a.v == a.v ? T(0) : a.v)}; }
     friend Scalar vsigmoid(Scalar a) { return {T(1) / (T(1) + std::exp(-a.v))}; }
     friend Scalar vtanh(Scalar a) { return {std::tanh(a.v)}; }
     friend Scalar vrelu(Scalar a) { return {a.v > T(0) ? a.v : (a.v == a.v ? T(0) : a.v)}; }

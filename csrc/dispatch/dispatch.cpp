@@ -8,23 +8,35 @@ namespace fastrnn {
 
 namespace {
 
-enum class Isa : int { scalar = 0 };
+// In order of preference (later = better); kIsas below follows the same order.
+enum class Isa : int { scalar = 0, avx2 = 1 };
 
 struct IsaInfo {
     const char* name;
     bool (*supported)();
 };
 
+#if defined(__x86_64__) || defined(_M_X64)
+bool cpu_has_avx2() {
+    __builtin_cpu_init();  // also checks that the OS saves the ymm registers
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+bool cpu_has_avx2() { return false; }
+#endif
+
 const IsaInfo kIsas[] = {
     {"scalar", [] { return true; }},
+    {"avx2", cpu_has_avx2},
 };
 
 template <class T>
 const KernelSet<T>& kernel_set(Isa isa) {
     static const KernelSet<T> scalar = scalar_kernels<T>();
-    switch (isa) {
-        case Isa::scalar: break;
-    }
+#if defined(__x86_64__) || defined(_M_X64)
+    static const KernelSet<T> avx2 = avx2_kernels<T>();
+    if (isa == Isa::avx2) return avx2;
+#endif
     return scalar;
 }
 

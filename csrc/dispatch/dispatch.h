@@ -7,6 +7,9 @@
 namespace fastrnn {
 
 template <class T> KernelSet<T> scalar_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+template <class T> KernelSet<T> avx2_kernels();
+#endif
 
 std::vector<std::string> available_isas();  // best first
 std::string get_isa();

@@ -1,0 +1,41 @@
+// AVX2+FMA kernels: float32 cells on 8-wide vectors with fast exp/sigmoid/tanh; float64 cells
+// stay on the accurate scalar math (full float64 accuracy), compiled for this ISA.
+// Built with a target pragma, not per-file flags, so the rest of the library stays baseline.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <immintrin.h>
+
+#include "../dispatch/dispatch.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+#define FASTRNN_ISA_NS isa_avx2
+#include "../simd/avx2.h"
+#include "steps.h"
+
+namespace fastrnn {
+
+template <>
+KernelSet<float> avx2_kernels<float>() {
+    return isa_avx2::make_kernel_set<isa_avx2::Avx2F, float>();
+}
+template <>
+KernelSet<double> avx2_kernels<double>() {
+    return isa_avx2::make_kernel_set<isa_avx2::Scalar<double>, double>();
+}
+
+}  // namespace fastrnn
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86-64

@@ -219,13 +219,16 @@ def _state_grad(a, ctx, name):
     return V.contiguous(a).reshape(ctx.L * ctx.D, ctx.N, ctx.H)
 
 
-def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None):
+def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, retain=False):
     """BPTT through a training forward.
 
     Returns ``(grad_x, grad_h0, grad_c0, grads)``: ``grad_c0`` is None except for LSTM;
     ``grads`` maps parameter names to gradients. Pass ``grads=`` (a dict of arrays with those
     names) to accumulate into existing arrays instead (what layers do). Gradients arriving at
     padded positions (t >= lengths[n]) are ignored. `grad_output` may be None (no gradient).
+    The context is consumed (a second backward raises RuntimeError) unless ``retain=True``,
+    which keeps the cache intact for further backward calls (torch's ``retain_graph``) at the
+    cost of a scratch copy.
     """
     if not isinstance(ctx, Context):
         raise TypeError(f"backward: ctx must be the Context returned by a training forward, got {type(ctx).__name__}")
@@ -253,11 +256,12 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None):
     grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
     grad_h0 = np.empty((S, ctx.N, ctx.H), dtype)
     grad_c0 = np.empty((S, ctx.N, ctx.H), dtype) if ctx.cell == "lstm" else None
-    ctx.consumed = True
+    ctx.consumed = not retain
     _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
                 grad_x, grad_h0, grad_c0, grad_list)
-    ctx.cache = None  # free the cache now: it is consumed
+    if not retain:
+        ctx.cache = None  # free the cache now: it is consumed
     grad_x = _from_time_major(grad_x, ctx.batch_first, ctx.unbatched)
     if ctx.unbatched:
         grad_h0 = grad_h0[:, 0, :]

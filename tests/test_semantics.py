@@ -234,3 +234,29 @@ def test_functional_backward_into_new_dict_and_repr():
     assert "nonlinearity='relu'" in repr(layer) and "bidirectional=True" in repr(layer)
     _, _, ctx = F.rnn_forward(np.ones((2, 1, 3), np.float32), layer.params, bidirectional=True)
     assert ctx is None
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_functional_backward_retain_keeps_cache(isa, cell):
+    rng = np.random.default_rng(10)
+    layer = make_layer(cell, 3, 9, dtype=np.float64, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((6, 3, 3))
+    kind = "lstm" if cell == "lstm" else ("gru" if cell.startswith("gru") else "rnn")
+    kw = dict(num_layers=2, bidirectional=True, training=True)
+    if kind == "lstm":
+        out, _, ctx = F.lstm_forward(x, layer.params, lengths=[6, 2, 4], **kw)
+    elif kind == "gru":
+        out, _, ctx = F.gru_forward(x, layer.params, lengths=[6, 2, 4], reset_after=layer.reset_after, **kw)
+    else:
+        out, _, ctx = F.rnn_forward(x, layer.params, lengths=[6, 2, 4], nonlinearity=layer.nonlinearity, **kw)
+    g = rng.standard_normal(out.shape)
+    first = F.backward(ctx, g, retain=True)
+    second = F.backward(ctx, g, retain=True)
+    third = F.backward(ctx, g)
+    for a, b, c in zip(first[:2], second[:2], third[:2]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    for k in first[3]:
+        np.testing.assert_array_equal(first[3][k], third[3][k])
+    with pytest.raises(RuntimeError, match="already used"):
+        F.backward(ctx, g)

@@ -20,9 +20,9 @@ sources = sorted(
     + glob.glob("csrc/bindings/*.cpp")
 )
 
-extra_compile_args = ["-O3", "-fno-math-errno"]
+extra_compile_args = ["-O3", "-fno-math-errno", "-pthread"]
 if os.environ.get("FASTRNN_DEBUG"):
-    extra_compile_args = ["-O0", "-g"]
+    extra_compile_args = ["-O0", "-g", "-pthread"]
 
 ext = Pybind11Extension(
     "fastrnn._C",
@@ -33,6 +33,7 @@ ext = Pybind11Extension(
     depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
     cxx_std=17,
     extra_compile_args=extra_compile_args,
+    extra_link_args=["-pthread"],
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})

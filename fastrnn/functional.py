@@ -259,7 +259,7 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     ctx.consumed = not retain
     _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
-                grad_x, grad_h0, grad_c0, grad_list)
+                grad_x, grad_h0, grad_c0, grad_list, retain=retain)
     if not retain:
         ctx.cache = None  # free the cache now: it is consumed
     grad_x = _from_time_major(grad_x, ctx.batch_first, ctx.unbatched)

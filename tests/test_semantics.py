@@ -260,3 +260,29 @@ def test_functional_backward_retain_keeps_cache(isa, cell):
         np.testing.assert_array_equal(first[3][k], third[3][k])
     with pytest.raises(RuntimeError, match="already used"):
         F.backward(ctx, g)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_results_do_not_depend_on_thread_count(isa, cell):
+    # Each output element is computed by one thread with the same arithmetic whatever the
+    # partition, so 1, 2 and 3 threads agree bitwise (sizes large enough to split the units).
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((9, 16, 24)).astype(np.float32)
+    lengths = rng.integers(1, 10, 16)
+    results = []
+    previous = fastrnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastrnn.set_num_threads(threads)
+            layer = make_layer(cell, 24, 80, dtype=np.float32, seed=3, num_layers=2, bidirectional=True)
+            out, _ = layer(x, lengths=lengths)
+            grads = layer.backward(np.cos(out))
+            results.append((out, grads[0], grads[1], dict(layer.grads)))
+    finally:
+        fastrnn.set_num_threads(previous)
+    for out, gx, gh0, grads in results[1:]:
+        np.testing.assert_array_equal(out, results[0][0])
+        np.testing.assert_array_equal(gx, results[0][1])
+        np.testing.assert_array_equal(gh0, results[0][2])
+        for k in grads:
+            np.testing.assert_array_equal(grads[k], results[0][3][k])

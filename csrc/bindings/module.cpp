@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../core/driver.h"
+#include "../core/threads.h"
 #include "../dispatch/dispatch.h"
 
 namespace py = pybind11;
@@ -19,8 +20,6 @@ using fastrnn::Desc;
 using i64 = std::int64_t;
 
 namespace {
-
-int g_num_threads = 1;
 
 Desc make_desc(int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D) {
     if (cell < 0 || cell > 3) throw std::invalid_argument("cell: unknown cell kind " + std::to_string(cell));
@@ -116,23 +115,29 @@ template <class T>
 void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::list& ws, const py::object& lengths,
                    const py::object& masks, const py::object& cache, const py::object& grad_out,
                    const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
-                   const py::object& grad_h0, const py::object& grad_c0, const py::list& gs) {
+                   const py::object& grad_h0, const py::object& grad_c0, const py::list& gs, bool retain,
+                   double bptt_clip, const py::object& grad_h_sq, const py::object& grad_c_sq) {
     const bool lstm = fastrnn::cell_has_c(d);
-    const i64 S = d.L * d.D * d.N * d.H, TN = d.T * d.N;
+    const i64 S = d.L * d.D * d.N * d.H, TN = d.T * d.N, steps = d.L * d.D * d.T;
     auto W = weights_of<T>(d, ws);
     auto G = grads_of<T>(d, gs);
     const T* px = data_of<T>(x, "x", TN * d.C, false);
     const i64* plen = lengths_of(d, lengths);
     const T* pm = dropout ? data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * d.H, false) : nullptr;
-    const T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), false);
+    T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), !retain);
     const T* pgo = data_of<T>(grad_out, "grad_output", TN * d.D * d.H, false, false);
     const T* pghn = data_of<T>(grad_h_n, "grad_h_n", S, false, false);
     const T* pgcn = lstm ? data_of<T>(grad_c_n, "grad_c_n", S, false, false) : nullptr;
     T* pgx = data_of<T>(grad_x, "grad_x", TN * d.C, true);
     T* pgh0 = data_of<T>(grad_h0, "grad_h0", S, true);
     T* pgc0 = lstm ? data_of<T>(grad_c0, "grad_c0", S, true) : nullptr;
+    fastrnn::BackwardOptions<T> opt;
+    opt.retain = retain;
+    opt.bptt_clip = T(bptt_clip);
+    opt.diag.grad_h_sq = data_of<double>(grad_h_sq, "grad_h_sq", steps, true, false);
+    opt.diag.grad_c_sq = lstm ? data_of<double>(grad_c_sq, "grad_c_sq", steps, true, false) : nullptr;
     py::gil_scoped_release release;
-    fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data());
+    fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
 }
 
 bool is_double(const py::object& x) {
@@ -154,9 +159,10 @@ PYBIND11_MODULE(_C, m) {
     m.def("scratch_size",
           [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool training) {
               Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
-              return training ? std::max(fastrnn::forward_scratch_elements(d, true),
-                                         fastrnn::backward_scratch_elements(d))
-                              : fastrnn::forward_scratch_elements(d, false);
+              const int threads = fastrnn::get_num_threads(), nr = 16;
+              return training ? std::max(fastrnn::forward_scratch_elements(d, true, threads, nr),
+                                         fastrnn::backward_scratch_elements(d, false, threads, nr))
+                              : fastrnn::forward_scratch_elements(d, false, threads, nr);
           });
     m.def("forward",
           [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
@@ -172,22 +178,28 @@ PYBIND11_MODULE(_C, m) {
           [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
              py::object x, py::list ws, py::object lengths, py::object masks, py::object cache, py::object grad_out,
              py::object grad_h_n, py::object grad_c_n, py::object grad_x, py::object grad_h0, py::object grad_c0,
-             py::list gs) {
+             py::list gs, bool retain, double bptt_clip, py::object grad_h_sq, py::object grad_c_sq) {
               Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
               if (is_double(x))
                   backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
-                                        grad_x, grad_h0, grad_c0, gs);
+                                        grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq);
               else
                   backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
-                                       grad_x, grad_h0, grad_c0, gs);
-          });
+                                       grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq);
+          },
+          py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
+          py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("x"), py::arg("ws"),
+          py::arg("lengths"), py::arg("masks"), py::arg("cache"), py::arg("grad_out"), py::arg("grad_h_n"),
+          py::arg("grad_c_n"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("gs"),
+          py::arg("retain") = false, py::arg("bptt_clip") = 0.0, py::arg("grad_h_sq") = py::none(),
+          py::arg("grad_c_sq") = py::none());
     m.def("get_isa", &fastrnn::get_isa);
     m.def("available_isas", &fastrnn::available_isas);
     m.def("set_isa", &fastrnn::set_isa);
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
-        g_num_threads = n;
-        scipy_openblas_set_num_threads(n);
+        fastrnn::set_num_threads(n);
+        scipy_openblas_set_num_threads(n);  // the hoisted GEMMs run on BLAS threads, outside our regions
     });
-    m.def("get_num_threads", [] { return g_num_threads; });
+    m.def("get_num_threads", &fastrnn::get_num_threads);
 }

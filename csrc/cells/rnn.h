@@ -14,18 +14,17 @@ namespace FASTRNN_ISA_NS {
 
 template <bool Relu>
 struct RNNCell {
-    static constexpr int gates = 1;        // row blocks of W_ih / W_hh
-    static constexpr int cache_gates = 0;  // h_t is the activation output; the driver keeps it
+    static constexpr int gates = 1;         // row blocks of W_ih / W_hh
+    static constexpr int cache_gates = 0;   // h_t is the activation output; the driver keeps it
+    static constexpr int dgate_blocks = 1;  // blocks of dL/d(pre-activation) backward writes
     static constexpr bool has_c = false;
-    static constexpr bool separate_dgh = false;
     static constexpr bool two_phase = false;
-    static constexpr bool unfolded_bhn = false;
 
     template <bool Train, class V, class T>
-    static void forward(const FwdRow<T>& r) {
-        for_lanes<V>(r.H, [&](auto v, std::int64_t j) {
+    static void forward(const FwdRow<T>& r, std::int64_t n) {
+        for_lanes<V>(n, [&](auto v, std::int64_t j) {
             using W = decltype(v);
-            W pre = W::load(r.xp + j) + W::load(r.hp + j);
+            W pre = W::load(r.xp + j) + W::load(r.hp + j) + W::load(r.bias + j);
             W h = Relu ? vrelu(pre) : vtanh(pre);
             h.store(r.h + j);
             h.store(r.y + j);
@@ -33,13 +32,14 @@ struct RNNCell {
     }
 
     template <class V, class T>
-    static void backward(const BwdRow<T>& r) {
-        for_lanes<V>(r.H, [&](auto v, std::int64_t j) {
+    static void backward(const BwdRow<T>& r, std::int64_t n) {
+        for_lanes<V>(n, [&](auto v, std::int64_t j) {
             using W = decltype(v);
+            const W lim = W::set1(r.clip);
             W h = W::load(r.h + j), dh = W::load(r.dh + j);
             W d = Relu ? dh * step(h) : dh * (W::set1(1) - h * h);
-            d.store(r.dgx + j);
-            W::zero().store(r.dh + j);
+            vclip(d, lim).store(r.dgates + j);
+            W::zero().store(r.dh_carry + j);
         });
     }
 };

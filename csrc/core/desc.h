@@ -1,9 +1,12 @@
-// Description of a recurrent layer stack, the weights it uses and the per-step data handed to
-// the ISA kernels. Plain structs: the C ABI mirrors them.
+// Description of a recurrent layer stack, the weights it uses and the per-step contexts handed
+// to the ISA kernels. Plain structs: the C ABI mirrors them.
 #pragma once
 #include <cstdint>
 
 namespace fastrnn {
+
+// Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
+constexpr int kMaxTilePanels = 6;
 
 enum class CellKind : int { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
 
@@ -34,53 +37,71 @@ struct LayerGrads {
     T* b_hh;
 };
 
-// One forward time step over all N rows; row n is valid when t < lengths[n].
+// One layer-direction's recurrence, as the per-step kernels see it. Unit blocks are `nr` hidden
+// units wide (the microkernel's panel width); a thread owns a contiguous range of them and, for
+// every step, computes the recurrent GEMM of all gates of its units followed by the cell's
+// pointwise function on them, so one barrier per step (per phase) suffices.
+//
+// Layouts (row n of step t): pre-activations/gates rows `gates + (t*N + n)*ld_gates`, gate g of
+// unit j at `g*H + j`. In training the input projection is written straight into the cache rows
+// and the cell overwrites it with the post-activation gates; in inference the rows are scratch.
 template <class T>
-struct StepFwd {
-    std::int64_t N, H, t;
-    const std::int64_t* lengths;  // null: all rows valid
-    const T* xp;  std::int64_t ld_xp;
-    const T* hp;  std::int64_t ld_hp;
-    const T* bhn;
-    T* h;         // [N, H] state
-    T* c;         // [N, H] state (LSTM)
-    T* y;         std::int64_t ld_y;
-    T* gates;     std::int64_t ld_gates;   // cache rows (training) or scratch rows
-    T* c_hist;    // [N, H] slice of the LSTM c cache (training)
-    T* rh;        std::int64_t ld_rh;      // GRU reset_after=false
+struct Recurrence {
+    std::int64_t steps, N, H, G;   // steps = T
+    bool reverse;                  // processes t = T-1 .. 0
+    bool train;                    // keep the cache (post-activation gates, c_t)
+    const std::int64_t* lengths;   // null: every sequence has length T
+    const T* packed;               // W_hh packed by pack_forward (forward) or pack_backward
+    const T* bias;                 // [G*H] folded biases (b_ih + b_hh, but GRU reset_after's b_hn)
+    const T* bhn;                  // [H] GRU reset_after: b_hn, inside r*(.)
+    T* gates;  std::int64_t ld_gates;
+    T* hbuf;                       // [2, N, H] state ping-pong: step s reads hbuf[s&1], writes hbuf[~s&1]
+    T* c;                          // [N, H] LSTM cell state, updated in place by each unit's owner
+    T* c_hist;                     // [T, N, H] LSTM c_t cache (training)
+    T* rh;     std::int64_t ld_rh; // GRU reset_after=false: r*h_{t-1}, the input of the second GEMM
+    T* y;      std::int64_t ld_y;  // outputs [T, N, ld_y], already offset to this direction
+
+    // Backward only.
+    const T* h0;                   // [N, H] initial state (GRU backward reads h_{t-1})
+    const T* c0;                   // [N, H]
+    const T* dy;   std::int64_t ld_dy;  // gradient arriving at the outputs (null: none)
+    T* dgates; std::int64_t ld_dgates;  // dL/d(pre-activations); may alias `gates` (in place)
+    T* dh;                         // [N, H] carried gradient of the state (direct part)
+    T* dc;                         // [N, H] LSTM carried gradient of c
+    T* d_rh;                       // [N, H] GRU reset_after=false: dL/d(r*h)
+    T bptt_clip;                   // > 0: clip dL/d(pre-activations) to [-clip, clip] (Graves 2013)
 };
 
-// One backward time step over all N rows.
+// Per-thread state of one parallel region: a GEMM tile and optional diagnostics accumulators.
 template <class T>
-struct StepBwd {
-    std::int64_t N, H, t, prev_t, T_len;
-    const std::int64_t* lengths;
-    const T* gates;  std::int64_t ld_gates;
-    const T* c_hist;                      // LSTM c cache base [T, N, H]
-    const T* c0;                          // [N, H]
-    const T* y;      std::int64_t ld_y;   // this direction's outputs base [T, N, ld_y] (h_t)
-    const T* h0;                          // [N, H]
-    const T* dy;     std::int64_t ld_dy;  // grad of outputs at step t (null: none)
-    const T* d_rh;                        // [N, H]
-    T* dh;                                // [N, H] carry
-    T* dc;                                // [N, H] carry (LSTM)
-    T* dgx;          std::int64_t ld_dg;
-    T* dgh;                               // [N, ld_dg] (GRU reset_after)
+struct ThreadCtx {
+    T* tile;              // [N, tile_cols] recurrent GEMM results of the current unit group
+    double* grad_h_sq;    // [T] sum of squares of the total dL/dh_t over own units (null: off)
+    double* grad_c_sq;    // [T] same for dL/dc_t (LSTM)
+    T* dc_total;          // [nr] scratch for the LSTM dL/dc_t of one row block (diagnostics)
 };
 
-// The pointwise kernels of one cell for one ISA and dtype.
+// The per-step kernels of one cell for one ISA and dtype. A step has one or two phases; the
+// driver runs phase p of step s on every thread's unit range, then a barrier, then phase p+1.
+template <class T>
+using StepKernel = void (*)(const Recurrence<T>&, ThreadCtx<T>&, std::int64_t s, std::int64_t b0, std::int64_t b1);
+
 template <class T>
 struct CellKernels {
-    void (*fwd_train)(const StepFwd<T>&);
-    void (*fwd_infer)(const StepFwd<T>&);
-    void (*fwd_rz)(const StepFwd<T>&);   // GRU reset_after=false first phase
-    void (*bwd)(const StepBwd<T>&);
-    void (*bwd_r)(const StepBwd<T>&);    // GRU reset_after=false second phase
+    int fwd_phases, bwd_phases;
+    StepKernel<T> fwd_train[2], fwd_infer[2], bwd[2];
+    // After the last backward step: dh += dG(last processed step) W_hh, i.e. dL/dh0 (own units).
+    void (*bwd_final)(const Recurrence<T>&, ThreadCtx<T>&, std::int64_t b0, std::int64_t b1);
 };
 
-// All cells of one ISA for one dtype.
+// All cells of one ISA for one dtype, plus the packing of W_hh that its microkernel streams.
 template <class T>
 struct KernelSet {
+    int nr;  // panel width = hidden units per block
+    // Forward: panels [G][nblk][H][nr] with panel (g, b) holding rows g*H + b*nr + j of W_hh.
+    void (*pack_forward)(const T* w_hh, std::int64_t G, std::int64_t H, T* out);
+    // Backward: panels [nblk][G*H][nr] with panel b holding columns b*nr + j of W_hh.
+    void (*pack_backward)(const T* w_hh, std::int64_t G, std::int64_t H, T* out);
     CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
 };
 

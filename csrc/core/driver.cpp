@@ -1,11 +1,15 @@
 #include "driver.h"
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
+#include <vector>
 
 #include "../dispatch/dispatch.h"
 #include "blas.h"
+#include "threads.h"
 
 namespace fastrnn {
 
@@ -22,6 +26,20 @@ bool cell_has_c(const Desc& d) { return d.cell == CellKind::LSTM; }
 namespace {
 
 using i64 = std::int64_t;
+
+bool gru_v1(const Desc& d) { return d.cell == CellKind::GRU && !d.reset_after; }
+bool gru_reset_after(const Desc& d) { return d.cell == CellKind::GRU && d.reset_after; }
+
+template <class T>
+const CellKernels<T>& cell_of(const KernelSet<T>& k, const Desc& d) {
+    switch (d.cell) {
+        case CellKind::RNN_TANH: return k.rnn_tanh;
+        case CellKind::RNN_RELU: return k.rnn_relu;
+        case CellKind::LSTM: return k.lstm;
+        case CellKind::GRU: break;
+    }
+    return d.reset_after ? k.gru : k.gru_v1;
+}
 
 // Offsets into the training cache (see cache_elements in driver.h).
 struct CacheLayout {
@@ -48,9 +66,95 @@ struct CacheLayout {
     i64 total() const { return h0() + states * (c_block ? 2 : 1); }
 };
 
+// One allocation per call, carved into 64-byte aligned regions. A sizing pass (base == null)
+// and the real pass run the same carving code, so the size and the layout cannot disagree.
 template <class T>
-std::unique_ptr<T[]> alloc(i64 n) {
-    return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(n > 0 ? n : 1)]);
+class Carver {
+   public:
+    explicit Carver(T* base) : base_(base) {}
+    T* take(i64 n) {
+        T* p = base_ ? base_ + used_ : nullptr;
+        constexpr i64 align = 64 / sizeof(T);
+        used_ += (std::max<i64>(n, 0) + align - 1) / align * align;
+        return p;
+    }
+    i64 used() const { return used_; }
+
+   private:
+    T* base_;
+    i64 used_ = 0;
+};
+
+template <class T>
+struct AlignedBuffer {
+    T* p = nullptr;
+    explicit AlignedBuffer(i64 n) {
+        p = static_cast<T*>(::operator new[](sizeof(T) * std::size_t(std::max<i64>(n, 1)), std::align_val_t(64)));
+    }
+    ~AlignedBuffer() { ::operator delete[](p, std::align_val_t(64)); }
+    AlignedBuffer(const AlignedBuffer&) = delete;
+    AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+};
+
+i64 blocks(const Desc& d, int nr) { return (d.H + nr - 1) / nr; }
+
+// Threads for one layer: both directions at once when there are two, and a direction's unit
+// blocks split among threads only when a step has enough work to pay for a barrier.
+struct ThreadPlan {
+    int groups, per_group;
+    int total() const { return groups * per_group; }
+};
+
+ThreadPlan plan_threads(const Desc& d, int nr) {
+    const int nth = get_num_threads();
+    const int groups = (d.D == 2 && nth >= 2) ? 2 : 1;
+    const double step_flops = 2.0 * double(d.N) * double(cell_gates(d) * d.H) * double(d.H);
+    constexpr double kMinFlopsPerThread = 6e4;  // ~1 us of GEMM: a barrier costs well under that
+    i64 per = std::min<i64>(nth / groups, blocks(d, nr));
+    per = std::min<i64>(per, std::max<i64>(1, i64(step_flops / kMinFlopsPerThread)));
+    return ThreadPlan{groups, int(std::max<i64>(per, 1))};
+}
+
+// Per-thread tile and diagnostics buffers.
+template <class T>
+void carve_threads(Carver<T>& cv, const Desc& d, int threads, int nr, ThreadCtx<T>* tc) {
+    for (int i = 0; i < threads; ++i) {
+        T* tile = cv.take(d.N * kMaxTilePanels * nr);
+        T* dct = cv.take(4 * nr);
+        if (tc) tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, dct};
+    }
+}
+
+// Runs the recurrences of one layer (one per direction) for all steps on the planned threads.
+template <class T>
+void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec, i64 D, const ThreadPlan& plan,
+               ThreadCtx<T>* tc, i64 nblk) {
+    Barrier barriers[2] = {Barrier(plan.per_group), Barrier(plan.per_group)};
+    const StepKernel<T>* steps = fwd ? (train ? k.fwd_train : k.fwd_infer) : k.bwd;
+    const int phases = fwd ? k.fwd_phases : k.bwd_phases;
+    auto recurrence = [&](i64 dir, const ThreadCtx<T>& thread, int lt, int per, Barrier& bar) {
+        Recurrence<T>& r = rec[dir];
+        ThreadCtx<T> ctx = thread;  // diagnostics are recorded per direction
+        if (ctx.grad_h_sq) ctx.grad_h_sq += dir * r.steps;
+        if (ctx.grad_c_sq) ctx.grad_c_sq += dir * r.steps;
+        const i64 b0 = nblk * lt / per, b1 = nblk * (lt + 1) / per;
+        for (i64 s = 0; s < r.steps; ++s)
+            for (int p = 0; p < phases; ++p) {
+                steps[p](r, ctx, s, b0, b1);
+                bar.wait();
+            }
+        if (!fwd) k.bwd_final(r, ctx, b0, b1);
+    };
+    parallel_run(plan.total(), [&](int tid, int n) {
+        if (n != plan.total()) {  // the pool was busy: this caller does everything alone
+            Barrier solo(1);
+            for (i64 dir = 0; dir < D; ++dir) recurrence(dir, tc[0], 0, 1, solo);
+            return;
+        }
+        const int group = tid / plan.per_group, lt = tid % plan.per_group;
+        for (i64 dir = 0; dir < D; ++dir)
+            if (plan.groups == 1 || dir == group) recurrence(dir, tc[tid], lt, plan.per_group, barriers[group]);
+    });
 }
 
 template <class T>
@@ -67,10 +171,11 @@ void add_column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
         for (i64 c = 0; c < cols; ++c) out[c] += a[r * lda + c];
 }
 
-// Biases for the hoisted projection: b_ih + b_hh, except GRU reset_after's b_hn, which r multiplies.
+// Biases added by the cells: b_ih + b_hh, except GRU reset_after's b_hn, which r multiplies.
 template <class T>
-void fold_bias(const Desc& d, const LayerWeights<T>& w, bool unfolded_bhn, T* bias, T* bhn) {
+void fold_bias(const Desc& d, const LayerWeights<T>& w, T* bias, T* bhn) {
     const i64 GH = cell_gates(d) * d.H, H = d.H;
+    const bool unfolded_bhn = gru_reset_after(d);
     for (i64 j = 0; j < GH; ++j) {
         const bool keep_apart = unfolded_bhn && j >= 2 * H;
         bias[j] = d.bias ? w.b_ih[j] + (keep_apart ? T(0) : w.b_hh[j]) : T(0);
@@ -78,92 +183,147 @@ void fold_bias(const Desc& d, const LayerWeights<T>& w, bool unfolded_bhn, T* bi
     for (i64 j = 0; j < H; ++j) bhn[j] = (d.bias && unfolded_bhn) ? w.b_hh[2 * H + j] : T(0);
 }
 
+// Forward scratch: per direction the input projection (when the cache does not hold it), the
+// packed W_hh, biases and states; per thread a tile; inference with several layers ping-pongs
+// the intermediate outputs.
+template <class T>
+struct ForwardScratch {
+    T *xp[2], *packed[2], *bias[2], *bhn[2], *hbuf[2], *c[2], *rh[2], *ybuf;
+
+    ForwardScratch(Carver<T>& cv, const Desc& d, bool train, int threads, int nr, ThreadCtx<T>* tc) {
+        const i64 GH = cell_gates(d) * d.H, NH = d.N * d.H, nblk = blocks(d, nr);
+        const bool xp_in_cache = train && cell_cache_gates(d) > 0;
+        for (i64 dir = 0; dir < d.D; ++dir) {
+            xp[dir] = xp_in_cache ? nullptr : cv.take(d.T * d.N * GH);
+            packed[dir] = cv.take(cell_gates(d) * nblk * d.H * nr);
+            bias[dir] = cv.take(GH);
+            bhn[dir] = cv.take(d.H);
+            hbuf[dir] = cv.take(2 * NH);
+            c[dir] = cv.take(cell_has_c(d) ? NH : 0);
+            rh[dir] = cv.take(gru_v1(d) && !train ? NH : 0);
+        }
+        ybuf = cv.take(!train && d.L > 1 ? 2 * d.T * d.N * d.D * d.H : 0);
+        carve_threads(cv, d, threads, nr, tc);
+    }
+};
+
+template <class T>
+struct BackwardScratch {
+    T *dgates[2], *packed[2], *dh[2], *dc[2], *dybuf, *gather;
+
+    BackwardScratch(Carver<T>& cv, const Desc& d, bool retain, int threads, int nr, ThreadCtx<T>* tc) {
+        const i64 GH = cell_gates(d) * d.H, NH = d.N * d.H, nblk = blocks(d, nr);
+        const i64 cg = cell_cache_gates(d);
+        const bool own_dgates = cg == 0 || retain;  // else the gradients overwrite the cached gates
+        for (i64 dir = 0; dir < d.D; ++dir) {
+            dgates[dir] = own_dgates ? cv.take(d.T * d.N * (cg ? cg : 1) * d.H) : nullptr;
+            packed[dir] = cv.take(nblk * GH * nr);
+            dh[dir] = cv.take(NH);
+            dc[dir] = cv.take(cell_has_c(d) ? NH : 0);
+        }
+        dybuf = cv.take(d.L > 1 ? 2 * d.T * d.N * d.D * d.H : 0);
+        gather = cv.take(d.N * GH);
+        carve_threads(cv, d, threads, nr, tc);
+    }
+};
+
+// dW_hh rows [r0, r1) += sum over steps of dG^T h_{t-1}, where `dg` points at the gradient
+// column that goes with row r0. h_{t-1} is this direction's previous output (zero where padded,
+// where the gate gradients are zero too) except at each sequence's first step, which reads h0;
+// `alt` replaces h_{t-1} by another cached per-step input (GRU reset_after=false: r*h_{t-1}).
+template <class T>
+void accumulate_w_hh(const Desc& d, i64 dir, const i64* lengths, i64 r0, i64 r1, const T* dg, i64 ld_dg,
+                     const T* Y, const T* alt, i64 ld_alt, const T* h0, T* dW, T* gather) {
+    const i64 T_ = d.T, N = d.N, H = d.H, DH = d.D * H, rows = r1 - r0;
+    T* dWr = dW + r0 * H;
+    if (alt) {
+        gemm<T>(true, false, rows, H, T_ * N, T(1), dg, ld_dg, alt, ld_alt, T(1), dWr, H);
+        return;
+    }
+    if (T_ > 1) {
+        const T* dg_first = dir == 0 ? dg + N * ld_dg : dg;
+        const T* y_prev = dir == 0 ? Y : Y + N * DH;
+        gemm<T>(true, false, rows, H, (T_ - 1) * N, T(1), dg_first, ld_dg, y_prev, DH, T(1), dWr, H);
+    }
+    for (i64 n = 0; n < N; ++n) {  // each sequence's first step reads h0
+        const i64 t0 = dir == 0 ? 0 : (lengths ? lengths[n] - 1 : T_ - 1);
+        std::memcpy(gather + n * rows, dg + (t0 * N + n) * ld_dg, sizeof(T) * std::size_t(rows));
+    }
+    gemm<T>(true, false, rows, H, N, T(1), gather, rows, h0, H, T(1), dWr, H);
+}
+
 }  // namespace
 
 std::int64_t cache_elements(const Desc& d, bool dropout) { return CacheLayout(d, dropout).total(); }
 
-std::int64_t forward_scratch_elements(const Desc& d, bool training) {
-    const i64 GH = cell_gates(d) * d.H, NH = d.N * d.H;
-    i64 n = d.T * d.N * GH + d.N * GH + 2 * NH + GH + d.H + d.N * cell_cache_gates(d) * d.H + NH;
-    if (!training && d.L > 1) n += 2 * d.T * d.N * d.D * d.H;
-    return n;
+std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr) {
+    Carver<double> cv(nullptr);  // element counts do not depend on T's size: carve in doubles
+    ForwardScratch<double>(cv, d, training, threads, nr, nullptr);
+    return cv.used();
 }
 
-std::int64_t backward_scratch_elements(const Desc& d) {
-    const i64 GH = cell_gates(d) * d.H, NH = d.N * d.H;
-    const bool separate = d.cell == CellKind::GRU && d.reset_after;
-    i64 n = d.T * d.N * GH * (separate ? 2 : 1) + 3 * NH + d.N * GH;
-    if (d.L > 1) n += 2 * d.T * d.N * d.D * d.H;
-    return n;
+std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr) {
+    Carver<double> cv(nullptr);
+    BackwardScratch<double>(cv, d, retain, threads, nr, nullptr);
+    return cv.used();
 }
 
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache) {
-    const bool train = cache != nullptr;
-    const CellKernels<T>& k = cell_kernels<T>(d);
-    const bool two_phase = d.cell == CellKind::GRU && !d.reset_after;
-    const bool unfolded_bhn = d.cell == CellKind::GRU && d.reset_after;
-    const bool has_c = cell_has_c(d);
-    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, G = cell_gates(d), GH = G * H;
-    const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N;
+    const KernelSet<T>& ks = active_kernels<T>();
+    const CellKernels<T>& k = cell_of(ks, d);
+    const bool train = cache != nullptr, has_c = cell_has_c(d);
+    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, GH = cell_gates(d) * H;
+    const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr);
     const CacheLayout lay(d, masks != nullptr);
+    const ThreadPlan plan = plan_threads(d, ks.nr);
 
     // Scratch, allocated once for the whole call (nothing is allocated inside the time loop).
-    auto scratch = alloc<T>(forward_scratch_elements(d, train));
-    T* xp = scratch.get();
-    T* hp = xp + TN * GH;
-    T* h = hp + N * GH;
-    T* c = h + NH;
-    T* bias = c + NH;
-    T* bhn = bias + GH;
-    T* gate_rows = bhn + H;
-    T* rh_rows = gate_rows + N * cg * H;
-    T* ybuf = rh_rows + NH;  // inference only: outputs of the layers below the top
+    std::vector<ThreadCtx<T>> tc(plan.total());
+    Carver<T> sizing(nullptr);
+    ForwardScratch<T>(sizing, d, train, plan.total(), ks.nr, nullptr);
+    AlignedBuffer<T> buf(sizing.used());
+    Carver<T> carver(buf.p);
+    ForwardScratch<T> ws(carver, d, train, plan.total(), ks.nr, tc.data());
 
     for (i64 l = 0; l < d.L; ++l) {
         const i64 C_l = l == 0 ? d.C : DH;
         const T* X = l == 0 ? x
                      : train ? cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1))
-                             : ybuf + ((l - 1) % 2) * TN * DH;
-        T* Y = train ? cache + lay.y(l) : (l == d.L - 1 ? out : ybuf + (l % 2) * TN * DH);
+                             : ws.ybuf + ((l - 1) % 2) * TN * DH;
+        T* Y = train ? cache + lay.y(l) : (l == d.L - 1 ? out : ws.ybuf + (l % 2) * TN * DH);
+        Recurrence<T> rec[2];
         for (i64 dir = 0; dir < D; ++dir) {
             const LayerWeights<T>& W = w[l * D + dir];
             const i64 s_idx = l * D + dir;
-            // Hoisted input projection for all T*N rows.
-            fold_bias(d, W, unfolded_bhn, bias, bhn);
-            for (i64 r = 0; r < TN; ++r) std::memcpy(xp + r * GH, bias, sizeof(T) * GH);
-            gemm<T>(false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(1), xp, GH);
+            Recurrence<T>& r = rec[dir];
+            r = Recurrence<T>{};
+            r.steps = T_; r.N = N; r.H = H; r.G = cell_gates(d);
+            r.reverse = dir == 1; r.train = train; r.lengths = lengths;
+            r.packed = ws.packed[dir]; r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
+            const bool in_cache = train && cg > 0;  // the cell turns the projection into the cached gates
+            r.gates = in_cache ? cache + lay.gates(l, dir) : ws.xp[dir];
+            r.ld_gates = in_cache ? cg * H : GH;
+            r.hbuf = ws.hbuf[dir];
+            r.c = has_c ? ws.c[dir] : nullptr;
+            r.c_hist = train && has_c ? cache + lay.c_hist(l, dir) : nullptr;
+            r.rh = ws.rh[dir]; r.ld_rh = H;
+            r.y = Y + dir * H; r.ld_y = DH;
+            r.bptt_clip = T(0);
 
-            copy_or_zero(h, h0 ? h0 + s_idx * NH : nullptr, NH);
-            if (has_c) copy_or_zero(c, c0 ? c0 + s_idx * NH : nullptr, NH);
-
-            StepFwd<T> s{};
-            s.N = N; s.H = H; s.lengths = lengths;
-            s.ld_xp = GH; s.hp = hp; s.ld_hp = GH; s.bhn = bhn;
-            s.h = h; s.c = has_c ? c : nullptr; s.ld_y = DH;
-            s.ld_gates = cg * H;
-            T* gate_base = train ? cache + lay.gates(l, dir) : nullptr;
-            for (i64 step = 0; step < T_; ++step) {
-                const i64 t = dir == 0 ? step : T_ - 1 - step;
-                s.t = t;
-                s.xp = xp + t * N * GH;
-                s.y = Y + t * N * DH + dir * H;
-                s.gates = train ? gate_base + t * N * cg * H : gate_rows;
-                s.c_hist = (train && has_c) ? cache + lay.c_hist(l, dir) + t * NH : nullptr;
-                if (two_phase) {
-                    s.rh = train ? s.gates + 3 * H : rh_rows;
-                    s.ld_rh = train ? cg * H : H;
-                    gemm<T>(false, true, N, 2 * H, H, T(1), h, H, W.w_hh, H, T(0), hp, GH);
-                    k.fwd_rz(s);
-                    gemm<T>(false, true, N, H, H, T(1), s.rh, s.ld_rh, W.w_hh + 2 * H * H, H, T(0), hp + 2 * H, GH);
-                } else {
-                    gemm<T>(false, true, N, GH, H, T(1), h, H, W.w_hh, H, T(0), hp, GH);
-                }
-                (train ? k.fwd_train : k.fwd_infer)(s);
-            }
-            std::memcpy(h_n + s_idx * NH, h, sizeof(T) * NH);
-            if (has_c) std::memcpy(c_n + s_idx * NH, c, sizeof(T) * NH);
+            // Hoisted input projection for all T*N rows (BLAS), W_hh packed for the microkernel.
+            gemm<T>(false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(0), r.gates, r.ld_gates);
+            ks.pack_forward(W.w_hh, r.G, H, ws.packed[dir]);
+            fold_bias(d, W, ws.bias[dir], ws.bhn[dir]);
+            copy_or_zero(r.hbuf, h0 ? h0 + s_idx * NH : nullptr, NH);
+            if (has_c) copy_or_zero(r.c, c0 ? c0 + s_idx * NH : nullptr, NH);
+        }
+        run_layer(k, true, train, rec, D, plan, tc.data(), nblk);
+        for (i64 dir = 0; dir < D; ++dir) {
+            const i64 s_idx = l * D + dir;
+            std::memcpy(h_n + s_idx * NH, rec[dir].hbuf + (T_ & 1) * NH, sizeof(T) * NH);
+            if (has_c) std::memcpy(c_n + s_idx * NH, rec[dir].c, sizeof(T) * NH);
         }
         if (train && masks && l < d.L - 1) {
             const T* m = masks + l * TN * DH;
@@ -180,94 +340,122 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
 
 template <class T>
 void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::int64_t* lengths, const T* masks,
-              const T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
-              T* grad_c0, const LayerGrads<T>* g) {
-    const CellKernels<T>& k = cell_kernels<T>(d);
-    const bool two_phase = d.cell == CellKind::GRU && !d.reset_after;
-    const bool separate = d.cell == CellKind::GRU && d.reset_after;
-    const bool has_c = cell_has_c(d);
-    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, G = cell_gates(d), GH = G * H;
-    const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N;
+              T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
+              T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt) {
+    const KernelSet<T>& ks = active_kernels<T>();
+    const CellKernels<T>& k = cell_of(ks, d);
+    const bool has_c = cell_has_c(d), v1 = gru_v1(d), split_h = gru_reset_after(d);
+    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, GH = cell_gates(d) * H;
+    const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr);
     const CacheLayout lay(d, masks != nullptr);
+    const ThreadPlan plan = plan_threads(d, ks.nr);
+    const i64 ld_dg = cg ? cg * H : H;
 
-    auto scratch = alloc<T>(backward_scratch_elements(d));
-    T* dgx_all = scratch.get();
-    T* dgh_all = separate ? dgx_all + TN * GH : nullptr;
-    T* dh = dgx_all + TN * GH * (separate ? 2 : 1);
-    T* dc = dh + NH;
-    T* d_rh = dc + NH;
-    T* g0 = d_rh + NH;
-    T* dybuf = g0 + N * GH;
+    std::vector<ThreadCtx<T>> tc(plan.total());
+    Carver<T> sizing(nullptr);
+    BackwardScratch<T>(sizing, d, opt.retain, plan.total(), ks.nr, nullptr);
+    AlignedBuffer<T> buf(sizing.used());
+    Carver<T> carver(buf.p);
+    BackwardScratch<T> ws(carver, d, opt.retain, plan.total(), ks.nr, tc.data());
+    T* gather = ws.gather;
+    std::vector<double> diag_h, diag_c;  // per thread [T] partial sums, reduced in thread order
+    if (opt.diag.grad_h_sq) {
+        diag_h.assign(std::size_t(plan.total() * D * T_), 0.0);
+        if (has_c && opt.diag.grad_c_sq) diag_c.assign(std::size_t(plan.total() * D * T_), 0.0);
+    }
+    const T clip = opt.bptt_clip > T(0) ? opt.bptt_clip : std::numeric_limits<T>::infinity();
+
     const T* h0_all = cache + lay.h0();
     const T* c0_all = has_c ? cache + lay.c0() : nullptr;
-
     const T* dY = grad_out;  // gradient arriving at the outputs of the current layer (null: none)
     for (i64 l = d.L - 1; l >= 0; --l) {
         const i64 C_l = l == 0 ? d.C : DH;
         const T* X = l == 0 ? x : cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1));
         const T* Y = cache + lay.y(l);
-        T* dX = l == 0 ? grad_x : dybuf + (l % 2) * TN * DH;
+        T* dX = l == 0 ? grad_x : ws.dybuf + (l % 2) * TN * DH;
+        Recurrence<T> rec[2];
+        for (i64 dir = 0; dir < D; ++dir) {
+            const i64 s_idx = l * D + dir;
+            Recurrence<T>& r = rec[dir];
+            r = Recurrence<T>{};
+            r.steps = T_; r.N = N; r.H = H; r.G = cell_gates(d);
+            r.reverse = dir == 1; r.train = true; r.lengths = lengths;
+            r.packed = ws.packed[dir];
+            // Gate gradients overwrite the cached gates in place (each value is read first),
+            // unless the cache must be kept: then both live in a copy. RNN caches no gates.
+            if (cg) {
+                r.gates = cache + lay.gates(l, dir);
+                if (opt.retain) {
+                    std::memcpy(ws.dgates[dir], r.gates, sizeof(T) * std::size_t(TN * cg * H));
+                    r.gates = ws.dgates[dir];
+                }
+                r.dgates = r.gates;
+            } else {
+                r.dgates = ws.dgates[dir];
+            }
+            r.ld_gates = r.ld_dgates = ld_dg;
+            r.c_hist = has_c ? cache + lay.c_hist(l, dir) : nullptr;
+            r.y = const_cast<T*>(Y) + dir * H; r.ld_y = DH;
+            r.h0 = h0_all + s_idx * NH;
+            r.c0 = has_c ? c0_all + s_idx * NH : nullptr;
+            r.dy = dY ? dY + dir * H : nullptr; r.ld_dy = DH;
+            r.dh = ws.dh[dir];
+            r.dc = has_c ? ws.dc[dir] : nullptr;
+            r.bptt_clip = clip;
+            copy_or_zero(r.dh, grad_h_n ? grad_h_n + s_idx * NH : nullptr, NH);
+            if (has_c) copy_or_zero(r.dc, grad_c_n ? grad_c_n + s_idx * NH : nullptr, NH);
+            ks.pack_backward(w[s_idx].w_hh, r.G, H, ws.packed[dir]);
+        }
+        for (int i = 0; i < plan.total() && !diag_h.empty(); ++i) {
+            tc[i].grad_h_sq = diag_h.data() + i * D * T_;
+            tc[i].grad_c_sq = diag_c.empty() ? nullptr : diag_c.data() + i * D * T_;
+        }
+        run_layer(k, false, true, rec, D, plan, tc.data(), nblk);
+
         for (i64 dir = 0; dir < D; ++dir) {
             const LayerWeights<T>& W = w[l * D + dir];
             const LayerGrads<T>& Gr = g[l * D + dir];
             const i64 s_idx = l * D + dir;
-            const T* gates = cache + lay.gates(l, dir);
-            copy_or_zero(dh, grad_h_n ? grad_h_n + s_idx * NH : nullptr, NH);
-            if (has_c) copy_or_zero(dc, grad_c_n ? grad_c_n + s_idx * NH : nullptr, NH);
-
-            StepBwd<T> s{};
-            s.N = N; s.H = H; s.T_len = T_; s.lengths = lengths;
-            s.ld_gates = cg * H;
-            s.c_hist = has_c ? cache + lay.c_hist(l, dir) : nullptr;
-            s.c0 = has_c ? c0_all + s_idx * NH : nullptr;
-            s.y = Y + dir * H; s.ld_y = DH;
-            s.h0 = h0_all + s_idx * NH;
-            s.ld_dy = DH;
-            s.d_rh = two_phase ? d_rh : nullptr;
-            s.dh = dh; s.dc = has_c ? dc : nullptr; s.ld_dg = GH;
-            // BPTT: the reverse of the forward processing order.
-            for (i64 step = T_ - 1; step >= 0; --step) {
-                const i64 t = dir == 0 ? step : T_ - 1 - step;
-                s.t = t;
-                s.prev_t = dir == 0 ? t - 1 : t + 1;
-                s.gates = gates + t * N * cg * H;
-                s.dy = dY ? dY + t * N * DH + dir * H : nullptr;
-                s.dgx = dgx_all + t * N * GH;
-                s.dgh = separate ? dgh_all + t * N * GH : nullptr;
-                k.bwd(s);
-                if (two_phase) {
-                    gemm<T>(false, false, N, H, H, T(1), s.dgx + 2 * H, GH, W.w_hh + 2 * H * H, H, T(0), d_rh, H);
-                    k.bwd_r(s);
-                    gemm<T>(false, false, N, H, 2 * H, T(1), s.dgx, GH, W.w_hh, H, T(1), dh, H);
-                } else {
-                    gemm<T>(false, false, N, H, GH, T(1), separate ? s.dgh : s.dgx, GH, W.w_hh, H, T(1), dh, H);
-                }
-            }
-            std::memcpy(grad_h0 + s_idx * NH, dh, sizeof(T) * NH);
-            if (has_c) std::memcpy(grad_c0 + s_idx * NH, dc, sizeof(T) * NH);
+            const Recurrence<T>& r = rec[dir];
+            std::memcpy(grad_h0 + s_idx * NH, r.dh, sizeof(T) * NH);
+            if (has_c) std::memcpy(grad_c0 + s_idx * NH, r.dc, sizeof(T) * NH);
+            if (!diag_h.empty())  // this direction's records, summed in thread order
+                for (int i = 0; i < plan.total(); ++i)
+                    for (i64 t = 0; t < T_; ++t) {
+                        const std::size_t at = std::size_t((i * D + dir) * T_ + t);
+                        opt.diag.grad_h_sq[s_idx * T_ + t] += diag_h[at];
+                        diag_h[at] = 0;
+                        if (!diag_c.empty()) {
+                            opt.diag.grad_c_sq[s_idx * T_ + t] += diag_c[at];
+                            diag_c[at] = 0;
+                        }
+                    }
 
             // Weight gradients as large GEMMs over all steps.
-            const T* dG_h = separate ? dgh_all : dgx_all;
-            const i64 h_rows = two_phase ? 2 * H : GH;  // rows of W_hh that multiply h_{t-1}
-            gemm<T>(true, false, GH, C_l, TN, T(1), dgx_all, GH, X, C_l, T(1), Gr.w_ih, C_l);
-            if (T_ > 1) {  // steps whose h_{t-1} is an output of this direction (zero where padded)
-                const T* dg_first = dir == 0 ? dG_h + N * GH : dG_h;
-                const T* y_prev = dir == 0 ? Y + dir * H : Y + N * DH + dir * H;
-                gemm<T>(true, false, h_rows, H, (T_ - 1) * N, T(1), dg_first, GH, y_prev, DH, T(1), Gr.w_hh, H);
+            const T* dgx = r.dgates;  // [TN, ld_dg]: dL/d(input-side pre-activations) in the first G blocks
+            gemm<T>(true, false, GH, C_l, TN, T(1), dgx, ld_dg, X, C_l, T(1), Gr.w_ih, C_l);
+            const T* Yd = Y + dir * H;
+            if (split_h) {  // GRU reset_after: W_hn h sees dn*r, kept in block 3
+                accumulate_w_hh(d, dir, lengths, 0, 2 * H, dgx, ld_dg, Yd, static_cast<const T*>(nullptr), 0, r.h0, Gr.w_hh, gather);
+                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 3 * H, ld_dg, Yd, static_cast<const T*>(nullptr), 0, r.h0, Gr.w_hh,
+                                gather);
+            } else if (v1) {  // W_hn multiplies the cached r*h_{t-1} (block 3)
+                accumulate_w_hh(d, dir, lengths, 0, 2 * H, dgx, ld_dg, Yd, static_cast<const T*>(nullptr), 0, r.h0, Gr.w_hh, gather);
+                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 2 * H, ld_dg, Yd, r.gates + 3 * H, ld_dg, r.h0,
+                                Gr.w_hh, gather);
+            } else {
+                accumulate_w_hh(d, dir, lengths, 0, GH, dgx, ld_dg, Yd, static_cast<const T*>(nullptr), 0, r.h0, Gr.w_hh, gather);
             }
-            for (i64 n = 0; n < N; ++n) {  // each sequence's first step reads h0
-                const i64 t0 = dir == 0 ? 0 : (lengths ? lengths[n] - 1 : T_ - 1);
-                std::memcpy(g0 + n * GH, dG_h + (t0 * N + n) * GH, sizeof(T) * GH);
-            }
-            gemm<T>(true, false, h_rows, H, N, T(1), g0, GH, s.h0, H, T(1), Gr.w_hh, H);
-            if (two_phase)  // W_hn multiplies r*h_{t-1}, cached in the fourth gate block
-                gemm<T>(true, false, H, H, TN, T(1), dgx_all + 2 * H, GH, gates + 3 * H, cg * H, T(1),
-                        Gr.w_hh + 2 * H * H, H);
             if (d.bias) {
-                add_column_sums(dgx_all, TN, GH, GH, Gr.b_ih);
-                add_column_sums(dG_h, TN, GH, GH, Gr.b_hh);
+                add_column_sums(dgx, TN, GH, ld_dg, Gr.b_ih);
+                if (split_h) {
+                    add_column_sums(dgx, TN, 2 * H, ld_dg, Gr.b_hh);
+                    add_column_sums(dgx + 3 * H, TN, H, ld_dg, Gr.b_hh + 2 * H);
+                } else {
+                    add_column_sums(dgx, TN, GH, ld_dg, Gr.b_hh);
+                }
             }
-            gemm<T>(false, false, TN, C_l, GH, T(1), dgx_all, GH, W.w_ih, C_l, dir == 0 ? T(0) : T(1), dX, C_l);
+            gemm<T>(false, false, TN, C_l, GH, T(1), dgx, ld_dg, W.w_ih, C_l, dir == 0 ? T(0) : T(1), dX, C_l);
         }
         if (l > 0) {
             if (masks) {
@@ -284,10 +472,10 @@ template void forward<float>(const Desc&, const LayerWeights<float>*, const floa
 template void forward<double>(const Desc&, const LayerWeights<double>*, const double*, const double*, const double*,
                               const std::int64_t*, const double*, double*, double*, double*, double*);
 template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*,
-                              const float*, const float*, const float*, const float*, const float*, float*, float*,
-                              float*, const LayerGrads<float>*);
+                              const float*, float*, const float*, const float*, const float*, float*, float*, float*,
+                              const LayerGrads<float>*, const BackwardOptions<float>&);
 template void backward<double>(const Desc&, const LayerWeights<double>*, const double*, const std::int64_t*,
-                               const double*, const double*, const double*, const double*, const double*, double*,
-                               double*, double*, const LayerGrads<double>*);
+                               const double*, double*, const double*, const double*, const double*, double*, double*,
+                               double*, const LayerGrads<double>*, const BackwardOptions<double>&);
 
 }  // namespace fastrnn

@@ -11,13 +11,28 @@ namespace fastrnn {
 // copies of h0 (and c0) [L*D, N, H].
 std::int64_t cache_elements(const Desc& d, bool dropout);
 
-// Scratch sizes (elements) one call allocates for itself, once.
-std::int64_t forward_scratch_elements(const Desc& d, bool training);
-std::int64_t backward_scratch_elements(const Desc& d);
+// Scratch (elements) a forward or backward call allocates for itself, once, for `threads`
+// threads; the panel width of the active ISA is taken into account.
+std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr);
+std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr);
+
+// Optional per-step records of a backward pass (null pointers: off, no cost).
+struct BackwardDiagnostics {
+    double* grad_h_sq;  // [L, D, T] sum over the batch and units of (dL/dh_t)^2, total gradient
+    double* grad_c_sq;  // [L, D, T] the same for dL/dc_t (LSTM)
+};
+
+template <class T>
+struct BackwardOptions {
+    bool retain = false;  // keep the cache intact (else it is overwritten by the gate gradients)
+    T bptt_clip = T(0);   // > 0: clip dL/d(gate pre-activations) to [-bptt_clip, bptt_clip] per step
+    BackwardDiagnostics diag{nullptr, nullptr};
+};
 
 // x [T, N, C]; h0/c0 [L*D, N, H] or null (zeros); lengths [N] or null (all T);
 // masks [L-1, T, N, D*H] (inter-layer dropout, already scaled) or null;
 // out [T, N, D*H]; h_n/c_n [L*D, N, H]; cache null for inference.
+// Throws std::bad_alloc when its scratch cannot be allocated (nothing else).
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache);
@@ -26,7 +41,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
 // Writes grad_x, grad_h0, grad_c0; accumulates (+=) into the parameter gradients g.
 template <class T>
 void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::int64_t* lengths, const T* masks,
-              const T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
-              T* grad_c0, const LayerGrads<T>* g);
+              T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
+              T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt);
 
 }  // namespace fastrnn

@@ -79,18 +79,11 @@ std::string get_isa() { return kIsas[active().load()].name; }
 void set_isa(const std::string& name) { active().store(int(parse(name))); }
 
 template <class T>
-const CellKernels<T>& cell_kernels(const Desc& d) {
-    const KernelSet<T>& k = kernel_set<T>(Isa(active().load()));
-    switch (d.cell) {
-        case CellKind::RNN_TANH: return k.rnn_tanh;
-        case CellKind::RNN_RELU: return k.rnn_relu;
-        case CellKind::LSTM: return k.lstm;
-        case CellKind::GRU: return d.reset_after ? k.gru : k.gru_v1;
-    }
-    throw std::invalid_argument("unknown cell kind");
+const KernelSet<T>& active_kernels() {
+    return kernel_set<T>(Isa(active().load()));
 }
 
-template const CellKernels<float>& cell_kernels<float>(const Desc&);
-template const CellKernels<double>& cell_kernels<double>(const Desc&);
+template const KernelSet<float>& active_kernels<float>();
+template const KernelSet<double>& active_kernels<double>();
 
 }  // namespace fastrnn

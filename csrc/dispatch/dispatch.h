@@ -16,7 +16,8 @@ std::string get_isa();
 // Forces an ISA by name; throws std::invalid_argument naming the available ones.
 void set_isa(const std::string& name);
 
+// The kernels of the ISA in use now (a call reads this once, so it never mixes two ISAs).
 template <class T>
-const CellKernels<T>& cell_kernels(const Desc& d);
+const KernelSet<T>& active_kernels();
 
 }  // namespace fastrnn

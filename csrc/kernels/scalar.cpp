@@ -7,7 +7,7 @@ namespace fastrnn {
 
 template <class T>
 KernelSet<T> scalar_kernels() {
-    return isa_scalar::make_kernel_set<isa_scalar::Scalar<T>, T>();
+    return isa_scalar::make_kernel_set<isa_scalar::Scalar<T>, isa_scalar::Scalar<T>, T>();
 }
 template KernelSet<float> scalar_kernels<float>();
 template KernelSet<double> scalar_kernels<double>();

@@ -1,134 +1,297 @@
-// Per-step row loops around the cell policies, written once and included by each ISA's file
-// (inside that ISA's namespace and target pragma). Padded rows (t >= lengths[n]) are handled
-// here, so cells only ever see valid rows.
+// The per-step kernels around the cell policies, written once and included by each ISA's file
+// (inside that ISA's namespace and target pragma). One call handles one processing step of one
+// layer-direction for a thread's range of unit blocks [b0, b1): the recurrent GEMM of every gate
+// of those units into a small tile (packed W_hh panels, fastrnn's microkernel), then the cell's
+// pointwise function on the tile. Padded rows (t >= lengths[n]) are handled here, so cells only
+// ever see valid rows. The driver owns the time loop, the threads and the barriers.
 #pragma once
+#include <algorithm>
 #include <cstring>
 #include "../core/desc.h"
 #include "../cells/rnn.h"
 #include "../cells/lstm.h"
 #include "../cells/gru.h"
+#include "gemm.h"
 
 #ifndef FASTRNN_ISA_NS
 #error "include from an ISA kernel file that defines FASTRNN_ISA_NS"
 #endif
 
-// Per-ISA namespace: each ISA's translation unit gets its own copies of every inline helper,
-// so the linker can never pick an AVX2-compiled copy for the scalar path.
 namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
+using i64 = std::int64_t;
+
+inline bool row_valid(const i64* lengths, i64 n, i64 t) { return lengths == nullptr || t < lengths[n]; }
+
+// The time step of processing step s: forward passes run in the direction's order, BPTT in
+// the opposite one.
 template <class T>
-inline bool row_valid(const std::int64_t* lengths, std::int64_t n, std::int64_t t) {
-    return lengths == nullptr || t < lengths[n];
-}
+inline i64 time_of(const Recurrence<T>& r, i64 s) { return r.reverse ? r.steps - 1 - s : s; }
+template <class T>
+inline i64 bptt_time_of(const Recurrence<T>& r, i64 s) { return r.reverse ? s : r.steps - 1 - s; }
 
 template <class T>
-inline void zero_row(T* p, std::int64_t n) {
-    std::memset(static_cast<void*>(p), 0, sizeof(T) * static_cast<std::size_t>(n));
+inline void zero_units(T* p, i64 n) { std::memset(static_cast<void*>(p), 0, sizeof(T) * static_cast<std::size_t>(n)); }
+
+// Unit blocks per tile: enough panels (gates x blocks) for 8-12 accumulators at small batch.
+constexpr i64 units_group(int gemm_gates) { return gemm_gates >= 4 ? 1 : gemm_gates >= 2 ? 2 : 4; }
+
+// tile[N, ng*bb*nr] = A[N, H] W_hh^T restricted to gates g0..g0+ng of unit blocks b..b+bb; gate
+// q of unit block u lands at column (q*bb + u)*nr, so the tile's gate stride is bb*nr.
+template <class GV, class T>
+void forward_gemm(const Recurrence<T>& r, T* tile, const T* a, i64 lda, int g0, int ng, i64 b, i64 bb) {
+    constexpr int NR = panel_width<GV>();
+    const i64 nblk = (r.H + NR - 1) / NR;
+    const T* panels[kMaxTilePanels];
+    int np = 0;
+    for (int g = g0; g < g0 + ng; ++g)
+        for (i64 u = 0; u < bb; ++u) panels[np++] = r.packed + ((g * nblk + b + u) * r.H) * NR;
+    tile_gemm<GV>(r.N, r.H, a, lda, panels, np, tile, false);
 }
 
-template <class T>
-FwdRow<T> fwd_row(const StepFwd<T>& s, std::int64_t n) {
-    const std::int64_t H = s.H;
-    return FwdRow<T>{s.xp + n * s.ld_xp, s.hp + n * s.ld_hp, s.bhn, s.h + n * H,
-                     s.c ? s.c + n * H : nullptr, s.y + n * s.ld_y,
-                     s.gates ? s.gates + n * s.ld_gates : nullptr,
-                     s.c_hist ? s.c_hist + n * H : nullptr,
-                     s.rh ? s.rh + n * s.ld_rh : nullptr, H};
+// tile[N, bb*nr] (+)= A[N, k1-k0] W_hh[k0:k1, units of blocks b..b+bb] (backward packing).
+template <class GV, class T>
+void backward_gemm(const Recurrence<T>& r, T* tile, const T* a, i64 lda, i64 k0, i64 k1, i64 b, i64 bb,
+                   bool accumulate) {
+    constexpr int NR = panel_width<GV>();
+    const i64 GH = r.G * r.H;
+    const T* panels[kMaxTilePanels];
+    for (i64 u = 0; u < bb; ++u) panels[u] = r.packed + (b + u) * GH * NR + k0 * NR;
+    tile_gemm<GV>(r.N, k1 - k0, a, lda, panels, int(bb), tile, accumulate);
 }
 
-template <class Cell, class V, bool Train, class T>
-void fwd_step(const StepFwd<T>& s) {
-    for (std::int64_t n = 0; n < s.N; ++n) {
-        if (!row_valid<T>(s.lengths, n, s.t)) {  // state untouched, output zero
-            zero_row(s.y + n * s.ld_y, s.H);
-            if constexpr (Train) {
-                if (Cell::cache_gates) zero_row(s.gates + n * s.ld_gates, Cell::cache_gates * s.H);
-                if (Cell::has_c) std::memcpy(s.c_hist + n * s.H, s.c + n * s.H, sizeof(T) * s.H);
+// dL/dh_{t-1} through W_hh from the gate gradients of processing step s (all rows): the part of
+// the state gradient that needs every unit of the step, hence the GEMM. Cells whose W_hh rows
+// see different gradients (GRU) read them from different cache blocks.
+template <class Cell, class GV, class T>
+void recurrent_grad(const Recurrence<T>& r, T* tile, i64 s, i64 b, i64 bb) {
+    const i64 H = r.H, t = bptt_time_of(r, s);
+    const T* dg = r.dgates + t * r.N * r.ld_dgates;
+    if constexpr (Cell::gates == 3 && Cell::two_phase) {  // GRU reset_after=false: r, z here; n via r*h
+        backward_gemm<GV>(r, tile, dg, r.ld_dgates, 0, 2 * H, b, bb, false);
+    } else if constexpr (Cell::gates == 3) {  // GRU reset_after=true: d(W_hn h) = dn*r, kept in block 3
+        backward_gemm<GV>(r, tile, dg, r.ld_dgates, 0, 2 * H, b, bb, false);
+        backward_gemm<GV>(r, tile, dg + 3 * H, r.ld_dgates, 2 * H, 3 * H, b, bb, true);
+    } else {
+        backward_gemm<GV>(r, tile, dg, r.ld_dgates, 0, Cell::gates * H, b, bb, false);
+    }
+}
+
+// ---------------------------------------------------------------- forward
+
+// Padded row: the state is held, the output is zero, the cache row is zeroed.
+template <class Cell, bool Train, class T>
+void forward_hold(const Recurrence<T>& r, i64 t, i64 n, i64 u0, i64 cnt, const T* h_prev, T* h_next) {
+    const i64 N = r.N, H = r.H;
+    std::memcpy(h_next + n * H + u0, h_prev + n * H + u0, sizeof(T) * std::size_t(cnt));
+    zero_units(r.y + (t * N + n) * r.ld_y + u0, cnt);
+    if constexpr (Train) {
+        T* g = r.gates + (t * N + n) * r.ld_gates + u0;
+        for (int q = 0; q < Cell::cache_gates; ++q) zero_units(g + q * H, cnt);
+        if constexpr (Cell::has_c) std::memcpy(r.c_hist + (t * N + n) * H + u0, r.c + n * H + u0, sizeof(T) * std::size_t(cnt));
+    }
+}
+
+// One whole step (RNN, LSTM, GRU reset_after=true) or the second phase of GRU reset_after=false
+// (the n gate from W_hn (r*h)).
+template <class Cell, class GV, class CV, bool Train, class T>
+void forward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) {
+    constexpr int NR = panel_width<GV>();
+    constexpr int gemm_gates = Cell::two_phase ? 1 : Cell::gates;
+    constexpr i64 UG = units_group(gemm_gates);
+    const i64 t = time_of(r, s), N = r.N, H = r.H;
+    const T* h_prev = r.hbuf + (s & 1) * N * H;
+    T* h_next = r.hbuf + ((s + 1) & 1) * N * H;
+    for (i64 b = b0; b < b1; b += UG) {
+        const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), hs = bb * NR;
+        if constexpr (Cell::two_phase) {  // A = r*h_{t-1}: cache block 3 in training, scratch otherwise
+            const T* rh = Train ? r.gates + t * N * r.ld_gates + 3 * H : r.rh;
+            forward_gemm<GV>(r, tc.tile, rh, Train ? r.ld_gates : r.ld_rh, 2, 1, b, bb);
+        } else {
+            forward_gemm<GV>(r, tc.tile, h_prev, H, 0, Cell::gates, b, bb);
+        }
+        for (i64 n = 0; n < N; ++n) {
+            if (!row_valid(r.lengths, n, t)) {
+                forward_hold<Cell, Train>(r, t, n, u0, cnt, h_prev, h_next);
+                continue;
             }
-            continue;
+            T* grow = r.gates + (t * N + n) * r.ld_gates + u0;
+            const FwdRow<T> row{grow, tc.tile + n * gemm_gates * hs, hs, r.bias + u0, r.bhn ? r.bhn + u0 : nullptr,
+                                h_prev + n * H + u0, h_next + n * H + u0, r.c ? r.c + n * H + u0 : nullptr,
+                                r.y + (t * N + n) * r.ld_y + u0, grow,
+                                r.c_hist ? r.c_hist + (t * N + n) * H + u0 : nullptr, nullptr, H};
+            Cell::template forward<Train, CV>(row, cnt);
         }
-        Cell::template forward<Train, V>(fwd_row(s, n));
     }
 }
 
-template <class Cell, class V, class T>
-void fwd_rz_step(const StepFwd<T>& s) {
-    for (std::int64_t n = 0; n < s.N; ++n) {
-        if (!row_valid<T>(s.lengths, n, s.t)) {
-            zero_row(s.rh + n * s.ld_rh, s.H);
-            continue;
+// GRU reset_after=false, first phase: r, z and r*h_{t-1}.
+template <class Cell, class GV, class CV, bool Train, class T>
+void forward_rz_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) {
+    constexpr int NR = panel_width<GV>();
+    constexpr i64 UG = units_group(2);
+    const i64 t = time_of(r, s), N = r.N, H = r.H;
+    const T* h_prev = r.hbuf + (s & 1) * N * H;
+    for (i64 b = b0; b < b1; b += UG) {
+        const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), hs = bb * NR;
+        forward_gemm<GV>(r, tc.tile, h_prev, H, 0, 2, b, bb);
+        for (i64 n = 0; n < N; ++n) {
+            T* grow = r.gates + (t * N + n) * r.ld_gates + u0;
+            T* rh = Train ? grow + 3 * H : r.rh + n * r.ld_rh + u0;
+            if (!row_valid(r.lengths, n, t)) {
+                zero_units(grow, cnt);
+                zero_units(grow + H, cnt);
+                zero_units(rh, cnt);
+                continue;
+            }
+            const FwdRow<T> row{grow, tc.tile + n * 2 * hs, hs, r.bias + u0, nullptr, h_prev + n * H + u0, nullptr,
+                                nullptr, nullptr, grow, nullptr, rh, H};
+            Cell::template forward_rz<CV>(row, cnt);
         }
-        Cell::template forward_rz<V>(fwd_row(s, n));
     }
+}
+
+// ---------------------------------------------------------------- backward
+
+// dh_total = carry + recurrent part (tile) + dL/dy_t into the tile row; returns its sum of squares.
+template <class T>
+double gather_state_grad(T* tile_row, const T* carry, const T* dy, i64 cnt, bool want_norm) {
+    double sq = 0;
+    if (dy)
+        for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j] + dy[j];
+    else
+        for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j];
+    if (want_norm)
+        for (i64 j = 0; j < cnt; ++j) sq += double(tile_row[j]) * double(tile_row[j]);
+    return sq;
 }
 
 template <class Cell, class T>
-BwdRow<T> bwd_row(const StepBwd<T>& s, std::int64_t n) {
-    const std::int64_t H = s.H, N = s.N;
-    // h_{t-1} / c_{t-1}: the previous step of this sequence, or the initial state when step t
-    // is the sequence's first (t = 0 forward, t = len-1 reverse).
-    const bool prev_in_seq = s.prev_t >= 0 && s.prev_t < s.T_len && row_valid<T>(s.lengths, n, s.prev_t);
-    const T* h_prev = prev_in_seq ? s.y + (s.prev_t * N + n) * s.ld_y : s.h0 + n * H;
+BwdRow<T> backward_row(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 t, i64 n, i64 u0, T* dh_total) {
+    const i64 N = r.N, H = r.H;
+    // h_{t-1} / c_{t-1}: the previous step of this sequence in forward order, or the initial state
+    // when t is the sequence's first step (t = 0 forward, t = len-1 reverse).
+    const i64 tf = r.reverse ? t + 1 : t - 1;
+    const bool prev_in_seq = tf >= 0 && tf < r.steps && row_valid(r.lengths, n, tf);
+    const T* h_prev = prev_in_seq ? r.y + (tf * N + n) * r.ld_y + u0 : r.h0 + n * H + u0;
     const T* c_prev = nullptr;
-    if (Cell::has_c) c_prev = prev_in_seq ? s.c_hist + (s.prev_t * N + n) * H : s.c0 + n * H;
-    return BwdRow<T>{s.gates + n * s.ld_gates,
-                     Cell::has_c ? s.c_hist + (s.t * N + n) * H : nullptr,
+    if constexpr (Cell::has_c) c_prev = prev_in_seq ? r.c_hist + (tf * N + n) * H + u0 : r.c0 + n * H + u0;
+    return BwdRow<T>{r.gates + (t * N + n) * r.ld_gates + u0,
+                     r.dgates + (t * N + n) * r.ld_dgates + u0,
+                     Cell::has_c ? r.c_hist + (t * N + n) * H + u0 : nullptr,
                      c_prev,
                      h_prev,
-                     s.y + (s.t * N + n) * s.ld_y,
-                     s.d_rh ? s.d_rh + n * H : nullptr,
-                     s.dh + n * H,
-                     s.dc ? s.dc + n * H : nullptr,
-                     s.dgx + n * s.ld_dg,
-                     s.dgh ? s.dgh + n * s.ld_dg : nullptr,
+                     r.y + (t * N + n) * r.ld_y + u0,
+                     dh_total,
+                     r.dh + n * H + u0,
+                     r.dc ? r.dc + n * H + u0 : nullptr,
+                     nullptr,
+                     tc.grad_c_sq ? tc.dc_total : nullptr,
+                     r.bptt_clip,
                      H};
 }
 
-template <class Cell, class V, class T>
-void bwd_step(const StepBwd<T>& s) {
-    const std::int64_t H = s.H, GH = Cell::gates * H;
-    for (std::int64_t n = 0; n < s.N; ++n) {
-        if (!row_valid<T>(s.lengths, n, s.t)) {  // no gradient enters; carries pass through
-            zero_row(s.dgx + n * s.ld_dg, GH);
-            if (Cell::separate_dgh) zero_row(s.dgh + n * s.ld_dg, GH);
-            continue;
+// One whole backward step (RNN, LSTM, GRU reset_after=true), or the first phase of GRU
+// reset_after=false. Processing step s is time t; the step processed before it (s-1) is the
+// one that followed t in the forward pass, whose gate gradients feed dL/dh_t through W_hh.
+template <class Cell, class GV, class CV, class T>
+void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) {
+    constexpr int NR = panel_width<GV>();
+    constexpr i64 UG = units_group(1);
+    const i64 t = bptt_time_of(r, s), N = r.N, H = r.H;
+    for (i64 b = b0; b < b1; b += UG) {
+        const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), ldt = bb * NR;
+        if (s > 0)
+            recurrent_grad<Cell, GV>(r, tc.tile, s - 1, b, bb);
+        else
+            zero_units(tc.tile, N * ldt);
+        for (i64 n = 0; n < N; ++n) {
+            T* tile_row = tc.tile + n * ldt;
+            T* carry = r.dh + n * H + u0;
+            if (!row_valid(r.lengths, n, t)) {  // the carries pass through; no gradient enters
+                for (i64 j = 0; j < cnt; ++j) carry[j] += tile_row[j];
+                T* dg = r.dgates + (t * N + n) * r.ld_dgates + u0;
+                for (int q = 0; q < Cell::dgate_blocks; ++q) zero_units(dg + q * H, cnt);
+                continue;
+            }
+            const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
+            const double sq = gather_state_grad(tile_row, carry, dy, cnt, tc.grad_h_sq != nullptr);
+            if (tc.grad_h_sq) tc.grad_h_sq[t] += sq;
+            Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
+            if constexpr (Cell::has_c)
+                if (tc.grad_c_sq)
+                    for (i64 j = 0; j < cnt; ++j) tc.grad_c_sq[t] += double(tc.dc_total[j]) * double(tc.dc_total[j]);
         }
-        if (s.dy) {
-            T* dh = s.dh + n * H;
-            const T* dy = s.dy + n * s.ld_dy;
-            for (std::int64_t j = 0; j < H; ++j) dh[j] += dy[j];
-        }
-        Cell::template backward<V>(bwd_row<Cell>(s, n));
     }
 }
 
-template <class Cell, class V, class T>
-void bwd_r_step(const StepBwd<T>& s) {
-    for (std::int64_t n = 0; n < s.N; ++n) {
-        if (!row_valid<T>(s.lengths, n, s.t)) continue;  // dgx row already zeroed by bwd_step
-        Cell::template backward_r<V>(bwd_row<Cell>(s, n));
+// GRU reset_after=false, second phase: dL/d(r*h) = dn W_hn needs every unit's dn (hence the
+// barrier before it), then dr and the r*(.) part of dL/dh_{t-1}.
+template <class Cell, class GV, class CV, class T>
+void backward_r_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) {
+    constexpr int NR = panel_width<GV>();
+    constexpr i64 UG = units_group(1);
+    const i64 t = bptt_time_of(r, s), N = r.N, H = r.H;
+    for (i64 b = b0; b < b1; b += UG) {
+        const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), ldt = bb * NR;
+        backward_gemm<GV>(r, tc.tile, r.dgates + t * N * r.ld_dgates + 2 * H, r.ld_dgates, 2 * H, 3 * H, b, bb, false);
+        for (i64 n = 0; n < N; ++n) {
+            if (!row_valid(r.lengths, n, t)) continue;  // dgates row zeroed by the first phase
+            BwdRow<T> row = backward_row<Cell>(r, tc, t, n, u0, static_cast<T*>(nullptr));
+            row.d_rh = tc.tile + n * ldt;
+            Cell::template backward_r<CV>(row, cnt);
+        }
     }
 }
 
-template <class Cell, class V, class T>
+// After the last step: dL/dh0 = carry + dG(last step) W_hh, for every row.
+template <class Cell, class GV, class T>
+void backward_final(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 b0, i64 b1) {
+    constexpr int NR = panel_width<GV>();
+    constexpr i64 UG = units_group(1);
+    const i64 N = r.N, H = r.H;
+    for (i64 b = b0; b < b1; b += UG) {
+        const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), ldt = bb * NR;
+        recurrent_grad<Cell, GV>(r, tc.tile, r.steps - 1, b, bb);
+        for (i64 n = 0; n < N; ++n)
+            for (i64 j = 0; j < cnt; ++j) r.dh[n * H + u0 + j] += tc.tile[n * ldt + j];
+    }
+}
+
+template <class Cell, class GV, class CV, class T>
 CellKernels<T> make_cell_kernels() {
     CellKernels<T> k{};
-    k.fwd_train = &fwd_step<Cell, V, true, T>;
-    k.fwd_infer = &fwd_step<Cell, V, false, T>;
-    k.bwd = &bwd_step<Cell, V, T>;
+    k.bwd[0] = &backward_step<Cell, GV, CV, T>;
+    k.bwd_final = &backward_final<Cell, GV, T>;
     if constexpr (Cell::two_phase) {
-        k.fwd_rz = &fwd_rz_step<Cell, V, T>;
-        k.bwd_r = &bwd_r_step<Cell, V, T>;
+        k.fwd_phases = k.bwd_phases = 2;
+        k.fwd_train[0] = &forward_rz_step<Cell, GV, CV, true, T>;
+        k.fwd_infer[0] = &forward_rz_step<Cell, GV, CV, false, T>;
+        k.fwd_train[1] = &forward_step<Cell, GV, CV, true, T>;
+        k.fwd_infer[1] = &forward_step<Cell, GV, CV, false, T>;
+        k.bwd[1] = &backward_r_step<Cell, GV, CV, T>;
+    } else {
+        k.fwd_phases = k.bwd_phases = 1;
+        k.fwd_train[0] = &forward_step<Cell, GV, CV, true, T>;
+        k.fwd_infer[0] = &forward_step<Cell, GV, CV, false, T>;
     }
     return k;
 }
 
-template <class V, class T>
+// GV: the vector type of the recurrent GEMM; CV: the vector type of the cells' pointwise math.
+template <class GV, class CV, class T>
 KernelSet<T> make_kernel_set() {
-    return KernelSet<T>{make_cell_kernels<RNNCell<false>, V, T>(), make_cell_kernels<RNNCell<true>, V, T>(),
-                        make_cell_kernels<LSTMCell, V, T>(), make_cell_kernels<GRUCell<true>, V, T>(),
-                        make_cell_kernels<GRUCell<false>, V, T>()};
+    KernelSet<T> ks{};
+    ks.nr = panel_width<GV>();
+    ks.pack_forward = &pack_forward<GV, T>;
+    ks.pack_backward = &pack_backward<GV, T>;
+    ks.rnn_tanh = make_cell_kernels<RNNCell<false>, GV, CV, T>();
+    ks.rnn_relu = make_cell_kernels<RNNCell<true>, GV, CV, T>();
+    ks.lstm = make_cell_kernels<LSTMCell, GV, CV, T>();
+    ks.gru = make_cell_kernels<GRUCell<true>, GV, CV, T>();
+    ks.gru_v1 = make_cell_kernels<GRUCell<false>, GV, CV, T>();
+    return ks;
 }
 
 }  // namespace FASTRNN_ISA_NS

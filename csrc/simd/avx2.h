@@ -61,6 +61,11 @@ inline Avx2F step(Avx2F a) {  // 1 if a > 0, 0 if a <= 0, NaN if NaN
     return {_mm256_blendv_ps(pos, a.v, nan)};
 }
 inline Avx2F vrelu(Avx2F a) { return {_mm256_max_ps(_mm256_setzero_ps(), a.v)}; }  // NaN stays NaN
+// Clamp to [-lim, lim]; max/min return their second operand when one is NaN, so NaN stays NaN.
+inline Avx2F vclip(Avx2F a, Avx2F lim) {
+    const __m256 neg = _mm256_sub_ps(_mm256_setzero_ps(), lim.v);
+    return {_mm256_min_ps(lim.v, _mm256_max_ps(neg, a.v))};
+}
 
 inline Avx2F vexp(Avx2F a) { return {Avx2F::exp(a.v)}; }
 inline Avx2F vsigmoid(Avx2F a) {
@@ -82,6 +87,21 @@ inline Avx2F vtanh(Avx2F a) {
     __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
     return {_mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ))};
 }
+
+// 4 doubles: the recurrent GEMM's vector for float64 (the float64 cells stay on the accurate
+// scalar libm math, so only what the microkernel needs is here).
+struct Avx2D {
+    using value_type = double;
+    static constexpr int width = 4;
+    __m256d v;
+
+    static Avx2D load(const double* p) { return {_mm256_loadu_pd(p)}; }
+    static Avx2D set1(double x) { return {_mm256_set1_pd(x)}; }
+    static Avx2D zero() { return {_mm256_setzero_pd()}; }
+    void store(double* p) const { _mm256_storeu_pd(p, v); }
+};
+inline Avx2D operator+(Avx2D a, Avx2D b) { return {_mm256_add_pd(a.v, b.v)}; }
+inline Avx2D fmadd(Avx2D a, Avx2D b, Avx2D c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
 
 }  // namespace FASTRNN_ISA_NS
 }  // namespace fastrnn

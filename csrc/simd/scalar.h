@@ -38,6 +38,8 @@ struct Scalar {
     friend Scalar vsigmoid(Scalar a) { return {T(1) / (T(1) + std::exp(-a.v))}; }
     friend Scalar vtanh(Scalar a) { return {std::tanh(a.v)}; }
     friend Scalar vrelu(Scalar a) { return {a.v > T(0) ? a.v : (a.v == a.v ? T(0) : a.v)}; }
+    // Clamp to [-lim, lim]; NaN stays NaN (both comparisons are false).
+    friend Scalar vclip(Scalar a, Scalar lim) { return {a.v < -lim.v ? -lim.v : (a.v > lim.v ? lim.v : a.v)}; }
 };
 
 // Runs f(V tag, j) over j = 0..n-1 in steps of V::width, then the tail with the scalar type.

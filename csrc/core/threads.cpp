@@ -1,0 +1,145 @@
+#include "threads.h"
+
+#include <pthread.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define FASTRNN_RELAX() _mm_pause()
+#else
+#define FASTRNN_RELAX() std::this_thread::yield()
+#endif
+
+namespace fastrnn {
+
+namespace {
+
+std::atomic<int> g_num_threads{1};
+
+// Waits until pred() holds: spins for about `spin_us`, then yields the CPU between checks.
+template <class Pred>
+void spin_then_yield(Pred pred, int spin_us) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+    for (int i = 0; !pred(); ++i) {
+        if ((i & 63) != 63 || std::chrono::steady_clock::now() < until)
+            FASTRNN_RELAX();
+        else
+            std::this_thread::yield();
+    }
+}
+
+class Pool {
+   public:
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        for (auto& t : threads_) t.join();
+    }
+
+    void run(int n, const std::function<void(int, int)>& fn) {
+        std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+        if (!busy.owns_lock()) {  // another caller's job is running: do this one alone
+            fn(0, 1);
+            return;
+        }
+        while (int(threads_.size()) < n - 1) {
+            const int tid = int(threads_.size()) + 1;
+            threads_.emplace_back([this, tid] { worker(tid); });
+        }
+        job_ = &fn;
+        job_n_ = n;
+        remaining_.store(n - 1, std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            gen_.fetch_add(1, std::memory_order_release);
+        }
+        cv_.notify_all();
+        fn(0, n);
+        spin_then_yield([&] { return remaining_.load(std::memory_order_acquire) == 0; }, 1000);
+    }
+
+   private:
+    void worker(int tid) {
+        std::uint64_t seen = 0;
+        for (;;) {
+            // Spin a little first: the driver starts regions back to back (layer after layer).
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+            while (gen_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
+                for (int i = 0; i < 64; ++i) FASTRNN_RELAX();
+            if (gen_.load(std::memory_order_acquire) == seen) {
+                std::unique_lock<std::mutex> lk(m_);
+                cv_.wait(lk, [&] { return stop_ || gen_.load(std::memory_order_acquire) != seen; });
+                if (stop_) return;
+            }
+            seen = gen_.load(std::memory_order_acquire);
+            if (tid < job_n_) {
+                (*job_)(tid, job_n_);
+                remaining_.fetch_sub(1, std::memory_order_acq_rel);
+            }
+        }
+    }
+
+    std::vector<std::thread> threads_;
+    std::mutex busy_;  // one job at a time
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    std::atomic<std::uint64_t> gen_{0};
+    std::atomic<int> remaining_{0};
+    const std::function<void(int, int)>* job_ = nullptr;
+    int job_n_ = 0;
+};
+
+Pool* g_pool = nullptr;
+std::mutex g_pool_mutex;
+
+// In a forked child only the forking thread exists: the parent's workers are gone and the
+// pool's mutexes may be held by them. Abandon that pool (no destructor: its state is not ours
+// to clean up) and start a fresh one on first use.
+void reset_pool_in_child() {
+    g_pool = nullptr;
+    new (&g_pool_mutex) std::mutex();
+}
+
+Pool& pool() {
+    static const int registered = pthread_atfork(nullptr, nullptr, reset_pool_in_child);
+    (void)registered;
+    std::lock_guard<std::mutex> lk(g_pool_mutex);
+    if (!g_pool) g_pool = new Pool();  // lives until exit: worker threads must outlive callers
+    return *g_pool;
+}
+
+}  // namespace
+
+int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+
+void parallel_run(int n, const std::function<void(int, int)>& fn) {
+    if (n <= 1) {
+        fn(0, 1);
+        return;
+    }
+    pool().run(n, fn);
+}
+
+void Barrier::wait() {
+    if (n_ <= 1) return;
+    const std::uint32_t phase = phase_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+        count_.store(0, std::memory_order_relaxed);
+        phase_.store(phase + 1, std::memory_order_release);
+        return;
+    }
+    spin_then_yield([&] { return phase_.load(std::memory_order_acquire) != phase; }, 200);
+}
+
+}  // namespace fastrnn

@@ -1,0 +1,154 @@
+// The recurrent product's microkernel: C[rows, panels*nr] (+)= A[rows, K] * B, with B packed in
+// K x nr panels (nr = 2 vectors) that are streamed in order, A read in place with broadcasts.
+// Register blocking after shared/notes/build-findings.md §2: rows x panels per call chosen so
+// that 8-12 vector accumulators are live (enough independent FMA chains to hide the latency).
+// Included by each ISA's file inside its namespace and target pragma, written once against V.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#ifndef FASTRNN_ISA_NS
+#error "include from an ISA kernel file that defines FASTRNN_ISA_NS"
+#endif
+
+namespace fastrnn {
+namespace FASTRNN_ISA_NS {
+
+// Panel width in elements: two vectors (or 8 scalars for the portable path).
+template <class V>
+constexpr int panel_width() {
+    return V::width > 1 ? 2 * V::width : 8;
+}
+
+// Depth of one pass over K: keeps a group's panels (<= 6 x kKC x nr) in L2 while every row of A
+// streams through them.
+constexpr std::int64_t kKC = 256;
+
+
+// Forward packing: panel (g, b) = rows g*H + b*nr .. +nr of W_hh [G*H, H], stored [H][nr]
+// (k-major), zero past H.
+template <class V, class T>
+void pack_forward(const T* w, std::int64_t G, std::int64_t H, T* out) {
+    constexpr int NR = panel_width<V>();
+    const std::int64_t nblk = (H + NR - 1) / NR;
+    for (std::int64_t g = 0; g < G; ++g)
+        for (std::int64_t b = 0; b < nblk; ++b) {
+            T* p = out + (g * nblk + b) * H * NR;
+            for (std::int64_t k = 0; k < H; ++k)
+                for (int j = 0; j < NR; ++j) {
+                    const std::int64_t u = b * NR + j;
+                    p[k * NR + j] = u < H ? w[(g * H + u) * H + k] : T(0);
+                }
+        }
+}
+
+// Backward packing: panel b = columns b*nr .. +nr of W_hh [G*H, H], stored [G*H][nr].
+template <class V, class T>
+void pack_backward(const T* w, std::int64_t G, std::int64_t H, T* out) {
+    constexpr int NR = panel_width<V>();
+    const std::int64_t nblk = (H + NR - 1) / NR, GH = G * H;
+    for (std::int64_t b = 0; b < nblk; ++b) {
+        T* p = out + b * GH * NR;
+        for (std::int64_t k = 0; k < GH; ++k)
+            for (int j = 0; j < NR; ++j) {
+                const std::int64_t u = b * NR + j;
+                p[k * NR + j] = u < H ? w[k * H + u] : T(0);
+            }
+    }
+}
+
+// R rows x P panels, depth kc. b[p] points at panel p's row k0; c + r*ldc + p*nr is the output.
+template <class V, int R, int P>
+inline void microkernel(std::int64_t kc, const typename V::value_type* a, std::int64_t lda,
+                        const typename V::value_type* const* b, typename V::value_type* c, std::int64_t ldc,
+                        bool accumulate) {
+    using T = typename V::value_type;
+    constexpr int NR = panel_width<V>(), NV = NR / V::width;
+    V acc[R][P][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p)
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[r][p][v] = V::zero();
+    for (std::int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) {
+            V bv[NV];
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) bv[v] = V::load(b[p] + k * NR + v * V::width);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const V av = V::set1(a[r * lda + k]);
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; ++v) acc[r][p][v] = fmadd(av, bv[v], acc[r][p][v]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p)
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) {
+                T* dst = c + r * ldc + p * NR + v * V::width;
+                (accumulate ? acc[r][p][v] + V::load(dst) : acc[r][p][v]).store(dst);
+            }
+}
+
+// Rows r0..r0+R of the tile against np panels, P at a time (as many as the registers allow).
+template <class V, int R>
+inline void row_block(std::int64_t kc, const typename V::value_type* a, std::int64_t lda,
+                      const typename V::value_type* const* b, int np, typename V::value_type* c, std::int64_t ldc,
+                      bool accumulate) {
+    constexpr int NR = panel_width<V>();
+    constexpr int PM = R == 1 ? 6 : R == 2 ? 3 : R == 3 ? 2 : 1;
+    int p = 0;
+    for (; p + PM <= np; p += PM) microkernel<V, R, PM>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
+    int left = np - p;  // fewer than PM
+    if constexpr (PM >= 3) {
+        if (left >= 3) {
+            microkernel<V, R, 3>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
+            p += 3, left -= 3;
+        }
+        if (left == 2) {
+            microkernel<V, R, 2>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
+            p += 2, left -= 2;
+        }
+    }
+    if (left == 1) microkernel<V, R, 1>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
+}
+
+// tile[N, np*nr] (+)= A[N, K] * [panels], K in passes of kKC. `panels[p]` points at row 0 of
+// panel p (stride nr per k). The tile's row stride is np*nr.
+template <class V>
+void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
+               const typename V::value_type* const* panels, int np, typename V::value_type* tile,
+               bool accumulate) {
+    using T = typename V::value_type;
+    constexpr int NR = panel_width<V>();
+    const std::int64_t ldc = std::int64_t(np) * NR;
+    const T* b[kMaxTilePanels];
+    for (std::int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const std::int64_t kc = std::min(kKC, K - k0);
+        const bool acc = accumulate || k0 > 0;
+        for (int p = 0; p < np; ++p) b[p] = panels[p] + k0 * NR;
+        const T* ak = a + k0;
+        std::int64_t r = 0;
+        for (; r + 6 <= N; r += 6) row_block<V, 6>(kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
+        const T* ar = ak + r * lda;
+        T* cr = tile + r * ldc;
+        switch (N - r) {
+            case 1: row_block<V, 1>(kc, ar, lda, b, np, cr, ldc, acc); break;
+            case 2: row_block<V, 2>(kc, ar, lda, b, np, cr, ldc, acc); break;
+            case 3: row_block<V, 3>(kc, ar, lda, b, np, cr, ldc, acc); break;
+            case 4: row_block<V, 4>(kc, ar, lda, b, np, cr, ldc, acc); break;
+            case 5: row_block<V, 5>(kc, ar, lda, b, np, cr, ldc, acc); break;
+            default: break;
+        }
+    }
+}
+
+}  // namespace FASTRNN_ISA_NS
+}  // namespace fastrnn

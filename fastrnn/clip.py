@@ -282,7 +282,8 @@ def adaptive_clip_(params, grads=None, clipping=0.01, eps=1e-3, nonfinite="raise
     ``W_ih``/``W_hh``); a 1-D tensor (a bias) or a scalar is a single unit (its whole norm).
     This is ``optax.adaptive_grad_clip`` and timm's ``adaptive_clip_grad`` for torch layouts
     (optax's JAX kernels are ``[in, out]``, so it reduces over axis 0 instead; the units are the
-    same). The guard ``max(‖g‖, 1e-6)`` avoids a division by zero, as in optax.
+    same, except that optax makes any tensor that squeezes to ≤ 1-D — e.g. a weight with a single
+    input — one unit, where this keeps one unit per row). The guard ``max(‖g‖, 1e-6)`` avoids a division by zero, as in optax.
 
     ``params``: a layer (or list of layers, or torch module) whose ``.params``/``.grads`` are used
     when ``grads`` is None, or a dict name → weight with ``grads`` a dict with the same names and

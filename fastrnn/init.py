@@ -662,6 +662,13 @@ def _layer_rng(layer, rng, where):
     return own if rng is None and isinstance(own, np.random.Generator) else _generator(rng, where)
 
 
+def _zero_biases(lay):
+    for g in lay.groups:
+        for name in ("bias_ih", "bias_hh"):
+            if name in g:
+                g[name][...] = 0
+
+
 def forget_bias_(layer, value=1.0):
     """Set the *effective* LSTM forget-gate bias ``b_ih[f] + b_hh[f]`` to ``value`` everywhere.
 
@@ -754,9 +761,7 @@ def identity_(layer, scale=1.0):
     scale = _real(scale, "scale", where)
     for g in lay.groups:
         _eye(where, g["weight_hh"], scale, lay.G)
-        for name in ("bias_ih", "bias_hh"):
-            if name in g:
-                g[name][...] = 0
+    _zero_biases(lay)
     return layer
 
 
@@ -765,14 +770,7 @@ def identity_(layer, scale=1.0):
 def _preset_torch(layer, lay, gen):
     k = 1.0 / math.sqrt(lay.H)
     for arr in lay.arrays:  # params order, so the draws match reset_parameters
-        arr[...] = gen.uniform(-k, k, size=arr.shape)
-
-
-def _zero_biases(lay):
-    for g in lay.groups:
-        for name in ("bias_ih", "bias_hh"):
-            if name in g:
-                g[name][...] = 0
+        uniform_(arr, -k, k, rng=gen)
 
 
 def _unit_forget_bias(layer, lay):
@@ -807,6 +805,7 @@ def _preset_orthogonal(layer, lay, gen):
 
 
 def _preset_identity(layer, lay, gen, scale=1.0, input_std=0.001):
+    input_std = _real(input_std, "input_std", "apply_", nonnegative=True)
     identity_(layer, scale)
     for g in lay.groups:
         normal_(g["weight_ih"], 0.0, input_std, rng=gen)
@@ -819,8 +818,9 @@ def _preset_chrono(layer, lay, gen, t_max=None):
     chrono_(layer, t_max, rng=gen)
 
 
-PRESETS = {"torch": _preset_torch, "keras": _preset_keras, "haste": _preset_haste,
-           "orthogonal": _preset_orthogonal, "identity": _preset_identity, "chrono": _preset_chrono}
+_PRESETS = {"torch": _preset_torch, "keras": _preset_keras, "haste": _preset_haste,
+            "orthogonal": _preset_orthogonal, "identity": _preset_identity, "chrono": _preset_chrono}
+PRESETS = tuple(_PRESETS)  # the names apply_ knows
 
 
 def apply_(layer, preset, rng=None, **options):
@@ -857,9 +857,9 @@ def apply_(layer, preset, rng=None, **options):
     True
     """
     where = "apply_"
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in _PRESETS:
         raise ValueError(f"{where}: unknown preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))}")
-    fn = PRESETS[preset]
+    fn = _PRESETS[preset]
     allowed = list(inspect.signature(fn).parameters)[3:]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -6,12 +6,12 @@ import os as _os
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
 from . import _C
-from . import functional
+from . import clip, functional, init
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "functional", "get_isa", "available_isas", "set_isa",
+__all__ = ["RNN", "LSTM", "GRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
            "set_num_threads", "get_num_threads", "__version__"]
 
 

@@ -85,15 +85,53 @@ class Carver {
     i64 used_ = 0;
 };
 
+// The scratch of one call. Each calling thread keeps its last buffer (up to kKeepBytes) for its
+// next call: a fresh multi-megabyte allocation costs a page fault per 4 KiB on first touch, which
+// is a measurable share of a small recurrent call.
 template <class T>
-struct AlignedBuffer {
-    T* p = nullptr;
-    explicit AlignedBuffer(i64 n) {
-        p = static_cast<T*>(::operator new[](sizeof(T) * std::size_t(std::max<i64>(n, 1)), std::align_val_t(64)));
+class Scratch {
+   public:
+    explicit Scratch(i64 n) {
+        const std::size_t bytes = sizeof(T) * std::size_t(std::max<i64>(n, 1));
+        Kept& k = kept();
+        if (k.bytes >= bytes) {
+            p = static_cast<T*>(k.p);
+            return;
+        }
+        release(k);
+        void* mem = ::operator new[](bytes, std::align_val_t(64));  // throws std::bad_alloc
+        if (bytes <= kKeepBytes) {
+            k.p = mem;
+            k.bytes = bytes;
+        } else {
+            owned_ = mem;
+        }
+        p = static_cast<T*>(mem);
     }
-    ~AlignedBuffer() { ::operator delete[](p, std::align_val_t(64)); }
-    AlignedBuffer(const AlignedBuffer&) = delete;
-    AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+    ~Scratch() {
+        if (owned_) ::operator delete[](owned_, std::align_val_t(64));
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    T* p = nullptr;
+
+   private:
+    static constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
+    struct Kept {
+        void* p = nullptr;
+        std::size_t bytes = 0;
+        ~Kept() { release(*this); }
+    };
+    static Kept& kept() {
+        thread_local Kept k;
+        return k;
+    }
+    static void release(Kept& k) {
+        if (k.p) ::operator delete[](k.p, std::align_val_t(64));
+        k.p = nullptr;
+        k.bytes = 0;
+    }
+    void* owned_ = nullptr;
 };
 
 i64 blocks(const Desc& d, int nr) { return (d.H + nr - 1) / nr; }
@@ -106,7 +144,7 @@ struct ThreadPlan {
 };
 
 ThreadPlan plan_threads(const Desc& d, int nr) {
-    const int nth = get_num_threads();
+    const int nth = step_threads();
     const int groups = (d.D == 2 && nth >= 2) ? 2 : 1;
     const double step_flops = 2.0 * double(d.N) * double(cell_gates(d) * d.H) * double(d.H);
     constexpr double kMinFlopsPerThread = 6e4;  // ~1 us of GEMM: a barrier costs well under that
@@ -155,6 +193,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         for (i64 dir = 0; dir < D; ++dir)
             if (plan.groups == 1 || dir == group) recurrence(dir, tc[tid], lt, plan.per_group, barriers[group]);
     });
+    report_stalls(barriers[0].stalls() + barriers[1].stalls(), barriers[0].waits() + barriers[1].waits());
 }
 
 template <class T>
@@ -283,7 +322,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
     std::vector<ThreadCtx<T>> tc(plan.total());
     Carver<T> sizing(nullptr);
     ForwardScratch<T>(sizing, d, train, plan.total(), ks.nr, nullptr);
-    AlignedBuffer<T> buf(sizing.used());
+    Scratch<T> buf(sizing.used());
     Carver<T> carver(buf.p);
     ForwardScratch<T> ws(carver, d, train, plan.total(), ks.nr, tc.data());
 
@@ -354,7 +393,7 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
     std::vector<ThreadCtx<T>> tc(plan.total());
     Carver<T> sizing(nullptr);
     BackwardScratch<T>(sizing, d, opt.retain, plan.total(), ks.nr, nullptr);
-    AlignedBuffer<T> buf(sizing.used());
+    Scratch<T> buf(sizing.used());
     Carver<T> carver(buf.p);
     BackwardScratch<T> ws(carver, d, opt.retain, plan.total(), ks.nr, tc.data());
     T* gather = ws.gather;

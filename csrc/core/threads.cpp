@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -22,15 +23,30 @@ namespace {
 std::atomic<int> g_num_threads{1};
 
 // Waits until pred() holds: spins for about `spin_us`, then yields the CPU between checks.
+// Returns true when the wait outlasted the spin (the thread waited for was not running).
 template <class Pred>
-void spin_then_yield(Pred pred, int spin_us) {
+bool spin_then_yield(Pred pred, int spin_us) {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+    bool yielded = false;
     for (int i = 0; !pred(); ++i) {
-        if ((i & 63) != 63 || std::chrono::steady_clock::now() < until)
+        if ((i & 63) != 63 || (!yielded && std::chrono::steady_clock::now() < until)) {
             FASTRNN_RELAX();
-        else
+        } else {
+            yielded = true;
             std::this_thread::yield();
+        }
     }
+    return yielded;
+}
+
+// Until when (steady clock, ns) recurrent steps run on one thread because barriers stalled, and
+// for how long the next stall sends them there (doubling while stalls repeat, up to a minute).
+std::atomic<std::int64_t> g_single_until{0};
+std::atomic<std::int64_t> g_backoff_ns{1000000000};
+
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
 class Pool {
@@ -121,6 +137,21 @@ Pool& pool() {
 
 int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 
+int step_threads() {
+    return now_ns() < g_single_until.load(std::memory_order_relaxed) ? 1 : get_num_threads();
+}
+
+void report_stalls(std::int64_t stalls, std::int64_t waits) {
+    if (waits == 0) return;
+    if (stalls > 2 && stalls * 100 > waits) {  // over 1% of the barriers: the cores are oversubscribed
+        const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
+        g_single_until.store(now_ns() + backoff, std::memory_order_relaxed);
+        g_backoff_ns.store(std::min<std::int64_t>(2 * backoff, 60000000000), std::memory_order_relaxed);
+    } else {
+        g_backoff_ns.store(1000000000, std::memory_order_relaxed);
+    }
+}
+
 void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
 void parallel_run(int n, const std::function<void(int, int)>& fn) {
@@ -139,7 +170,9 @@ void Barrier::wait() {
         phase_.store(phase + 1, std::memory_order_release);
         return;
     }
-    spin_then_yield([&] { return phase_.load(std::memory_order_acquire) != phase; }, 200);
+    waits_.fetch_add(1, std::memory_order_relaxed);
+    if (spin_then_yield([&] { return phase_.load(std::memory_order_acquire) != phase; }, 200))
+        stalls_.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace fastrnn

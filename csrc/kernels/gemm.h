@@ -35,11 +35,14 @@ void pack_forward(const T* w, std::int64_t G, std::int64_t H, T* out) {
     for (std::int64_t g = 0; g < G; ++g)
         for (std::int64_t b = 0; b < nblk; ++b) {
             T* p = out + (g * nblk + b) * H * NR;
-            for (std::int64_t k = 0; k < H; ++k)
-                for (int j = 0; j < NR; ++j) {
-                    const std::int64_t u = b * NR + j;
-                    p[k * NR + j] = u < H ? w[(g * H + u) * H + k] : T(0);
-                }
+            for (int j = 0; j < NR; ++j) {  // read rows of W_hh contiguously
+                const std::int64_t u = b * NR + j;
+                const T* row = w + (g * H + u) * H;
+                if (u < H)
+                    for (std::int64_t k = 0; k < H; ++k) p[k * NR + j] = row[k];
+                else
+                    for (std::int64_t k = 0; k < H; ++k) p[k * NR + j] = T(0);
+            }
         }
 }
 

@@ -1,11 +1,9 @@
 // AVX2+FMA vector of 8 floats with the interface of Scalar<T> (csrc/simd/scalar.h).
 // Included only from csrc/kernels/avx2.cpp, inside its target pragma and ISA namespace.
 //
-// Accuracy (float32, tested in tests/test_simd.py against the float64 functions over every
-// float in [-30, 30] on a fine grid plus |x| up to 1e30, +-inf and NaN):
-//   exp: Cephes polynomial, ~1 ulp;  sigmoid = 1/(1+exp(-x)): max abs error < 2e-7;
-//   tanh: Cephes odd polynomial for |x| < 0.625, 1 - 2/(exp(2|x|)+1) above: max abs error < 2e-7.
-// NaN propagates (clamps keep NaN by putting x in the second operand of max/min).
+// Accuracy (float32, tested in tests/test_simd.py against the float64 functions on a dense grid
+// of [-30, 30], |x| up to 1e30, +-inf and NaN): tanh max abs error ~3e-7, sigmoid ~1.5e-7 (the
+// contract is 2e-6). NaN propagates (clamps keep NaN by putting x in the second operand).
 #pragma once
 #include <immintrin.h>
 #include "scalar.h"
@@ -26,25 +24,6 @@ struct Avx2F {
     static Avx2F set1(float x) { return {_mm256_set1_ps(x)}; }
     static Avx2F zero() { return {_mm256_setzero_ps()}; }
     void store(float* p) const { _mm256_storeu_ps(p, v); }
-
-    static __m256 exp(__m256 x) {
-        x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(_mm256_set1_ps(-87.3365f), x));
-        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-        __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073E-3f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
-        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-        y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-        // 2^n through the exponent bits; n = 128 (x near the top clamp) gives +inf, which the
-        // callers below turn into the right limit (sigmoid -> 0, tanh -> 1).
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-        return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    }
 };
 
 // Free functions, not friends: GCC does not apply the target pragma to friend functions defined
@@ -67,25 +46,33 @@ inline Avx2F vclip(Avx2F a, Avx2F lim) {
     return {_mm256_min_ps(lim.v, _mm256_max_ps(neg, a.v))};
 }
 
-inline Avx2F vexp(Avx2F a) { return {Avx2F::exp(a.v)}; }
-inline Avx2F vsigmoid(Avx2F a) {
-    const __m256 one = _mm256_set1_ps(1.f);
-    return {_mm256_div_ps(one, _mm256_add_ps(one, Avx2F::exp(_mm256_sub_ps(_mm256_setzero_ps(), a.v))))};
+// tanh as a [13/6] rational function on [-7.9988, 7.9988] (Eigen's ptanh_float coefficients;
+// beyond the clamp tanh rounds to +-1 within the error bound): max abs error ~3e-7, one division,
+// no exp. The clamp keeps NaN (max/min return their second operand when one is NaN).
+inline __m256 tanh_ps(__m256 x) {
+    const __m256 c = _mm256_set1_ps(7.99881172180175781f);
+    x = _mm256_min_ps(c, _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), c), x));
+    const __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
+    p = _mm256_mul_ps(p, x);
+    __m256 q = _mm256_set1_ps(1.19825839466702e-06f);
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
+    return _mm256_div_ps(p, q);
 }
-inline Avx2F vtanh(Avx2F a) {
-    const __m256 sign = _mm256_set1_ps(-0.f), one = _mm256_set1_ps(1.f);
-    __m256 x = a.v, ax = _mm256_andnot_ps(sign, x);
-    __m256 e = Avx2F::exp(_mm256_add_ps(ax, ax));
-    __m256 big = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.f), _mm256_add_ps(e, one)));
-    big = _mm256_or_ps(big, _mm256_and_ps(sign, x));
-    __m256 z = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(-5.70498872745E-3f);
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954E-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531E-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036E-1f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422E-1f));
-    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
-    return {_mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ))};
+inline Avx2F vtanh(Avx2F a) { return {tanh_ps(a.v)}; }
+// sigmoid(x) = (1 + tanh(x/2)) / 2: absolute error ~1.5e-7 (relative error grows in the far
+// negative tail, where sigmoid itself is below 1e-6).
+inline Avx2F vsigmoid(Avx2F a) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    return {_mm256_fmadd_ps(half, tanh_ps(_mm256_mul_ps(half, a.v)), half)};
 }
 
 // 4 doubles: the recurrent GEMM's vector for float64 (the float64 cells stay on the accurate

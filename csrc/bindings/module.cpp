@@ -18,6 +18,8 @@ namespace py = pybind11;
 using fastrnn::Desc;
 using i64 = std::int64_t;
 
+void register_optim(py::module_& m);  // csrc/bindings/optim.cpp
+
 namespace {
 
 int g_num_threads = 1;
@@ -190,4 +192,5 @@ PYBIND11_MODULE(_C, m) {
         scipy_openblas_set_num_threads(n);
     });
     m.def("get_num_threads", [] { return g_num_threads; });
+    register_optim(m);
 }

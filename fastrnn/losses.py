@@ -118,8 +118,8 @@ def cross_entropy(logits, target, reduction="mean", ignore_index=-100):
     keep = t != ignore_index
     bad = keep & ((t < 0) | (t >= K))
     if bad.any():
-        i = np.argwhere(bad)[0]
-        raise ValueError(f"{where}: target{list(i)} = {t[tuple(i)]} is not a class index in [0, {K}) nor "
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise ValueError(f"{where}: target{list(i)} = {t[i]} is not a class index in [0, {K}) nor "
                          f"ignore_index={ignore_index}")
     s = _scale(reduction, int(keep.sum()), where)
     with np.errstate(all="ignore"):

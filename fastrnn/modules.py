@@ -104,9 +104,10 @@ class Linear(_Module):
         x = V.float_array(x, self.dtype, where, "x")
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{where}: x has shape {tuple(x.shape)}, expected (..., in_features={self.in_features})")
-        y = np.matmul(x, self.params["weight"].T)
-        if self.bias:
-            y += self.params["bias"]
+        with np.errstate(all="ignore"):  # NaN/Inf propagate through the math without warnings
+            y = np.matmul(x, self.params["weight"].T)
+            if self.bias:
+                y += self.params["bias"]
         if self.training:
             self._cache = x
         return y
@@ -119,10 +120,11 @@ class Linear(_Module):
         V.expect_shape(g, x.shape[:-1] + (self.out_features,), where, "grad_y",
                        [f"dim{i}" for i in range(x.ndim - 1)] + ["out_features"])
         g2 = g.reshape(-1, self.out_features)
-        self.grads["weight"] += g2.T @ x.reshape(-1, self.in_features)
-        if self.bias:
-            self.grads["bias"] += g2.sum(axis=0)
-        return np.matmul(g, self.params["weight"])
+        with np.errstate(all="ignore"):
+            self.grads["weight"] += g2.T @ x.reshape(-1, self.in_features)
+            if self.bias:
+                self.grads["bias"] += g2.sum(axis=0)
+            return np.matmul(g, self.params["weight"])
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}"

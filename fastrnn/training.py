@@ -11,17 +11,12 @@ import numpy as np
 
 from .callbacks import Callback
 
-__all__ = ["fit", "History", "global_norm"]
+__all__ = ["fit", "History"]
 
 
-def global_norm(grads):
-    """Global 2-norm ``sqrt(Σ_k ‖g_k‖²)`` of a dict (or iterable) of gradient arrays, in float64.
-
-    >>> import numpy as np, fastrnn
-    >>> fastrnn.training.global_norm({"a": np.array([3.0]), "b": np.array([[4.0]])})
-    5.0
-    """
-    arrays = grads.values() if hasattr(grads, "values") else grads
+def _global_norm(grads):
+    """Global 2-norm ``sqrt(Σ_k ‖g_k‖²)`` of a dict of gradient arrays, in float64."""
+    arrays = grads.values()
     with np.errstate(all="ignore"):  # an Inf gradient gives an Inf norm, not a warning
         return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in
                              (np.asarray(a, np.float64) for a in arrays)))
@@ -125,7 +120,12 @@ def _unpack(batch, name):
 
 
 def _predict(model, x, lengths):
-    return model(x) if lengths is None else model(x, lengths=lengths)
+    pred = model(x) if lengths is None else model(x, lengths=lengths)
+    if isinstance(pred, tuple):
+        raise TypeError(f"fit: the model returned a tuple, expected one prediction array; a recurrent layer "
+                        f"returns (output, state): wrap it, e.g. fastrnn.Sequential({type(model).__name__}(...), "
+                        "fastrnn.Linear(H, K))")
+    return pred
 
 
 def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), scheduler=None, verbose=True,
@@ -133,8 +133,8 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
     """Train ``model`` on ``data`` for ``epochs`` epochs; returns a `History`.
 
     Each batch: ``model.zero_grad()``; ``pred = model(x[, lengths=lengths])``;
-    ``value, grad = loss(pred, y)``; ``model.backward(grad)``; gradient norm (``clip`` or
-    `global_norm`); callbacks' ``on_backward_end``; ``optimizer.step()``; ``on_batch_end``.
+    ``value, grad = loss(pred, y)``; ``model.backward(grad)``; gradient norm (``clip``, or the
+    global 2-norm); callbacks' ``on_backward_end``; ``optimizer.step()``; ``on_batch_end``.
     After each epoch: validation, ``scheduler.step()``, ``on_epoch_end``.
 
     Parameters
@@ -150,7 +150,9 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
     clip : None or ``clip(grads) -> norm``: called with ``model.grads`` after backward; it may
         rescale the gradients in place and returns the norm measured before clipping (the
         `fastrnn.clip` convention, e.g. ``functools.partial(fastrnn.clip.clip_by_global_norm_,
-        max_norm=1.0)``). Without it the global 2-norm is measured and nothing is changed.
+        max_norm=1.0)``; add ``nonfinite="skip"`` there so that a NaN gradient reaches
+        `TerminateOnNaN` instead of raising). Without it the global 2-norm is measured and
+        nothing is changed.
     callbacks : sequence of `fastrnn.callbacks.Callback`.
     scheduler : None or a `fastrnn.optim` schedule (``step()`` once per epoch).
     verbose : draw a progress bar on stderr (redrawn in place on a terminal, one line per epoch
@@ -209,7 +211,7 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
             model.zero_grad()
             value, grad = loss(_predict(model, x, lengths), y)
             model.backward(grad)
-            norm = float(clip(model.grads)) if clip is not None else global_norm(model.grads)
+            norm = float(clip(model.grads)) if clip is not None else _global_norm(model.grads)
             lr = optimizer.lr
             history.loss.append(float(value))
             history.grad_norm.append(norm)

@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import numpy as np
@@ -119,7 +120,7 @@ class _Monitor(Callback):
 
     def __init__(self, monitor, min_delta=0.0):
         self.monitor = str(monitor)
-        if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
             raise ValueError(f"{type(self).__name__}: min_delta must be a real >= 0, got {min_delta!r}")
         self.min_delta = float(min_delta)
         self.best = math.inf

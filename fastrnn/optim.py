@@ -77,12 +77,16 @@ def _collect(params, where):
                                  "place, so pass the model's own (contiguous) arrays")
         if not p.flags.writeable:
             raise ValueError(f"{where}: parameter {name!r} is read-only")
-    arrays = [p for _, p, _ in pairs]
-    for i in range(len(arrays)):  # an array listed twice (or overlapping) would be updated twice
-        for j in range(i):
-            if np.may_share_memory(arrays[i], arrays[j]):
-                raise ValueError(f"{where}: parameters {pairs[j][0]!r} and {pairs[i][0]!r} share memory")
-    return [n for n, _, _ in pairs], arrays, [g for _, _, g in pairs]
+    names, params, grads = [n for n, _, _ in pairs], [p for _, p, _ in pairs], [g for _, _, g in pairs]
+    # The C++ loops assume distinct buffers: a parameter listed twice, overlapping another
+    # parameter or any gradient would be updated twice or change a gradient while it is read.
+    for i, p in enumerate(params):
+        others = [(f"parameter {names[j]!r}", params[j]) for j in range(i)]
+        others += [(f"gradient {names[j]!r}", g) for j, g in enumerate(grads)]
+        for label, a in others:
+            if np.may_share_memory(p, a):
+                raise ValueError(f"{where}: parameter {names[i]!r} shares memory with {label}")
+    return names, params, grads
 
 
 def _pair(v, name, where):
@@ -427,9 +431,12 @@ class LRScheduler:
         return [self._last_lr]
 
     def state_dict(self):
+        """``{"base_lr", "last_epoch", "last_lr"}``, for checkpoints."""
         return {"base_lr": self.base_lr, "last_epoch": self.last_epoch, "last_lr": self._last_lr}
 
     def load_state_dict(self, state_dict):
+        """Restore `state_dict` (the current learning rate itself is restored with the optimizer's
+        state dict, as in torch)."""
         self.base_lr = float(state_dict["base_lr"])
         self.last_epoch = int(state_dict["last_epoch"])
         self._last_lr = float(state_dict["last_lr"])

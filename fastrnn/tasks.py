@@ -40,8 +40,10 @@ def _freq(freq, where):
 
 
 def _noise(noise, where):
-    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, numbers.Real) or not noise >= 0:
-        raise ValueError(f"{where}: noise must be a real >= 0, got {noise!r}")
+    if isinstance(noise, (bool, np.bool_)) or not isinstance(noise, numbers.Real):
+        raise TypeError(f"{where}: noise must be a real number, got {type(noise).__name__}")
+    if not noise >= 0:
+        raise ValueError(f"{where}: noise must be >= 0, got {noise!r}")
     return float(noise)
 
 

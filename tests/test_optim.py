@@ -253,8 +253,10 @@ def test_bad_input_errors():
     ro = np.zeros(2); ro.flags.writeable = False
     with pytest.raises(ValueError, match="parameter '0' is read-only"):
         optim.Adam([(ro, np.zeros(2))])
-    with pytest.raises(ValueError, match="parameters '0' and '1' share memory"):
+    with pytest.raises(ValueError, match="parameter '1' shares memory with parameter '0'"):
         optim.Adam([(w, np.zeros((2, 3))), (w.reshape(-1), np.zeros(6))])
+    with pytest.raises(ValueError, match="parameter '0' shares memory with gradient '0'"):
+        optim.Adam([(w, w)])
     with pytest.raises(ValueError, match=r"SGD: lr = -1 is out of range"):
         optim.SGD([(np.zeros(1), np.zeros(1))], lr=-1)
     with pytest.raises(ValueError, match=r"Adam: betas\[1\] = 1.0 is out of range"):

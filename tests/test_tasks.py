@@ -94,8 +94,10 @@ def test_bad_input():
         tasks.sine(0, 2)
     with pytest.raises(ValueError, match="expected 0 < low <= high"):
         tasks.sine(5, 2, freq=(0.3, 0.1))
-    with pytest.raises(ValueError, match="noise must be a real >= 0"):
+    with pytest.raises(ValueError, match="noise must be >= 0, got -1"):
         tasks.sine(5, 2, noise=-1)
+    with pytest.raises(TypeError, match="noise must be a real number, got str"):
+        tasks.sine(5, 2, noise="0.1")
     with pytest.raises(ValueError, match="predictor must be 'zero' or 'last'"):
         tasks.sine_baseline(predictor="mean")
     with pytest.raises(ValueError, match="sequences need 2 <= length <= T; got T=10, min_length=11"):

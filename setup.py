@@ -17,6 +17,7 @@ sources = sorted(
     glob.glob("csrc/core/*.cpp")
     + glob.glob("csrc/kernels/*.cpp")
     + glob.glob("csrc/dispatch/*.cpp")
+    + glob.glob("csrc/optim/*.cpp")
     + glob.glob("csrc/bindings/*.cpp")
 )
 

@@ -19,6 +19,8 @@ namespace py = pybind11;
 using fastrnn::Desc;
 using i64 = std::int64_t;
 
+void register_optim(py::module_& m);  // csrc/bindings/optim.cpp
+
 namespace {
 
 Desc make_desc(int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D) {
@@ -202,4 +204,5 @@ PYBIND11_MODULE(_C, m) {
         scipy_openblas_set_num_threads(n);  // the hoisted GEMMs run on BLAS threads, outside our regions
     });
     m.def("get_num_threads", &fastrnn::get_num_threads);
+    register_optim(m);
 }

@@ -179,33 +179,36 @@ class _FastRNNBase:
         weights = self._flat_weights
         self._check_supported(where, [data, *states, *weights])
 
+        # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
         unbatched = False
-        if packed:
-            batch_sizes = input.batch_sizes
-            rows, lengths, T, N = _packed_layout(input)
-            x = data.new_zeros(T * N, data.shape[-1]).index_copy(0, rows, data).view(T, N, -1)
-            checked = data
-        else:
-            batch_sizes = lengths = None
+        batch_sizes = input.batch_sizes if packed else None
+        if not packed:
             if data.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {data.dim()}D instead")
             unbatched = data.dim() == 2
             want = 2 if unbatched else 3
             if any(s.dim() != want for s in states):
-                kind = "unbatched 2-D" if unbatched else "batched 3-D"
-                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
-                                   f"{tuple(s.dim() for s in states)}-D tensors")
-            x = data.unsqueeze(0 if self.batch_first else 1) if unbatched else data
-            states = [s.unsqueeze(1) for s in states] if unbatched else states
-            T, N = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
-            checked = x
+                got = ", ".join(f"{s.dim()}-D" for s in states)
+                raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, hx should also "
+                                   f"be {want}-D but got {got}")
+            if unbatched:
+                data = data.unsqueeze(0 if self.batch_first else 1)
+                states = [s.unsqueeze(1) for s in states]
         if states:
-            self.check_forward_args(checked, tuple(states) if lstm else states[0], batch_sizes)
+            self.check_forward_args(data, tuple(states) if lstm else states[0], batch_sizes)
         else:
-            self.check_input(checked, batch_sizes)
-        for which, s in zip(("h_0", "c_0"), states):
-            if s.dtype != weights[0].dtype:
-                raise TypeError(f"{where}: {which} has dtype {s.dtype}, expected {weights[0].dtype} like the parameters")
+            self.check_input(data, batch_sizes)
+        for which, t in zip(("input", "h_0", "c_0"), [data, *states]):
+            if t.dtype != weights[0].dtype:  # the input's dtype is checked by torch too, except under autocast
+                raise TypeError(f"{where}: {which} has dtype {t.dtype}, expected {weights[0].dtype} like the "
+                                "parameters (fastrnn.torch does not support autocast)")
+
+        if packed:  # to the padded time-major layout of the core, in the original batch order
+            rows, lengths, T, N = _packed_layout(input)
+            x = data.new_zeros(T * N, data.shape[-1]).index_copy(0, rows, data).view(T, N, -1)
+        else:
+            x, lengths = data, None
+            T, N = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
 
         masks = None
         L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size

@@ -50,9 +50,14 @@ MODES = ["time_major", "batch_first", "packed", "packed_batch_first", "packed_so
          "unbatched_batch_first"]
 
 
+# (dtype, layers, bidirectional): every stack shape in float64, the two extremes in float32 too.
+STACKS = [pytest.param(dt, L, bi, id=f"{name}-L{L}{'bi' if bi else ''}")
+          for dt, name in ((torch.float64, "f64"), (torch.float32, "f32"))
+          for L, bi in ((1, False), (2, True), (2, False), (1, True)) if dt == torch.float64 or L == 1 + bi]
+
+
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("layers,bi", [(1, False), (2, False), (1, True), (2, True)], ids=["L1", "L2", "L1bi", "L2bi"])
+@pytest.mark.parametrize("dtype,layers,bi", STACKS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
 def test_matches_torch_nn(cell, dtype, layers, bi, mode, with_hx):
@@ -460,6 +465,9 @@ def test_bad_inputs_raise_clearly():
         ft.GRU(3, 4, proj_size=2)
     with pytest.raises(ValueError, match=r"RNN input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"):
         lstm(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+            TypeError, match=r"input has dtype torch.bfloat16, expected torch.float32 .*does not support autocast"):
+        gru(x.bfloat16())
     with pytest.raises(TypeError, match=r"fastrnn.torch.GRU.forward: h_0 has dtype torch.float64, expected torch.float32"):
         gru(x, torch.zeros(1, 2, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"parameters have dtype torch.float16, expected torch.float32 or torch.float64"):

@@ -24,6 +24,16 @@ TWINS = {"lstm": (torch.nn.LSTM, ft.LSTM), "gru": (torch.nn.GRU, ft.GRU),
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """torch's OpenMP pool crawls on a busy 2-core machine (20 tiny torch.nn GRU steps took 12 s with
+    2 threads); the reference computations run on one thread. fastrnn's own threads are unchanged."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_pair(cell, *args, **kwargs):
     """(torch.nn module, fastrnn.torch module) with the same weights."""
     if cell.startswith("rnn"):
@@ -50,14 +60,9 @@ MODES = ["time_major", "batch_first", "packed", "packed_batch_first", "packed_so
          "unbatched_batch_first"]
 
 
-# (dtype, layers, bidirectional): every stack shape in float64, the two extremes in float32 too.
-STACKS = [pytest.param(dt, L, bi, id=f"{name}-L{L}{'bi' if bi else ''}")
-          for dt, name in ((torch.float64, "f64"), (torch.float32, "f32"))
-          for L, bi in ((1, False), (2, True), (2, False), (1, True)) if dt == torch.float64 or L == 1 + bi]
-
-
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype,layers,bi", STACKS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layers,bi", [(1, False), (2, False), (1, True), (2, True)], ids=["L1", "L2", "L1bi", "L2bi"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
 def test_matches_torch_nn(cell, dtype, layers, bi, mode, with_hx):

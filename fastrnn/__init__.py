@@ -45,4 +45,12 @@ def get_num_threads():
     return _C.get_num_threads()
 
 
+def __getattr__(name):
+    # fastrnn.torch imports torch: loaded on first access only, so `import fastrnn` stays torch-free.
+    if name == "torch":
+        import importlib
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 set_num_threads(int(_os.environ.get("FASTRNN_NUM_THREADS", 0)) or (_os.cpu_count() or 1))

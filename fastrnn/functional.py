@@ -112,7 +112,7 @@ def _group(arrays, bias):
 
 
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
-             training, rng, reset_after, where):
+             training, rng, reset_after, where, masks=None):
     num_layers = V.check_positive_int(num_layers, "num_layers", where)
     dropout = V.check_dropout(dropout, where)
     dtype, C, H, names, arrays = _check_params(where, cell, params, num_layers, bidirectional, bias)
@@ -160,9 +160,15 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
             c0 = V.contiguous(c0)
     lens = None if lengths is None else V.lengths_array(lengths, N, T, where)
 
-    masks = None
     use_dropout = training and dropout > 0.0 and L > 1
-    if use_dropout:
+    if masks is not None:  # explicit masks (the torch front end draws them from torch's RNG)
+        if not use_dropout:
+            raise ValueError(f"{where}: masks given but dropout does not apply "
+                             "(it needs training=True, dropout > 0 and num_layers > 1)")
+        masks = V.float_array(masks, dtype, where, "masks")
+        V.expect_shape(masks, (L - 1, T, N, D * H), where, "masks", ("L-1", "T", "N", "D*H"))
+        masks = V.contiguous(masks)
+    elif use_dropout:
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         keep = gen.random((L - 1, T, N, D * H)) >= dropout
         masks = (keep / (1.0 - dropout)).astype(dtype)
@@ -274,40 +280,47 @@ def _flat(weights):
 
 
 def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="tanh", bias=True,
-                batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None):
+                batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None, masks=None):
     """Elman RNN stack: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Returns ``(output, h_n, ctx)``; ``ctx`` is None unless ``training`` (then pass it to `backward`).
+    ``masks`` (optional): dropout masks ``[L-1, T, N, D*H]`` already scaled by ``1/(1-dropout)``, used
+    instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"rnn_forward: unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
     out, h_n, _, ctx = _forward(f"rnn_{nonlinearity}", x, params, hx, lengths, num_layers=num_layers,
                                 bidirectional=bidirectional, bias=bias, batch_first=batch_first, dropout=dropout,
-                                training=training, rng=rng, reset_after=True, where="rnn_forward")
+                                training=training, rng=rng, reset_after=True, where="rnn_forward",
+                                masks=masks)
     return out, h_n, ctx
 
 
 def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
-                 bidirectional=False, dropout=0.0, training=False, rng=None):
+                 bidirectional=False, dropout=0.0, training=False, rng=None, masks=None):
     """LSTM stack (gates i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 
     `hx` is None or ``(h0, c0)``. Returns ``(output, (h_n, c_n), ctx)``.
+    ``masks`` (optional): dropout masks ``[L-1, T, N, D*H]`` already scaled by ``1/(1-dropout)``, used
+    instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
     """
     out, h_n, c_n, ctx = _forward("lstm", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
                                   bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
-                                  reset_after=True, where="lstm_forward")
+                                  reset_after=True, where="lstm_forward", masks=masks)
     return out, (h_n, c_n), ctx
 
 
 def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
-                bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True):
+                bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True, masks=None):
     """GRU stack (gates r, z, n): ``h' = (1-z)*n + z*h``; ``reset_after`` selects
     ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`` (True, PyTorch) or
     ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`` (False, Keras v1 / ONNX default).
 
     Returns ``(output, h_n, ctx)``.
+    ``masks`` (optional): dropout masks ``[L-1, T, N, D*H]`` already scaled by ``1/(1-dropout)``, used
+    instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
     """
     out, h_n, _, ctx = _forward("gru", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
                                 bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
-                                reset_after=bool(reset_after), where="gru_forward")
+                                reset_after=bool(reset_after), where="gru_forward", masks=masks)
     return out, h_n, ctx

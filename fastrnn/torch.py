@@ -1,0 +1,377 @@
+"""PyTorch backend: drop-in ``torch.nn.LSTM/GRU/RNN`` modules that run fastrnn's fused C++ kernels.
+
+Import it explicitly (``import fastrnn.torch``); ``import fastrnn`` never imports torch.
+
+`LSTM`, `GRU` and `RNN` subclass ``torch.nn.LSTM/GRU/RNN`` and override ``forward`` only, so the
+constructor, parameter names and shapes, default initialisation ``U(-1/sqrt(H), 1/sqrt(H))``,
+``state_dict``, ``repr``, ``train()/eval()``, ``.to()``/``.double()`` and pickling are torch's own:
+``load_state_dict`` works both ways unchanged. ``forward`` has torch's signature and outputs
+(tensor or ``PackedSequence`` input, unbatched input, ``batch_first``, ``hx``, dropout between
+layers in training mode with masks drawn from torch's RNG). The whole stack runs as one
+`torch.autograd.Function`: one C++ forward that keeps the training cache and one C++ BPTT call,
+on NumPy views of the CPU tensors (no copies of contiguous inputs or weights, no per-step Python,
+no autograd graph per step; the GIL is released in the kernels). The equations and gate order are
+PyTorch's (DESIGN.md §1; LSTM: Hochreiter & Schmidhuber 1997; GRU: Cho et al. 2014).
+
+`convert` swaps every ``torch.nn.LSTM/GRU/RNN`` in a model for its fastrnn twin (same weights),
+`revert` swaps back.
+
+>>> import torch, fastrnn.torch
+>>> _ = torch.manual_seed(0)
+>>> lstm = fastrnn.torch.LSTM(3, 5, num_layers=2, dropout=0.2)
+>>> out, (h_n, c_n) = lstm(torch.randn(7, 2, 3))
+>>> out.sum().backward()                     # one fused BPTT call; gradients land in .grad
+>>> out.shape, h_n.shape, lstm.weight_hh_l1.grad.shape
+(torch.Size([7, 2, 5]), torch.Size([2, 2, 5]), torch.Size([20, 5]))
+>>> model = torch.nn.Sequential(torch.nn.GRU(3, 4))
+>>> type(fastrnn.torch.convert(model)[0])
+<class 'fastrnn.torch.GRU'>
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict, namedtuple
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional as F
+
+__all__ = ["LSTM", "GRU", "RNN", "convert", "revert"]
+
+# torch's RNNBase.mode -> fastrnn cell name.
+_CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+_DTYPES = (torch.float32, torch.float64)
+
+# Everything about one call that is not a tensor.
+_Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where")
+
+
+def _numpy(t):
+    return None if t is None else t.detach().numpy()
+
+
+def _run(spec, x, h0, c0, masks, weights, training):
+    """The fastrnn functional forward on NumPy views of the tensors: (out, h_n, c_n, ctx)."""
+    hx = None if h0 is None else ((_numpy(h0), _numpy(c0)) if spec.cell == "lstm" else _numpy(h0))
+    return F._forward(spec.cell, _numpy(x), dict(zip(spec.names, map(_numpy, weights))), hx, spec.lengths,
+                      num_layers=spec.num_layers, bidirectional=spec.bidirectional, bias=spec.bias,
+                      batch_first=spec.batch_first, dropout=spec.dropout if masks is not None else 0.0,
+                      training=training, rng=None, reset_after=spec.reset_after, where=spec.where,
+                      masks=_numpy(masks))
+
+
+class _RNNFunction(torch.autograd.Function):
+    """A whole RNN/LSTM/GRU stack as one autograd node: the C++ forward with cache, then the C++ BPTT.
+
+    Inputs ``(spec, x, h0, c0, masks, *weights)``; the weights are inputs so that their gradients
+    reach the parameters (and DDP's gradient hooks). Outputs ``(out, h_n[, c_n])``.
+    """
+
+    @staticmethod
+    def forward(ctx, spec, x, h0, c0, masks, *weights):
+        out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True)
+        # What BPTT reads is saved through torch, so retain_graph, the check against in-place
+        # changes of x or the weights, and freeing the cache after backward behave as for torch ops.
+        ctx.save_for_backward(x, *weights, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache), masks)
+        fctx.x = fctx.cache = fctx.masks = None
+        ctx.fctx = fctx
+        ctx.set_materialize_grads(False)  # outputs without a gradient reach the core as None
+        outs = (torch.from_numpy(out), torch.from_numpy(h_n))
+        return outs if c_n is None else outs + (torch.from_numpy(c_n),)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
+        *_, x, cache, masks = ctx.saved_tensors
+        fctx = ctx.fctx
+        fctx.x, fctx.cache, fctx.masks = x.numpy(), cache.numpy(), _numpy(masks)
+        try:  # retain: autograd may run this node again (retain_graph=True, gradcheck)
+            grad_x, grad_h0, grad_c0, grads = F.backward(fctx, _numpy(grad_out), _numpy(grad_h_n),
+                                                         _numpy(grad_c_n), retain=True)
+        finally:
+            fctx.x = fctx.cache = fctx.masks = None
+        need = ctx.needs_input_grad
+
+        def wrap(a, i):
+            return torch.from_numpy(a) if need[i] and a is not None else None
+        return (None, wrap(grad_x, 1), wrap(grad_h0, 2), wrap(grad_c0, 3), None,
+                *(wrap(grads[name], 5 + i) for i, name in enumerate(fctx.names)))
+
+
+def _packed_layout(seq):
+    """For a PackedSequence: the row of the time-major padded ``[T*N]`` grid holding each row of
+    ``seq.data``, the lengths in the original batch order, T and N."""
+    bs = seq.batch_sizes
+    T, N = bs.numel(), int(bs[0])
+    order = seq.sorted_indices if seq.sorted_indices is not None else torch.arange(N)
+    alive = torch.arange(N) < bs[:, None]  # [T, N]: sorted sequence j still runs at step t
+    rows = (torch.arange(T)[:, None] * N + order)[alive]
+    lengths = torch.empty(N, dtype=torch.int64)
+    lengths[order] = alive.sum(0)
+    return rows, lengths.numpy(), T, N
+
+
+class _FastRNNBase:
+    """``forward`` and the fastrnn layer protocol, mixed into the torch.nn classes (listed first)."""
+
+    def _cell(self):
+        """The fastrnn cell: "rnn_tanh", "rnn_relu", "lstm" or "gru"."""
+        return _CELLS[self.mode]
+
+    @property
+    def params(self):
+        """name -> NumPy view of each parameter (torch names; writing into a view changes the parameter)."""
+        return OrderedDict((name, getattr(self, name).detach().numpy()) for name in self._flat_weights_names)
+
+    @property
+    def grads(self):
+        """name -> NumPy view of each ``param.grad`` (zero gradients are allocated where ``.grad`` is None).
+
+        Views of the current ``.grad`` tensors: after ``zero_grad()`` (which sets them to None by
+        default) read ``.grads`` again.
+        """
+        out = OrderedDict()
+        for name in self._flat_weights_names:
+            p = getattr(self, name)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            out[name] = p.grad.numpy()
+        return out
+
+    def _check_supported(self, where, tensors):
+        if self.proj_size > 0:
+            raise NotImplementedError(f"{where}: proj_size={self.proj_size} (LSTM with projections, LSTMP) is not "
+                                      "supported by fastrnn yet; use torch.nn.LSTM for it")
+        for t in tensors:
+            if t.device.type != "cpu":
+                raise RuntimeError(f"{where}: got a tensor on device '{t.device}' but the fastrnn CUDA backend is "
+                                   "not built/available: fastrnn.torch runs on CPU tensors only (move the module "
+                                   "and its inputs with .cpu(), or use torch.nn on the GPU)")
+        dtype = self._flat_weights[0].dtype
+        if dtype not in _DTYPES:
+            raise TypeError(f"{where}: the parameters have dtype {dtype}, expected torch.float32 or torch.float64 "
+                            "(convert the module with .float() or .double())")
+
+    def forward(self, input, hx=None):
+        """Torch's ``forward(input, hx=None)``: the same arguments, checks and outputs as the torch.nn twin.
+
+        ``input`` is ``[T, N, C]`` (``[N, T, C]`` with ``batch_first``), unbatched ``[T, C]``, or a
+        ``PackedSequence`` (then the output is one too, with the same batch sizes and indices).
+        Returns ``(output, h_n)``, LSTM ``(output, (h_n, c_n))``; states ``[L*D, N, H]`` in the
+        original batch order.
+        """
+        self._update_flat_weights()
+        name = type(self).__name__
+        where = f"fastrnn.torch.{name}.forward"
+        lstm = self.mode == "LSTM"
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"{where}: input must be a Tensor or a PackedSequence, got {type(input).__name__}")
+        if lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"{where}: hx must be a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
+        states = [] if hx is None else (list(hx) if lstm else [hx])
+        if not all(isinstance(s, torch.Tensor) for s in states):
+            raise TypeError(f"{where}: hx must be {'a tuple of two Tensors' if lstm else 'a Tensor'} or None, "
+                            f"got {type(hx).__name__}" + (f" of {[type(s).__name__ for s in hx]}" if lstm else ""))
+        weights = self._flat_weights
+        self._check_supported(where, [data, *states, *weights])
+
+        # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
+        unbatched = False
+        batch_sizes = input.batch_sizes if packed else None
+        if not packed:
+            if data.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {data.dim()}D instead")
+            unbatched = data.dim() == 2
+            want = 2 if unbatched else 3
+            if any(s.dim() != want for s in states):
+                got = ", ".join(f"{s.dim()}-D" for s in states)
+                raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, hx should also "
+                                   f"be {want}-D but got {got}")
+            if unbatched:
+                data = data.unsqueeze(0 if self.batch_first else 1)
+                states = [s.unsqueeze(1) for s in states]
+        if states:
+            self.check_forward_args(data, tuple(states) if lstm else states[0], batch_sizes)
+        else:
+            self.check_input(data, batch_sizes)
+        for which, t in zip(("input", "h_0", "c_0"), [data, *states]):
+            if t.dtype != weights[0].dtype:  # the input's dtype is checked by torch too, except under autocast
+                raise TypeError(f"{where}: {which} has dtype {t.dtype}, expected {weights[0].dtype} like the "
+                                "parameters (fastrnn.torch does not support autocast)")
+
+        if packed:  # to the padded time-major layout of the core, in the original batch order
+            rows, lengths, T, N = _packed_layout(input)
+            x = data.new_zeros(T * N, data.shape[-1]).index_copy(0, rows, data).view(T, N, -1)
+        else:
+            x, lengths = data, None
+            T, N = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+
+        masks = None
+        L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size
+        if self.training and self.dropout > 0 and L > 1:
+            p = self.dropout
+            if p >= 1:
+                raise ValueError(f"{where}: dropout={p} is not supported in training mode (fastrnn needs dropout < 1)")
+            # Masks from torch's RNG, so torch.manual_seed makes training runs reproducible.
+            masks = torch.empty((L - 1, T, N, D * H), dtype=weights[0].dtype).bernoulli_(1 - p).div_(1 - p)
+        spec = _Spec(self._cell(), self._flat_weights_names, L, self.bidirectional, self.bias,
+                     self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where)
+        h0, c0 = (states + [None, None])[:2]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
+            outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)
+        else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply dropout)
+            out, h_n, c_n, _ = _run(spec, x, h0, c0, masks, weights, training=masks is not None)
+            outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
+
+        output, hidden = outs[0], outs[1:]
+        if packed:
+            output = PackedSequence(output.reshape(T * N, -1).index_select(0, rows), batch_sizes,
+                                    input.sorted_indices, input.unsorted_indices)
+        elif unbatched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(s.squeeze(1) for s in hidden)
+        return output, (hidden if lstm else hidden[0])
+
+
+class LSTM(_FastRNNBase, torch.nn.LSTM):
+    """``torch.nn.LSTM`` computed by fastrnn's fused kernels (gates i, f, g, o).
+
+    ``i, f, o = σ(W_i x + b_i + U_i h + c_i)``, ``g = tanh(...)``, ``c' = f⊙c + i⊙g``,
+    ``h' = o⊙tanh(c')`` (Hochreiter & Schmidhuber 1997; PyTorch's weight layout).
+    Constructor, parameters and outputs are ``torch.nn.LSTM``'s; ``proj_size > 0`` (LSTMP) raises
+    ``NotImplementedError``. Besides torch's API: ``.params`` / ``.grads`` (NumPy views, torch
+    names) and ``_cell()`` for fastrnn's gradient tools.
+
+    >>> import torch, fastrnn.torch
+    >>> ref = torch.nn.LSTM(3, 4, batch_first=True)
+    >>> lstm = fastrnn.torch.LSTM(3, 4, batch_first=True)
+    >>> _ = lstm.load_state_dict(ref.state_dict())
+    >>> x = torch.randn(2, 6, 3)
+    >>> torch.allclose(lstm(x)[0], ref(x)[0], atol=1e-6)
+    True
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.proj_size > 0:
+            raise NotImplementedError(f"fastrnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections, "
+                                      "LSTMP) is not supported by fastrnn yet; use torch.nn.LSTM for it")
+
+
+class GRU(_FastRNNBase, torch.nn.GRU):
+    """``torch.nn.GRU`` computed by fastrnn's fused kernels (gates r, z, n).
+
+    ``r, z = σ(W x + b + U h + c)``, ``n = tanh(W_n x + b_n + r⊙(U_n h + c_n))``,
+    ``h' = (1−z)⊙n + z⊙h`` (Cho et al. 2014; PyTorch/cuDNN variant). The fastrnn-only keyword
+    ``reset_after=False`` selects ``n = tanh(W_n x + b_n + U_n (r⊙h) + c_n)`` (Keras v1 / ONNX
+    default; same parameters, but no ``torch.nn.GRU`` equivalent).
+
+    >>> import torch, fastrnn.torch
+    >>> gru = fastrnn.torch.GRU(3, 4, num_layers=2, bidirectional=True)
+    >>> out, h_n = gru(torch.randn(5, 3))          # unbatched [T, C]
+    >>> out.shape, h_n.shape
+    (torch.Size([5, 8]), torch.Size([4, 4]))
+    >>> fastrnn.torch.GRU(3, 4, reset_after=False)
+    GRU(3, 4, reset_after=False)
+    """
+
+    def __init__(self, *args, reset_after=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reset_after = bool(reset_after)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+
+class RNN(_FastRNNBase, torch.nn.RNN):
+    """``torch.nn.RNN`` (Elman) computed by fastrnn's fused kernels.
+
+    ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with act = tanh or relu (``nonlinearity=``).
+
+    >>> import torch, fastrnn.torch
+    >>> rnn = fastrnn.torch.RNN(3, 4, nonlinearity="relu")
+    >>> out, h_n = rnn(torch.randn(5, 2, 3))
+    >>> rnn._cell(), out.shape
+    ('rnn_relu', torch.Size([5, 2, 4]))
+    """
+
+
+_TO_FAST = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
+_TO_TORCH = {v: k for k, v in _TO_FAST.items()}
+
+
+def _retype(module, cls, where, path):
+    """A `cls` module with `module`'s parameters (the same Parameter objects), buffers, hooks and
+    settings: no re-initialisation, no use of the RNG."""
+    if module.proj_size > 0:
+        raise NotImplementedError(f"{where}: {path} is a torch.nn.LSTM with proj_size={module.proj_size}; "
+                                  "LSTM projections (LSTMP) are not supported by fastrnn yet")
+    if not getattr(module, "reset_after", True):
+        raise ValueError(f"{where}: {path} is a fastrnn.torch.GRU with reset_after=False, which torch.nn.GRU "
+                         "cannot represent")
+    new = cls.__new__(cls)
+    new.__dict__.update({k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()})
+    new.__dict__.pop("reset_after", None)
+    if cls is GRU:
+        new.reset_after = True
+    new._init_flat_weights()
+    return new
+
+
+def _swap(model, table, inplace, where):
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    done = {}  # id(old) -> new: a module used in several places stays shared
+
+    def twin(module, path):
+        if id(module) not in done:
+            done[id(module)] = _retype(module, table[type(module)], where, path)
+        return done[id(module)]
+
+    if type(model) in table:  # exact types: a subclass of torch.nn.LSTM may change its behaviour
+        return twin(model, "the model")
+    found = [(parent, name, child, f"{prefix}.{name}" if prefix else name)
+             for prefix, parent in model.named_modules()
+             for name, child in parent.named_children() if type(child) in table]
+    for parent, name, child, path in found:
+        setattr(parent, name, twin(child, repr(path)))
+    return model
+
+
+def convert(model, inplace=False):
+    """Replace every ``torch.nn.LSTM/GRU/RNN`` (exact types) in `model` by its fastrnn twin.
+
+    The twins have the same settings and weights (the very Parameter objects, so with
+    ``inplace=True`` an optimizer built before still works). Nested modules and containers
+    (``Sequential``, ``ModuleList``, ``ModuleDict``) are searched; a module used at several places
+    becomes one shared twin. Returns the model (a converted deep copy unless ``inplace``; a bare
+    ``torch.nn.LSTM`` gives a ``fastrnn.torch.LSTM``). ``proj_size > 0`` raises ``NotImplementedError``.
+
+    >>> import torch, fastrnn.torch
+    >>> model = torch.nn.ModuleDict({"enc": torch.nn.LSTM(3, 4), "head": torch.nn.Linear(4, 1)})
+    >>> fast = fastrnn.torch.convert(model)
+    >>> type(fast["enc"]).__module__, type(model["enc"]).__module__
+    ('fastrnn.torch', 'torch.nn.modules.rnn')
+    >>> torch.equal(fast["enc"].weight_ih_l0, model["enc"].weight_ih_l0)
+    True
+    """
+    return _swap(model, _TO_FAST, inplace, "fastrnn.torch.convert")
+
+
+def revert(model, inplace=False):
+    """The inverse of `convert`: every ``fastrnn.torch.LSTM/GRU/RNN`` becomes its ``torch.nn`` twin.
+
+    A GRU with ``reset_after=False`` has no torch equivalent and raises ``ValueError``.
+
+    >>> import torch, fastrnn.torch
+    >>> model = torch.nn.Sequential(fastrnn.torch.RNN(3, 4))
+    >>> type(fastrnn.torch.revert(model)[0])
+    <class 'torch.nn.modules.rnn.RNN'>
+    """
+    return _swap(model, _TO_TORCH, inplace, "fastrnn.torch.revert")

@@ -421,17 +421,9 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
             r.reverse = dir == 1; r.train = true; r.lengths = lengths;
             r.packed = ws.packed[dir];
             // Gate gradients overwrite the cached gates in place (each value is read first),
-            // unless the cache must be kept: then both live in a copy. RNN caches no gates.
-            if (cg) {
-                r.gates = cache + lay.gates(l, dir);
-                if (opt.retain) {
-                    std::memcpy(ws.dgates[dir], r.gates, sizeof(T) * std::size_t(TN * cg * H));
-                    r.gates = ws.dgates[dir];
-                }
-                r.dgates = r.gates;
-            } else {
-                r.dgates = ws.dgates[dir];
-            }
+            // unless the cache must be kept: then they go to scratch. RNN caches no gates.
+            r.gates = cg ? cache + lay.gates(l, dir) : nullptr;
+            r.dgates = ws.dgates[dir] ? ws.dgates[dir] : r.gates;
             r.ld_gates = r.ld_dgates = ld_dg;
             r.c_hist = has_c ? cache + lay.c_hist(l, dir) : nullptr;
             r.y = const_cast<T*>(Y) + dir * H; r.ld_y = DH;

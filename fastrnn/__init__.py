@@ -9,6 +9,8 @@ from . import _C
 from . import clip, functional, init
 from .layers import GRU, LSTM, RNN
 from . import callbacks, losses, optim, tasks
+from . import diagnostics
+from .diagnostics import gradcheck
 from .modules import LastStep, Linear, Sequential
 from .training import History, fit
 
@@ -16,7 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
            "set_num_threads", "get_num_threads", "__version__",
-           "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks"]
+           "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
+           "diagnostics", "gradcheck"]
 
 
 def get_isa():

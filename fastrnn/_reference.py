@@ -50,9 +50,15 @@ def _rnn_fwd(x, h, c, w, opt):
     return hn, None, dict(x=x, h=h, out=hn)
 
 
+def _clip(a, opt):
+    """Graves' BPTT clipping of the gate pre-activation gradients (identity when off)."""
+    c = opt.get("clip")
+    return a if not c else np.clip(a, -c, c)
+
+
 def _rnn_bwd(dh_new, dc_new, s, w, g, opt):
     _, dact = _act(opt["nonlinearity"])
-    da = dh_new * dact(s["out"])
+    da = _clip(dh_new * dact(s["out"]), opt)
     return _accumulate(da, da, s["x"], s["h"], w, g)
 
 
@@ -70,8 +76,8 @@ def _lstm_bwd(dh_new, dc_new, s, w, g, opt):
     tc = np.tanh(s["c_new"])
     i, f, gg, o = s["i"], s["f"], s["g"], s["o"]
     dc = dc_new + dh_new * o * (1.0 - tc * tc)
-    da = np.concatenate([dc * gg * i * (1 - i), dc * s["c"] * f * (1 - f), dc * i * (1 - gg * gg),
-                         dh_new * tc * o * (1 - o)], axis=1)
+    da = _clip(np.concatenate([dc * gg * i * (1 - i), dc * s["c"] * f * (1 - f), dc * i * (1 - gg * gg),
+                               dh_new * tc * o * (1 - o)], axis=1), opt)
     dx, dh, _ = _accumulate(da, da, s["x"], s["h"], w, g)
     return dx, dh, dc * f
 
@@ -96,20 +102,20 @@ def _gru_fwd(x, h, c, w, opt):
 def _gru_bwd(dh_new, dc_new, s, w, g, opt):
     H = s["h"].shape[1]
     r, z, n, h = s["r"], s["z"], s["n"], s["h"]
-    dn_pre = dh_new * (1 - z) * (1 - n * n)
-    dz_pre = dh_new * (h - n) * z * (1 - z)
+    dn_pre = _clip(dh_new * (1 - z) * (1 - n * n), opt)
+    dz_pre = _clip(dh_new * (h - n) * z * (1 - z), opt)
     dh = dh_new * z
     W_n = w["w_hh"][2 * H:]
     if opt["reset_after"]:
         d_hn_lin = dn_pre * r                      # gradient of W_hn h + b_hn
-        dr_pre = dn_pre * s["hn_lin"] * r * (1 - r)
+        dr_pre = _clip(dn_pre * s["hn_lin"] * r * (1 - r), opt)
         da_x = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
         da_h = np.concatenate([dr_pre, dz_pre, d_hn_lin], axis=1)
         dx, dh_rec, _ = _accumulate(da_x, da_h, s["x"], h, w, g)
         return dx, dh + dh_rec, None
     # reset_after=False: n's recurrent input is r*h.
     d_rh = dn_pre @ W_n
-    dr_pre = d_rh * h * r * (1 - r)
+    dr_pre = _clip(d_rh * h * r * (1 - r), opt)
     da = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
     g["w_ih"] += da.T @ s["x"]
     g["w_hh"][:2 * H] += da[:, :2 * H].T @ h
@@ -206,13 +212,14 @@ def forward(kind, x, params, hx=None, lengths=None, *, num_layers=1, bidirection
     return out, h_n, (c_n if lstm else None), cache
 
 
-def backward(cache, grad_out, grad_h_n=None, grad_c_n=None):
+def backward(cache, grad_out, grad_h_n=None, grad_c_n=None, bptt_clip=None):
     """BPTT of ``sum(out*grad_out) + sum(h_n*grad_h_n) + sum(c_n*grad_c_n)``.
 
     Returns ``(grad_x, grad_h0, grad_c0 or None, grads)`` with grads under torch's names; also
     stores the per-step total gradients in ``cache["grad_h"]`` / ``cache["grad_c"]``.
+    ``bptt_clip=c`` clips every gate pre-activation gradient to [-c, c] at every step.
     """
-    kind, opt = cache["kind"], cache["opt"]
+    kind, opt = cache["kind"], dict(cache["opt"], clip=bptt_clip)
     T, N, H, L, D = cache["T"], cache["N"], cache["H"], cache["L"], cache["D"]
     lstm = kind == "lstm"
     _, bwd = CELLS[kind]

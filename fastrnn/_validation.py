@@ -100,3 +100,14 @@ def check_blas_sizes(where, **dims):
         if value > _BLAS_INT_MAX:
             raise ValueError(f"{where}: {name} = {value} exceeds the supported maximum {_BLAS_INT_MAX} "
                              "(32-bit BLAS indices); split the batch or the sequence")
+
+
+def check_bptt_clip(value, where):
+    """None (off) or a positive finite float."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: bptt_clip must be None or a positive float, got {type(value).__name__}")
+    if not (0.0 < float(value) < float("inf")):
+        raise ValueError(f"{where}: bptt_clip must be a positive finite float, got {value}")
+    return float(value)

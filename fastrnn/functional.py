@@ -25,7 +25,7 @@ from . import _validation as V
 _CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
-__all__ = ["rnn_forward", "lstm_forward", "gru_forward", "backward", "param_shapes", "Context"]
+__all__ = ["rnn_forward", "lstm_forward", "gru_forward", "backward", "forward_stats", "param_shapes", "Context"]
 
 
 def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True):
@@ -55,12 +55,14 @@ class Context:
     """
 
     __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "L", "D", "dtype", "x", "weights",
-                 "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed")
+                 "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed",
+                 "grad_h_norm", "grad_c_norm")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
         self.consumed = False
+        self.grad_h_norm = self.grad_c_norm = None
 
     @property
     def output_shape(self):
@@ -225,7 +227,8 @@ def _state_grad(a, ctx, name):
     return V.contiguous(a).reshape(ctx.L * ctx.D, ctx.N, ctx.H)
 
 
-def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, retain=False):
+def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, retain=False, bptt_clip=None,
+             record=False):
     """BPTT through a training forward.
 
     Returns ``(grad_x, grad_h0, grad_c0, grads)``: ``grad_c0`` is None except for LSTM;
@@ -234,7 +237,14 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     padded positions (t >= lengths[n]) are ignored. `grad_output` may be None (no gradient).
     The context is consumed (a second backward raises RuntimeError) unless ``retain=True``,
     which keeps the cache intact for further backward calls (torch's ``retain_graph``) at the
-    cost of a scratch copy.
+    cost of a scratch buffer for the gate gradients.
+
+    ``bptt_clip=c`` clips, inside the BPTT loop, the gradient of every gate pre-activation to
+    ``[-c, c]`` at every step (Graves 2013, "Generating sequences with recurrent neural
+    networks", §4); the gradients that flow on to earlier steps and into the weights are the
+    clipped ones. ``record=True`` stores in ``ctx.grad_h_norm`` (and ``ctx.grad_c_norm`` for
+    LSTM) the 2-norm over the batch of the *total* gradient dL/dh_t (dL/dc_t) that reached each
+    step, shape ``[L, D, T]``, recorded inside the C++ BPTT loop.
     """
     if not isinstance(ctx, Context):
         raise TypeError(f"backward: ctx must be the Context returned by a training forward, got {type(ctx).__name__}")
@@ -247,6 +257,7 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     gcn = _state_grad(grad_c_n, ctx, "grad_c_n") if ctx.cell == "lstm" else None
     if grad_c_n is not None and ctx.cell != "lstm":
         raise ValueError(f"{where}: grad_c_n is only valid for LSTM")
+    clip = V.check_bptt_clip(bptt_clip, where) or 0.0
 
     dtype = ctx.dtype
     if grads is None:
@@ -262,10 +273,15 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
     grad_h0 = np.empty((S, ctx.N, ctx.H), dtype)
     grad_c0 = np.empty((S, ctx.N, ctx.H), dtype) if ctx.cell == "lstm" else None
+    h_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
+    c_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record and ctx.cell == "lstm" else None
     ctx.consumed = not retain
     _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
-                grad_x, grad_h0, grad_c0, grad_list, retain=retain)
+                grad_x, grad_h0, grad_c0, grad_list, retain=retain, bptt_clip=clip, grad_h_sq=h_sq, grad_c_sq=c_sq)
+    if record:
+        ctx.grad_h_norm = np.sqrt(h_sq)
+        ctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)
     if not retain:
         ctx.cache = None  # free the cache now: it is consumed
     grad_x = _from_time_major(grad_x, ctx.batch_first, ctx.unbatched)
@@ -273,6 +289,33 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
         grad_h0 = grad_h0[:, 0, :]
         grad_c0 = None if grad_c0 is None else grad_c0[:, 0, :]
     return grad_x, grad_h0, grad_c0, grads
+
+
+def forward_stats(ctx):
+    """Gate saturation and the first non-finite value of a training forward, read from its cache.
+
+    Returns ``(saturation, first_nonfinite)``: ``saturation`` is ``[L, D, T, S]`` (float64), per
+    step the fraction of valid units whose gate is saturated — S statistics per cell: LSTM
+    i, f, g, o; GRU r, z, n; tanh RNN the fraction with |h| > 0.99; ReLU RNN the fraction of
+    dead units (h = 0); sigmoid gates count below 0.01 or above 0.99, tanh gates |v| > 0.99;
+    NaN where a step has no valid row. ``first_nonfinite`` is None or a dict ``layer``,
+    ``direction``, ``step``, ``quantity`` ("gate", "hidden state", "cell state") of the first
+    NaN/Inf in forward order. Call it before `backward`, which consumes the cache.
+    """
+    if not isinstance(ctx, Context):
+        raise TypeError(f"forward_stats: ctx must be a Context from a training forward, got {type(ctx).__name__}")
+    if ctx.cache is None or ctx.consumed:
+        raise RuntimeError("forward_stats: the context's cache was consumed by backward; call it before backward")
+    S = _C.saturation_stats(_CELL_CODE[ctx.cell], ctx.reset_after)
+    saturation = np.empty((ctx.L, ctx.D, ctx.T, S))
+    layer, direction, t, what = _C.forward_stats(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N,
+                                                 ctx.C, ctx.H, ctx.L, ctx.D, ctx.masks is not None, ctx.cache,
+                                                 ctx.lengths, saturation)
+    first = None
+    if layer >= 0:
+        first = dict(layer=layer, direction=direction, step=t,
+                     quantity=("gate", "hidden state", "cell state")[what])
+    return saturation, first
 
 
 def _flat(weights):

@@ -20,7 +20,7 @@ class _RNNBase:
     _mode = None  # set by subclasses
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 bidirectional=False, dropout=0.0, dtype=np.float32, rng=None):
+                 bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None):
         where = type(self).__name__
         self.input_size = V.check_positive_int(input_size, "input_size", where)
         self.hidden_size = V.check_positive_int(hidden_size, "hidden_size", where)
@@ -30,7 +30,9 @@ class _RNNBase:
         self.bidirectional = bool(bidirectional)
         self.dropout = V.check_dropout(dropout, where)
         self.dtype = V.as_dtype(dtype, f"{where}: dtype")
+        self.bptt_clip = V.check_bptt_clip(bptt_clip, where)
         self.rng = _generator(rng)
+        self._recorder = None  # set by fastrnn.diagnostics.record
         self.training = True
         self._ctx = None
         shapes = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
@@ -103,6 +105,8 @@ class _RNNBase:
             dropout=self.dropout, training=self.training, rng=self.rng,
             reset_after=getattr(self, "reset_after", True), where=f"{type(self).__name__}.forward")
         self._ctx = ctx
+        if self._recorder is not None and ctx is not None:
+            self._recorder._on_forward(self, ctx)
         return out, h_n, c_n
 
     def _backward(self, grad_output, grad_h_n, grad_c_n):
@@ -113,7 +117,11 @@ class _RNNBase:
         if self._ctx.consumed:
             raise RuntimeError(f"{where}: backward was already called for the last forward (it consumes the "
                                "cache); run forward again first")
-        grad_x, grad_h0, grad_c0, _ = F.backward(self._ctx, grad_output, grad_h_n, grad_c_n, grads=self.grads)
+        rec = self._recorder
+        grad_x, grad_h0, grad_c0, _ = F.backward(self._ctx, grad_output, grad_h_n, grad_c_n, grads=self.grads,
+                                                 bptt_clip=self.bptt_clip, record=rec is not None)
+        if rec is not None:
+            rec._on_backward(self, self._ctx)
         return grad_x, grad_h0, grad_c0
 
     def __call__(self, *args, **kwargs):
@@ -123,7 +131,8 @@ class _RNNBase:
         opts = [f"{self.input_size}", f"{self.hidden_size}"]
         if self.num_layers != 1:
             opts.append(f"num_layers={self.num_layers}")
-        for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("dropout", 0.0)):
+        for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("dropout", 0.0),
+                              ("bptt_clip", None)):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)}")
         opts.append(f"dtype={self.dtype}")

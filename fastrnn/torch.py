@@ -45,7 +45,8 @@ _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn
 _DTYPES = (torch.float32, torch.float64)
 
 # Everything about one call that is not a tensor.
-_Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where")
+_Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where "
+                           "bptt_clip module recorder")
 
 
 def _numpy(t):
@@ -72,11 +73,14 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, x, h0, c0, masks, *weights):
         out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True)
+        if spec.recorder is not None:  # fastrnn.diagnostics.record: gate statistics from the cache
+            spec.recorder._on_forward(spec.module, fctx)
         # What BPTT reads is saved through torch, so retain_graph, the check against in-place
         # changes of x or the weights, and freeing the cache after backward behave as for torch ops.
         ctx.save_for_backward(x, *weights, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache), masks)
         fctx.x = fctx.cache = fctx.masks = None
         ctx.fctx = fctx
+        ctx.spec = spec
         ctx.set_materialize_grads(False)  # outputs without a gradient reach the core as None
         outs = (torch.from_numpy(out), torch.from_numpy(h_n))
         return outs if c_n is None else outs + (torch.from_numpy(c_n),)
@@ -89,7 +93,11 @@ class _RNNFunction(torch.autograd.Function):
         fctx.x, fctx.cache, fctx.masks = x.numpy(), cache.numpy(), _numpy(masks)
         try:  # retain: autograd may run this node again (retain_graph=True, gradcheck)
             grad_x, grad_h0, grad_c0, grads = F.backward(fctx, _numpy(grad_out), _numpy(grad_h_n),
-                                                         _numpy(grad_c_n), retain=True)
+                                                         _numpy(grad_c_n), retain=True,
+                                                         bptt_clip=ctx.spec.bptt_clip,
+                                                         record=ctx.spec.recorder is not None)
+            if ctx.spec.recorder is not None:
+                ctx.spec.recorder._on_backward(ctx.spec.module, fctx)
         finally:
             fctx.x = fctx.cache = fctx.masks = None
         need = ctx.needs_input_grad
@@ -114,7 +122,15 @@ def _packed_layout(seq):
 
 
 class _FastRNNBase:
-    """``forward`` and the fastrnn layer protocol, mixed into the torch.nn classes (listed first)."""
+    """``forward`` and the fastrnn layer protocol, mixed into the torch.nn classes (listed first).
+
+    Besides torch's attributes: ``bptt_clip`` (None, or clip every gate pre-activation gradient to
+    [-c, c] inside BPTT, Graves 2013; set it on the module) and the hook used by
+    `fastrnn.diagnostics.record`.
+    """
+
+    bptt_clip = None
+    _recorder = None
 
     def _cell(self):
         """The fastrnn cell: "rnn_tanh", "rnn_relu", "lstm" or "gru"."""
@@ -219,7 +235,8 @@ class _FastRNNBase:
             # Masks from torch's RNG, so torch.manual_seed makes training runs reproducible.
             masks = torch.empty((L - 1, T, N, D * H), dtype=weights[0].dtype).bernoulli_(1 - p).div_(1 - p)
         spec = _Spec(self._cell(), self._flat_weights_names, L, self.bidirectional, self.bias,
-                     self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where)
+                     self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where,
+                     self.bptt_clip, self, self._recorder)
         h0, c0 = (states + [None, None])[:2]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
             outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)

@@ -142,6 +142,21 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
     fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
 }
 
+template <class T>
+py::tuple forward_stats_impl(const Desc& d, bool dropout, const py::object& cache, const py::object& lengths,
+                             const py::object& saturation) {
+    const T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), false);
+    const i64* plen = lengths_of(d, lengths);
+    double* psat = data_of<double>(saturation, "saturation", d.L * d.D * d.T * fastrnn::saturation_stats(d), true,
+                                   false);
+    fastrnn::NonFinite f;
+    {
+        py::gil_scoped_release release;
+        f = fastrnn::forward_stats<T>(d, pcache, plen, dropout, psat);
+    }
+    return py::make_tuple(f.layer, f.direction, f.t, f.what);
+}
+
 bool is_double(const py::object& x) {
     auto a = py::cast<py::array>(x);
     if (a.dtype().is(py::dtype::of<double>())) return true;
@@ -195,6 +210,16 @@ PYBIND11_MODULE(_C, m) {
           py::arg("grad_c_n"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("gs"),
           py::arg("retain") = false, py::arg("bptt_clip") = 0.0, py::arg("grad_h_sq") = py::none(),
           py::arg("grad_c_sq") = py::none());
+    m.def("saturation_stats", [](int cell, bool reset_after) {
+        return fastrnn::saturation_stats(make_desc(cell, reset_after, true, 1, 1, 1, 1, 1, 1));
+    });
+    m.def("forward_stats",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
+             py::object cache, py::object lengths, py::object saturation) {
+              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
+              return is_double(cache) ? forward_stats_impl<double>(d, dropout, cache, lengths, saturation)
+                                      : forward_stats_impl<float>(d, dropout, cache, lengths, saturation);
+          });
     m.def("get_isa", &fastrnn::get_isa);
     m.def("available_isas", &fastrnn::available_isas);
     m.def("set_isa", &fastrnn::set_isa);

@@ -296,16 +296,83 @@ void accumulate_w_hh(const Desc& d, i64 dir, const i64* lengths, i64 r0, i64 r1,
 std::int64_t cache_elements(const Desc& d, bool dropout) { return CacheLayout(d, dropout).total(); }
 
 std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr) {
-    Carver<double> cv(nullptr);  // element counts do not depend on T's size: carve in doubles
-    ForwardScratch<double>(cv, d, training, threads, nr, nullptr);
+    Carver<float> cv(nullptr);  // float pads to 16 elements per region, double to 8: an upper bound for both
+    ForwardScratch<float>(cv, d, training, threads, nr, nullptr);
     return cv.used();
 }
 
 std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr) {
-    Carver<double> cv(nullptr);
-    BackwardScratch<double>(cv, d, retain, threads, nr, nullptr);
+    Carver<float> cv(nullptr);
+    BackwardScratch<float>(cv, d, retain, threads, nr, nullptr);
     return cv.used();
 }
+
+int saturation_stats(const Desc& d) { return d.cell == CellKind::LSTM ? 4 : d.cell == CellKind::GRU ? 3 : 1; }
+
+template <class T>
+NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengths, bool dropout, double* saturation) {
+    const CacheLayout lay(d, dropout);
+    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, cg = cell_cache_gates(d), S = saturation_stats(d);
+    // Kind of each saturation statistic: 0 sigmoid gate, 1 tanh gate, 2 RNN tanh output, 3 RNN relu output.
+    int kind[4] = {0, 0, 1, 0};
+    if (d.cell == CellKind::GRU) kind[2] = 1;
+    if (d.cell == CellKind::RNN_TANH) kind[0] = 2;
+    if (d.cell == CellKind::RNN_RELU) kind[0] = 3;
+    auto saturated = [](int k, T v) {
+        switch (k) {
+            case 0: return v < T(0.01) || v > T(0.99);
+            case 1:
+            case 2: return v < T(-0.99) || v > T(0.99);
+            default: return v == T(0);
+        }
+    };
+    auto finite = [](T v) { return v - v == T(0); };  // false for NaN and +-inf
+    NonFinite first;
+    for (i64 l = 0; l < d.L && (saturation || first.layer < 0); ++l) {
+        i64 best_step = T_;  // earliest processing step with a non-finite value in this layer
+        for (i64 dir = 0; dir < D; ++dir) {
+            const T* gates = cg ? cache + lay.gates(l, dir) : nullptr;
+            const T* Y = cache + lay.y(l) + dir * H;
+            const T* C = cell_has_c(d) ? cache + lay.c_hist(l, dir) : nullptr;
+            for (i64 s = 0; s < T_; ++s) {
+                const i64 t = dir == 0 ? s : T_ - 1 - s;
+                i64 count[4] = {0, 0, 0, 0}, valid = 0;
+                int bad = -1;  // what was non-finite at this step (the first found: gates, then states)
+                for (i64 n = 0; n < N; ++n) {
+                    if (lengths && t >= lengths[n]) continue;
+                    ++valid;
+                    const T* g = gates ? gates + (t * N + n) * cg * H : nullptr;
+                    const T* y = Y + (t * N + n) * DH;
+                    for (i64 q = 0; q < S; ++q) {
+                        const T* v = g ? g + q * H : y;
+                        for (i64 j = 0; j < H; ++j) {
+                            count[q] += saturated(kind[q], v[j]);
+                            if (bad < 0 && !finite(v[j])) bad = g ? 0 : 1;
+                        }
+                    }
+                    for (i64 j = 0; j < H && bad < 0; ++j)
+                        if (!finite(y[j])) bad = 1;
+                    for (i64 j = 0; C && j < H && bad < 0; ++j)
+                        if (!finite(C[(t * N + n) * H + j])) bad = 2;
+                }
+                if (saturation)
+                    for (i64 q = 0; q < S; ++q)
+                        saturation[((l * D + dir) * T_ + t) * S + q] =
+                            valid ? double(count[q]) / double(valid * H) : std::numeric_limits<double>::quiet_NaN();
+                if (bad >= 0 && first.layer < 0 && s < best_step) {
+                    best_step = s;
+                    first.direction = dir, first.t = t, first.what = bad;
+                }
+            }
+        }
+        if (best_step < T_ && first.layer < 0) first.layer = l;
+    }
+    if (first.layer < 0) first = NonFinite{};
+    return first;
+}
+
+template NonFinite forward_stats<float>(const Desc&, const float*, const std::int64_t*, bool, double*);
+template NonFinite forward_stats<double>(const Desc&, const double*, const std::int64_t*, bool, double*);
 
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,

@@ -29,6 +29,19 @@ struct BackwardOptions {
     BackwardDiagnostics diag{nullptr, nullptr};
 };
 
+// What a training forward's cache says about the gates and states, for diagnostics.
+// saturation [L, D, T, S] (null: skip): per step, the fraction of valid units whose gate is
+// saturated, S per cell: LSTM i, f, g, o; GRU r, z, n; RNN tanh |h| > 0.99, RNN relu h == 0
+// (dead); sigmoid gates count below 0.01 or above 0.99, tanh gates |v| > 0.99; NaN for a step
+// with no valid row. Returns the first non-finite value in forward order as
+// {layer, direction, t, what} with what = 0 gate, 1 hidden state, 2 cell state, or {-1,...}.
+struct NonFinite {
+    std::int64_t layer = -1, direction = -1, t = -1, what = -1;
+};
+int saturation_stats(const Desc& d);  // S
+template <class T>
+NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengths, bool dropout, double* saturation);
+
 // x [T, N, C]; h0/c0 [L*D, N, H] or null (zeros); lengths [N] or null (all T);
 // masks [L-1, T, N, D*H] (inter-layer dropout, already scaled) or null;
 // out [T, N, D*H]; h_n/c_n [L*D, N, H]; cache null for inference.

@@ -88,6 +88,9 @@ class BuildExt(build_ext):
         super().finalize_options()
         self.parallel = None  # _C links against the core: keep the extensions in order
         self.in_place = self.inplace  # setuptools builds in build_lib, then copies when in place
+        if self.in_place:  # its libfastrnn.so has an absolute run path: never let a wheel reuse it
+            self.build_lib += "-inplace"
+            self.build_temp += "-inplace"
 
     def get_ext_filename(self, fullname):
         if fullname.split(".")[-1] == CORE.split(".")[-1]:  # called with the full or the last name

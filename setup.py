@@ -47,7 +47,8 @@ core = Extension(
     include_dirs=["csrc", "csrc/include", sob.get_include_dir()],
     library_dirs=[sob.get_lib_dir()],
     libraries=[sob.get_library()],
-    depends=headers + ["csrc/capi/libfastrnn.map"],
+    # The map and the package-file templates are build inputs too (this also puts them in sdists).
+    depends=headers + ["csrc/capi/libfastrnn.map"] + sorted(glob.glob("csrc/capi/*.in")),
     # Default visibility: the version script decides what is exported (the C ABI, and the C++
     # core for _C); no semantic interposition keeps calls inside the library direct.
     extra_compile_args=["-std=c++17", "-g0", "-fno-semantic-interposition", "-DFASTRNN_BUILDING"] + optimize,

@@ -67,7 +67,8 @@ def _load():
     sigs = {
         "fastrnn_last_error": ([], ctypes.c_char_p), "fastrnn_status_name": ([ctypes.c_int], ctypes.c_char_p),
         "fastrnn_version": ([], ctypes.c_int), "fastrnn_version_string": ([], ctypes.c_char_p),
-        "fastrnn_abi_version": ([], ctypes.c_int), "fastrnn_check_version": ([ctypes.c_int, ctypes.c_int], ctypes.c_int),
+        "fastrnn_abi_version": ([], ctypes.c_int),
+        "fastrnn_check_version": ([ctypes.c_int, ctypes.c_int], ctypes.c_int),
         "fastrnn_desc_init_": ([P, SZ], ctypes.c_int), "fastrnn_param_count": ([P, P], ctypes.c_int),
         "fastrnn_weights_from_flat": ([P, V, I64, P, I64], ctypes.c_int),
         "fastrnn_grads_from_flat": ([P, V, I64, P, I64], ctypes.c_int),
@@ -177,7 +178,8 @@ def expect_error(status, code, *fragments):
 
 def header_version():
     text = read(HEADER)
-    return tuple(int(re.search(rf"#define FASTRNN_VERSION_{k} (\d+)", text).group(1)) for k in ("MAJOR", "MINOR", "PATCH"))
+    return tuple(int(re.search(rf"#define FASTRNN_VERSION_{k} (\d+)", text).group(1))
+                 for k in ("MAJOR", "MINOR", "PATCH"))
 
 
 def test_versions_agree():
@@ -290,19 +292,19 @@ def test_python_and_c_share_one_core():
 # ---- forward and backward through ctypes against the Python API --------------------------------
 
 TRAIN_CASES = [
-    ("lstm", np.float32, 2, 2, True, False),
-    ("lstm", np.float64, 1, 1, False, False),
-    ("gru", np.float64, 2, 1, True, True),
-    ("gru_v1", np.float32, 1, 2, True, False),
-    ("rnn_tanh", np.float64, 1, 2, False, False),
-    ("rnn_relu", np.float32, 2, 1, True, True),
+    ("lstm", np.float32, 2, 2, True, True, False),
+    ("lstm", np.float64, 1, 1, False, False, False),
+    ("gru", np.float64, 2, 1, True, True, True),
+    ("gru_v1", np.float32, 1, 2, True, True, False),
+    ("rnn_tanh", np.float64, 1, 2, False, True, False),
+    ("rnn_relu", np.float32, 2, 1, True, False, True),
 ]
 
 
-@pytest.mark.parametrize("cell,dtype,L,D,use_lengths,dropout", TRAIN_CASES)
-def test_training_matches_python_api(cell, dtype, L, D, use_lengths, dropout):
+@pytest.mark.parametrize("cell,dtype,L,D,use_lengths,bias,dropout", TRAIN_CASES)
+def test_training_matches_python_api(cell, dtype, L, D, use_lengths, bias, dropout):
     T, N, C, H = 6, 3, 4, 5
-    p = Problem(cell, dtype, T, N, C, H, L, D, seed=L * 10 + D)
+    p = Problem(cell, dtype, T, N, C, H, L, D, bias=bias, seed=L * 10 + D)
     layer = p.layer
     if dropout:
         layer.dropout = 0.3
@@ -330,7 +332,7 @@ def test_training_matches_python_api(cell, dtype, L, D, use_lengths, dropout):
         np.testing.assert_allclose(p.c_n, state[1], **TOL[dtype])
 
     grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
-    g = pointer_array(list(grads.values()), True, L, D)
+    g = pointer_array(list(grads.values()), bias, L, D)
     gx, gh0 = np.empty_like(p.x), np.empty_like(h0)
     gc0 = np.empty_like(h0) if p.lstm else None
     bopts = options(BackwardOptions, dropout_masks=ptr(masks))
@@ -509,7 +511,8 @@ def test_bad_pointers_and_values():
     expect_error(p.forward(y=None), INVALID, "fastrnn_forward: y: NULL")
     expect_error(p.forward(h0=p.x.ctypes.data + 1), INVALID, "h0: pointer not aligned")
     for bad in ([0, 1, 1], [1, 6, 1], [1, 1, -2]):
-        expect_error(p.forward(lengths=np.array(bad, np.int64)), INVALID, "lengths[", "expected 1 <= lengths[n] <= T = 5")
+        expect_error(p.forward(lengths=np.array(bad, np.int64)), INVALID, "lengths[",
+                     "expected 1 <= lengths[n] <= T = 5")
     assert p.forward(h_n=None, c_n=None) == OK  # optional outputs
 
     g = Problem("gru", np.float64, bias=False)
@@ -589,12 +592,14 @@ vm = int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmSiz
 resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
 L, H = 1 << 20, 1024
 d = t.make_desc("rnn_tanh", np.float32, T=1, N=1, C=1, H=H, L=L)
-w_ih0, w_ih, w_hh, b = np.zeros((H, 1), np.float32), np.zeros((H, H), np.float32), np.zeros((H, H), np.float32), np.zeros(H, np.float32)
+w_ih0, b = np.zeros((H, 1), np.float32), np.zeros(H, np.float32)
+w_ih, w_hh = np.zeros((H, H), np.float32), np.zeros((H, H), np.float32)
 ws = (t.Weights * L)(*([t.Weights(w_ih0.ctypes.data, w_hh.ctypes.data, b.ctypes.data, b.ctypes.data)]
                       + [t.Weights(w_ih.ctypes.data, w_hh.ctypes.data, b.ctypes.data, b.ctypes.data)] * (L - 1)))
 x, y = np.zeros(1, np.float32), np.zeros(H, np.float32)
 # h_n = NULL: a 4 GiB temporary for the final states, beyond the address-space limit
-s = t.lib.fastrnn_forward(ctypes.byref(d), ws, x.ctypes.data, None, None, None, y.ctypes.data, None, None, None, 0, None)
+s = t.lib.fastrnn_forward(ctypes.byref(d), ws, x.ctypes.data, None, None, None, y.ctypes.data, None, None, None, 0,
+                          None)
 print(s, t.last_error())
 """
 
@@ -624,8 +629,9 @@ def c_example(tmp_path_factory):
     flags = subprocess.run([sys.executable, "-m", "fastrnn", "config", "--cflags", "--libs"], env=ENV,
                            capture_output=True, text=True, check=True).stdout.split()
     exe = out / "lstm_infer"
-    r = subprocess.run([CC, "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", os.path.join(EXAMPLES, "c", "lstm_infer.c"),
-                        *flags, "-o", str(exe)], capture_output=True, text=True)
+    r = subprocess.run([CC, "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror",
+                        os.path.join(EXAMPLES, "c", "lstm_infer.c"), *flags, "-o", str(exe)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return exe
 

@@ -107,7 +107,8 @@ i64 product(const char* expr, std::initializer_list<i64> factors) {
 i64 sum(const char* expr, std::initializer_list<i64> terms) {
     i64 r = 0;
     for (i64 t : terms)
-        if (__builtin_add_overflow(r, t, &r)) invalid(std::string("desc: sizes too large, ") + expr + " overflows int64");
+        if (__builtin_add_overflow(r, t, &r))
+            invalid(std::string("desc: sizes too large, ") + expr + " overflows int64");
     return r;
 }
 
@@ -221,9 +222,10 @@ Problem check_desc(const fastrnn_desc* p) {
     P.states = product("L*D*N*H", {L, D, N, H});
     P.diag_steps = product("L*D*T", {L, D, T});
     const i64 biases = d.bias ? 2 * G * H : 0;
-    P.params = sum("the parameter count",
-                   {product("D*(params of layer 0)", {D, sum("params of layer 0", {w_ih0, w_hh, biases})}),
-                    product("(L-1)*D*(params of a layer)", {L - 1, D, sum("params of a layer", {w_ih, w_hh, biases})})});
+    const i64 layer0 = sum("params of layer 0", {w_ih0, w_hh, biases});
+    const i64 layer = sum("params of a layer", {w_ih, w_hh, biases});
+    P.params = sum("the parameter count", {product("D*(params of layer 0)", {D, layer0}),
+                                           product("(L-1)*D*(params of a layer)", {L - 1, D, layer})});
     return P;
 }
 
@@ -608,7 +610,8 @@ fastrnn_status fastrnn_forward(const fastrnn_desc* desc, const fastrnn_weights* 
         const void* masks = opt.dropout_masks;
         if (masks) {
             if (!cache) invalid("options->dropout_masks: only used by a training forward (cache != NULL)");
-            if (P.d.L == 1) invalid("options->dropout_masks: must be NULL when num_layers = 1 (dropout acts between layers)");
+            if (P.d.L == 1)
+                invalid("options->dropout_masks: must be NULL when num_layers = 1 (dropout acts between layers)");
             check_aligned(masks, "options->dropout_masks", P.esize);
         }
         if (cache) check_cache(P, cache, cache_bytes, masks != nullptr);

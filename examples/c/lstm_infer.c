@@ -62,7 +62,8 @@ static int npy_load(const char* path, npy_array* a) {
         return -1;
     }
     if (size < 12 || memcmp(raw, "\x93NUMPY", 6) != 0) goto bad;
-    header_len = raw[6] == 1 ? (long)(raw[8] | raw[9] << 8) : (long)(raw[8] | raw[9] << 8 | (long)raw[10] << 16 | (long)raw[11] << 24);
+    header_len = (long)(raw[8] | raw[9] << 8);
+    if (raw[6] != 1) header_len |= (long)raw[10] << 16 | (long)raw[11] << 24; /* versions 2 and 3 */
     offset = (raw[6] == 1 ? 10 : 12) + header_len;
     if (offset > size) goto bad;
     raw[offset - 1] = '\0'; /* the header ends with '\n' */
@@ -133,8 +134,11 @@ static int read_model(const char* dir, fastrnn_desc* d) {
     while (fscanf(f, "%63s %63s", key, value) == 2) {
         v = strtoll(value, NULL, 10);
         if (!strcmp(key, "cell"))
-            d->cell = !strcmp(value, "lstm") ? FASTRNN_LSTM : !strcmp(value, "gru") ? FASTRNN_GRU
-                      : !strcmp(value, "rnn_tanh") ? FASTRNN_RNN_TANH : !strcmp(value, "rnn_relu") ? FASTRNN_RNN_RELU : -1;
+            d->cell = !strcmp(value, "lstm")       ? FASTRNN_LSTM
+                      : !strcmp(value, "gru")      ? FASTRNN_GRU
+                      : !strcmp(value, "rnn_tanh") ? FASTRNN_RNN_TANH
+                      : !strcmp(value, "rnn_relu") ? FASTRNN_RNN_RELU
+                                                   : -1;
         else if (!strcmp(key, "dtype"))
             d->dtype = !strcmp(value, "float32") ? FASTRNN_FLOAT32 : !strcmp(value, "float64") ? FASTRNN_FLOAT64 : -1;
         else if (!strcmp(key, "input_size")) d->input_size = v;

@@ -148,7 +148,8 @@ ctypedef fused _real:
     double
 
 
-cdef inline fastrnn_status _shape_error(const char* fn, const char* name, Py_ssize_t got, Py_ssize_t want) noexcept nogil:
+cdef inline fastrnn_status _shape_error(const char* fn, const char* name, Py_ssize_t got,
+                                        Py_ssize_t want) noexcept nogil:
     cdef char msg[200]
     snprintf(msg, sizeof(msg), "%s: %s has %zd, expected %zd (see fastrnn/cython/fastrnn.pxd)", fn, name, got, want)
     fastrnn_set_last_error(msg)

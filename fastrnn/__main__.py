@@ -1,4 +1,4 @@
-"""python -m fastrnn demo | info"""
+"""python -m fastrnn demo | info | config"""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,18 @@ def info(_args):
     return 0
 
 
+def config(args):
+    """Print what a C, C++ or Cython build needs, one line per option, in the order given."""
+    from . import _embed
+
+    values = {"cflags": " ".join(_embed.compile_flags()), "libs": " ".join(_embed.link_flags()),
+              "include_dir": _embed.get_include(), "library_dir": _embed.get_library_dir(),
+              "pkgconfig_dir": _embed.get_pkgconfig_dir(), "cmake_dir": _embed.get_cmake_dir()}
+    for key in args.items:
+        print(values[key])
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastrnn", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -86,7 +98,13 @@ def main(argv=None):
     d.set_defaults(func=demo)
     i = sub.add_parser("info", help="version, ISA, threads, BLAS")
     i.set_defaults(func=info)
+    c = sub.add_parser("config", help="compiler/linker flags and paths for embedding fastrnn (C ABI)")
+    for opt in ("cflags", "libs", "include-dir", "library-dir", "pkgconfig-dir", "cmake-dir"):
+        c.add_argument(f"--{opt}", dest="items", action="append_const", const=opt.replace("-", "_"))
+    c.set_defaults(func=config, items=None)
     args = p.parse_args(argv)
+    if args.cmd == "config" and not args.items:
+        p.error("config: give at least one of --cflags --libs --include-dir --library-dir --pkgconfig-dir --cmake-dir")
     for name in ("steps", "hidden", "seq_len", "batch", "threads"):
         if getattr(args, name, 1) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")

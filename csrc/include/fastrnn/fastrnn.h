@@ -1,0 +1,248 @@
+/*
+ * fastrnn C ABI: fused CPU kernels for RNN (tanh/relu), LSTM and GRU, forward and BPTT.
+ *
+ * Plain C (C89 and later, and C++). No C++ type or exception crosses this interface: every
+ * function that can fail returns a fastrnn_status and, on failure, leaves a message naming the
+ * function and the offending field in fastrnn_last_error() (per thread).
+ *
+ * Conventions (the same as the Python API, see DESIGN.md section 1):
+ *   T steps, N batch, C input features, H hidden units, L layers, D directions (1 or 2),
+ *   G gates (RNN 1, GRU 3, LSTM 4). Arrays are dense, row-major (C order), time-major:
+ *   x [T, N, C], y [T, N, D*H], states h0/c0/h_n/c_n [L*D, N, H] (entry l*D + d; d = 1 is the
+ *   reverse direction). Every float array of a call has the descriptor's dtype. Gate order and
+ *   weight layout are PyTorch's: per layer l and direction d
+ *   weight_ih [G*H, C_l] (C_0 = C, else D*H), weight_hh [G*H, H], bias_ih [G*H], bias_hh [G*H].
+ *   lengths [N] (int64, each in [1, T]) or NULL: steps past a sequence's length give zero output
+ *   and leave its state alone, so h_n is the state at its last valid step (packed sequences).
+ *   Buffers must not overlap unless a function says otherwise.
+ *
+ * ABI stability (how this header grows without breaking compiled callers):
+ *   - Functions are never removed or changed within one FASTRNN_ABI_VERSION; new ones are added.
+ *   - Structs a caller passes in (fastrnn_desc, fastrnn_*_options) start with `struct_size`,
+ *     which the caller sets to sizeof() as compiled (fastrnn_desc_init does it). New fields are
+ *     only appended, and a new field's zero value always means the old behaviour. The library
+ *     reads the first struct_size bytes; a caller compiled against a newer header works with an
+ *     older library as long as every field the older library does not know is zero (otherwise:
+ *     FASTRNN_ERR_UNSUPPORTED). Reserved fields must be zero.
+ *   - fastrnn_weights / fastrnn_grads (arrays of L*D entries) are frozen: tensors of future
+ *     cell variants (projection, peepholes, layer norm) will come as separate arrays in the
+ *     option structs, NULL meaning "not used".
+ *   - Enum values are explicit and never reused; int32 fields hold them in structs.
+ *   Check at start-up that the loaded library can serve this header: FASTRNN_CHECK_VERSION().
+ *
+ * Threads: the calls are reentrant; several threads may run forward/backward at once (each
+ * uses its own buffers). fastrnn's own thread pool serves one call at a time; a call that finds
+ * it busy runs on its calling thread alone (same results, bitwise). A C program starts with one
+ * fastrnn thread (Python's `import fastrnn` sets FASTRNN_NUM_THREADS or all cores); thread
+ * count and ISA are process-wide and shared with the Python module.
+ *
+ * Linking: -lfastrnn (pkg-config fastrnn, or CMake find_package(fastrnn)). libfastrnn.so finds
+ * the BLAS of the scipy-openblas32 wheel through its run path $ORIGIN/../../scipy_openblas32/lib
+ * (both installed in the same site-packages).
+ */
+#ifndef FASTRNN_FASTRNN_H
+#define FASTRNN_FASTRNN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FASTRNN_VERSION_MAJOR 0
+#define FASTRNN_VERSION_MINOR 1
+#define FASTRNN_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH */
+#define FASTRNN_VERSION (FASTRNN_VERSION_MAJOR * 10000 + FASTRNN_VERSION_MINOR * 100 + FASTRNN_VERSION_PATCH)
+/* Bumped only by an incompatible change of this interface. */
+#define FASTRNN_ABI_VERSION 1
+
+#if defined(_WIN32)
+#if defined(FASTRNN_BUILDING)
+#define FASTRNN_API __declspec(dllexport)
+#else
+#define FASTRNN_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__)
+#define FASTRNN_API __attribute__((visibility("default")))
+#else
+#define FASTRNN_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Status ------------------------------------------------------------------------------ */
+
+typedef int fastrnn_status;
+enum fastrnn_status_code {
+    FASTRNN_OK = 0,
+    FASTRNN_ERR_INVALID = 1,     /* an argument is invalid; the message names it */
+    FASTRNN_ERR_NOMEM = 2,       /* scratch memory could not be allocated */
+    FASTRNN_ERR_UNSUPPORTED = 3, /* a struct sets fields this (older) library does not know */
+    FASTRNN_ERR_VERSION = 4,     /* fastrnn_check_version: header and library are incompatible */
+    FASTRNN_ERR_INTERNAL = 5     /* unexpected failure inside fastrnn (a bug: please report) */
+};
+
+/* Message of the last call on this thread that returned a status: "" after a success. Valid
+ * until the next fastrnn call on this thread. */
+FASTRNN_API const char* fastrnn_last_error(void);
+/* "FASTRNN_OK", "FASTRNN_ERR_INVALID", ...; "unknown status" for other values. */
+FASTRNN_API const char* fastrnn_status_name(fastrnn_status status);
+/* For wrappers built on this ABI: sets this thread's fastrnn_last_error() (NULL: ""). */
+FASTRNN_API void fastrnn_set_last_error(const char* message);
+
+/* ---- Version ----------------------------------------------------------------------------- */
+
+FASTRNN_API int fastrnn_version(void);                /* FASTRNN_VERSION of the loaded library */
+FASTRNN_API const char* fastrnn_version_string(void); /* "MAJOR.MINOR.PATCH" */
+FASTRNN_API int fastrnn_abi_version(void);            /* FASTRNN_ABI_VERSION of the library */
+/* FASTRNN_OK when the loaded library serves code compiled against header `version` with ABI
+ * `abi_version`: same ABI, same major version, and a library minor version at least the
+ * header's (a newer header may declare functions an older library lacks).
+ * Else FASTRNN_ERR_VERSION with both versions in the message. */
+FASTRNN_API fastrnn_status fastrnn_check_version(int abi_version, int version);
+#define FASTRNN_CHECK_VERSION() fastrnn_check_version(FASTRNN_ABI_VERSION, FASTRNN_VERSION)
+
+/* ---- Descriptor -------------------------------------------------------------------------- */
+
+enum fastrnn_cell {
+    FASTRNN_RNN_TANH = 0, /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
+    FASTRNN_RNN_RELU = 1, /* the same with relu */
+    FASTRNN_LSTM = 2,     /* gates i, f, g, o (PyTorch) */
+    FASTRNN_GRU = 3       /* gates r, z, n (PyTorch); see reset_after */
+};
+
+enum fastrnn_dtype { FASTRNN_FLOAT32 = 1, FASTRNN_FLOAT64 = 2 };
+
+/* A stack of L recurrent layers with D directions, for inputs of T steps and N sequences.
+ * Start from fastrnn_desc_init(&desc), then set the fields. */
+typedef struct fastrnn_desc {
+    uint32_t struct_size;   /* sizeof(fastrnn_desc) as compiled by the caller */
+    int32_t cell;           /* enum fastrnn_cell (default FASTRNN_LSTM) */
+    int32_t dtype;          /* enum fastrnn_dtype of every float array (default FASTRNN_FLOAT32) */
+    int32_t bias;           /* 1: b_ih and b_hh are used (default); 0: no biases */
+    int32_t reset_after;    /* GRU: 1 (default) n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), PyTorch;
+                               0: n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), Keras v1 / ONNX.
+                               0 or 1 for the other cells (ignored) */
+    int32_t reserved0;      /* must be 0 */
+    int64_t seq_len;        /* T >= 1 */
+    int64_t batch;          /* N >= 1 */
+    int64_t input_size;     /* C >= 1 */
+    int64_t hidden_size;    /* H >= 1 */
+    int64_t num_layers;     /* L >= 1 (default 1) */
+    int64_t num_directions; /* D: 1 (default) or 2 (bidirectional) */
+} fastrnn_desc;
+
+/* Zeroes *desc, sets struct_size and the defaults above (sizes stay 0: set them). */
+FASTRNN_API fastrnn_status fastrnn_desc_init_(fastrnn_desc* desc, size_t struct_size);
+#define fastrnn_desc_init(desc) fastrnn_desc_init_((desc), sizeof(fastrnn_desc))
+
+/* ---- Weights ----------------------------------------------------------------------------- */
+
+/* One layer-direction's parameters (PyTorch layout, dtype of the descriptor). Calls take an
+ * array of L*D of them, entry l*D + d. Biases are NULL exactly when desc->bias == 0. */
+typedef struct fastrnn_weights {
+    const void* weight_ih; /* [G*H, C_l] */
+    const void* weight_hh; /* [G*H, H] */
+    const void* bias_ih;   /* [G*H] */
+    const void* bias_hh;   /* [G*H] */
+} fastrnn_weights;
+
+/* Parameter gradients, same layout; fastrnn_backward adds (+=) into them. */
+typedef struct fastrnn_grads {
+    void* weight_ih;
+    void* weight_hh;
+    void* bias_ih;
+    void* bias_hh;
+} fastrnn_grads;
+
+/* Flat layout: all parameters in one array, in PyTorch's order (torch.nn.LSTM's
+ * named_parameters / fastrnn's layer.params): for l in 0..L-1, for d in 0..D-1:
+ * weight_ih, weight_hh, then (if bias) bias_ih, bias_hh, each dense row-major.
+ * fastrnn_param_count gives its length in elements. */
+FASTRNN_API fastrnn_status fastrnn_param_count(const fastrnn_desc* desc, int64_t* count);
+/* Fill out[0 .. L*D-1] with pointers into `params` (count elements, the flat layout).
+ * out_len is the number of entries `out` has room for (at least L*D). */
+FASTRNN_API fastrnn_status fastrnn_weights_from_flat(const fastrnn_desc* desc, const void* params, int64_t count,
+                                                     fastrnn_weights* out, int64_t out_len);
+FASTRNN_API fastrnn_status fastrnn_grads_from_flat(const fastrnn_desc* desc, void* grads, int64_t count,
+                                                   fastrnn_grads* out, int64_t out_len);
+
+/* ---- Sizes ------------------------------------------------------------------------------- */
+
+/* Bytes of the training cache a forward fills and the backward reads (`dropout`: 1 when the
+ * forward gets dropout masks, which keep the dropped inputs too). The caller allocates it; its
+ * content is private (a small header lets fastrnn_backward check that it matches). */
+FASTRNN_API fastrnn_status fastrnn_cache_size(const fastrnn_desc* desc, int dropout, size_t* bytes);
+
+enum fastrnn_pass {
+    FASTRNN_PASS_INFERENCE = 0,      /* fastrnn_forward without a cache */
+    FASTRNN_PASS_TRAINING = 1,       /* fastrnn_forward with a cache */
+    FASTRNN_PASS_BACKWARD = 2,       /* fastrnn_backward, retain = 0 */
+    FASTRNN_PASS_BACKWARD_RETAIN = 3 /* fastrnn_backward, retain = 1 */
+};
+/* Upper bound of the scratch bytes one call allocates for itself (once per call, freed before
+ * it returns), for the current thread count and ISA. Optional outputs passed as NULL add their
+ * own size. Informational: callers never pass a workspace. */
+FASTRNN_API fastrnn_status fastrnn_workspace_size(const fastrnn_desc* desc, int pass, size_t* bytes);
+
+/* ---- Forward ----------------------------------------------------------------------------- */
+
+typedef struct fastrnn_forward_options {
+    uint32_t struct_size; /* sizeof(fastrnn_forward_options) */
+    int32_t reserved0;    /* must be 0 */
+    /* Training forward with L > 1 only: inter-layer dropout masks [L-1, T, N, D*H], already
+     * scaled (0 or 1/(1-p)); layer l+1 reads layer l's output times mask l. NULL: no dropout.
+     * The cache must then be sized with dropout = 1, and fastrnn_backward gets the same masks. */
+    const void* dropout_masks;
+} fastrnn_forward_options;
+
+/* y = the stack applied to x. h0/c0 NULL: zeros. c0 and c_n are for LSTM only (NULL otherwise).
+ * h_n/c_n NULL: not wanted. cache NULL: inference; else a training forward that fills `cache`
+ * (cache_bytes >= fastrnn_cache_size) for fastrnn_backward. options may be NULL. */
+FASTRNN_API fastrnn_status fastrnn_forward(const fastrnn_desc* desc, const fastrnn_weights* weights, const void* x,
+                                           const void* h0, const void* c0, const int64_t* lengths, void* y,
+                                           void* h_n, void* c_n, void* cache, size_t cache_bytes,
+                                           const fastrnn_forward_options* options);
+
+/* ---- Backward ---------------------------------------------------------------------------- */
+
+typedef struct fastrnn_backward_options {
+    uint32_t struct_size; /* sizeof(fastrnn_backward_options) */
+    int32_t retain;       /* 1: keep the cache for more backward calls (costs a copy of the gates);
+                             0: the cache is consumed (overwritten by the gate gradients) */
+    double bptt_clip;     /* > 0: clip dL/d(gate pre-activations) to [-clip, clip] at every step
+                             (Graves 2013, "Generating sequences with RNNs", eq. 23); 0: off */
+    const void* dropout_masks; /* the masks the forward used: required exactly when it had some */
+    double* grad_h_sq;    /* [L, D, T] or NULL: adds (+=) sum over batch and units of (dL/dh_t)^2,
+                             the total gradient reaching h_t (vanishing/exploding diagnostics) */
+    double* grad_c_sq;    /* LSTM, [L, D, T] or NULL: the same for dL/dc_t; needs grad_h_sq */
+} fastrnn_backward_options;
+
+/* Gradients of sum(y*grad_y) + sum(h_n*grad_h_n) + sum(c_n*grad_c_n) for the training forward
+ * that filled `cache` (same desc, weights, x and lengths; NULL grad_* inputs are zeros).
+ * Writes grad_x [T, N, C], grad_h0 and grad_c0 [L*D, N, H] (each NULL: not wanted), adds into
+ * grads[0 .. L*D-1]. Gradients at padded steps (t >= lengths[n]) are ignored.
+ * options may be NULL (retain 0, no clipping, no diagnostics). */
+FASTRNN_API fastrnn_status fastrnn_backward(const fastrnn_desc* desc, const fastrnn_weights* weights, const void* x,
+                                            const int64_t* lengths, void* cache, size_t cache_bytes,
+                                            const void* grad_y, const void* grad_h_n, const void* grad_c_n,
+                                            void* grad_x, void* grad_h0, void* grad_c0, const fastrnn_grads* grads,
+                                            const fastrnn_backward_options* options);
+
+/* ---- Threads and instruction sets -------------------------------------------------------- */
+
+/* Threads of fastrnn's kernels and of its BLAS (n >= 1). */
+FASTRNN_API fastrnn_status fastrnn_set_num_threads(int n);
+FASTRNN_API int fastrnn_get_num_threads(void);
+/* Name of the ISA the kernels use now ("scalar", "avx2", ...); a static string. */
+FASTRNN_API const char* fastrnn_get_isa(void);
+/* The i-th ISA this CPU and build support, best first (static string); NULL past the end. */
+FASTRNN_API const char* fastrnn_available_isa(int i);
+/* Force an ISA by name (like FASTRNN_ISA=name); FASTRNN_ERR_INVALID if unknown or unsupported. */
+FASTRNN_API fastrnn_status fastrnn_set_isa(const char* name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTRNN_FASTRNN_H */

@@ -225,8 +225,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("set_isa", &fastrnn::set_isa);
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
-        fastrnn::set_num_threads(n);
-        scipy_openblas_set_num_threads(n);  // the hoisted GEMMs run on BLAS threads, outside our regions
+        fastrnn::set_num_threads(n);  // also caps the BLAS threads of the large hoisted GEMMs (core/blas.h)
     });
     m.def("get_num_threads", &fastrnn::get_num_threads);
     register_optim(m);

@@ -147,7 +147,7 @@ ThreadPlan plan_threads(const Desc& d, int nr) {
     const int nth = step_threads();
     const int groups = (d.D == 2 && nth >= 2) ? 2 : 1;
     const double step_flops = 2.0 * double(d.N) * double(cell_gates(d) * d.H) * double(d.H);
-    constexpr double kMinFlopsPerThread = 6e4;  // ~1 us of GEMM: a barrier costs well under that
+    constexpr double kMinFlopsPerThread = 1.2e5;  // ~1.5 us of GEMM per thread and step: a barrier costs a fraction
     i64 per = std::min<i64>(nth / groups, blocks(d, nr));
     per = std::min<i64>(per, std::max<i64>(1, i64(step_flops / kMinFlopsPerThread)));
     return ThreadPlan{groups, int(std::max<i64>(per, 1))};
@@ -183,7 +183,8 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
             }
         if (!fwd) k.bwd_final(r, ctx, b0, b1);
     };
-    parallel_run(plan.total(), [&](int tid, int n) {
+    const std::int64_t start = now_ns();
+    const std::int64_t join_wait = parallel_run(plan.total(), [&](int tid, int n) {
         if (n != plan.total()) {  // the pool was busy: this caller does everything alone
             Barrier solo(1);
             for (i64 dir = 0; dir < D; ++dir) recurrence(dir, tc[0], 0, 1, solo);
@@ -193,7 +194,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         for (i64 dir = 0; dir < D; ++dir)
             if (plan.groups == 1 || dir == group) recurrence(dir, tc[tid], lt, plan.per_group, barriers[group]);
     });
-    report_stalls(barriers[0].stalls() + barriers[1].stalls(), barriers[0].waits() + barriers[1].waits());
+    report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
 }
 
 template <class T>

@@ -63,6 +63,13 @@ VANISHING_DECADES = 3.0
 EXPLODING_DECADES = 3.0
 
 
+def finite_reduce(fn, a):
+    """fn (e.g. np.max) over the finite entries of a; NaN when there are none (no warning)."""
+    a = np.asarray(a, np.float64)
+    a = a[np.isfinite(a)]
+    return float(fn(a)) if a.size else float("nan")
+
+
 # --------------------------------------------------------------------------- spectra
 
 def spectral_radius(w, iters=200, rng=0):
@@ -259,7 +266,7 @@ class GradientReport:
                 row = f"{l:>5} {d:>3} {near:>13.3e} {far:>10.3e} {self.change_decades[l, d]:>8.2f} " \
                       f"{self.spectral_radius[l, d]:>9.3f} {self.singular_value[l, d]:>9.3f}"
                 if self.saturation:
-                    row += "             " + " ".join(f"{np.nanmean(v[l, d]):>6.1%}" for v in self.saturation.values())
+                    row += "             " + " ".join(f"{finite_reduce(np.mean, v[l, d]):>6.1%}" for v in self.saturation.values())
                 lines.append(row)
         if self.first_nonfinite:
             f = self.first_nonfinite
@@ -329,11 +336,10 @@ def verdict_of(grad_h_norm, first_nonfinite=None):
     change = slope * max(grad_h_norm.shape[-1] - 1, 1)
     if (first_nonfinite and first_nonfinite.get("quantity") == "gradient") or not np.isfinite(grad_h_norm).all():
         return "exploding", slope
-    if np.isfinite(change).any():
-        if np.nanmax(change) > EXPLODING_DECADES:
-            return "exploding", slope
-        if np.nanmin(change) < -VANISHING_DECADES:
-            return "vanishing", slope
+    if finite_reduce(np.max, change) > EXPLODING_DECADES:
+        return "exploding", slope
+    if finite_reduce(np.min, change) < -VANISHING_DECADES:
+        return "vanishing", slope
     return "healthy", slope
 
 
@@ -358,7 +364,8 @@ class record:
     ``layer`` is a fastrnn layer (`fastrnn.RNN/LSTM/GRU`), a `fastrnn.torch` module, or a
     container holding exactly one of them (a `fastrnn.Sequential`, a ``torch.nn.Module``).
     Every training forward + backward inside the block adds a `GradientReport` to
-    ``rec.reports``; `report` returns the last one.
+    ``rec.reports`` (``keep="last"`` keeps only the latest, for long training loops); `report`
+    returns the last one. ``spectra=False`` skips the power iterations on W_hh.
 
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(2, 8, rng=0)
@@ -369,7 +376,10 @@ class record:
     (['cell', 'forget', 'input', 'output'], (1, 1, 5))
     """
 
-    def __init__(self, layer, *, saturation=True, spectra=True):
+    def __init__(self, layer, *, saturation=True, spectra=True, keep="all"):
+        if keep not in ("all", "last"):
+            raise ValueError(f"record: keep must be 'all' or 'last', got {keep!r}")
+        self.keep = keep
         layers = _recurrent_layers(layer)
         if len(layers) != 1:
             what = "no fastrnn recurrent layer" if not layers else f"{len(layers)} recurrent layers"
@@ -424,6 +434,8 @@ class record:
             G = np.asarray(layer.params["weight_hh_l0"]).shape[0] // ctx.H
             rho_gates, sigma = np.full((L, D, G), np.nan), np.full((L, D), np.nan)
         verdict, slope = verdict_of(ctx.grad_h_norm, first)
+        if self.keep == "last":
+            self.reports.clear()
         self.reports.append(GradientReport(
             cell=ctx.cell, num_layers=L, num_directions=D, T=T, N=ctx.N, hidden_size=ctx.H,
             grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, saturation=sat,
@@ -464,7 +476,8 @@ class Monitor(Callback):
     or call `update` yourself with a `GradientReport`. ``records`` holds, per recorded step:
     ``step``, ``grad_norm`` (global, before clipping, from `fit`), ``clipped`` (grad_norm >
     ``max_norm``, when given), ``spectral_radius`` (largest over layers/directions/gates),
-    ``min_change``/``max_change`` (decades, see `GradientReport.change_decades`) and ``verdict``.
+    ``min_change``/``max_change`` (decades, see `GradientReport.change_decades`) and ``verdict``;
+    ``first_report`` and ``last_report`` are the first and latest whole `GradientReport`.
 
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Sequential(fastrnn.GRU(1, 8, rng=0), fastrnn.Linear(8, 1, rng=0))
@@ -484,17 +497,16 @@ class Monitor(Callback):
         self.layer, self.max_norm, self.every, self.spectra = layer, max_norm, every, bool(spectra)
         self.records = {k: [] for k in ("step", "grad_norm", "clipped", "spectral_radius", "min_change",
                                         "max_change", "verdict")}
+        self.first_report = self.last_report = None
         self._rec = None
 
     def on_train_begin(self):
-        self._rec = record(self.layer if self.layer is not None else self.model, spectra=self.spectra)
+        self._rec = record(self.layer if self.layer is not None else self.model, spectra=self.spectra, keep="last")
         self._rec.__enter__()
 
     def on_backward_end(self, step, logs):
         if self._rec is not None and self._rec.reports and step % self.every == 0:
             self.update(self._rec.reports[-1], grad_norm=logs.get("grad_norm"), step=step)
-        if self._rec is not None:
-            self._rec.reports.clear()  # keep only the summary numbers
 
     def on_train_end(self):
         if self._rec is not None:
@@ -502,16 +514,20 @@ class Monitor(Callback):
             self._rec = None
 
     def update(self, report, grad_norm=None, step=None):
-        """Add one step's numbers from a `GradientReport` (and the global gradient norm)."""
+        """Add one step's numbers from a `GradientReport` (and the global gradient norm).
+
+        The first and the latest reports are kept whole in ``first_report`` / ``last_report``.
+        """
+        if self.first_report is None:
+            self.first_report = report
+        self.last_report = report
         h = self.records
         h["step"].append(len(h["step"]) if step is None else int(step))
         h["grad_norm"].append(None if grad_norm is None else float(grad_norm))
         h["clipped"].append(None if (grad_norm is None or self.max_norm is None) else bool(grad_norm > self.max_norm))
-        h["spectral_radius"].append(float(np.nanmax(report.spectral_radius)))
-        change = report.change_decades
-        finite = np.isfinite(change)
-        h["min_change"].append(float(change[finite].min()) if finite.any() else float("nan"))
-        h["max_change"].append(float(change[finite].max()) if finite.any() else float("nan"))
+        h["spectral_radius"].append(finite_reduce(np.max, report.spectral_radius))
+        h["min_change"].append(finite_reduce(np.min, report.change_decades))
+        h["max_change"].append(finite_reduce(np.max, report.change_decades))
         h["verdict"].append(report.verdict)
 
     @property

@@ -381,3 +381,22 @@ def test_gradcheck_passes_and_names_a_wrong_gradient():
     assert not res.passed and res.worst["name"] == "input 1"
     with pytest.raises(TypeError, match="float64"):
         fastrnn.gradcheck(fastrnn.GRU(2, 2), np.ones((2, 1, 2), np.float32))
+
+
+def test_terminate_on_nan_says_where_inside_the_recurrence():
+    # ReLU RNN with a huge identity recurrence: the forward state overflows to inf at a known step.
+    layer = fastrnn.RNN(2, 4, nonlinearity="relu", dtype=np.float32, rng=0)
+    fastrnn.init.identity_(layer, scale=1e10)
+    layer.params["weight_ih_l0"][...] = 1.0
+    model = fastrnn.Sequential(layer, fastrnn.LastStep(), fastrnn.Linear(4, 1, rng=0))
+    x, y = fastrnn.tasks.adding(T=12, N=3, rng=0)
+    stop = fastrnn.callbacks.TerminateOnNaN()
+    hist = fastrnn.fit(model, [(x, y)], fastrnn.losses.mse, fastrnn.optim.SGD(model, lr=0.1), epochs=2,
+                       callbacks=[stop], verbose=False, clip=1.0)
+    assert stop.step == 0 and stop.location["quantity"] == "hidden state"
+    assert stop.location["step"] == 4  # |h| ~ 1e10^t overflows float32 (3.4e38) at t = 4
+    assert "time step 4" in hist.stop_reason
+    assert layer._recorder is None  # its own recorder is detached after training
+    assert fastrnn.diagnostics.record(layer, keep="last").keep == "last"
+    with pytest.raises(ValueError, match="keep must be"):
+        fastrnn.diagnostics.record(layer, keep="first")

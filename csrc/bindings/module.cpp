@@ -176,7 +176,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("scratch_size",
           [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool training) {
               Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
-              const int threads = fastrnn::get_num_threads(), nr = 16;
+              const int threads = fastrnn::get_num_threads(), nr = fastrnn::active_kernels<float>().nr;
               return training ? std::max(fastrnn::forward_scratch_elements(d, true, threads, nr),
                                          fastrnn::backward_scratch_elements(d, false, threads, nr))
                               : fastrnn::forward_scratch_elements(d, false, threads, nr);
@@ -220,6 +220,25 @@ PYBIND11_MODULE(_C, m) {
               return is_double(cache) ? forward_stats_impl<double>(d, dropout, cache, lengths, saturation)
                                       : forward_stats_impl<float>(d, dropout, cache, lengths, saturation);
           });
+    m.def("_activation", [](const std::string& name, py::array x) {
+        // Test hook: the active ISA's activation function, elementwise on a contiguous array.
+        const int fn = name == "sigmoid" ? 0 : name == "tanh" ? 1 : name == "relu" ? 2 : -1;
+        if (fn < 0) throw std::invalid_argument("_activation: unknown function " + name);
+        if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("_activation: x must be C-contiguous");
+        if (x.dtype().is(py::dtype::of<float>())) {
+            py::array_t<float> y(x.size());
+            fastrnn::active_kernels<float>().activation(fn, static_cast<const float*>(x.data()), y.mutable_data(),
+                                                        x.size());
+            return py::array(y);
+        }
+        if (x.dtype().is(py::dtype::of<double>())) {
+            py::array_t<double> y(x.size());
+            fastrnn::active_kernels<double>().activation(fn, static_cast<const double*>(x.data()), y.mutable_data(),
+                                                         x.size());
+            return py::array(y);
+        }
+        throw py::type_error("_activation: x must be float32 or float64");
+    });
     m.def("get_isa", &fastrnn::get_isa);
     m.def("available_isas", &fastrnn::available_isas);
     m.def("set_isa", &fastrnn::set_isa);

@@ -103,6 +103,9 @@ struct KernelSet {
     // Backward: panels [nblk][G*H][nr] with panel b holding columns b*nr + j of W_hh.
     void (*pack_backward)(const T* w_hh, std::int64_t G, std::int64_t H, T* out);
     CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
+    // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
+    // their accuracy on every ISA.
+    void (*activation)(int fn, const T* x, T* y, std::int64_t n);
 };
 
 }  // namespace fastrnn

@@ -279,6 +279,15 @@ CellKernels<T> make_cell_kernels() {
     return k;
 }
 
+template <class CV, class T>
+void activation(int fn, const T* x, T* y, i64 n) {
+    for_lanes<CV>(n, [&](auto v, i64 j) {
+        using W = decltype(v);
+        const W a = W::load(x + j);
+        (fn == 0 ? vsigmoid(a) : fn == 1 ? vtanh(a) : vrelu(a)).store(y + j);
+    });
+}
+
 // GV: the vector type of the recurrent GEMM; CV: the vector type of the cells' pointwise math.
 template <class GV, class CV, class T>
 KernelSet<T> make_kernel_set() {
@@ -291,6 +300,7 @@ KernelSet<T> make_kernel_set() {
     ks.lstm = make_cell_kernels<LSTMCell, GV, CV, T>();
     ks.gru = make_cell_kernels<GRUCell<true>, GV, CV, T>();
     ks.gru_v1 = make_cell_kernels<GRUCell<false>, GV, CV, T>();
+    ks.activation = &activation<CV, T>;
     return ks;
 }
 

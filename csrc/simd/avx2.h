@@ -18,6 +18,7 @@ namespace FASTRNN_ISA_NS {
 struct Avx2F {
     using value_type = float;
     static constexpr int width = 8;
+    static constexpr int regs = 16;
     __m256 v;
 
     static Avx2F load(const float* p) { return {_mm256_loadu_ps(p)}; }
@@ -80,6 +81,7 @@ inline Avx2F vsigmoid(Avx2F a) {
 struct Avx2D {
     using value_type = double;
     static constexpr int width = 4;
+    static constexpr int regs = 16;
     __m256d v;
 
     static Avx2D load(const double* p) { return {_mm256_loadu_pd(p)}; }

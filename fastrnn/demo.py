@@ -202,7 +202,7 @@ def plots(results, args, out):
                 continue
             norms = np.where(rep.grad_h_norm[0, 0] > 0, rep.grad_h_norm[0, 0], np.nan)
             ax.semilogy(np.arange(rep.T), norms, style, label=f"{which}: {rep.verdict} "
-                        f"({rep.change_decades[0, 0]:+.1f} decades)")
+                        f"(recurrence {rep.change_decades[0, 0]:+.1f} decades)")
         ax.set_title(r["label"])
         ax.set_xlabel("time step t (loss at the last step)")
         ax.grid(True, which="both", alpha=0.3)

@@ -19,15 +19,16 @@ While a layer is recorded, every training forward reads gate statistics from the
 (one pass over it) and every backward asks the kernels for the per-step norms (a few flops per
 element, no extra memory traffic); outside `record` nothing is computed.
 
-Verdict: for each layer and direction, a least-squares line is fitted to log10 ‖dL/dh_t‖
-against the distance from the last processed step (the step nearest the loss at the end of the
-sequence, in the direction's own order). Its total change over the sequence, in decades,
-``change = slope * (T - 1)``, gives: "exploding" when any gradient is non-finite or the largest
-change exceeds +`EXPLODING_DECADES` (grows more than 1000x toward the past); "vanishing" when
-the smallest change is below -`VANISHING_DECADES` (decays more than 1000x); else "healthy".
-With a loss at every step the total gradient stays flat even when the long-range part
-vanishes; the verdict is meant for losses at the end of a sequence (the case the theory is
-about), and per-step norms are always available to look at.
+Verdict: the kernels also record, per step, the part of the state gradient that arrived
+through the recurrence from the step BPTT processed before (h, and c for LSTM). Its ratio to
+that step's total gradient is the norm of the step Jacobian applied to the actual gradient — the
+quantity whose product over steps vanishes or explodes (Pascanu et al. 2013, §2; Bengio et al.
+1994). For each layer and direction, ``slope`` is the mean log10 of these per-step factors and
+``change = slope * (T - 1)`` the decades a gradient gains or loses crossing the whole sequence:
+"exploding" when any gradient is non-finite or the largest change exceeds +`EXPLODING_DECADES`
+(more than 1000x), "vanishing" when the smallest is below -`VANISHING_DECADES` (less than 1/1000),
+else "healthy". This does not depend on where the loss injects gradient (one step or all), unlike
+the total per-step norms, which are recorded and plotted too.
 
 >>> import numpy as np, fastrnn
 >>> rnn = fastrnn.RNN(4, 16, rng=0, dtype=np.float64)
@@ -54,7 +55,7 @@ import numpy as np
 from . import functional as F
 
 __all__ = ["record", "GradientReport", "Monitor", "gradcheck", "GradcheckResult", "spectral_radius",
-           "largest_singular_value", "GATE_NAMES", "VANISHING_DECADES", "EXPLODING_DECADES"]
+           "largest_singular_value", "propagation_factors", "GATE_NAMES", "VANISHING_DECADES", "EXPLODING_DECADES"]
 
 # Saturation statistics per cell, in the order the kernels record them.
 GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"),
@@ -143,17 +144,39 @@ def _spectra_unchecked(params, num_layers, num_directions, hidden_size):
 
 # --------------------------------------------------------------------------- report
 
-def _slopes(grad_h_norm):
-    """log10 slope of ‖dL/dh_t‖ per step away from the last processed step, per layer/direction."""
-    L, D, T = grad_h_norm.shape
+def propagation_factors(state_norm, carried_norm):
+    """Per step, how much of the state gradient survives one step of the recurrence.
+
+    ``factor[t] = ‖carried_t‖ / ‖g_{t'}‖`` where t' is the step BPTT processed just before t (t+1
+    for a forward direction, t-1 for a reverse one), ``g_t`` is the state gradient arriving at
+    step t (dL/dh_t, plus for LSTM the dL/dc_t arriving from t+1) and ``carried_t`` the part of it
+    that came through the recurrence: the norm of the step Jacobian applied to the actual
+    gradient, so that with no gradient injected on the way the factors multiply to the ratio of
+    the end norms. NaN where undefined (the first BPTT step, all-padded steps).
+    """
+    L, D, T = state_norm.shape
+    state = state_norm ** 2
+    out = np.full((L, D, T), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for d in range(D):
+            if d == 0:  # forward direction: BPTT goes t = T-1 .. 0, step t receives from t+1
+                out[:, d, :-1] = carried_norm[:, d, :-1] / np.sqrt(state[:, d, 1:])
+            else:
+                out[:, d, 1:] = carried_norm[:, d, 1:] / np.sqrt(state[:, d, :-1])
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _slopes(factors):
+    """Mean log10 of the per-step propagation factors, per layer/direction (a dead step counts as 1e-30)."""
+    L, D, _ = factors.shape
     out = np.full((L, D), np.nan)
     for l in range(L):
         for d in range(D):
-            norms = grad_h_norm[l, d]
-            dist = (T - 1 - np.arange(T)) if d == 0 else np.arange(T)
-            ok = np.isfinite(norms) & (norms > 0)
-            if ok.sum() >= 2 and np.ptp(dist[ok]) > 0:
-                out[l, d] = np.polyfit(dist[ok], np.log10(norms[ok]), 1)[0]
+            f = factors[l, d]
+            f = f[np.isfinite(f)]
+            if f.size:
+                out[l, d] = float(np.mean(np.log10(np.maximum(f, 1e-30))))
     return out
 
 
@@ -181,8 +204,12 @@ class GradientReport:
         ρ of each gate block of W_hh (torch gate order).
     singular_value : ndarray [L, D]
         σ_max of the whole W_hh [G·H, H].
+    propagation : ndarray [L, D, T]
+        Per step, the fraction of the state gradient that survives one step of the recurrence
+        (see `propagation_factors`); NaN where undefined.
     slope : ndarray [L, D]
-        Fitted log10 change of ‖dL/dh_t‖ per step toward the past.
+        Mean log10 of the propagation factors: the gradient's change per step through the
+        recurrence, in decades.
     first_nonfinite : dict or None
         The first NaN/Inf: ``layer``, ``direction``, ``step``, ``quantity`` ("input", "gate",
         "hidden state", "cell state" in the forward; "gradient" in the backward).
@@ -198,6 +225,7 @@ class GradientReport:
     hidden_size: int
     grad_h_norm: np.ndarray
     grad_c_norm: Optional[np.ndarray]
+    propagation: np.ndarray
     saturation: Optional[dict]
     spectral_radius: np.ndarray
     spectral_radius_gates: np.ndarray
@@ -210,7 +238,8 @@ class GradientReport:
 
     @property
     def change_decades(self):
-        """slope · (T − 1): total log10 change of ‖dL/dh_t‖ across the sequence, per layer/direction."""
+        """slope · (T − 1): decades a gradient gains (+) or loses (−) crossing the whole sequence
+        through the recurrence, per layer/direction (the verdict's measure)."""
         return self.slope * max(self.T - 1, 1)
 
     @property
@@ -292,7 +321,9 @@ class GradientReport:
             for d in range(self.num_directions):
                 norms = np.where(self.grad_h_norm[l, d] > 0, self.grad_h_norm[l, d], np.nan)
                 label = f"layer {l}" + (" reverse" if d else "")
-                ax.semilogy(t, norms, label=f"{label} ({self.change_decades[l, d]:+.1f} dec)")
+                change = self.change_decades[l, d]
+                note = f"{change:+.1f} decades" if np.isfinite(change) else "n/a"
+                ax.semilogy(t, norms, label=f"{label} (through the recurrence: {note})")
         ax.set_xlabel("time step t")
         ax.set_ylabel("‖dL/dh_t‖ (total, inside BPTT)")
         ax.set_title(f"{self.cell}: gradient flow — {self.verdict}")
@@ -330,9 +361,9 @@ def _has_display():
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def verdict_of(grad_h_norm, first_nonfinite=None):
-    """("vanishing" | "exploding" | "healthy", slopes [L, D]) from the per-step norms."""
-    slope = _slopes(grad_h_norm)
+def verdict_of(grad_h_norm, propagation, first_nonfinite=None):
+    """("vanishing" | "exploding" | "healthy", slopes [L, D]) from the per-step records."""
+    slope = _slopes(propagation)
     change = slope * max(grad_h_norm.shape[-1] - 1, 1)
     if (first_nonfinite and first_nonfinite.get("quantity") == "gradient") or not np.isfinite(grad_h_norm).all():
         return "exploding", slope
@@ -433,12 +464,13 @@ class record:
         else:
             G = np.asarray(layer.params["weight_hh_l0"]).shape[0] // ctx.H
             rho_gates, sigma = np.full((L, D, G), np.nan), np.full((L, D), np.nan)
-        verdict, slope = verdict_of(ctx.grad_h_norm, first)
+        propagation = propagation_factors(ctx.state_norm, ctx.carried_norm)
+        verdict, slope = verdict_of(ctx.grad_h_norm, propagation, first)
         if self.keep == "last":
             self.reports.clear()
         self.reports.append(GradientReport(
             cell=ctx.cell, num_layers=L, num_directions=D, T=T, N=ctx.N, hidden_size=ctx.H,
-            grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, saturation=sat,
+            grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, propagation=propagation, saturation=sat,
             spectral_radius=rho_gates.max(axis=2), spectral_radius_gates=rho_gates, singular_value=sigma,
             slope=slope, first_nonfinite=first, verdict=verdict))
 

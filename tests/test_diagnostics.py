@@ -59,9 +59,13 @@ def test_per_step_norms_equal_reference(isa, cell, dtype, config):
     g_h = rng.standard_normal((S, N, H)).astype(dtype)
     g_c = rng.standard_normal((S, N, H)).astype(dtype) if cell == "lstm" else None
     report, ctx = _recorded(layer, x, None, lengths, g_out, g_h, g_c, rng_dropout=2)
-    gh, gc, _ = _reference_norms(layer, x, None, lengths, g_out, g_h, g_c, ctx.masks)
+    gh, gc, cache = _reference_norms(layer, x, None, lengths, g_out, g_h, g_c, ctx.masks)
     tol = 1e-10 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(report.grad_h_norm, gh, rtol=tol, atol=tol * max(1, gh.max()))
+    np.testing.assert_allclose(ctx.carried_norm, cache["carried"], rtol=tol, atol=tol * max(1, gh.max()))
+    np.testing.assert_allclose(ctx.state_norm, cache["state"], rtol=tol, atol=tol * max(1, gh.max()))
+    np.testing.assert_allclose(report.propagation, dg.propagation_factors(cache["state"], cache["carried"]),
+                               rtol=100 * tol, atol=100 * tol)
     if cell == "lstm":
         np.testing.assert_allclose(report.grad_c_norm, gc, rtol=tol, atol=tol * max(1, gc.max()))
     else:
@@ -400,3 +404,16 @@ def test_terminate_on_nan_says_where_inside_the_recurrence():
     assert fastrnn.diagnostics.record(layer, keep="last").keep == "last"
     with pytest.raises(ValueError, match="keep must be"):
         fastrnn.diagnostics.record(layer, keep="first")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_propagation_factors_telescope_without_injection(cell):
+    # Loss on the last step only: every earlier step's gradient came through the recurrence, so the
+    # per-step factors multiply to the ratio of the state gradients at the two ends.
+    layer = make_layer(cell, 3, 8, dtype=np.float64, seed=2)
+    x = np.random.default_rng(0).standard_normal((15, 4, 3))
+    g = np.zeros((15, 4, 8))
+    g[-1] = np.random.default_rng(1).standard_normal((4, 8))
+    report, ctx = _recorded(layer, x, g_out=g)
+    prod = np.prod(report.propagation[0, 0, :-1])
+    assert prod == pytest.approx(ctx.state_norm[0, 0, 0] / ctx.state_norm[0, 0, -1], rel=1e-9)

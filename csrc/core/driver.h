@@ -20,13 +20,16 @@ std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, 
 struct BackwardDiagnostics {
     double* grad_h_sq;  // [L, D, T] sum over the batch and units of (dL/dh_t)^2, total gradient
     double* grad_c_sq;  // [L, D, T] the same for dL/dc_t (LSTM)
+    double* carried_sq = nullptr;  // [L, D, T] the part that reached step t through the recurrence
+                                   // (dL/dh_t and, for LSTM, dL/dc_t before the step's own inputs)
+    double* state_sq = nullptr;    // [L, D, T] LSTM: sum of (dL/dh_t)^2 and (dL/dc_t arriving)^2
 };
 
 template <class T>
 struct BackwardOptions {
     bool retain = false;  // keep the cache intact (else it is overwritten by the gate gradients)
     T bptt_clip = T(0);   // > 0: clip dL/d(gate pre-activations) to [-bptt_clip, bptt_clip] per step
-    BackwardDiagnostics diag{nullptr, nullptr};
+    BackwardDiagnostics diag{nullptr, nullptr, nullptr, nullptr};
 };
 
 // What a training forward's cache says about the gates and states, for diagnostics.

@@ -154,17 +154,18 @@ void forward_rz_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
 
 // ---------------------------------------------------------------- backward
 
-// dh_total = carry + recurrent part (tile) + dL/dy_t into the tile row; returns its sum of squares.
+// dh_total = carry + recurrent part (tile) + dL/dy_t into the tile row. With `sq` (diagnostics),
+// adds the sums of squares of what arrived through the recurrence (carry + tile) to sq[0] and of
+// the total to sq[1].
 template <class T>
-double gather_state_grad(T* tile_row, const T* carry, const T* dy, i64 cnt, bool want_norm) {
-    double sq = 0;
+void gather_state_grad(T* tile_row, const T* carry, const T* dy, i64 cnt, double* sq) {
+    for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j];
+    if (sq)
+        for (i64 j = 0; j < cnt; ++j) sq[0] += double(tile_row[j]) * double(tile_row[j]);
     if (dy)
-        for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j] + dy[j];
-    else
-        for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j];
-    if (want_norm)
-        for (i64 j = 0; j < cnt; ++j) sq += double(tile_row[j]) * double(tile_row[j]);
-    return sq;
+        for (i64 j = 0; j < cnt; ++j) tile_row[j] += dy[j];
+    if (sq)
+        for (i64 j = 0; j < cnt; ++j) sq[1] += double(tile_row[j]) * double(tile_row[j]);
 }
 
 template <class Cell, class T>
@@ -216,8 +217,16 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
                 continue;
             }
             const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
-            const double sq = gather_state_grad(tile_row, carry, dy, cnt, tc.grad_h_sq != nullptr);
-            if (tc.grad_h_sq) tc.grad_h_sq[t] += sq;
+            double sq[2] = {0, 0};
+            gather_state_grad(tile_row, carry, dy, cnt, tc.grad_h_sq ? sq : nullptr);
+            if (tc.grad_h_sq) {
+                tc.grad_h_sq[t] += sq[1];
+                double c_in = 0;
+                if constexpr (Cell::has_c)  // dL/dc_t arriving from step t+1
+                    for (i64 j = 0; j < cnt; ++j) c_in += double(r.dc[n * H + u0 + j]) * double(r.dc[n * H + u0 + j]);
+                if (tc.carried_sq) tc.carried_sq[t] += sq[0] + c_in;
+                if (tc.state_sq) tc.state_sq[t] += sq[1] + c_in;
+            }
             Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
             if constexpr (Cell::has_c)
                 if (tc.grad_c_sq)

@@ -40,8 +40,9 @@ def demo():
     out = os.path.join(IMG, "demo")
     res = subprocess.run([sys.executable, "-m", "fastrnn", "demo", "--quiet", "--out", out],
                          check=True, capture_output=True, text=True)
+    table = [line for line in res.stdout.splitlines() if not line.startswith("wrote ")]
     with open(os.path.join(IMG, "demo-table.txt"), "w") as f:
-        f.write(res.stdout)
+        f.write("\n".join(table) + "\n")
     for name in ("loss.png", "gradient_flow.png", "saturation.png"):
         shutil.copy(os.path.join(out, name), os.path.join(IMG, f"demo_{name}"))
     shutil.rmtree(out)

@@ -55,7 +55,7 @@ import numpy as np
 from . import functional as F
 
 __all__ = ["record", "GradientReport", "Monitor", "gradcheck", "GradcheckResult", "spectral_radius",
-           "largest_singular_value", "propagation_factors", "GATE_NAMES", "VANISHING_DECADES", "EXPLODING_DECADES"]
+           "largest_singular_value", "GATE_NAMES", "VANISHING_DECADES", "EXPLODING_DECADES"]
 
 # Saturation statistics per cell, in the order the kernels record them.
 GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"),
@@ -144,29 +144,6 @@ def _spectra_unchecked(params, num_layers, num_directions, hidden_size):
 
 # --------------------------------------------------------------------------- report
 
-def propagation_factors(state_norm, carried_norm):
-    """Per step, how much of the state gradient survives one step of the recurrence.
-
-    ``factor[t] = ‖carried_t‖ / ‖g_{t'}‖`` where t' is the step BPTT processed just before t (t+1
-    for a forward direction, t-1 for a reverse one), ``g_t`` is the state gradient arriving at
-    step t (dL/dh_t, plus for LSTM the dL/dc_t arriving from t+1) and ``carried_t`` the part of it
-    that came through the recurrence: the norm of the step Jacobian applied to the actual
-    gradient, so that with no gradient injected on the way the factors multiply to the ratio of
-    the end norms. NaN where undefined (the first BPTT step, all-padded steps).
-    """
-    L, D, T = state_norm.shape
-    state = state_norm ** 2
-    out = np.full((L, D, T), np.nan)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for d in range(D):
-            if d == 0:  # forward direction: BPTT goes t = T-1 .. 0, step t receives from t+1
-                out[:, d, :-1] = carried_norm[:, d, :-1] / np.sqrt(state[:, d, 1:])
-            else:
-                out[:, d, 1:] = carried_norm[:, d, 1:] / np.sqrt(state[:, d, :-1])
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
 def _slopes(factors):
     """Mean log10 of the per-step propagation factors, per layer/direction (a dead step counts as 1e-30)."""
     L, D, _ = factors.shape
@@ -205,8 +182,10 @@ class GradientReport:
     singular_value : ndarray [L, D]
         σ_max of the whole W_hh [G·H, H].
     propagation : ndarray [L, D, T]
-        Per step, the fraction of the state gradient that survives one step of the recurrence
-        (see `propagation_factors`); NaN where undefined.
+        Per step, the fraction of the state gradient that survives one step of the recurrence:
+        ‖what reached step t through it‖ / ‖the state gradient of the step BPTT processed before‖
+        (dL/dh, and the arriving dL/dc for LSTM; over the sequences valid at both steps) — the
+        step Jacobian's norm on the actual gradient; NaN where undefined.
     slope : ndarray [L, D]
         Mean log10 of the propagation factors: the gradient's change per step through the
         recurrence, in decades.
@@ -464,7 +443,7 @@ class record:
         else:
             G = np.asarray(layer.params["weight_hh_l0"]).shape[0] // ctx.H
             rho_gates, sigma = np.full((L, D, G), np.nan), np.full((L, D), np.nan)
-        propagation = propagation_factors(ctx.state_norm, ctx.carried_norm)
+        propagation = ctx.propagation
         verdict, slope = verdict_of(ctx.grad_h_norm, propagation, first)
         if self.keep == "last":
             self.reports.clear()

@@ -119,7 +119,7 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
                    const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
                    const py::object& grad_h0, const py::object& grad_c0, const py::list& gs, bool retain,
                    double bptt_clip, const py::object& grad_h_sq, const py::object& grad_c_sq,
-                   const py::object& carried_sq, const py::object& state_sq) {
+                   const py::object& carried_sq, const py::object& prev_state_sq) {
     const bool lstm = fastrnn::cell_has_c(d);
     const i64 S = d.L * d.D * d.N * d.H, TN = d.T * d.N, steps = d.L * d.D * d.T;
     auto W = weights_of<T>(d, ws);
@@ -140,7 +140,9 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
     opt.diag.grad_h_sq = data_of<double>(grad_h_sq, "grad_h_sq", steps, true, false);
     opt.diag.grad_c_sq = lstm ? data_of<double>(grad_c_sq, "grad_c_sq", steps, true, false) : nullptr;
     opt.diag.carried_sq = data_of<double>(carried_sq, "carried_sq", steps, true, false);
-    opt.diag.state_sq = lstm ? data_of<double>(state_sq, "state_sq", steps, true, false) : nullptr;
+    opt.diag.prev_state_sq = data_of<double>(prev_state_sq, "prev_state_sq", steps, true, false);
+    if (!opt.diag.carried_sq != !opt.diag.prev_state_sq)
+        throw std::invalid_argument("carried_sq and prev_state_sq go together");
     py::gil_scoped_release release;
     fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
 }
@@ -199,23 +201,23 @@ PYBIND11_MODULE(_C, m) {
              py::object x, py::list ws, py::object lengths, py::object masks, py::object cache, py::object grad_out,
              py::object grad_h_n, py::object grad_c_n, py::object grad_x, py::object grad_h0, py::object grad_c0,
              py::list gs, bool retain, double bptt_clip, py::object grad_h_sq, py::object grad_c_sq,
-             py::object carried_sq, py::object state_sq) {
+             py::object carried_sq, py::object prev_state_sq) {
               Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
               if (is_double(x))
                   backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
                                         grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
-                                        carried_sq, state_sq);
+                                        carried_sq, prev_state_sq);
               else
                   backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
                                        grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
-                                        carried_sq, state_sq);
+                                        carried_sq, prev_state_sq);
           },
           py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
           py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("x"), py::arg("ws"),
           py::arg("lengths"), py::arg("masks"), py::arg("cache"), py::arg("grad_out"), py::arg("grad_h_n"),
           py::arg("grad_c_n"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("gs"),
           py::arg("retain") = false, py::arg("bptt_clip") = 0.0, py::arg("grad_h_sq") = py::none(),
-          py::arg("grad_c_sq") = py::none(), py::arg("carried_sq") = py::none(), py::arg("state_sq") = py::none());
+          py::arg("grad_c_sq") = py::none(), py::arg("carried_sq") = py::none(), py::arg("prev_state_sq") = py::none());
     m.def("saturation_stats", [](int cell, bool reset_after) {
         return fastrnn::saturation_stats(make_desc(cell, reset_after, true, 1, 1, 1, 1, 1, 1));
     });

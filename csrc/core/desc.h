@@ -78,10 +78,12 @@ struct ThreadCtx {
     T* tile;              // [N, tile_cols] recurrent GEMM results of the current unit group
     double* grad_h_sq;    // [T] sum of squares of the total dL/dh_t over own units (null: off)
     double* grad_c_sq;    // [T] same for dL/dc_t (LSTM)
-    double* carried_sq;   // [T] the same for the gradient that reached step t through the recurrence
-                          // from step t+1 (h part, plus the c part for LSTM), before dL/dy_t is added
-    double* state_sq;     // [T] LSTM: (dL/dh_t)^2 + (dL/dc_t arriving)^2, the state gradient measured
-                          // where carried_sq is (the dh -> dc conversion inside the step excluded)
+    // Propagation records (null: off): over the rows valid at step t and at the step BPTT did
+    // before it, the squared norm of the state gradient (dL/dh, and the arriving dL/dc for LSTM)
+    // that reached step t through the recurrence, and of that previous step's state gradient.
+    double* carried_sq;     // [T]
+    double* prev_state_sq;  // [T]
+    double* rows;           // [3 N] per-row scratch for them
     T* dc_total;          // [nr] scratch for the LSTM dL/dc_t of one row block (diagnostics)
 };
 

@@ -159,7 +159,7 @@ void carve_threads(Carver<T>& cv, const Desc& d, int threads, int nr, ThreadCtx<
     for (int i = 0; i < threads; ++i) {
         T* tile = cv.take(d.N * kMaxTilePanels * nr);
         T* dct = cv.take(4 * nr);
-        if (tc) tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, nullptr, nullptr, dct};
+        if (tc) tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, nullptr, nullptr, nullptr, dct};
     }
 }
 
@@ -176,7 +176,8 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         if (ctx.grad_h_sq) ctx.grad_h_sq += dir * r.steps;
         if (ctx.grad_c_sq) ctx.grad_c_sq += dir * r.steps;
         if (ctx.carried_sq) ctx.carried_sq += dir * r.steps;
-        if (ctx.state_sq) ctx.state_sq += dir * r.steps;
+        if (ctx.prev_state_sq) ctx.prev_state_sq += dir * r.steps;
+        if (ctx.rows) std::fill(ctx.rows, ctx.rows + 3 * r.N, 0.0);
         const i64 b0 = nblk * lt / per, b1 = nblk * (lt + 1) / per;
         for (i64 s = 0; s < r.steps; ++s)
             for (int p = 0; p < phases; ++p) {
@@ -467,12 +468,13 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
     Carver<T> carver(buf.p);
     BackwardScratch<T> ws(carver, d, opt.retain, plan.total(), ks.nr, tc.data());
     T* gather = ws.gather;
-    std::vector<double> diag_h, diag_c, diag_r, diag_s;  // per thread [D, T] partial sums, reduced in thread order
+    std::vector<double> diag_h, diag_c, diag_r, diag_s, diag_rows;  // per thread [D, T] partial sums, reduced in thread order
     if (opt.diag.grad_h_sq) {
         diag_h.assign(std::size_t(plan.total() * D * T_), 0.0);
         if (has_c && opt.diag.grad_c_sq) diag_c.assign(std::size_t(plan.total() * D * T_), 0.0);
         if (opt.diag.carried_sq) diag_r.assign(std::size_t(plan.total() * D * T_), 0.0);
-        if (opt.diag.state_sq) diag_s.assign(std::size_t(plan.total() * D * T_), 0.0);
+        if (opt.diag.carried_sq) diag_s.assign(std::size_t(plan.total() * D * T_), 0.0);
+        if (opt.diag.carried_sq) diag_rows.assign(std::size_t(plan.total() * 3 * N), 0.0);
     }
     const T clip = opt.bptt_clip > T(0) ? opt.bptt_clip : std::numeric_limits<T>::infinity();
 
@@ -513,7 +515,8 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
             tc[i].grad_h_sq = diag_h.data() + i * D * T_;
             tc[i].grad_c_sq = diag_c.empty() ? nullptr : diag_c.data() + i * D * T_;
             tc[i].carried_sq = diag_r.empty() ? nullptr : diag_r.data() + i * D * T_;
-            tc[i].state_sq = diag_s.empty() ? nullptr : diag_s.data() + i * D * T_;
+            tc[i].prev_state_sq = diag_s.empty() ? nullptr : diag_s.data() + i * D * T_;
+            tc[i].rows = diag_rows.empty() ? nullptr : diag_rows.data() + i * 3 * N;
         }
         run_layer(k, false, true, rec, D, plan, tc.data(), nblk);
 
@@ -539,7 +542,7 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
                             diag_r[at] = 0;
                         }
                         if (!diag_s.empty()) {
-                            opt.diag.state_sq[s_idx * T_ + t] += diag_s[at];
+                            opt.diag.prev_state_sq[s_idx * T_ + t] += diag_s[at];
                             diag_s[at] = 0;
                         }
                     }

@@ -20,9 +20,12 @@ std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, 
 struct BackwardDiagnostics {
     double* grad_h_sq;  // [L, D, T] sum over the batch and units of (dL/dh_t)^2, total gradient
     double* grad_c_sq;  // [L, D, T] the same for dL/dc_t (LSTM)
-    double* carried_sq = nullptr;  // [L, D, T] the part that reached step t through the recurrence
-                                   // (dL/dh_t and, for LSTM, dL/dc_t before the step's own inputs)
-    double* state_sq = nullptr;    // [L, D, T] LSTM: sum of (dL/dh_t)^2 and (dL/dc_t arriving)^2
+    // [L, D, T] propagation records (both or neither): over the rows valid at step t and at the
+    // step BPTT processed before it (t+1 forward, t-1 reverse), the summed squares of the state
+    // gradient (dL/dh and, for LSTM, the arriving dL/dc) that reached t through the recurrence,
+    // and of the previous step's state gradient. Their ratio is the step Jacobian's gain.
+    double* carried_sq = nullptr;
+    double* prev_state_sq = nullptr;
 };
 
 template <class T>

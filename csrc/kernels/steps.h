@@ -168,6 +168,24 @@ void gather_state_grad(T* tile_row, const T* carry, const T* dy, i64 cnt, double
         for (i64 j = 0; j < cnt; ++j) sq[1] += double(tile_row[j]) * double(tile_row[j]);
 }
 
+// Per-row sums of this step (this thread's units) -> the propagation records: for rows valid at
+// this step and at the step BPTT processed before it, what arrived through the recurrence and
+// what that previous step's state gradient was. rows: [carried, state, previous state] x N.
+template <class T>
+void record_propagation(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 t) {
+    const i64 N = r.N, tp = s > 0 ? bptt_time_of(r, s - 1) : -1;
+    double *carried = tc.rows, *state = tc.rows + N, *previous = tc.rows + 2 * N;
+    for (i64 n = 0; n < N; ++n) {
+        const bool now = row_valid(r.lengths, n, t), before = tp >= 0 && row_valid(r.lengths, n, tp);
+        if (now && before) {
+            tc.carried_sq[t] += carried[n];
+            tc.prev_state_sq[t] += previous[n];
+        }
+        previous[n] = now ? state[n] : 0.0;
+        carried[n] = state[n] = 0.0;
+    }
+}
+
 template <class Cell, class T>
 BwdRow<T> backward_row(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 t, i64 n, i64 u0, T* dh_total) {
     const i64 N = r.N, H = r.H;
@@ -221,11 +239,13 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
             gather_state_grad(tile_row, carry, dy, cnt, tc.grad_h_sq ? sq : nullptr);
             if (tc.grad_h_sq) {
                 tc.grad_h_sq[t] += sq[1];
-                double c_in = 0;
-                if constexpr (Cell::has_c)  // dL/dc_t arriving from step t+1
-                    for (i64 j = 0; j < cnt; ++j) c_in += double(r.dc[n * H + u0 + j]) * double(r.dc[n * H + u0 + j]);
-                if (tc.carried_sq) tc.carried_sq[t] += sq[0] + c_in;
-                if (tc.state_sq) tc.state_sq[t] += sq[1] + c_in;
+                if (tc.rows) {
+                    double c_in = 0;
+                    if constexpr (Cell::has_c)  // dL/dc_t arriving from step t+1
+                        for (i64 j = 0; j < cnt; ++j) c_in += double(r.dc[n * H + u0 + j]) * double(r.dc[n * H + u0 + j]);
+                    tc.rows[n] += sq[0] + c_in;      // arrived through the recurrence
+                    tc.rows[N + n] += sq[1] + c_in;  // the state gradient at this step
+                }
             }
             Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
             if constexpr (Cell::has_c)
@@ -233,6 +253,7 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
                     for (i64 j = 0; j < cnt; ++j) tc.grad_c_sq[t] += double(tc.dc_total[j]) * double(tc.dc_total[j]);
         }
     }
+    if (tc.rows) record_propagation(r, tc, s, t);
 }
 
 // GRU reset_after=false, second phase: dL/d(r*h) = dn W_hn needs every unit's dn (hence the

@@ -26,7 +26,7 @@ struct GRUCell {
     // reset_after=true: the whole step. reset_after=false: the second phase, where hp is
     // W_hn (r*h) (a one-gate tile) and r, z were stored by forward_rz.
     template <bool Train, class V, class T>
-    static void forward(const FwdRow<T>& row, std::int64_t cnt) {
+    FASTRNN_HD static void forward(const FwdRow<T>& row, std::int64_t cnt) {
         const std::int64_t H = row.H, hs = row.hs;
         for_lanes<V>(cnt, [&](auto v, std::int64_t j) {
             using W = decltype(v);
@@ -58,7 +58,7 @@ struct GRUCell {
     // reset_after=false, first phase: r, z from the [r,z] GEMM (a two-gate tile), and r*h for
     // the second GEMM. r and z go to `gates` (the cache row, or the scratch row in inference).
     template <class V, class T>
-    static void forward_rz(const FwdRow<T>& row, std::int64_t cnt) {
+    FASTRNN_HD static void forward_rz(const FwdRow<T>& row, std::int64_t cnt) {
         const std::int64_t H = row.H, hs = row.hs;
         for_lanes<V>(cnt, [&](auto v, std::int64_t j) {
             using W = decltype(v);
@@ -73,7 +73,7 @@ struct GRUCell {
     // reset_after=true: the whole step. reset_after=false: the first phase (dz, dn; dr needs
     // dL/d(r*h) = dn W_hn over all units, which the second phase gets from the second GEMM).
     template <class V, class T>
-    static void backward(const BwdRow<T>& row, std::int64_t cnt) {
+    FASTRNN_HD static void backward(const BwdRow<T>& row, std::int64_t cnt) {
         const std::int64_t H = row.H;
         for_lanes<V>(cnt, [&](auto v, std::int64_t j) {
             using W = decltype(v);
@@ -96,7 +96,7 @@ struct GRUCell {
 
     // reset_after=false, second phase: d_rh = dn W_hn is known.
     template <class V, class T>
-    static void backward_r(const BwdRow<T>& row, std::int64_t cnt) {
+    FASTRNN_HD static void backward_r(const BwdRow<T>& row, std::int64_t cnt) {
         for_lanes<V>(cnt, [&](auto v, std::int64_t j) {
             using W = decltype(v);
             const W one = W::set1(1), lim = W::set1(row.clip);

@@ -20,7 +20,7 @@ struct LSTMCell {
     static constexpr bool two_phase = false;
 
     template <bool Train, class V, class T>
-    static void forward(const FwdRow<T>& r, std::int64_t n) {
+    FASTRNN_HD static void forward(const FwdRow<T>& r, std::int64_t n) {
         const std::int64_t H = r.H, hs = r.hs;
         for_lanes<V>(n, [&](auto v, std::int64_t j) {
             using W = decltype(v);
@@ -42,7 +42,7 @@ struct LSTMCell {
     }
 
     template <class V, class T>
-    static void backward(const BwdRow<T>& r, std::int64_t n) {
+    FASTRNN_HD static void backward(const BwdRow<T>& r, std::int64_t n) {
         const std::int64_t H = r.H;
         for_lanes<V>(n, [&](auto v, std::int64_t j) {
             using W = decltype(v);

@@ -21,7 +21,7 @@ struct RNNCell {
     static constexpr bool two_phase = false;
 
     template <bool Train, class V, class T>
-    static void forward(const FwdRow<T>& r, std::int64_t n) {
+    FASTRNN_HD static void forward(const FwdRow<T>& r, std::int64_t n) {
         for_lanes<V>(n, [&](auto v, std::int64_t j) {
             using W = decltype(v);
             W pre = W::load(r.xp + j) + W::load(r.hp + j) + W::load(r.bias + j);
@@ -32,7 +32,7 @@ struct RNNCell {
     }
 
     template <class V, class T>
-    static void backward(const BwdRow<T>& r, std::int64_t n) {
+    FASTRNN_HD static void backward(const BwdRow<T>& r, std::int64_t n) {
         for_lanes<V>(n, [&](auto v, std::int64_t j) {
             using W = decltype(v);
             const W lim = W::set1(r.clip);

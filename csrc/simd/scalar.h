@@ -9,6 +9,16 @@
 #error "include from an ISA kernel file that defines FASTRNN_ISA_NS"
 #endif
 
+// Marks the helpers the cells use so nvcc also compiles them for the GPU (csrc/cuda); expands
+// to nothing for the host compilers.
+#ifndef FASTRNN_HD
+#if defined(__CUDACC__)
+#define FASTRNN_HD __host__ __device__
+#else
+#define FASTRNN_HD
+#endif
+#endif
+
 // Per-ISA namespace: each ISA's translation unit gets its own copies of every inline helper,
 // so the linker can never pick an AVX2-compiled copy for the scalar path.
 namespace fastrnn {
@@ -21,32 +31,32 @@ struct Scalar {
     static constexpr int regs = 16;
     T v;
 
-    static Scalar load(const T* p) { return {*p}; }
-    static Scalar set1(T x) { return {x}; }
-    static Scalar zero() { return {T(0)}; }
-    void store(T* p) const { *p = v; }
+    FASTRNN_HD static Scalar load(const T* p) { return {*p}; }
+    FASTRNN_HD static Scalar set1(T x) { return {x}; }
+    FASTRNN_HD static Scalar zero() { return {T(0)}; }
+    FASTRNN_HD void store(T* p) const { *p = v; }
 
-    friend Scalar operator+(Scalar a, Scalar b) { return {a.v + b.v}; }
-    friend Scalar operator-(Scalar a, Scalar b) { return {a.v - b.v}; }
-    friend Scalar operator*(Scalar a, Scalar b) { return {a.v * b.v}; }
-    friend Scalar operator/(Scalar a, Scalar b) { return {a.v / b.v}; }
+    FASTRNN_HD friend Scalar operator+(Scalar a, Scalar b) { return {a.v + b.v}; }
+    FASTRNN_HD friend Scalar operator-(Scalar a, Scalar b) { return {a.v - b.v}; }
+    FASTRNN_HD friend Scalar operator*(Scalar a, Scalar b) { return {a.v * b.v}; }
+    FASTRNN_HD friend Scalar operator/(Scalar a, Scalar b) { return {a.v / b.v}; }
     // a*b + c; kept as separate ops so the scalar path is bit-stable across compilers.
-    friend Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
-    friend Scalar vmax(Scalar a, Scalar b) { return {a.v > b.v ? a.v : b.v}; }
+    FASTRNN_HD friend Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
+    FASTRNN_HD friend Scalar vmax(Scalar a, Scalar b) { return {a.v > b.v ? a.v : b.v}; }
     // Heaviside step, the relu derivative: 1 where a > 0, 0 where a <= 0, NaN stays NaN so that
     // a NaN state shows up in the gradient instead of being silently zeroed.
-    friend Scalar step(Scalar a) { return {a.v > T(0) ? T(1) : (a.v == a.v ? T(0) : a.v)}; }
-    friend Scalar vsigmoid(Scalar a) { return {T(1) / (T(1) + std::exp(-a.v))}; }
-    friend Scalar vtanh(Scalar a) { return {std::tanh(a.v)}; }
-    friend Scalar vrelu(Scalar a) { return {a.v > T(0) ? a.v : (a.v == a.v ? T(0) : a.v)}; }
+    FASTRNN_HD friend Scalar step(Scalar a) { return {a.v > T(0) ? T(1) : (a.v == a.v ? T(0) : a.v)}; }
+    FASTRNN_HD friend Scalar vsigmoid(Scalar a) { return {T(1) / (T(1) + std::exp(-a.v))}; }
+    FASTRNN_HD friend Scalar vtanh(Scalar a) { return {std::tanh(a.v)}; }
+    FASTRNN_HD friend Scalar vrelu(Scalar a) { return {a.v > T(0) ? a.v : (a.v == a.v ? T(0) : a.v)}; }
     // Clamp to [-lim, lim]; NaN stays NaN (both comparisons are false).
-    friend Scalar vclip(Scalar a, Scalar lim) { return {a.v < -lim.v ? -lim.v : (a.v > lim.v ? lim.v : a.v)}; }
+    FASTRNN_HD friend Scalar vclip(Scalar a, Scalar lim) { return {a.v < -lim.v ? -lim.v : (a.v > lim.v ? lim.v : a.v)}; }
 };
 
 // Runs f(V tag, j) over j = 0..n-1 in steps of V::width, then the tail with the scalar type.
 // Cells use it so the same lambda body serves the vector body and the remainder.
 template <class V, class F>
-inline void for_lanes(std::int64_t n, F&& f) {
+FASTRNN_HD inline void for_lanes(std::int64_t n, F&& f) {
     using T = typename V::value_type;
     std::int64_t j = 0;
     if constexpr (V::width > 1) {

@@ -1,0 +1,205 @@
+// fastrnn._cuda: thin pybind11 layer over the CUDA driver (driver.h). Compiled by the host
+// compiler (no CUDA headers); pointers cross as Python ints (device addresses from cudaMalloc,
+// torch's data_ptr() or __cuda_array_interface__), 0 meaning "none". fastrnn/cuda.py validates
+// arguments and owns the allocations; this layer re-checks what it cheaply can, releases the GIL
+// and enqueues the work on the given stream (an int cudaStream_t, 0 = the default stream).
+//
+// Built with FASTRNN_CUDA_EMULATE (tests only) the same source becomes fastrnn_cuda_emu, running
+// the kernels on the host emulator.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "driver.h"
+
+#ifndef FASTRNN_CUDA_MODULE
+#define FASTRNN_CUDA_MODULE _cuda
+#endif
+
+namespace py = pybind11;
+using fastrnn::Desc;
+using i64 = std::int64_t;
+using Ptr = std::uintptr_t;
+namespace cu = fastrnn::cuda;
+
+namespace {
+
+Desc make_desc(int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D) {
+    if (cell < 0 || cell > 3) throw std::invalid_argument("cell: unknown cell kind " + std::to_string(cell));
+    if (T <= 0 || N <= 0 || C <= 0 || H <= 0 || L <= 0 || (D != 1 && D != 2))
+        throw std::invalid_argument("sizes must be positive and D in {1, 2}");
+    Desc d;
+    d.cell = fastrnn::CellKind(cell);
+    d.reset_after = reset_after;
+    d.bias = bias;
+    d.T = T; d.N = N; d.C = C; d.H = H; d.L = L; d.D = D;
+    return d;
+}
+
+template <class T>
+T* at(Ptr p, const char* name, bool required) {
+    if (required && p == 0) throw std::invalid_argument(std::string(name) + " is required");
+    return reinterpret_cast<T*>(p);
+}
+
+cu::Stream stream_of(Ptr s) { return reinterpret_cast<cu::Stream>(s); }
+
+// Per layer-direction (w_ih, w_hh, b_ih, b_hh) device addresses.
+template <class T, class Out>
+std::vector<Out> layer_pointers(const Desc& d, const py::list& items, const char* what) {
+    if (i64(items.size()) != d.L * d.D)
+        throw std::invalid_argument(std::string(what) + ": expected one entry per layer-direction");
+    std::vector<Out> out;
+    for (const auto& item : items) {
+        auto t = py::cast<py::tuple>(item);
+        if (t.size() != 4) throw std::invalid_argument(std::string(what) + ": expected (w_ih, w_hh, b_ih, b_hh)");
+        Out o{at<T>(py::cast<Ptr>(t[0]), "weight_ih", true), at<T>(py::cast<Ptr>(t[1]), "weight_hh", true),
+              at<T>(py::cast<Ptr>(t[2]), "bias_ih", d.bias), at<T>(py::cast<Ptr>(t[3]), "bias_hh", d.bias)};
+        out.push_back(o);
+    }
+    return out;
+}
+
+template <class T>
+void forward_impl(const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr h0, Ptr c0, Ptr lengths, Ptr masks,
+                  Ptr out, Ptr h_n, Ptr c_n, Ptr cache, Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
+    const bool lstm = fastrnn::cell_has_c(d);
+    auto W = layer_pointers<const T, fastrnn::LayerWeights<T>>(d, ws, "weights");
+    const bool train = cache != 0;
+    if (train && dropout && d.L > 1 && masks == 0) throw std::invalid_argument("masks is required with dropout");
+    py::gil_scoped_release release;
+    cu::forward<T>(d, W.data(), at<const T>(x, "x", true), at<const T>(h0, "h0", false),
+                   lstm ? at<const T>(c0, "c0", false) : nullptr, at<const i64>(lengths, "lengths", false),
+                   train && dropout ? at<const T>(masks, "masks", false) : nullptr, at<T>(out, "out", true),
+                   at<T>(h_n, "h_n", true), lstm ? at<T>(c_n, "c_n", true) : nullptr, at<T>(cache, "cache", false),
+                   reinterpret_cast<void*>(workspace), workspace_bytes, stream_of(stream));
+}
+
+template <class T>
+void backward_impl(const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr lengths, Ptr masks, Ptr cache,
+                   Ptr grad_out, Ptr grad_h_n, Ptr grad_c_n, Ptr grad_x, Ptr grad_h0, Ptr grad_c0, const py::list& gs,
+                   bool retain, double bptt_clip, Ptr grad_h_sq, Ptr grad_c_sq, Ptr carried_sq, Ptr prev_state_sq,
+                   Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
+    const bool lstm = fastrnn::cell_has_c(d);
+    auto W = layer_pointers<const T, fastrnn::LayerWeights<T>>(d, ws, "weights");
+    auto G = layer_pointers<T, fastrnn::LayerGrads<T>>(d, gs, "grads");
+    if (dropout && d.L > 1 && masks == 0) throw std::invalid_argument("masks is required with dropout");
+    if ((carried_sq == 0) != (prev_state_sq == 0)) throw std::invalid_argument("carried_sq and prev_state_sq go together");
+    fastrnn::BackwardOptions<T> opt;
+    opt.retain = retain;
+    opt.bptt_clip = T(bptt_clip);
+    opt.diag.grad_h_sq = at<double>(grad_h_sq, "grad_h_sq", false);
+    opt.diag.grad_c_sq = lstm ? at<double>(grad_c_sq, "grad_c_sq", false) : nullptr;
+    opt.diag.carried_sq = at<double>(carried_sq, "carried_sq", false);
+    opt.diag.prev_state_sq = at<double>(prev_state_sq, "prev_state_sq", false);
+    py::gil_scoped_release release;
+    cu::backward<T>(d, W.data(), at<const T>(x, "x", true), at<const i64>(lengths, "lengths", false),
+                    dropout ? at<const T>(masks, "masks", false) : nullptr, at<T>(cache, "cache", true),
+                    at<const T>(grad_out, "grad_out", false), at<const T>(grad_h_n, "grad_h_n", false),
+                    lstm ? at<const T>(grad_c_n, "grad_c_n", false) : nullptr, at<T>(grad_x, "grad_x", true),
+                    at<T>(grad_h0, "grad_h0", true), lstm ? at<T>(grad_c0, "grad_c0", true) : nullptr, G.data(), opt,
+                    reinterpret_cast<void*>(workspace), workspace_bytes, stream_of(stream));
+}
+
+py::buffer_info contiguous_buffer(const py::buffer& b, bool writable, const char* what) {
+    py::buffer_info info = b.request(writable);
+    i64 expect = info.itemsize;
+    for (i64 k = info.ndim - 1; k >= 0; --k) {  // C-contiguous
+        if (info.shape[std::size_t(k)] > 1 && info.strides[std::size_t(k)] != expect)
+            throw std::invalid_argument(std::string(what) + ": the host array must be C-contiguous");
+        expect *= info.shape[std::size_t(k)];
+    }
+    return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
+    m.doc() = "fastrnn CUDA backend (internal; use fastrnn.cuda)";
+    m.def("backend", &cu::backend);
+    m.def("device_count", [] {
+        std::string why;
+        const int n = cu::device_count(&why);
+        return py::make_tuple(n, why);
+    });
+    m.def("runtime_version", &cu::runtime_version);
+    m.def("driver_version", &cu::driver_version);
+    m.def("device_name", &cu::device_name);
+    m.def("device_capability", &cu::device_capability);
+    m.def("get_device", &cu::get_device);
+    m.def("set_device", &cu::set_device);
+    m.def("malloc", [](std::size_t bytes) { return Ptr(cu::device_malloc(bytes)); });
+    m.def("free", [](Ptr p) { cu::device_free(reinterpret_cast<void*>(p)); });
+    m.def("zero", [](Ptr dst, std::size_t bytes, Ptr stream) {
+        cu::zero(reinterpret_cast<void*>(dst), bytes, stream_of(stream));
+    });
+    m.def("synchronize", [](Ptr stream) {
+        py::gil_scoped_release release;
+        cu::synchronize(stream_of(stream));
+    });
+    // Host <-> device copies of whole C-contiguous host buffers; both return when the host
+    // buffer may be reused (to_host: when the data has arrived).
+    m.def("copy_to_device", [](Ptr dst, const py::buffer& src, Ptr stream) {
+        py::buffer_info info = contiguous_buffer(src, false, "copy_to_device");
+        py::gil_scoped_release release;
+        cu::copy(reinterpret_cast<void*>(dst), info.ptr, std::size_t(info.size * info.itemsize), stream_of(stream));
+        cu::synchronize(stream_of(stream));
+    });
+    m.def("copy_to_host", [](const py::buffer& dst, Ptr src, Ptr stream) {
+        py::buffer_info info = contiguous_buffer(dst, true, "copy_to_host");
+        py::gil_scoped_release release;
+        cu::copy(info.ptr, reinterpret_cast<const void*>(src), std::size_t(info.size * info.itemsize), stream_of(stream));
+        cu::synchronize(stream_of(stream));
+    });
+    m.def("copy", [](Ptr dst, Ptr src, std::size_t bytes, Ptr stream) {
+        cu::copy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes, stream_of(stream));
+    });
+    m.def("forward_workspace_bytes", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
+                                        bool training, bool double_precision) {
+        return cu::forward_workspace_bytes(make_desc(cell, reset_after, bias, T, N, C, H, L, D), training,
+                                           double_precision);
+    });
+    m.def("backward_workspace_bytes", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L,
+                                         i64 D, bool retain, bool diagnostics, bool double_precision) {
+        return cu::backward_workspace_bytes(make_desc(cell, reset_after, bias, T, N, C, H, L, D), retain, diagnostics,
+                                            double_precision);
+    });
+    m.def("uses_persistent", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
+                                bool forward, bool diagnostics, bool double_precision) {
+        return cu::uses_persistent(make_desc(cell, reset_after, bias, T, N, C, H, L, D), forward, diagnostics,
+                                   double_precision);
+    });
+    m.def("forward",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
+             bool double_precision, Ptr x, py::list ws, Ptr h0, Ptr c0, Ptr lengths, Ptr masks, Ptr out, Ptr h_n,
+             Ptr c_n, Ptr cache, Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
+              const Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
+              if (double_precision)
+                  forward_impl<double>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
+                                       workspace_bytes, stream);
+              else
+                  forward_impl<float>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
+                                      workspace_bytes, stream);
+          });
+    m.def("backward",
+          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
+             bool double_precision, Ptr x, py::list ws, Ptr lengths, Ptr masks, Ptr cache, Ptr grad_out, Ptr grad_h_n,
+             Ptr grad_c_n, Ptr grad_x, Ptr grad_h0, Ptr grad_c0, py::list gs, bool retain, double bptt_clip,
+             Ptr grad_h_sq, Ptr grad_c_sq, Ptr carried_sq, Ptr prev_state_sq, Ptr workspace,
+             std::size_t workspace_bytes, Ptr stream) {
+              const Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
+              if (double_precision)
+                  backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x,
+                                        grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
+                                        prev_state_sq, workspace, workspace_bytes, stream);
+              else
+                  backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x,
+                                       grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
+                                       prev_state_sq, workspace, workspace_bytes, stream);
+          });
+}

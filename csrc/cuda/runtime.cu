@@ -1,0 +1,123 @@
+// The non-template part of the CUDA backend: devices, memory, copies, workspace sizes. Built by
+// nvcc against the CUDA runtime (linked statically, so importing fastrnn._cuda needs no CUDA
+// library), or by the host compiler for the emulator, where "device" memory is host memory.
+#include "driver_impl.cuh"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace fastrnn {
+namespace cuda {
+
+// Compiled in driver_f32.cu / driver_f64.cu.
+extern template bool uses_persistent_for<float>(const Desc&, bool, bool);
+extern template bool uses_persistent_for<double>(const Desc&, bool, bool);
+
+#if defined(__CUDACC__)
+
+const char* backend() { return "cuda"; }
+
+int device_count(std::string* why) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (why) *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+        return 0;
+    }
+    if (n == 0 && why) *why = "no CUDA device is visible (cudaGetDeviceCount returned 0)";
+    return n;
+}
+
+int runtime_version() {
+    int v = 0;
+    return cudaRuntimeGetVersion(&v) == cudaSuccess ? v : 0;
+}
+
+int driver_version() {
+    int v = 0;
+    return cudaDriverGetVersion(&v) == cudaSuccess ? v : 0;
+}
+
+std::string device_name(int device) {
+    cudaDeviceProp p;
+    check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
+    return p.name;
+}
+
+int device_capability(int device) {
+    int major = 0, minor = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+    return major * 10 + minor;
+}
+
+int get_device() { return current_device(); }
+void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
+void* device_malloc(std::size_t bytes) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, std::max<std::size_t>(bytes, 1)), "cudaMalloc");
+    return p;
+}
+
+void device_free(void* p) {
+    if (p) check(cudaFree(p), "cudaFree");
+}
+
+void copy(void* dst, const void* src, std::size_t bytes, Stream stream) {
+    if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, native(stream)), "cudaMemcpyAsync");
+}
+
+void zero(void* dst, std::size_t bytes, Stream stream) {
+    if (bytes) check(cudaMemsetAsync(dst, 0, bytes, native(stream)), "cudaMemsetAsync");
+}
+
+void synchronize(Stream stream) { check(cudaStreamSynchronize(native(stream)), "cudaStreamSynchronize"); }
+
+#else  // host emulator: one device, host memory, everything synchronous
+
+const char* backend() { return "emulator"; }
+int device_count(std::string*) { return 1; }
+int runtime_version() { return 0; }
+int driver_version() { return 0; }
+std::string device_name(int) { return "fastrnn CUDA host emulator"; }
+int device_capability(int) { return 0; }
+int get_device() { return 0; }
+void set_device(int device) {
+    if (device != 0) throw std::invalid_argument("set_device: the emulator has device 0 only");
+}
+
+void* device_malloc(std::size_t bytes) {
+    void* p = std::malloc(std::max<std::size_t>(bytes, 1));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0xFF, bytes);  // NaN patterns: reads of memory no one wrote show up
+    return p;
+}
+
+void device_free(void* p) { std::free(p); }
+void copy(void* dst, const void* src, std::size_t bytes, Stream) {
+    if (bytes) std::memcpy(dst, src, bytes);
+}
+void zero(void* dst, std::size_t bytes, Stream) {
+    if (bytes) std::memset(dst, 0, bytes);
+}
+void synchronize(Stream) {}
+
+#endif
+
+std::int64_t forward_workspace_bytes(const Desc& d, bool training, bool double_precision) {
+    return double_precision ? forward_bytes<double>(d, training) : forward_bytes<float>(d, training);
+}
+
+std::int64_t backward_workspace_bytes(const Desc& d, bool retain, bool diagnostics, bool double_precision) {
+    return double_precision ? backward_bytes<double>(d, retain, diagnostics) : backward_bytes<float>(d, retain, diagnostics);
+}
+
+bool uses_persistent(const Desc& d, bool forward, bool diagnostics, bool double_precision) {
+    return double_precision ? uses_persistent_for<double>(d, forward, diagnostics)
+                            : uses_persistent_for<float>(d, forward, diagnostics);
+}
+
+}  // namespace cuda
+}  // namespace fastrnn

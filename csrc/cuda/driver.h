@@ -40,6 +40,9 @@ void device_free(void* p);
 void copy(void* dst, const void* src, std::size_t bytes, Stream stream);  // any direction (UVA)
 void zero(void* dst, std::size_t bytes, Stream stream);
 void synchronize(Stream stream);
+// dst (C-contiguous) = the `ndim` <= 4 dimensional view of src with byte strides; itemsize 1, 2, 4 or 8.
+void copy_strided(void* dst, const void* src, int ndim, const std::int64_t* shape, const std::int64_t* strides,
+                  int itemsize, Stream stream);
 
 // Workspace bytes of one call (for `double_precision` or float32 data).
 std::int64_t forward_workspace_bytes(const Desc& d, bool training, bool double_precision);

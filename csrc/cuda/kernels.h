@@ -208,6 +208,30 @@ struct GatherFirstStep {
     }
 };
 
+// dst (C-contiguous) = src viewed with `shape` and byte `strides` (up to kMaxDims dims): makes
+// non-contiguous device inputs contiguous (batch_first, transposed views).
+constexpr int kMaxDims = 4;
+template <class Word>
+struct StridedCopy {
+    struct Args {
+        const char* src;
+        Word* dst;
+        i64 shape[kMaxDims], strides[kMaxDims];
+        int ndim;
+        i64 n;
+    };
+    static FASTRNN_DEV void run(const Args& a) {
+        const i64 i = global_index();
+        if (i >= a.n) return;
+        i64 rest = i, off = 0;
+        for (int k = a.ndim - 1; k >= 0; --k) {
+            off += (rest % a.shape[k]) * a.strides[k];
+            rest /= a.shape[k];
+        }
+        a.dst[i] = *reinterpret_cast<const Word*>(a.src + off);
+    }
+};
+
 // ---------------------------------------------------------------- recurrent steps
 
 // The step logic below mirrors csrc/kernels/steps.h (the CPU step kernels) one unit per thread;

@@ -159,6 +159,12 @@ PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
     m.def("copy", [](Ptr dst, Ptr src, std::size_t bytes, Ptr stream) {
         cu::copy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes, stream_of(stream));
     });
+    m.def("copy_strided", [](Ptr dst, Ptr src, const std::vector<i64>& shape, const std::vector<i64>& strides,
+                             int itemsize, Ptr stream) {
+        if (shape.size() != strides.size()) throw std::invalid_argument("copy_strided: shape and strides differ in length");
+        cu::copy_strided(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), int(shape.size()), shape.data(),
+                         strides.data(), itemsize, stream_of(stream));
+    });
     m.def("forward_workspace_bytes", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
                                         bool training, bool double_precision) {
         return cu::forward_workspace_bytes(make_desc(cell, reset_after, bias, T, N, C, H, L, D), training,

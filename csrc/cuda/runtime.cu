@@ -106,6 +106,36 @@ void synchronize(Stream) {}
 
 #endif
 
+namespace {
+template <class Word>
+void copy_words(void* dst, const void* src, int ndim, const std::int64_t* shape, const std::int64_t* strides,
+                Stream stream) {
+    typename StridedCopy<Word>::Args a{};
+    a.src = static_cast<const char*>(src);
+    a.dst = static_cast<Word*>(dst);
+    a.ndim = ndim;
+    a.n = 1;
+    for (int k = 0; k < ndim; ++k) {
+        a.shape[k] = shape[k];
+        a.strides[k] = strides[k];
+        a.n *= shape[k];
+    }
+    launch_elementwise<StridedCopy<Word>>(a.n, stream, a);
+}
+}  // namespace
+
+void copy_strided(void* dst, const void* src, int ndim, const std::int64_t* shape, const std::int64_t* strides,
+                  int itemsize, Stream stream) {
+    if (ndim < 1 || ndim > kMaxDims) throw std::invalid_argument("copy_strided: 1 to 4 dimensions");
+    switch (itemsize) {
+        case 1: return copy_words<std::uint8_t>(dst, src, ndim, shape, strides, stream);
+        case 2: return copy_words<std::uint16_t>(dst, src, ndim, shape, strides, stream);
+        case 4: return copy_words<std::uint32_t>(dst, src, ndim, shape, strides, stream);
+        case 8: return copy_words<std::uint64_t>(dst, src, ndim, shape, strides, stream);
+        default: throw std::invalid_argument("copy_strided: itemsize must be 1, 2, 4 or 8");
+    }
+}
+
 std::int64_t forward_workspace_bytes(const Desc& d, bool training, bool double_precision) {
     return double_precision ? forward_bytes<double>(d, training) : forward_bytes<float>(d, training);
 }

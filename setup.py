@@ -12,11 +12,21 @@ files C, C++ and Cython code build against.
 - Package data: fastrnn/include/fastrnn/*.h, fastrnn/lib/pkgconfig/fastrnn.pc and
   fastrnn/lib/cmake/fastrnn/fastrnnConfig*.cmake (from csrc/capi/*.in, version from fastrnn.h),
   fastrnn/cython/*.pxd.
+- fastrnn._cuda (csrc/cuda, optional): the CUDA backend, built when nvcc works. FASTRNN_CUDA=auto
+  (default) builds it when nvcc is found (CUDA_HOME/CUDA_PATH, else PATH) and compiles a tiny .cu
+  file, else warns and builds CPU-only; FASTRNN_CUDA=1 fails without it; FASTRNN_CUDA=0 skips it.
+  FASTRNN_CUDA_ARCHS (default "80;90") lists the GPU architectures compiled to machine code, the
+  last one also as PTX for newer GPUs. The CUDA runtime is linked statically, so importing fastrnn
+  never needs a CUDA library, driver or GPU.
 """
 import glob
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import scipy_openblas32 as sob
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
@@ -35,7 +45,7 @@ core_sources = sorted(
 )
 # The optimizers' multi-tensor kernels serve only the Python API: they live in _C.
 binding_sources = sorted(glob.glob("csrc/bindings/*.cpp") + glob.glob("csrc/optim/*.cpp"))
-headers = sorted(glob.glob("csrc/**/*.h", recursive=True))
+headers = sorted(h for h in glob.glob("csrc/**/*.h", recursive=True) if not h.startswith("csrc/cuda/"))
 
 optimize = ["-O3", "-fno-math-errno", "-pthread"]
 if os.environ.get("FASTRNN_DEBUG"):
@@ -76,6 +86,54 @@ binding = Pybind11Extension(
 )
 
 
+CUDA = "fastrnn._cuda"
+CUDA_MODE = os.environ.get("FASTRNN_CUDA", "auto").strip().lower()
+if CUDA_MODE not in ("auto", "0", "1"):
+    raise SystemExit(f"FASTRNN_CUDA={CUDA_MODE!r}: expected auto, 0 or 1")
+cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+cuda = Pybind11Extension(
+    CUDA,
+    ["csrc/cuda/module.cpp"],  # + the nvcc objects of cuda_sources (BuildExt.build_cuda)
+    include_dirs=["csrc"],
+    depends=headers + cuda_sources + sorted(glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/*.cuh")),
+    cxx_std=17,
+    extra_compile_args=optimize,
+    extra_link_args=["-pthread", "-Wl,-rpath,$ORIGIN/lib"],
+)
+
+
+def find_nvcc():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        path = os.path.join(os.environ.get(var, ""), "bin", "nvcc")
+        if os.environ.get(var) and os.path.isfile(path):
+            return path
+    return shutil.which("nvcc")
+
+
+def cuda_lib_dir(nvcc):
+    """The toolkit's directory holding libcudart_static.a (nvcc may be a wrapper script, so the
+    toolkit root comes from CUDA_HOME or the TOP= line of nvcc --dryrun)."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    dry = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True, text=True).stderr
+    roots += [line.split("TOP=", 1)[1].strip() for line in dry.splitlines() if "TOP=" in line]
+    roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for root in filter(None, roots):
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+            if os.path.isfile(os.path.join(root, sub, "libcudart_static.a")):
+                return os.path.join(root, sub)
+    raise RuntimeError(f"no libcudart_static.a found in the CUDA toolkit of {nvcc}")
+
+
+def nvcc_flags():
+    archs = [a for a in re.split(r"[;, ]+", os.environ.get("FASTRNN_CUDA_ARCHS", "80;90").strip()) if a]
+    if not archs or not all(re.fullmatch(r"\d+a?", a) for a in archs):
+        raise RuntimeError(f"FASTRNN_CUDA_ARCHS={os.environ.get('FASTRNN_CUDA_ARCHS')!r}: expected numbers like '80;90'")
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX: newer GPUs JIT it
+    host = ["-ccbin", os.environ["CUDAHOSTCXX"]] if os.environ.get("CUDAHOSTCXX") else []
+    return ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-Icsrc"] + host + flags
+
+
 def header_version():
     with open(os.path.join(HEADER_DIR, "fastrnn.h")) as f:
         text = f.read()
@@ -106,6 +164,55 @@ class BuildExt(build_ext):
             ext.library_dirs.insert(0, os.path.dirname(self.get_ext_fullpath(CORE)))
             ext.libraries.insert(0, "fastrnn")
         super().build_extension(ext)
+
+    def build_extensions(self):
+        cuda_ext = next((e for e in self.extensions if e.name == CUDA), None)
+        if cuda_ext is not None:  # built last (it links the core) and only if nvcc works
+            self.extensions.remove(cuda_ext)
+        super().build_extensions()
+        if cuda_ext is not None and self.build_cuda(cuda_ext):
+            self.extensions.append(cuda_ext)
+
+    def build_cuda(self, ext):
+        """nvcc-compiles csrc/cuda/*.cu (in parallel), then links fastrnn._cuda. Returns False
+        (after a warning) when FASTRNN_CUDA=auto and nvcc is missing or fails."""
+        try:
+            nvcc = find_nvcc()
+            if nvcc is None:
+                raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+            flags = nvcc_flags()
+            with tempfile.TemporaryDirectory() as tmp:  # does this nvcc work at all?
+                probe = os.path.join(tmp, "probe.cu")
+                with open(probe, "w") as f:
+                    f.write("__global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }\n")
+                subprocess.run([nvcc, "-c", probe, "-o", probe + ".o"] + flags, check=True, capture_output=True)
+            out_dir = os.path.join(self.build_temp, "cuda")
+            os.makedirs(out_dir, exist_ok=True)
+            deps = ext.depends
+            jobs = []
+            for src in cuda_sources:
+                obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+                if not os.path.exists(obj) or max(os.path.getmtime(p) for p in deps) > os.path.getmtime(obj):
+                    jobs.append([nvcc, "-c", src, "-o", obj] + flags)
+                if obj not in ext.extra_objects:
+                    ext.extra_objects.append(obj)
+            with ThreadPoolExecutor(int(os.environ.get("FASTRNN_BUILD_JOBS", 2))) as pool:
+                for cmd, res in zip(jobs, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), jobs)):
+                    print("[cuda]", " ".join(cmd))
+                    if res.returncode:
+                        raise RuntimeError(f"nvcc failed on {cmd[2]}:\n{res.stdout}{res.stderr}")
+            if "cudart_static" not in ext.libraries:
+                ext.library_dirs += [os.path.dirname(self.get_ext_fullpath(CORE)), cuda_lib_dir(nvcc)]
+                ext.libraries += ["fastrnn", "cudart_static", "rt", "pthread", "dl"]
+            super().build_extension(ext)
+            return True
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            detail = exc.stderr.decode(errors="replace") if isinstance(exc, subprocess.CalledProcessError) else ""
+            if CUDA_MODE == "1":
+                raise RuntimeError(f"FASTRNN_CUDA=1 but the CUDA backend cannot be built: {exc}\n{detail}") from exc
+            print(f"WARNING: building fastrnn without the CUDA backend (FASTRNN_CUDA=auto): {exc}\n{detail}",
+                  file=sys.stderr)
+            return False
 
     def copy_extensions_to_source(self):
         os.makedirs(os.path.join("fastrnn", "lib"), exist_ok=True)
@@ -139,7 +246,7 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[core, binding],
+    ext_modules=[core, binding] + ([cuda] if CUDA_MODE != "0" else []),
     cmdclass={"build_ext": BuildExt},
     package_data={"fastrnn": ["cython/*.pxd"]},
 )

@@ -6,7 +6,7 @@ import os as _os
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
 from . import _C
-from . import clip, functional, init
+from . import clip, cuda, functional, init
 from ._embed import get_include, get_library_dir
 from .layers import GRU, LSTM, RNN
 from . import callbacks, losses, optim, tasks
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = ["RNN", "LSTM", "GRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
            "set_num_threads", "get_num_threads", "get_include", "get_library_dir", "__version__",
            "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
-           "diagnostics", "gradcheck"]
+           "diagnostics", "gradcheck", "cuda"]
 
 
 def get_isa():

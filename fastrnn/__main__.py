@@ -34,7 +34,14 @@ def info(_args):
         print(f"matplotlib: {matplotlib.__version__} (plots available)")
     except ImportError:
         print("matplotlib: not installed (pip install 'fastrnn[plot]' for plots)")
-    print("cuda: the CUDA backend is not part of this build")
+    cuda = fastrnn.cuda.info()
+    if not cuda["built"]:
+        print(f"cuda: not built ({cuda['reason']})")
+    elif cuda["reason"] is not None:
+        print(f"cuda: built (runtime {cuda['runtime_version']}), not usable: {cuda['reason']}")
+    else:
+        devices = ", ".join(f"{name} (sm_{cc})" for name, cc in cuda["devices"])
+        print(f"cuda: runtime {cuda['runtime_version']}, driver {cuda['driver_version']}, devices: {devices}")
     return 0
 
 

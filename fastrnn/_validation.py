@@ -35,9 +35,17 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-def float_array(a, dtype, where, name):
+def float_array(a, dtype, where, name, device="cpu"):
     """The array `a` of exactly `dtype`: arrays of another dtype raise TypeError (no silent casts);
-    Python sequences and scalars are converted to `dtype`."""
+    Python sequences and scalars are converted to `dtype`. With device="cuda", arrays in GPU
+    memory (``__cuda_array_interface__``: CuPy, torch CUDA tensors) are taken as device views."""
+    from . import cuda
+    if cuda.is_device_array(a) and not isinstance(a, np.ndarray):
+        if device == "cuda":
+            return cuda.as_device_array(a, dtype, where, name)
+        if not type(a).__module__.startswith("torch"):
+            raise TypeError(f"{where}: {name} is an array in GPU memory ({type(a).__name__}); use device='cuda' "
+                            "or copy it to the host first")
     if isinstance(a, np.ndarray) or type(a).__module__.startswith("torch"):
         arr = to_numpy(a)
         if arr.dtype != dtype:
@@ -59,7 +67,10 @@ def expect_shape(arr, expected, where, name, letters):
 
 
 def contiguous(arr):
-    """C-contiguous array (a copy only when needed; never written by fastrnn)."""
+    """C-contiguous array (a copy only when needed; never written by fastrnn). Device arrays
+    (fastrnn.cuda.DeviceArray) stay on the device."""
+    if not isinstance(arr, np.ndarray) and hasattr(arr, "contiguous"):
+        return arr.contiguous()
     return np.ascontiguousarray(arr)
 
 

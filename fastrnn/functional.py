@@ -3,6 +3,10 @@
 This is what the layers (`fastrnn.RNN/LSTM/GRU`) and the torch front end call. Weights are a
 dict with PyTorch's names and shapes (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
 ``bias_hh_l0``, ``..._reverse``); see DESIGN.md §1 for the equations and gate order.
+``device="cuda"`` runs the same computation on the GPU (`fastrnn.cuda`; RuntimeError saying why
+when the CUDA backend cannot be used): NumPy inputs are copied to the GPU, arrays in GPU memory
+(``__cuda_array_interface__``) are read in place, results are NumPy arrays, and a training
+context keeps its cache on the GPU until `backward`.
 
 >>> import numpy as np, fastrnn
 >>> layer = fastrnn.LSTM(3, 4, rng=0)
@@ -20,6 +24,7 @@ import numpy as np
 
 from . import _C
 from . import _validation as V
+from . import cuda as _cuda
 
 # Cell codes of the C++ core and gate counts (row blocks of W_ih / W_hh).
 _CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -56,9 +61,10 @@ class Context:
 
     __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "L", "D", "dtype", "x", "weights",
                  "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed",
-                 "grad_h_norm", "grad_c_norm", "propagation")
+                 "grad_h_norm", "grad_c_norm", "propagation", "device")
 
     def __init__(self, **kw):
+        self.device = "cpu"  # "cuda": the cache is a fastrnn.cuda.DeviceArray
         for k, v in kw.items():
             setattr(self, k, v)
         self.consumed = False
@@ -113,8 +119,14 @@ def _group(arrays, bias):
     return out
 
 
+def _core(device):
+    """What runs the kernels: the CPU core, or the CUDA backend behind the same interface."""
+    return _C if device == "cpu" else _cuda.numpy_core
+
+
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
-             training, rng, reset_after, where, masks=None):
+             training, rng, reset_after, where, masks=None, device="cpu"):
+    device = _cuda.check_device(device, where)
     num_layers = V.check_positive_int(num_layers, "num_layers", where)
     dropout = V.check_dropout(dropout, where)
     dtype, C, H, names, arrays = _check_params(where, cell, params, num_layers, bidirectional, bias)
@@ -122,7 +134,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
     L = num_layers
     is_lstm = cell == "lstm"
 
-    x = V.float_array(x, dtype, where, "x")
+    x = V.float_array(x, dtype, where, "x", device)
     if x.ndim not in (2, 3):
         raise ValueError(f"{where}: x has shape {tuple(x.shape)}, expected "
                          f"{'(N, T, C)' if batch_first else '(T, N, C)'} or unbatched (T, C) with C={C}")
@@ -153,11 +165,11 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
             h0, c0 = hx
         else:
             h0 = hx
-        h0 = V.float_array(h0, dtype, where, "h0")
+        h0 = V.float_array(h0, dtype, where, "h0", device)
         V.expect_shape(h0, state_shape, where, "h0", state_letters)
         h0 = V.contiguous(h0)
         if c0 is not None:
-            c0 = V.float_array(c0, dtype, where, "c0")
+            c0 = V.float_array(c0, dtype, where, "c0", device)
             V.expect_shape(c0, state_shape, where, "c0", state_letters)
             c0 = V.contiguous(c0)
     lens = None if lengths is None else V.lengths_array(lengths, N, T, where)
@@ -167,7 +179,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         if not use_dropout:
             raise ValueError(f"{where}: masks given but dropout does not apply "
                              "(it needs training=True, dropout > 0 and num_layers > 1)")
-        masks = V.float_array(masks, dtype, where, "masks")
+        masks = V.float_array(masks, dtype, where, "masks", device)
         V.expect_shape(masks, (L - 1, T, N, D * H), where, "masks", ("L-1", "T", "N", "D*H"))
         masks = V.contiguous(masks)
     elif use_dropout:
@@ -181,16 +193,18 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
     code = _CELL_CODE[cell]
     cache = None
     if training:
-        cache = np.empty(_C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout), dtype)
+        size = _C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout)
+        cache = np.empty(size, dtype) if device == "cpu" else _cuda.empty(size, dtype)
     weights = _group(arrays, bias)
-    _C.forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
-               out, h_n, c_n, cache)
+    core = _core(device)
+    core.forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
+                 out, h_n, c_n, cache)
 
     ctx = None
     if training:
         ctx = Context(cell=cell, reset_after=reset_after, bias=bias, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype,
                       x=x3, weights=weights, names=names, lengths=lens, masks=masks, cache=cache,
-                      batch_first=batch_first, unbatched=unbatched, where=where)
+                      batch_first=batch_first, unbatched=unbatched, where=where, device=device)
     output = _from_time_major(out, batch_first, unbatched)
     if unbatched:
         h_n = h_n[:, 0, :]
@@ -206,7 +220,7 @@ def _from_time_major(a, batch_first, unbatched):
 
 def _to_time_major(a, ctx, name):
     where = ctx.where.replace("forward", "backward")
-    a = V.float_array(a, ctx.dtype, where, name)
+    a = V.float_array(a, ctx.dtype, where, name, ctx.device)
     letters = {(ctx.T, ctx.D * ctx.H): ("T", "D*H"), (ctx.N, ctx.T, ctx.D * ctx.H): ("N", "T", "D*H"),
                (ctx.T, ctx.N, ctx.D * ctx.H): ("T", "N", "D*H")}[ctx.output_shape]
     V.expect_shape(a, ctx.output_shape, where, name, letters)
@@ -221,7 +235,7 @@ def _state_grad(a, ctx, name):
     if a is None:
         return None
     where = ctx.where.replace("forward", "backward")
-    a = V.float_array(a, ctx.dtype, where, name)
+    a = V.float_array(a, ctx.dtype, where, name, ctx.device)
     letters = ("L*D", "H") if ctx.unbatched else ("L*D", "N", "H")
     V.expect_shape(a, ctx.state_shape, where, name, letters)
     return V.contiguous(a).reshape(ctx.L * ctx.D, ctx.N, ctx.H)
@@ -282,17 +296,15 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     r_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     p_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     ctx.consumed = not retain
-    _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
+    core = _core(ctx.device)
+    core.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
                 grad_x, grad_h0, grad_c0, grad_list, retain=retain, bptt_clip=clip, grad_h_sq=h_sq, grad_c_sq=c_sq,
                 carried_sq=r_sq, prev_state_sq=p_sq)
     if record:
         ctx.grad_h_norm = np.sqrt(h_sq)
         ctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            prop = np.sqrt(r_sq / p_sq)
-        prop[~np.isfinite(prop)] = np.nan  # no transition at this step (first BPTT step, padding)
-        ctx.propagation = prop
+        ctx.propagation = _propagation(r_sq, p_sq)
     if not retain:
         ctx.cache = None  # free the cache now: it is consumed
     grad_x = _from_time_major(grad_x, ctx.batch_first, ctx.unbatched)
@@ -300,6 +312,14 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
         grad_h0 = grad_h0[:, 0, :]
         grad_c0 = None if grad_c0 is None else grad_c0[:, 0, :]
     return grad_x, grad_h0, grad_c0, grads
+
+
+def _propagation(carried_sq, prev_state_sq):
+    """Per-step gain of the recurrence from the backward records (see `backward`)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        prop = np.sqrt(carried_sq / prev_state_sq)
+    prop[~np.isfinite(prop)] = np.nan  # no transition at this step (first BPTT step, padding)
+    return prop
 
 
 def forward_stats(ctx):
@@ -319,7 +339,8 @@ def forward_stats(ctx):
         raise RuntimeError("forward_stats: the context's cache was consumed by backward; call it before backward")
     S = _C.saturation_stats(_CELL_CODE[ctx.cell], ctx.reset_after)
     saturation = np.empty((ctx.L, ctx.D, ctx.T, S))
-    layer, direction, t, what = _C.forward_stats(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N,
+    core = _core(ctx.device)
+    layer, direction, t, what = core.forward_stats(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N,
                                                  ctx.C, ctx.H, ctx.L, ctx.D, ctx.masks is not None, ctx.cache,
                                                  ctx.lengths, saturation)
     first = None
@@ -334,7 +355,8 @@ def _flat(weights):
 
 
 def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="tanh", bias=True,
-                batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None, masks=None):
+                batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None, masks=None,
+                device="cpu"):
     """Elman RNN stack: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Returns ``(output, h_n, ctx)``; ``ctx`` is None unless ``training`` (then pass it to `backward`).
@@ -346,12 +368,12 @@ def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity=
     out, h_n, _, ctx = _forward(f"rnn_{nonlinearity}", x, params, hx, lengths, num_layers=num_layers,
                                 bidirectional=bidirectional, bias=bias, batch_first=batch_first, dropout=dropout,
                                 training=training, rng=rng, reset_after=True, where="rnn_forward",
-                                masks=masks)
+                                masks=masks, device=device)
     return out, h_n, ctx
 
 
 def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
-                 bidirectional=False, dropout=0.0, training=False, rng=None, masks=None):
+                 bidirectional=False, dropout=0.0, training=False, rng=None, masks=None, device="cpu"):
     """LSTM stack (gates i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 
     `hx` is None or ``(h0, c0)``. Returns ``(output, (h_n, c_n), ctx)``.
@@ -360,12 +382,13 @@ def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, b
     """
     out, h_n, c_n, ctx = _forward("lstm", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
                                   bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
-                                  reset_after=True, where="lstm_forward", masks=masks)
+                                  reset_after=True, where="lstm_forward", masks=masks, device=device)
     return out, (h_n, c_n), ctx
 
 
 def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
-                bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True, masks=None):
+                bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True, masks=None,
+                device="cpu"):
     """GRU stack (gates r, z, n): ``h' = (1-z)*n + z*h``; ``reset_after`` selects
     ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`` (True, PyTorch) or
     ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`` (False, Keras v1 / ONNX default).
@@ -376,5 +399,5 @@ def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, ba
     """
     out, h_n, _, ctx = _forward("gru", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
                                 bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
-                                reset_after=bool(reset_after), where="gru_forward", masks=masks)
+                                reset_after=bool(reset_after), where="gru_forward", masks=masks, device=device)
     return out, h_n, ctx

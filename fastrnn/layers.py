@@ -7,6 +7,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _validation as V
+from . import cuda
 from . import functional as F
 
 
@@ -15,13 +16,18 @@ def _generator(rng):
 
 
 class _RNNBase:
-    """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward."""
+    """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward.
+
+    ``device="cuda"`` runs forward and backward on the GPU (`fastrnn.cuda`; RuntimeError saying why
+    when the CUDA backend cannot be used); parameters and gradients stay NumPy arrays.
+    """
 
     _mode = None  # set by subclasses
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None):
+                 bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None, device="cpu"):
         where = type(self).__name__
+        self.device = cuda.check_device(device, where)  # "cuda": the kernels run on the GPU (fastrnn.cuda)
         self.input_size = V.check_positive_int(input_size, "input_size", where)
         self.hidden_size = V.check_positive_int(hidden_size, "hidden_size", where)
         self.num_layers = V.check_positive_int(num_layers, "num_layers", where)
@@ -103,7 +109,8 @@ class _RNNBase:
             self._cell(), x, self.params, hx, lengths, num_layers=self.num_layers,
             bidirectional=self.bidirectional, bias=self.bias, batch_first=self.batch_first,
             dropout=self.dropout, training=self.training, rng=self.rng,
-            reset_after=getattr(self, "reset_after", True), where=f"{type(self).__name__}.forward")
+            reset_after=getattr(self, "reset_after", True), where=f"{type(self).__name__}.forward",
+            device=self.device)
         self._ctx = ctx
         if self._recorder is not None and ctx is not None:
             self._recorder._on_forward(self, ctx)
@@ -136,6 +143,8 @@ class _RNNBase:
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)}")
         opts.append(f"dtype={self.dtype}")
+        if self.device != "cpu":
+            opts.append(f"device={self.device!r}")
         return f"{type(self).__name__}({', '.join(opts)}{self._extra_repr()})"
 
     def _extra_repr(self):

@@ -12,6 +12,8 @@ layers in training mode with masks drawn from torch's RNG). The whole stack runs
 on NumPy views of the CPU tensors (no copies of contiguous inputs or weights, no per-step Python,
 no autograd graph per step; the GIL is released in the kernels). The equations and gate order are
 PyTorch's (DESIGN.md §1; LSTM: Hochreiter & Schmidhuber 1997; GRU: Cho et al. 2014).
+On CUDA tensors the same node runs on fastrnn's CUDA backend when it is built and usable
+(`fastrnn.cuda`; zero-copy, on torch's current stream), else the call raises RuntimeError saying why.
 
 `convert` swaps every ``torch.nn.LSTM/GRU/RNN`` in a model for its fastrnn twin (same weights),
 `revert` swaps back.
@@ -47,6 +49,15 @@ _DTYPES = (torch.float32, torch.float64)
 # Everything about one call that is not a tensor.
 _Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where "
                            "bptt_clip module recorder")
+
+
+def _host_view(t):
+    """NumPy view of a CPU tensor; for a tensor on a GPU, a read-only host copy (writes would be lost)."""
+    if t.device.type == "cpu":
+        return t.detach().numpy()
+    a = t.detach().cpu().numpy()
+    a.flags.writeable = False
+    return a
 
 
 def _numpy(t):
@@ -108,6 +119,11 @@ class _RNNFunction(torch.autograd.Function):
                 *(wrap(grads[name], 5 + i) for i, name in enumerate(fctx.names)))
 
 
+def _on_gpu(t):
+    """Whether a call runs on the CUDA backend (its tensors are on a CUDA device)."""
+    return t.device.type == "cuda"
+
+
 def _packed_layout(seq):
     """For a PackedSequence: the row of the time-major padded ``[T*N]`` grid holding each row of
     ``seq.data``, the lengths in the original batch order, T and N."""
@@ -138,8 +154,10 @@ class _FastRNNBase:
 
     @property
     def params(self):
-        """name -> NumPy view of each parameter (torch names; writing into a view changes the parameter)."""
-        return OrderedDict((name, getattr(self, name).detach().numpy()) for name in self._flat_weights_names)
+        """name -> NumPy view of each parameter (torch names; writing into a view changes the parameter).
+
+        For a module on a GPU: read-only host copies."""
+        return OrderedDict((name, _host_view(getattr(self, name))) for name in self._flat_weights_names)
 
     @property
     def grads(self):
@@ -151,6 +169,9 @@ class _FastRNNBase:
         out = OrderedDict()
         for name in self._flat_weights_names:
             p = getattr(self, name)
+            if p.device.type != "cpu":
+                raise RuntimeError(f"fastrnn.torch.{type(self).__name__}.grads: the parameters are on {p.device}; "
+                                   "NumPy views exist for CPU tensors only (use each parameter's .grad)")
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             out[name] = p.grad.numpy()
@@ -160,11 +181,18 @@ class _FastRNNBase:
         if self.proj_size > 0:
             raise NotImplementedError(f"{where}: proj_size={self.proj_size} (LSTM with projections, LSTMP) is not "
                                       "supported by fastrnn yet; use torch.nn.LSTM for it")
-        for t in tensors:
-            if t.device.type != "cpu":
-                raise RuntimeError(f"{where}: got a tensor on device '{t.device}' but the fastrnn CUDA backend is "
-                                   "not built/available: fastrnn.torch runs on CPU tensors only (move the module "
-                                   "and its inputs with .cpu(), or use torch.nn on the GPU)")
+        for device in {t.device for t in tensors if t.device.type != "cpu"}:
+            from . import cuda
+            why = cuda.reason() if device.type == "cuda" else f"fastrnn has no backend for '{device.type}' tensors"
+            if why is not None:
+                raise RuntimeError(f"{where}: got a tensor on device '{device}' but the fastrnn CUDA backend is "
+                                   f"not built/available ({why}): fastrnn.torch runs on CPU tensors, and on CUDA "
+                                   "tensors with the CUDA backend (move the module and its inputs with .cpu(), or "
+                                   "use torch.nn on the GPU)")
+        devices = sorted({str(t.device) for t in tensors})
+        if len(devices) > 1:
+            raise RuntimeError(f"{where}: the input, states and parameters are on different devices {devices}; "
+                               "move them to one device")
         dtype = self._flat_weights[0].dtype
         if dtype not in _DTYPES:
             raise TypeError(f"{where}: the parameters have dtype {dtype}, expected torch.float32 or torch.float64 "
@@ -238,7 +266,10 @@ class _FastRNNBase:
                      self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where,
                      self.bptt_clip, self, self._recorder)
         h0, c0 = (states + [None, None])[:2]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
+        if _on_gpu(x):  # the CUDA backend, zero-copy on torch's current stream
+            from ._torch_cuda import run
+            outs = run(spec, x, h0, c0, masks, weights)
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
             outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)
         else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply dropout)
             out, h_n, c_n, _ = _run(spec, x, h0, c0, masks, weights, training=masks is not None)

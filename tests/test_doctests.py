@@ -8,7 +8,7 @@ import pytest
 import fastrnn
 
 # Modules whose examples need an optional dependency, and that dependency.
-NEEDS = {"fastrnn.torch": "torch"}
+NEEDS = {"fastrnn.torch": "torch", "fastrnn._torch_cuda": "torch"}
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(fastrnn.__path__, "fastrnn.")
                  if m.name != "fastrnn.__main__" and not m.name.startswith("fastrnn.cython"))

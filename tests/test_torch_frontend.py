@@ -455,7 +455,8 @@ def test_non_cpu_tensors_raise_clearly():
         ft.GRU(3, 4, device="meta")(torch.empty(5, 2, 3))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available() or fastrnn.cuda.is_available(),
+                    reason="needs a CUDA build of torch and a GPU, without fastrnn's CUDA backend")
 def test_cuda_tensors_raise_clearly():
     with pytest.raises(RuntimeError, match=r"device 'cuda:0' but the fastrnn CUDA backend is not built/available"):
         ft.LSTM(3, 4).cuda()(torch.randn(5, 2, 3, device="cuda"))

@@ -185,7 +185,8 @@ class BuildExt(build_ext):
                 probe = os.path.join(tmp, "probe.cu")
                 with open(probe, "w") as f:
                     f.write("__global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }\n")
-                subprocess.run([nvcc, "-c", probe, "-o", probe + ".o"] + flags, check=True, capture_output=True)
+                if not self.dry_run:
+                    subprocess.run([nvcc, "-c", probe, "-o", probe + ".o"] + flags, check=True, capture_output=True)
             out_dir = os.path.join(self.build_temp, "cuda")
             os.makedirs(out_dir, exist_ok=True)
             deps = ext.depends
@@ -196,11 +197,13 @@ class BuildExt(build_ext):
                     jobs.append([nvcc, "-c", src, "-o", obj] + flags)
                 if obj not in ext.extra_objects:
                     ext.extra_objects.append(obj)
-            with ThreadPoolExecutor(int(os.environ.get("FASTRNN_BUILD_JOBS", 2))) as pool:
-                for cmd, res in zip(jobs, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), jobs)):
-                    print("[cuda]", " ".join(cmd))
-                    if res.returncode:
-                        raise RuntimeError(f"nvcc failed on {cmd[2]}:\n{res.stdout}{res.stderr}")
+            for cmd in jobs:
+                print("[cuda]", " ".join(cmd))
+            if not self.dry_run:
+                with ThreadPoolExecutor(int(os.environ.get("FASTRNN_BUILD_JOBS", 2))) as pool:
+                    for cmd, res in zip(jobs, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), jobs)):
+                        if res.returncode:
+                            raise RuntimeError(f"nvcc failed on {cmd[2]}:\n{res.stdout}{res.stderr}")
             if "cudart_static" not in ext.libraries:
                 ext.library_dirs += [os.path.dirname(self.get_ext_fullpath(CORE)), cuda_lib_dir(nvcc)]
                 ext.libraries += ["fastrnn", "cudart_static", "rt", "pthread", "dl"]

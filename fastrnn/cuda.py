@@ -38,9 +38,11 @@ _NOT_BUILT = ("fastrnn was built without its CUDA backend (the extension fastrnn
               "found or failed when fastrnn was built, or FASTRNN_CUDA=0); reinstall with nvcc on PATH, e.g. "
               "FASTRNN_CUDA=1 pip install .")
 
-_backend = None  # the loaded backend module (fastrnn._cuda), or what _set_backend installed
+# The backend module (fastrnn._cuda; tests install the host emulator build here), whether the
+# import was tried, and (device count, why) once asked.
+_backend = None
 _loaded = False
-_status = None   # (device count, why) once asked
+_status = None
 
 
 def _module():
@@ -54,13 +56,6 @@ def _module():
             _cuda = None
         _backend = _cuda
     return _backend
-
-
-def _set_backend(module):
-    """Install another backend module with the ``fastrnn._cuda`` interface (tests run the CUDA
-    kernels on the host emulator this way); None restores the built one. Returns nothing."""
-    global _backend, _loaded, _status
-    _backend, _loaded, _status = module, module is not None, None
 
 
 def reason():

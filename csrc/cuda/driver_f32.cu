@@ -4,12 +4,13 @@
 namespace fastrnn {
 namespace cuda {
 
-template void forward<float>(const Desc&, const LayerWeights<float>*, const float*, const float*, const float*, const std::int64_t*,
-                          const float*, float*, float*, float*, float*, void*, std::size_t, Stream);
-template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*, const float*, float*,
-                           const float*, const float*, const float*, float*, float*, float*, const LayerGrads<float>*,
-                           const BackwardOptions<float>&, void*, std::size_t, Stream);
-template bool uses_persistent_for<float>(const Desc&, bool, bool);
+using U = float;
+template void forward<U>(const Desc&, const LayerWeights<U>*, const U*, const U*, const U*, const std::int64_t*,
+                         const U*, U*, U*, U*, U*, void*, std::size_t, Stream);
+template void backward<U>(const Desc&, const LayerWeights<U>*, const U*, const std::int64_t*, const U*, U*, const U*,
+                          const U*, const U*, U*, U*, U*, const LayerGrads<U>*, const BackwardOptions<U>&, void*,
+                          std::size_t, Stream);
+template bool uses_persistent_for<U>(const Desc&, bool, bool);
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -4,12 +4,13 @@
 namespace fastrnn {
 namespace cuda {
 
-template void forward<double>(const Desc&, const LayerWeights<double>*, const double*, const double*, const double*, const std::int64_t*,
-                          const double*, double*, double*, double*, double*, void*, std::size_t, Stream);
-template void backward<double>(const Desc&, const LayerWeights<double>*, const double*, const std::int64_t*, const double*, double*,
-                           const double*, const double*, const double*, double*, double*, double*, const LayerGrads<double>*,
-                           const BackwardOptions<double>&, void*, std::size_t, Stream);
-template bool uses_persistent_for<double>(const Desc&, bool, bool);
+using U = double;
+template void forward<U>(const Desc&, const LayerWeights<U>*, const U*, const U*, const U*, const std::int64_t*,
+                         const U*, U*, U*, U*, U*, void*, std::size_t, Stream);
+template void backward<U>(const Desc&, const LayerWeights<U>*, const U*, const std::int64_t*, const U*, U*, const U*,
+                          const U*, const U*, U*, U*, U*, const LayerGrads<U>*, const BackwardOptions<U>&, void*,
+                          std::size_t, Stream);
+template bool uses_persistent_for<U>(const Desc&, bool, bool);
 
 }  // namespace cuda
 }  // namespace fastrnn

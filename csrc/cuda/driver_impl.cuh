@@ -58,19 +58,27 @@ void allow_smem(std::size_t smem) {
               "cudaFuncSetAttribute");
 }
 
+// Returns false only when a cooperative launch is refused because its blocks cannot all be
+// resident (e.g. the GPU is shared under MPS): nothing was enqueued and the caller falls back.
 template <class K>
-void launch(i64 blocks, int threads, std::size_t smem, Stream s, const typename K::Args& a, bool cooperative = false) {
-    if (blocks <= 0) return;
+bool launch(i64 blocks, int threads, std::size_t smem, Stream s, const typename K::Args& a, bool cooperative = false) {
+    if (blocks <= 0) return true;
     allow_smem<K>(smem);
     if (cooperative) {
         void* args[] = {const_cast<typename K::Args*>(&a)};
-        check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel_entry<K>), dim3(unsigned(blocks)),
-                                          dim3(unsigned(threads)), args, smem, native(s)),
-              "cudaLaunchCooperativeKernel");
+        const cudaError_t e = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel_entry<K>),
+                                                          dim3(unsigned(blocks)), dim3(unsigned(threads)), args, smem,
+                                                          native(s));
+        if (e == cudaErrorCooperativeLaunchTooLarge) {
+            cudaGetLastError();
+            return false;
+        }
+        check(e, "cudaLaunchCooperativeKernel");
     } else {
         kernel_entry<K><<<dim3(unsigned(blocks)), dim3(unsigned(threads)), smem, native(s)>>>(a);
         check(cudaGetLastError(), "kernel launch");
     }
+    return true;
 }
 
 inline DeviceProps query_props(int dev) {
@@ -105,8 +113,9 @@ inline int current_device() {
 #else  // host emulator
 
 template <class K>
-void launch(i64 blocks, int threads, std::size_t smem, Stream, const typename K::Args& a, bool cooperative = false) {
+bool launch(i64 blocks, int threads, std::size_t smem, Stream, const typename K::Args& a, bool cooperative = false) {
     emu::launch(blocks, threads, smem, cooperative, [&] { K::run(a); });
+    return true;
 }
 
 // The emulated device: a small GPU, so that tests see the persistent kernel refused when it
@@ -290,7 +299,7 @@ inline int persistent_mode() {  // 0 never, 1 whenever it fits, 2 auto
 
 struct Plan {
     bool persistent;
-    std::size_t smem;
+    std::size_t smem_persistent, smem_step;  // dynamic shared memory of the two kinds of kernel
 };
 
 template <class K>
@@ -308,45 +317,43 @@ template <class Cell, bool Train, class T>
 Plan forward_plan(const Desc& d) {
     const std::size_t smem = StepSmem<T>::bytes(false, d.H * Cell::gates * kUnits);
     const bool p = want_persistent(d) && persistent_fits<ForwardPersistent<Cell, Train, T>>(d.D * unit_tiles(d), smem);
-    return Plan{p, p ? smem : StepSmem<T>::bytes(false, 0)};
+    return Plan{p, smem, StepSmem<T>::bytes(false, 0)};
 }
 
 template <class Cell, class T>
 Plan backward_plan(const Desc& d, bool diag) {
     const std::size_t smem = StepSmem<T>::bytes(diag, Cell::gates * d.H * kUnits);
     const bool p = want_persistent(d) && persistent_fits<BackwardPersistent<Cell, T>>(d.D * unit_tiles(d), smem);
-    return Plan{p, p ? smem : StepSmem<T>::bytes(diag, 0)};
+    return Plan{p, smem, StepSmem<T>::bytes(diag, 0)};
 }
 
 template <class Cell, bool Train, class T>
 void run_forward(const StepArgs<T>& a, const Desc& d, const Plan& plan, Stream s) {
-    if (plan.persistent) {
-        launch<ForwardPersistent<Cell, Train, T>>(d.D * a.unit_tiles, kUnits, plan.smem, s, a, true);
+    if (plan.persistent && launch<ForwardPersistent<Cell, Train, T>>(d.D * a.unit_tiles, kUnits, plan.smem_persistent,
+                                                                       s, a, true))
         return;
-    }
     const i64 blocks = d.D * a.row_tiles * a.unit_tiles;
     StepArgs<T> b = a;
     for (i64 step = 0; step < d.T; ++step) {
         b.s = step;
-        launch<ForwardStep<Cell, Train, 0, T>>(blocks, kUnits, plan.smem, s, b);
-        if constexpr (Cell::two_phase) launch<ForwardStep<Cell, Train, 1, T>>(blocks, kUnits, plan.smem, s, b);
+        launch<ForwardStep<Cell, Train, 0, T>>(blocks, kUnits, plan.smem_step, s, b);
+        if constexpr (Cell::two_phase) launch<ForwardStep<Cell, Train, 1, T>>(blocks, kUnits, plan.smem_step, s, b);
     }
 }
 
 template <class Cell, class T>
 void run_backward(const StepArgs<T>& a, const Desc& d, const Plan& plan, Stream s) {
-    if (plan.persistent) {
-        launch<BackwardPersistent<Cell, T>>(d.D * a.unit_tiles, kUnits, plan.smem, s, a, true);
+    if (plan.persistent &&
+        launch<BackwardPersistent<Cell, T>>(d.D * a.unit_tiles, kUnits, plan.smem_persistent, s, a, true))
         return;
-    }
     const i64 blocks = d.D * a.row_tiles * a.unit_tiles;
     StepArgs<T> b = a;
     for (i64 step = 0; step < d.T; ++step) {
         b.s = step;
-        launch<BackwardStep<Cell, 0, T>>(blocks, kUnits, plan.smem, s, b);
-        if constexpr (Cell::two_phase) launch<BackwardStep<Cell, 1, T>>(blocks, kUnits, plan.smem, s, b);
+        launch<BackwardStep<Cell, 0, T>>(blocks, kUnits, plan.smem_step, s, b);
+        if constexpr (Cell::two_phase) launch<BackwardStep<Cell, 1, T>>(blocks, kUnits, plan.smem_step, s, b);
     }
-    launch<BackwardFinal<Cell, T>>(blocks, kUnits, plan.smem, s, b);
+    launch<BackwardFinal<Cell, T>>(blocks, kUnits, plan.smem_step, s, b);
 }
 
 // ---------------------------------------------------------------- forward
@@ -409,7 +416,8 @@ void forward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const T* 
             if (has_c) copy(c_n + s_idx * NH, a.rec[dir].c, sizeof(T) * NH, stream);
         }
         if (train && masks && l < d.L - 1)
-            launch_elementwise<Multiply<T>>(TN * DH, stream, {Y, masks + l * TN * DH, cache + lay.dropped_input(l), TN * DH});
+            launch_elementwise<Multiply<T>>(TN * DH, stream,
+                                            {Y, masks + l * TN * DH, cache + lay.dropped_input(l), TN * DH});
     }
     if (train) {
         copy(out, cache + lay.y(d.L - 1), sizeof(T) * TN * DH, stream);
@@ -520,8 +528,8 @@ void backward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const st
             const T* none = nullptr;
             if (split_h) {  // GRU reset_after: W_hn h sees dn*r, kept in block 3
                 accumulate_w_hh(d, dir, lengths, 0, 2 * H, dgx, ld_dg, Yd, none, 0, r.h0, Gr.w_hh, ws.gather, stream);
-                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 3 * H, ld_dg, Yd, none, 0, r.h0, Gr.w_hh, ws.gather,
-                                stream);
+                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 3 * H, ld_dg, Yd, none, 0, r.h0, Gr.w_hh,
+                                ws.gather, stream);
             } else if (v1) {  // W_hn multiplies the cached r*h_{t-1} (block 3)
                 accumulate_w_hh(d, dir, lengths, 0, 2 * H, dgx, ld_dg, Yd, none, 0, r.h0, Gr.w_hh, ws.gather, stream);
                 accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 2 * H, ld_dg, Yd, r.gates + 3 * H, ld_dg, r.h0,

@@ -105,7 +105,8 @@ void run_group(Launch& L, std::int64_t first, std::int64_t count, std::size_t sm
             } else if (at_block > 0) {
                 throw std::logic_error("fastrnn CUDA emulator: block " + std::to_string(first + b) +
                                        ": __syncthreads reached by " + std::to_string(at_block) + " of " +
-                                       std::to_string(L.threads) + " threads (the others ended or wait at a grid barrier)");
+                                       std::to_string(L.threads) +
+                                       " threads (the others ended or wait at a grid barrier)");
             }
         }
         if (opened) continue;

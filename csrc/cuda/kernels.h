@@ -109,7 +109,8 @@ struct Gemm {
                 const i64 i = m0 + tr * kGT + x, j = n0 + tc * kGT + y;
                 if (i < g.M && j < g.N) {
                     T* c = g.C + i * g.ldc + j;
-                    *c = g.beta == T(0) ? g.alpha * acc[x][y] : g.alpha * acc[x][y] + g.beta * *c;  // beta 0: C may hold NaN
+                    // beta 0: C is not read (it may hold NaN patterns)
+                    *c = g.beta == T(0) ? g.alpha * acc[x][y] : g.alpha * acc[x][y] + g.beta * *c;
                 }
             }
     }
@@ -458,7 +459,8 @@ FASTRNN_DEV void backward_tile(const Recurrence<T>& r, const DiagSlots& diag, i6
             v[rr][1] = double(total) * double(total);
             if constexpr (Cell::has_c) v[rr][2] = double(r.dc[n * H + j]) * double(r.dc[n * H + j]);
             T dc_total = T(0);
-            Cell::template backward<Lane<T>>(backward_row<Cell>(r, t, n, j, &total, diag.partial ? &dc_total : nullptr), 1);
+            T* dct = diag.partial ? &dc_total : nullptr;
+            Cell::template backward<Lane<T>>(backward_row<Cell>(r, t, n, j, &total, dct), 1);
             v[rr][3] = double(dc_total) * double(dc_total);
         }
     if (diag.partial) reduce_diag(v, diag, t, unit_tile, N, p, red);

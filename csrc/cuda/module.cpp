@@ -89,7 +89,8 @@ void backward_impl(const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr l
     auto W = layer_pointers<const T, fastrnn::LayerWeights<T>>(d, ws, "weights");
     auto G = layer_pointers<T, fastrnn::LayerGrads<T>>(d, gs, "grads");
     if (dropout && d.L > 1 && masks == 0) throw std::invalid_argument("masks is required with dropout");
-    if ((carried_sq == 0) != (prev_state_sq == 0)) throw std::invalid_argument("carried_sq and prev_state_sq go together");
+    if ((carried_sq == 0) != (prev_state_sq == 0))
+        throw std::invalid_argument("carried_sq and prev_state_sq go together");
     fastrnn::BackwardOptions<T> opt;
     opt.retain = retain;
     opt.bptt_clip = T(bptt_clip);
@@ -153,7 +154,8 @@ PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
     m.def("copy_to_host", [](const py::buffer& dst, Ptr src, Ptr stream) {
         py::buffer_info info = contiguous_buffer(dst, true, "copy_to_host");
         py::gil_scoped_release release;
-        cu::copy(info.ptr, reinterpret_cast<const void*>(src), std::size_t(info.size * info.itemsize), stream_of(stream));
+        cu::copy(info.ptr, reinterpret_cast<const void*>(src), std::size_t(info.size * info.itemsize),
+                 stream_of(stream));
         cu::synchronize(stream_of(stream));
     });
     m.def("copy", [](Ptr dst, Ptr src, std::size_t bytes, Ptr stream) {
@@ -161,9 +163,10 @@ PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
     });
     m.def("copy_strided", [](Ptr dst, Ptr src, const std::vector<i64>& shape, const std::vector<i64>& strides,
                              int itemsize, Ptr stream) {
-        if (shape.size() != strides.size()) throw std::invalid_argument("copy_strided: shape and strides differ in length");
-        cu::copy_strided(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), int(shape.size()), shape.data(),
-                         strides.data(), itemsize, stream_of(stream));
+        if (shape.size() != strides.size())
+            throw std::invalid_argument("copy_strided: shape and strides differ in length");
+        cu::copy_strided(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), int(shape.size()),
+                         shape.data(), strides.data(), itemsize, stream_of(stream));
     });
     m.def("forward_workspace_bytes", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
                                         bool training, bool double_precision) {

@@ -22,7 +22,9 @@ int device_count(std::string* why) {
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        if (why) *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+        if (why)
+            *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                   ")";
         return 0;
     }
     if (n == 0 && why) *why = "no CUDA device is visible (cudaGetDeviceCount returned 0)";
@@ -141,7 +143,8 @@ std::int64_t forward_workspace_bytes(const Desc& d, bool training, bool double_p
 }
 
 std::int64_t backward_workspace_bytes(const Desc& d, bool retain, bool diagnostics, bool double_precision) {
-    return double_precision ? backward_bytes<double>(d, retain, diagnostics) : backward_bytes<float>(d, retain, diagnostics);
+    return double_precision ? backward_bytes<double>(d, retain, diagnostics)
+                            : backward_bytes<float>(d, retain, diagnostics);
 }
 
 bool uses_persistent(const Desc& d, bool forward, bool diagnostics, bool double_precision) {

@@ -275,6 +275,11 @@ class DeviceArray:
         _require("DeviceArray.contiguous").copy_strided(out.ptr, self.ptr, shape, strides, self.dtype.itemsize, 0)
         return out
 
+    def __array__(self, dtype=None, copy=None):
+        """NumPy functions see a host copy (``np.asarray(a)`` copies from the GPU)."""
+        a = self.get()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
     def get(self):
         """A NumPy copy of the array."""
         src = self.contiguous()

@@ -511,6 +511,7 @@ def test_device_array_views_and_copies(backend):
     assert not t.is_c_contiguous and t.shape == (4, 3, 2)
     np.testing.assert_array_equal(t.get(), a.swapaxes(0, 2))
     np.testing.assert_array_equal(t.contiguous().get(), a.swapaxes(0, 2))
+    np.testing.assert_array_equal(np.asarray(t, np.float64), a.swapaxes(0, 2))  # __array__: a host copy
     np.testing.assert_array_equal(d[1].get(), a[1])
     np.testing.assert_array_equal(d[:, None, :].get(), a[:, None, :])
     np.testing.assert_array_equal(d[-1, :, 2].get(), a[-1, :, 2])

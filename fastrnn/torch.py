@@ -249,6 +249,7 @@ class _FastRNNBase:
 
         if packed:  # to the padded time-major layout of the core, in the original batch order
             rows, lengths, T, N = _packed_layout(input)
+            rows = rows.to(data.device)
             x = data.new_zeros(T * N, data.shape[-1]).index_copy(0, rows, data).view(T, N, -1)
         else:
             x, lengths = data, None

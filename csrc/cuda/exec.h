@@ -11,9 +11,11 @@
 #if defined(__CUDACC__)
 #include <cooperative_groups.h>
 #define FASTRNN_DEV __device__ __forceinline__
+#define FASTRNN_UNROLL _Pragma("unroll")
 #elif defined(FASTRNN_CUDA_EMULATE)
 #include "emu.h"
 #define FASTRNN_DEV inline
+#define FASTRNN_UNROLL
 #else
 #error "csrc/cuda is compiled by nvcc, or by a host compiler with FASTRNN_CUDA_EMULATE"
 #endif

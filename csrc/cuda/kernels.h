@@ -270,11 +270,15 @@ FASTRNN_DEV void tile_product(T (&acc)[kBN][NG], const T* A, i64 lda, i64 K, i64
         if (active)
             for (int kk = 0; kk < kc; ++kk) {
                 T w[NG];
+                FASTRNN_UNROLL
                 for (int q = 0; q < NG; ++q) w[q] = b.p[(k0 + kk) * b.ld + q * b.gs + u];
-                for (int r = 0; r < kBN; ++r) {
-                    const T a = As[r * kBK + kk];
-                    for (int q = 0; q < NG; ++q) acc[r][q] += a * w[q];
-                }
+                FASTRNN_UNROLL
+                for (int r = 0; r < kBN; ++r)
+                    if (r < nrows) {  // uniform in the block; unrolled, so acc stays in registers
+                        const T a = As[r * kBK + kk];
+                        FASTRNN_UNROLL
+                        for (int q = 0; q < NG; ++q) acc[r][q] += a * w[q];
+                    }
             }
         sync_block();
     }

@@ -350,7 +350,8 @@ def test_cache_records_and_gradients_match_cpu_core(backend, kernels, cell, dtyp
     sat_c, first_c = F.forward_stats(ctx_c)
     sat_g, first_g = F.forward_stats(ctx_g)
     np.testing.assert_array_equal(np.isnan(sat_g), np.isnan(sat_c))
-    np.testing.assert_allclose(sat_g, sat_c, atol=1e-12) if dtype == np.float64 else None
+    if dtype == np.float64:  # in float32 a gate at a saturation threshold may land on either side
+        np.testing.assert_allclose(sat_g, sat_c, atol=1e-12)
     assert first_c is None and first_g is None
     rng = np.random.default_rng(1)
     go = rng.standard_normal((7, 5, 12)).astype(dtype)

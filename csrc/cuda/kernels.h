@@ -13,6 +13,7 @@
 // The cell math is the CPU's: csrc/cells/*.h compiled for the device with the scalar vector type
 // (FASTRNN_HD). Tiles: a block owns kUnits consecutive hidden units (one thread each, all gates of
 // its unit) and kBN rows of the batch; each thread keeps kBN x gates accumulators in registers.
+// No atomics: every sum runs in a fixed order, so results are bitwise reproducible run to run.
 #pragma once
 #include <cstdint>
 
@@ -337,9 +338,18 @@ FASTRNN_DEV void forward_tile(const Recurrence<T>& r, i64 s, const TilePos& p, O
             continue;
         }
         T* grow = r.gates + (t * N + n) * r.ld_gates + j;
-        const FwdRow<T> row{grow, acc[rr], 1, r.bias + j, r.bhn ? r.bhn + j : nullptr, h_prev + n * H + j,
-                            h_next + n * H + j, r.c ? r.c + n * H + j : nullptr, r.y + (t * N + n) * r.ld_y + j, grow,
-                            r.c_hist ? r.c_hist + (t * N + n) * H + j : nullptr, nullptr, H};
+        FwdRow<T> row{};  // fields by name: csrc/cells/rows.h may grow
+        row.xp = row.gates = grow;
+        row.hp = acc[rr];
+        row.hs = 1;
+        row.bias = r.bias + j;
+        row.bhn = r.bhn ? r.bhn + j : nullptr;
+        row.h_prev = h_prev + n * H + j;
+        row.h = h_next + n * H + j;
+        row.c = r.c ? r.c + n * H + j : nullptr;
+        row.y = r.y + (t * N + n) * r.ld_y + j;
+        row.c_hist = r.c_hist ? r.c_hist + (t * N + n) * H + j : nullptr;
+        row.H = H;
         Cell::template forward<Train, Lane<T>>(row, 1);
     }
 }
@@ -363,8 +373,14 @@ FASTRNN_DEV void forward_rz_tile(const Recurrence<T>& r, i64 s, const TilePos& p
             grow[0] = grow[H] = *rh = T(0);
             continue;
         }
-        const FwdRow<T> row{grow, acc[rr], 1, r.bias + j, nullptr, h_prev + n * H + j, nullptr, nullptr, nullptr,
-                            grow, nullptr, rh, H};
+        FwdRow<T> row{};
+        row.xp = row.gates = grow;
+        row.hp = acc[rr];
+        row.hs = 1;
+        row.bias = r.bias + j;
+        row.h_prev = h_prev + n * H + j;
+        row.rh = rh;
+        row.H = H;
         Cell::template forward_rz<Lane<T>>(row, 1);
     }
 }
@@ -401,19 +417,20 @@ FASTRNN_DEV BwdRow<T> backward_row(const Recurrence<T>& r, i64 t, i64 n, i64 j, 
     const T* h_prev = prev_in_seq ? r.y + (tf * N + n) * r.ld_y + j : r.h0 + n * H + j;
     const T* c_prev = nullptr;
     if constexpr (Cell::has_c) c_prev = prev_in_seq ? r.c_hist + (tf * N + n) * H + j : r.c0 + n * H + j;
-    return BwdRow<T>{r.gates + (t * N + n) * r.ld_gates + j,
-                     r.dgates + (t * N + n) * r.ld_dgates + j,
-                     Cell::has_c ? r.c_hist + (t * N + n) * H + j : nullptr,
-                     c_prev,
-                     h_prev,
-                     r.y + (t * N + n) * r.ld_y + j,
-                     dh_total,
-                     r.dh + n * H + j,
-                     r.dc ? r.dc + n * H + j : nullptr,
-                     nullptr,
-                     dc_total,
-                     r.bptt_clip,
-                     H};
+    BwdRow<T> row{};  // fields by name: csrc/cells/rows.h may grow
+    row.gates = r.gates + (t * N + n) * r.ld_gates + j;
+    row.dgates = r.dgates + (t * N + n) * r.ld_dgates + j;
+    row.c = Cell::has_c ? r.c_hist + (t * N + n) * H + j : nullptr;
+    row.c_prev = c_prev;
+    row.h_prev = h_prev;
+    row.h = r.y + (t * N + n) * r.ld_y + j;
+    row.dh = dh_total;
+    row.dh_carry = r.dh + n * H + j;
+    row.dc = r.dc ? r.dc + n * H + j : nullptr;
+    row.dc_total = dc_total;
+    row.clip = r.bptt_clip;
+    row.H = H;
+    return row;
 }
 
 // Sums each row's kDiagValues over the block's units, in unit order, into the step's slots.

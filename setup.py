@@ -127,7 +127,8 @@ def cuda_lib_dir(nvcc):
 def nvcc_flags():
     archs = [a for a in re.split(r"[;, ]+", os.environ.get("FASTRNN_CUDA_ARCHS", "80;90").strip()) if a]
     if not archs or not all(re.fullmatch(r"\d+a?", a) for a in archs):
-        raise RuntimeError(f"FASTRNN_CUDA_ARCHS={os.environ.get('FASTRNN_CUDA_ARCHS')!r}: expected numbers like '80;90'")
+        raise RuntimeError(f"FASTRNN_CUDA_ARCHS={os.environ.get('FASTRNN_CUDA_ARCHS')!r}: "
+                           "expected numbers like '80;90'")
     flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     flags.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX: newer GPUs JIT it
     host = ["-ccbin", os.environ["CUDAHOSTCXX"]] if os.environ.get("CUDAHOSTCXX") else []
@@ -200,8 +201,9 @@ class BuildExt(build_ext):
             for cmd in jobs:
                 print("[cuda]", " ".join(cmd))
             if not self.dry_run:
+                run = lambda cmd: subprocess.run(cmd, capture_output=True, text=True)  # noqa: E731
                 with ThreadPoolExecutor(int(os.environ.get("FASTRNN_BUILD_JOBS", 2))) as pool:
-                    for cmd, res in zip(jobs, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), jobs)):
+                    for cmd, res in zip(jobs, pool.map(run, jobs)):
                         if res.returncode:
                             raise RuntimeError(f"nvcc failed on {cmd[2]}:\n{res.stdout}{res.stderr}")
             if "cudart_static" not in ext.libraries:

@@ -28,6 +28,7 @@ struct RNNCell {
             W h = Relu ? vrelu(pre) : vtanh(pre);
             h.store(r.h + j);
             h.store(r.y + j);
+            if (r.hr) (h * W::load(r.rmask + j)).store(r.hr + j);  // recurrent dropout
         });
     }
 

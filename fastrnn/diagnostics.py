@@ -127,9 +127,13 @@ def _spectra_unchecked(params, num_layers, num_directions, hidden_size):
     sigma = np.empty((L, D))
     for l in range(L):
         for d in range(D):
-            w = np.asarray(params[f"weight_hh_l{l}" + ("_reverse" if d else "")], np.float64)
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            w = np.asarray(params["weight_hh" + sfx], np.float64)
+            # LSTMP: the state is W_hr m, so a gate's unit-to-unit map is W_hh,g W_hr [H, H].
+            w_hr = params.get("weight_hr" + sfx)
             for g in range(G):
-                rho[l, d, g] = spectral_radius(w[g * H:(g + 1) * H])
+                block = w[g * H:(g + 1) * H]
+                rho[l, d, g] = spectral_radius(block if w_hr is None else block @ np.asarray(w_hr, np.float64))
             sigma[l, d] = largest_singular_value(w)
     return rho, sigma
 

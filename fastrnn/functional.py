@@ -239,7 +239,10 @@ def _check_noise(noise, where, dtype, shapes):
 
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
              training, rng, reset_after, where, masks=None, proj_size=0, peephole=False, layer_norm=False,
-             recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0, noise=None):
+             recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0, noise=None,
+             sample_noise=True):
+    # sample_noise=False: a training forward (a cache for backward) with the regularizers in their
+    # inference form (the torch front end differentiating a module in eval mode).
     num_layers = V.check_positive_int(num_layers, "num_layers", where)
     dropout = V.check_dropout(dropout, where)
     rec_p = _check_rate(recurrent_dropout, "recurrent_dropout", where)
@@ -317,7 +320,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
             raise ValueError(f"{where}: noise masks given for an inference forward (training=False)")
         noise = _check_noise(noise, where, dtype, {"rec_mask": (S, N, K), "zh_mask": (S, T, N, K),
                                                   "zc_mask": (S, T, N, H), "w_mask": (S, G * H, K)})
-    elif training:
+    elif training and sample_noise:
         if rec_p or zoneout_h or zoneout_c or wd:
             gen = gen or (rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng))
         noise = _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zoneout_h, zoneout_c, wd)

@@ -152,9 +152,14 @@ def _check_params(where, cell, params, num_layers, bidirectional, bias, proj_siz
     return dtype, C, H, [n for n, _ in shapes], arrays
 
 
-def _group(names, arrays):
+def _group(arrays, bias, names=None):
     """Per layer-direction tuples in the core's order: (w_ih, w_hh, b_ih, b_hh), then, when a
-    variant is on, its tensors (``_VARIANT_NAMES`` order; None for the absent ones)."""
+    variant is on, its tensors (``_VARIANT_NAMES`` order; None for the absent ones). Without
+    `names`, `arrays` is the plain cells' torch-ordered list."""
+    if names is None:
+        step = 4 if bias else 2
+        return [tuple(arrays[i:i + 4]) if bias else (arrays[i], arrays[i + 1], None, None)
+                for i in range(0, len(arrays), step)]
     out = []
     for name, a in zip(names, arrays):
         base = name.rpartition("_l")[0]
@@ -305,7 +310,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
             raise ValueError(f"{where}: masks given but dropout does not apply "
                              "(it needs training=True, dropout > 0 and num_layers > 1)")
         masks = V.float_array(masks, dtype, where, "masks")
-        V.expect_shape(masks, (L - 1, T, N, D * K), where, "masks", ("L-1", "T", "N", "D*K"))
+        V.expect_shape(masks, (L - 1, T, N, D * K), where, "masks", ("L-1", "T", "N", "D*K" if proj_size else "D*H"))
         masks = V.contiguous(masks)
     elif use_dropout:
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -335,7 +340,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
     cache = None
     if training:
         cache = np.empty(_C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout, variant), dtype)
-    weights = _group(names, arrays)
+    weights = _group(arrays, bias, names)
     _C.forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
                out, h_n, c_n, cache, variant, noise)
 
@@ -422,7 +427,7 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
             if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != dtype or not g.flags.c_contiguous \
                     or not g.flags.writeable:
                 raise ValueError(f"{where}: grads[{name!r}] must be a writable C-contiguous {dtype} array of shape {w.shape}")
-    grad_list = _group(ctx.names, [grads[n] for n in ctx.names])
+    grad_list = _group([grads[n] for n in ctx.names], ctx.bias, ctx.names)
     S = ctx.L * ctx.D
     grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
     grad_h0 = np.empty((S, ctx.N, ctx.K), dtype)

@@ -121,7 +121,7 @@ struct Recurrence {
     bool z_rows;                   // zh/zc are per-(t, n) masks (else a single row, reused)
     const T* ln_hh; const T* ln_c_w; const T* ln_c_b;  // LayerNorm gains/bias
     double* stats;                 // LayerNorm: per-row partials of each unit block [N, nblk, 2]
-    T* ln_raw;                     // LayerNorm inference: the raw recurrent projection [N, G*H]
+    T* ln_raw;                     // LayerNorm forward: the raw recurrent projection [N, G*H]
     T* ln_work;                    // LayerNorm LSTM: c~ (inference forward), dL/d(normalized c) (backward) [N, H]
     T* g_ln_hh; T* g_ln_c_w; T* g_ln_c_b;  // LayerNorm backward: gradients, added by each unit's owner
 
@@ -170,6 +170,12 @@ struct KernelSet {
     void (*pack_forward)(const T* w, std::int64_t G, std::int64_t H, std::int64_t K, T* out);
     // Backward: W [R, K] to panels [K/nr][R][nr], panel b holding columns b*nr + j.
     void (*pack_backward)(const T* w, std::int64_t R, std::int64_t K, T* out);
+    // LayerNorm of whole rows (the hoisted input projection of LayerNorm cells) and its
+    // backward; x^ and 1/sigma go to columns xhat and rstd of each row (csrc/kernels/steps.h).
+    void (*ln_rows)(T* rows, std::int64_t n_rows, std::int64_t ld, std::int64_t width, const T* gain,
+                    std::int64_t xhat, std::int64_t rstd, bool train);
+    void (*ln_rows_backward)(const T* rows, T* drows, std::int64_t n_rows, std::int64_t ld, std::int64_t width,
+                             const T* gain, T* g_gain, std::int64_t xhat, std::int64_t rstd);
     CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
     // Variants: peephole LSTM, LSTMP (with and without peepholes), LayerNorm LSTM and GRU.
     CellKernels<T> lstm_peep, lstmp, lstmp_peep, ln_lstm, ln_gru;

@@ -268,49 +268,6 @@ const T* effective_w_hh(const T* w_hh, const T* mask, i64 n, T* buf) {
     return buf;
 }
 
-// LayerNorm of the hoisted input projection, per row over its G*H pre-activations: the rows
-// then hold gain * x^ (what the cells add); training keeps x^ and 1/sigma for backward.
-template <class T>
-void layer_norm_rows(T* rows, i64 n_rows, i64 ld, i64 width, const T* gain, const RowLayout& lay, bool train) {
-    constexpr double eps = 1e-5;  // kLayerNormEps of csrc/cells/layernorm.h
-    for (i64 r = 0; r < n_rows; ++r) {
-        T* v = rows + r * ld;
-        double mean = 0, m2 = 0;
-        for (i64 j = 0; j < width; ++j) mean += double(v[j]);
-        mean /= double(width);
-        for (i64 j = 0; j < width; ++j) m2 += (double(v[j]) - mean) * (double(v[j]) - mean);
-        const double rstd = 1.0 / std::sqrt(m2 / double(width) + eps);
-        const T mu = T(mean), rs = T(rstd);
-        for (i64 j = 0; j < width; ++j) {
-            const T xh = (v[j] - mu) * rs;
-            if (train) v[lay.xhat_ih + j] = xh;
-            v[j] = gain[j] * xh;
-        }
-        if (train) v[lay.rstd] = rs;
-    }
-}
-
-// Backward of layer_norm_rows: dL/d(W_ih x) (into the x^ block of `drows`) from the gradient of
-// the pre-activations dv (the first `width` columns of `drows`); adds the gain's gradient.
-template <class T>
-void layer_norm_rows_backward(const T* rows, T* drows, i64 n_rows, i64 ld, i64 width, const T* gain, T* g_gain,
-                              const RowLayout& lay) {
-    for (i64 r = 0; r < n_rows; ++r) {
-        const T* xh = rows + r * ld + lay.xhat_ih;
-        T* dv = drows + r * ld;
-        double s1 = 0, s2 = 0;
-        for (i64 j = 0; j < width; ++j) {
-            const double a = double(dv[j]) * double(gain[j]);
-            s1 += a;
-            s2 += a * double(xh[j]);
-            g_gain[j] += dv[j] * xh[j];
-        }
-        const T m1 = T(s1 / double(width)), m2 = T(s2 / double(width)), rstd = rows[r * ld + lay.rstd];
-        T* out = dv + lay.xhat_ih;
-        for (i64 j = 0; j < width; ++j) out[j] = rstd * (dv[j] * gain[j] - m1 - xh[j] * m2);
-    }
-}
-
 // Forward scratch: per direction the input projection (when the cache does not hold it), the
 // packed W_hh (and W_hr), biases, states and the variants' buffers; per thread a tile;
 // inference with several layers ping-pongs the intermediate outputs. `regularized`: room for
@@ -337,7 +294,7 @@ struct ForwardScratch {
             c[dir] = cv.take(cell_has_c(d) ? NH : 0);
             rh[dir] = cv.take(gru_v1(d) && !train ? NH : 0);
             m[dir] = cv.take(d.P > 0 && !train ? NH : 0);
-            ln_raw[dir] = cv.take(d.layer_norm && !train ? d.N * GH : 0);
+            ln_raw[dir] = cv.take(d.layer_norm ? d.N * GH : 0);
             ln_work[dir] = cv.take(d.layer_norm ? NH : 0);
             w_eff[dir] = cv.take(regularized ? GH * K : 0);
             stats[dir] = take_doubles(cv, d.layer_norm ? 2 * d.N * nblk * 2 : 0);
@@ -591,7 +548,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
 
             // Hoisted input projection for all T*N rows (BLAS), W_hh packed for the microkernel.
             gemm<T>(false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(0), r.gates, r.ld_gates);
-            if (d.layer_norm) layer_norm_rows(r.gates, TN, r.ld_gates, GH, W.ln_ih, lay.row, train);
+            if (d.layer_norm) ks.ln_rows(r.gates, TN, r.ld_gates, GH, W.ln_ih, lay.row.xhat_ih, lay.row.rstd, train);
             const T* w_hh = effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
             ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
             if (d.P > 0) ks.pack_forward(W.w_hr, 1, K, H, ws.packed_hr[dir]);
@@ -739,7 +696,7 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
             const T* dv = r.dgates;
             const T* dgx = dv;
             if (d.layer_norm) {
-                layer_norm_rows_backward(r.gates, r.dgates, TN, ld_dg, GH, W.ln_ih, Gr.ln_ih, lay.row);
+                ks.ln_rows_backward(r.gates, r.dgates, TN, ld_dg, GH, W.ln_ih, Gr.ln_ih, lay.row.xhat_ih, lay.row.rstd);
                 dgx = r.dgates + lay.row.xhat_ih;
             }
             gemm<T>(true, false, GH, C_l, TN, T(1), dgx, ld_dg, X, C_l, T(1), Gr.w_ih, C_l);

@@ -115,48 +115,86 @@ void recurrent_grad(const Recurrence<T>& r, T* tile, i64 s, i64 b, i64 bb) {
 
 // ---------------------------------------------------------------- LayerNorm statistics
 
-// Mean and M2 (sum of squared deviations) of `cnt` values of each of `ng` gates (stride gs),
-// in double: one unit block's partial statistics of a row.
-template <class T>
+// Sum of a vector's lanes in lane order (the same arithmetic on every thread).
+template <class V>
+inline typename V::value_type sum_lanes(V v) {
+    using T = typename V::value_type;
+    T buf[V::width];
+    v.store(buf);
+    T s = buf[0];
+    for (int i = 1; i < V::width; ++i) s += buf[i];
+    return s;
+}
+
+// Mean and M2 (sum of squared deviations from it) of `cnt` values of each of `ng` gates
+// (stride gs), two passes with vector accumulators: one unit block's partial statistics of a
+// row. Blocks start at multiples of the panel width, so the vector/tail split of a block does
+// not depend on the thread partition.
+template <class V, class T>
 inline void block_moments(const T* p, i64 gs, int ng, i64 cnt, double* out) {
-    double sum = 0;
-    for (int q = 0; q < ng; ++q)
-        for (i64 j = 0; j < cnt; ++j) sum += double(p[q * gs + j]);
-    const double mean = sum / double(ng * cnt);
-    double m2 = 0;
-    for (int q = 0; q < ng; ++q)
-        for (i64 j = 0; j < cnt; ++j) {
-            const double e = double(p[q * gs + j]) - mean;
-            m2 += e * e;
+    constexpr int Wd = V::width;
+    const i64 nv = Wd > 1 ? cnt / Wd * Wd : 0;
+    V acc = V::zero();
+    T tail = T(0);
+    for (int q = 0; q < ng; ++q) {
+        const T* a = p + q * gs;
+        for (i64 j = 0; j < nv; j += Wd) acc = acc + V::load(a + j);
+        for (i64 j = nv; j < cnt; ++j) tail += a[j];
+    }
+    const T mean = (sum_lanes(acc) + tail) / T(ng * cnt);
+    const V m = V::set1(mean);
+    acc = V::zero();
+    tail = T(0);
+    for (int q = 0; q < ng; ++q) {
+        const T* a = p + q * gs;
+        for (i64 j = 0; j < nv; j += Wd) {
+            const V d = V::load(a + j) - m;
+            acc = fmadd(d, d, acc);
         }
-    out[0] = mean;
-    out[1] = m2;
+        for (i64 j = nv; j < cnt; ++j) tail += (a[j] - mean) * (a[j] - mean);
+    }
+    out[0] = double(mean);
+    out[1] = double(sum_lanes(acc) + tail);
 }
 
-// Sums of a*w and a*w*x over `ng` gates of `cnt` units: a block's partial sums of a LN backward.
-template <class T>
+// Sums of a*w and a*w*x over `ng` gates of `cnt` units (gate q of a at blk[q]*H, of w and x at
+// q*H; w null: 1): a block's partial sums of a LN backward.
+template <class V, class T>
 inline void block_sums(const T* a, const int* blk, i64 H, const T* w, const T* x, int ng, i64 cnt, double* out) {
-    double s1 = 0, s2 = 0;
-    for (int q = 0; q < ng; ++q)
-        for (i64 j = 0; j < cnt; ++j) {
-            const double v = double(a[blk[q] * H + j]) * double(w ? w[q * H + j] : T(1));
-            s1 += v;
-            s2 += v * double(x[q * H + j]);
+    constexpr int Wd = V::width;
+    const i64 nv = Wd > 1 ? cnt / Wd * Wd : 0;
+    V s1 = V::zero(), s2 = V::zero();
+    T t1 = T(0), t2 = T(0);
+    for (int q = 0; q < ng; ++q) {
+        const T *aq = a + blk[q] * H, *wq = w ? w + q * H : nullptr, *xq = x + q * H;
+        for (i64 j = 0; j < nv; j += Wd) {
+            const V v = wq ? V::load(aq + j) * V::load(wq + j) : V::load(aq + j);
+            s1 = s1 + v;
+            s2 = fmadd(v, V::load(xq + j), s2);
         }
-    out[0] = s1;
-    out[1] = s2;
+        for (i64 j = nv; j < cnt; ++j) {
+            const T v = wq ? aq[j] * wq[j] : aq[j];
+            t1 += v;
+            t2 += v * xq[j];
+        }
+    }
+    out[0] = double(sum_lanes(s1) + t1);
+    out[1] = double(sum_lanes(s2) + t2);
 }
 
-// Combines the (mean, M2) partials of blocks 0..nblk-1 of one row in block order (Chan et al.'s
-// pairwise update): the same arithmetic on every thread, whatever the partition.
+// Chan et al.'s pairwise update of (count, mean, M2) by a block's (count, mean, M2).
+inline void chan_update(double& n, double& mu, double& m2, double nb, double mb, double m2b) {
+    const double d = mb - mu, tot = n + nb;
+    mu += d * nb / tot;
+    m2 += m2b + d * d * n * nb / tot;
+    n = tot;
+}
+
+// Combines the (mean, M2) partials of blocks 0..nblk-1 of one row in block order: the same
+// arithmetic on every thread, whatever the partition. Returns the mean and 1/sqrt(var + eps).
 inline void combine_moments(const double* st, i64 nblk, i64 H, int NR, int ng, double& mean, double& rstd) {
     double n = 0, mu = 0, m2 = 0;
-    for (i64 b = 0; b < nblk; ++b) {
-        const double nb = double(ng * std::min<i64>(NR, H - b * NR)), mb = st[2 * b], d = mb - mu, tot = n + nb;
-        mu += d * nb / tot;
-        m2 += st[2 * b + 1] + d * d * n * nb / tot;
-        n = tot;
-    }
+    for (i64 b = 0; b < nblk; ++b) chan_update(n, mu, m2, double(ng * std::min<i64>(NR, H - b * NR)), st[2 * b], st[2 * b + 1]);
     mean = mu;
     rstd = 1.0 / std::sqrt(m2 / n + kLayerNormEps);
 }
@@ -178,11 +216,10 @@ inline double* stats_of(const Recurrence<T>& r, int set, i64 n, i64 nblk) { retu
 
 // ---------------------------------------------------------------- forward
 
-// Where the raw (training: then normalized) recurrent projection of a LayerNorm row goes.
+// The raw recurrent projection of a LayerNorm row, from the first phase to the second (a small
+// scratch that stays in cache; training keeps the normalized values in the cache row).
 template <class T>
-inline T* xhh_row(const Recurrence<T>& r, i64 t, i64 n) {
-    return r.train ? r.gates + (t * r.N + n) * r.ld_gates + r.row.xhat_hh : r.ln_raw + n * r.G * r.H;
-}
+inline T* raw_row(const Recurrence<T>& r, i64 n) { return r.ln_raw + n * r.G * r.H; }
 
 // Padded row in a phase over cell units: the state is held, the output is zero, the cache row
 // is zeroed (LSTMP holds its state in the projection phase; its m_t row is zeroed here).
@@ -334,7 +371,7 @@ void proj_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) 
 }
 
 // LayerNorm, first phase: the recurrent GEMM of own units and its per-block row statistics.
-template <class Cell, class GV, bool Train, class T>
+template <class Cell, class GV, class CV, bool Train, class T>
 void ln_stats_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) {
     constexpr int NR = panel_width<GV>(), G = Cell::gates;
     constexpr i64 UG = units_group(G);
@@ -344,11 +381,11 @@ void ln_stats_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
         forward_gemm<GV>(N, tc.tile, gemm_input(r, s), K, r.packed, nblk, K, 0, G, b, bb);
         for (i64 n = 0; n < N; ++n) {
             if (!row_valid(r.lengths, n, t)) continue;
-            T* raw = xhh_row(r, t, n) + u0;
+            T* raw = raw_row(r, n) + u0;
             const T* tr = tc.tile + n * G * hs;
             for (int q = 0; q < G; ++q) copy_units(raw + q * H, tr + q * hs, cnt);
             for (i64 u = 0; u < bb && u * NR < cnt; ++u)
-                block_moments(raw + u * NR, H, G, std::min<i64>(NR, cnt - u * NR), stats_of(r, 0, n, nblk) + 2 * (b + u));
+                block_moments<CV>(raw + u * NR, H, G, std::min<i64>(NR, cnt - u * NR), stats_of(r, 0, n, nblk) + 2 * (b + u));
         }
     }
 }
@@ -375,16 +412,20 @@ void ln_gates_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
             combine_moments(stats_of(r, 0, n, nblk), nblk, H, NR, G, mean, rstd);
             T* base = r.gates + (t * N + n) * r.ld_gates;
             if (Train && b == 0) base[r.row.rstd + 1] = T(rstd);
-            T* raw = xhh_row(r, t, n) + u0;
+            const T* raw = raw_row(r, n) + u0;
+            T* xhat = base + r.row.xhat_hh + u0;  // training: the cache row
             T* tr = tc.tile + n * G * hs;
             const T mu = T(mean), rs = T(rstd);
             for (int q = 0; q < G; ++q) {
                 const T* gain = r.ln_hh + q * H + u0;
-                for (i64 j = 0; j < cnt; ++j) {
-                    const T xh = (raw[q * H + j] - mu) * rs;
-                    if (Train) raw[q * H + j] = xh;
-                    tr[q * hs + j] = gain[j] * xh;
-                }
+                const T* rq = raw + q * H;
+                T* tq = tr + q * hs;
+                for_lanes<CV>(cnt, [&](auto v, i64 j) {
+                    using W = decltype(v);
+                    const W xh = (W::load(rq + j) - W::set1(mu)) * W::set1(rs);
+                    if constexpr (Train) xh.store(xhat + q * H + j);
+                    (W::load(gain + j) * xh).store(tq + j);
+                });
             }
             T* grow = base + u0;
             FwdRow<T> row;
@@ -402,7 +443,7 @@ void ln_gates_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
                 row.ctil = Train ? grow + r.row.chat : r.ln_work + n * H + u0;
                 Cell::template forward_gates<Train, CV>(row, cnt);
                 for (i64 u = 0; u < bb && u * NR < cnt; ++u)
-                    block_moments(row.ctil + u * NR, H, 1, std::min<i64>(NR, cnt - u * NR),
+                    block_moments<CV>(row.ctil + u * NR, H, 1, std::min<i64>(NR, cnt - u * NR),
                                   stats_of(r, 1, n, nblk) + 2 * (b + u));
             } else {
                 row.h_prev = h_prev + n * K + u0;
@@ -519,7 +560,7 @@ template <class Cell>
 constexpr int ln_rec_block(int q) { return Cell::gates == 3 && q == 2 ? 3 : q; }
 
 // LayerNorm: block sums of the recurrent LN backward (dv*g and dv*g*x^) of one row's units.
-template <class Cell, int NR, class T>
+template <class Cell, int NR, class CV, class T>
 void ln_rec_sums(const Recurrence<T>& r, i64 t, i64 n, i64 b, i64 bb, i64 cnt, i64 nblk) {
     constexpr int G = Cell::gates;
     const int blk[4] = {ln_rec_block<Cell>(0), ln_rec_block<Cell>(1), ln_rec_block<Cell>(2), ln_rec_block<Cell>(3)};
@@ -527,7 +568,7 @@ void ln_rec_sums(const Recurrence<T>& r, i64 t, i64 n, i64 b, i64 bb, i64 cnt, i
     const T* dv = r.dgates + (t * r.N + n) * r.ld_dgates + u0;
     const T* xh = r.gates + (t * r.N + n) * r.ld_gates + r.row.xhat_hh + u0;
     for (i64 u = 0; u < bb && u * NR < cnt; ++u)
-        block_sums(dv + u * NR, blk, H, r.ln_hh + u0 + u * NR, xh + u * NR, G, std::min<i64>(NR, cnt - u * NR),
+        block_sums<CV>(dv + u * NR, blk, H, r.ln_hh + u0 + u * NR, xh + u * NR, G, std::min<i64>(NR, cnt - u * NR),
                    stats_of(r, 1, n, nblk) + 2 * (b + u));
 }
 
@@ -563,7 +604,7 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
             if (tc.grad_h_sq) tc.grad_h_sq[t] += sq;
             Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
             if constexpr (Cell::has_c) record_dc(tc, t, cnt);
-            if constexpr (LN) ln_rec_sums<Cell, NR>(r, t, n, b, bb, cnt, nblk);
+            if constexpr (LN) ln_rec_sums<Cell, NR, CV>(r, t, n, b, bb, cnt, nblk);
         }
     }
 }
@@ -699,7 +740,7 @@ void ln_lstm_bwd_out(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
             LNLSTMCell::template backward_out<CV>(q, cnt);
             static const int one_block[1] = {0};
             for (i64 u = 0; u < bb && u * NR < cnt; ++u)
-                block_sums(q.dchat + u * NR, one_block, H, static_cast<const T*>(nullptr), q.chat + u * NR, 1,
+                block_sums<CV>(q.dchat + u * NR, one_block, H, static_cast<const T*>(nullptr), q.chat + u * NR, 1,
                            std::min<i64>(NR, cnt - u * NR), stats_of(r, 0, n, nblk) + 2 * (b + u));
         }
     }
@@ -728,7 +769,7 @@ void ln_lstm_bwd_gates(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, 
             LNLSTMCell::template backward_gates<CV>(backward_row<LNLSTMCell>(r, tc, t, n, u0, static_cast<T*>(nullptr)), q,
                                                     cnt);
             record_dc(tc, t, cnt);
-            ln_rec_sums<LNLSTMCell, NR>(r, t, n, b, bb, cnt, nblk);
+            ln_rec_sums<LNLSTMCell, NR, CV>(r, t, n, b, bb, cnt, nblk);
         }
     }
 }
@@ -775,6 +816,61 @@ void backward_final(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 b0, i64 b1) {
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, K - u0), ldt = bb * NR;
         recurrent_grad<Cell, LN, GV>(r, tc.tile, r.steps - 1, b, bb);
         for (i64 n = 0; n < N; ++n) pass_carry(r.dh + n * K + u0, tc.tile + n * ldt, rmask_row(r, n, u0), cnt);
+    }
+}
+
+// ---------------------------------------------------------------- hoisted LayerNorm
+
+constexpr i64 kLNChunk = 64;  // row statistics are accumulated in chunks, combined in double
+
+// LayerNorm of the hoisted input projection, per row over its `width` pre-activations: the
+// rows then hold gain * x^ (what the cells add); training keeps x^ (at column `xhat`) and
+// 1/sigma (at column `rstd`) for backward.
+template <class V, class T>
+void ln_rows(T* rows, i64 n_rows, i64 ld, i64 width, const T* gain, i64 xhat, i64 rstd, bool train) {
+    for (i64 r = 0; r < n_rows; ++r) {
+        T* v = rows + r * ld;
+        double n = 0, mu = 0, m2 = 0, st[2];
+        for (i64 j0 = 0; j0 < width; j0 += kLNChunk) {
+            const i64 cnt = std::min(kLNChunk, width - j0);
+            block_moments<V>(v + j0, 0, 1, cnt, st);
+            chan_update(n, mu, m2, double(cnt), st[0], st[1]);
+        }
+        const T m = T(mu), rs = T(1.0 / std::sqrt(m2 / n + kLayerNormEps));
+        T* xh_out = train ? v + xhat : nullptr;
+        for_lanes<V>(width, [&](auto lane, i64 j) {
+            using W = decltype(lane);
+            const W xh = (W::load(v + j) - W::set1(m)) * W::set1(rs);
+            if (xh_out) xh.store(xh_out + j);
+            (W::load(gain + j) * xh).store(v + j);
+        });
+        if (train) v[rstd] = rs;
+    }
+}
+
+// Backward of ln_rows: dL/d(W_ih x) (into column `xhat` of `drows`) from the gradient of the
+// pre-activations dv (the first `width` columns of `drows`); adds the gain's gradient.
+template <class V, class T>
+void ln_rows_backward(const T* rows, T* drows, i64 n_rows, i64 ld, i64 width, const T* gain, T* g_gain, i64 xhat,
+                      i64 rstd) {
+    static const int one_block[1] = {0};
+    for (i64 r = 0; r < n_rows; ++r) {
+        const T* xh = rows + r * ld + xhat;
+        T* dv = drows + r * ld;
+        double s1 = 0, s2 = 0, st[2];
+        for (i64 j0 = 0; j0 < width; j0 += kLNChunk) {
+            block_sums<V>(dv + j0, one_block, 0, gain + j0, xh + j0, 1, std::min(kLNChunk, width - j0), st);
+            s1 += st[0];
+            s2 += st[1];
+        }
+        const T m1 = T(s1 / double(width)), m2 = T(s2 / double(width)), rs = rows[r * ld + rstd];
+        T* out = dv + xhat;
+        for_lanes<V>(width, [&](auto lane, i64 j) {
+            using W = decltype(lane);
+            const W a = W::load(dv + j), x = W::load(xh + j);
+            fmadd(a, x, W::load(g_gain + j)).store(g_gain + j);
+            (W::set1(rs) * (a * W::load(gain + j) - W::set1(m1) - x * W::set1(m2))).store(out + j);
+        });
     }
 }
 
@@ -829,8 +925,8 @@ template <class GV, class CV, class T>
 CellKernels<T> make_ln_lstm_kernels() {
     CellKernels<T> k = no_kernels<T>();
     k.fwd_phases = k.bwd_phases = 3;
-    k.fwd_train[0] = &ln_stats_step<LNLSTMCell, GV, true, T>;
-    k.fwd_infer[0] = &ln_stats_step<LNLSTMCell, GV, false, T>;
+    k.fwd_train[0] = &ln_stats_step<LNLSTMCell, GV, CV, true, T>;
+    k.fwd_infer[0] = &ln_stats_step<LNLSTMCell, GV, CV, false, T>;
     k.fwd_train[1] = &ln_gates_step<LNLSTMCell, GV, CV, true, T>;
     k.fwd_infer[1] = &ln_gates_step<LNLSTMCell, GV, CV, false, T>;
     k.fwd_train[2] = &ln_out_step<GV, CV, true, T>;
@@ -847,8 +943,8 @@ CellKernels<T> make_ln_gru_kernels() {
     using Cell = GRUCell<true>;
     CellKernels<T> k = no_kernels<T>();
     k.fwd_phases = k.bwd_phases = 2;
-    k.fwd_train[0] = &ln_stats_step<Cell, GV, true, T>;
-    k.fwd_infer[0] = &ln_stats_step<Cell, GV, false, T>;
+    k.fwd_train[0] = &ln_stats_step<Cell, GV, CV, true, T>;
+    k.fwd_infer[0] = &ln_stats_step<Cell, GV, CV, false, T>;
     k.fwd_train[1] = &ln_gates_step<Cell, GV, CV, true, T>;
     k.fwd_infer[1] = &ln_gates_step<Cell, GV, CV, false, T>;
     k.bwd[0] = &backward_step<Cell, GV, CV, true, T>;
@@ -864,6 +960,8 @@ KernelSet<T> make_kernel_set() {
     ks.nr = panel_width<GV>();
     ks.pack_forward = &pack_forward<GV, T>;
     ks.pack_backward = &pack_backward<GV, T>;
+    ks.ln_rows = &ln_rows<CV, T>;
+    ks.ln_rows_backward = &ln_rows_backward<CV, T>;
     ks.rnn_tanh = make_cell_kernels<RNNCell<false>, GV, CV, T>();
     ks.rnn_relu = make_cell_kernels<RNNCell<true>, GV, CV, T>();
     ks.lstm = make_cell_kernels<LSTMCell<false>, GV, CV, T>();

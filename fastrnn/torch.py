@@ -142,6 +142,7 @@ class _FastRNNBase:
     bptt_clip = None
     _recorder = None
     layer_norm = False
+    peephole = False
     recurrent_dropout = zoneout_h = zoneout_c = weight_drop = 0.0
 
     def _set_regularizers(self, where, **rates):
@@ -270,7 +271,7 @@ class _FastRNNBase:
             # Masks from torch's RNG, so torch.manual_seed makes training runs reproducible.
             masks = torch.empty((L - 1, T, N, D * K), dtype=weights[0].dtype).bernoulli_(1 - p).div_(1 - p)
         noise = self._noise(T, N) if self.training else None
-        variants = dict(proj_size=self.proj_size, layer_norm=self.layer_norm,
+        variants = dict(proj_size=self.proj_size, layer_norm=self.layer_norm, peephole=self.peephole,
                         **{k: getattr(self, k) for k in _REGULARIZERS if getattr(self, k)})
         spec = _Spec(self._cell(), self._flat_weights_names, L, self.bidirectional, self.bias,
                      self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where,
@@ -293,7 +294,45 @@ class _FastRNNBase:
         return output, (hidden if lstm else hidden[0])
 
 
-class LSTM(_FastRNNBase, torch.nn.LSTM):
+class _VariantParams:
+    """Registers the variants' extra parameters (peepholes, LayerNorm gains) on a
+    torch.nn.LSTM/GRU, after torch's own and in ``_flat_weights_names``; initializes them like
+    `fastrnn.LSTM`: U(-1/sqrt(H), 1/sqrt(H)) as torch does, LayerNorm gains 1 and biases 0."""
+
+    def _add_variant_params(self, **variant):
+        H, D = self.hidden_size, 2 if self.bidirectional else 1
+        ref = self._flat_weights[0]
+        stdv = 1.0 / math.sqrt(H)
+        names = []
+        for name, shape in F.param_shapes(self._cell(), self.input_size, H, self.num_layers, D == 2, self.bias,
+                                          proj_size=self.proj_size, **variant):
+            if name not in self._flat_weights_names:
+                p = torch.nn.Parameter(torch.empty(shape, dtype=ref.dtype, device=ref.device))
+                with torch.no_grad():
+                    self._init_param(name, p, stdv)
+                setattr(self, name, p)
+                names.append(name)
+        self._flat_weights_names.extend(names)
+        self._all_weights.append(names)
+        self._init_flat_weights()
+
+    @staticmethod
+    def _init_param(name, p, stdv):
+        if name.startswith("ln_"):
+            p.fill_(0.0 if name.startswith("ln_c_bias") else 1.0)
+        else:
+            p.uniform_(-stdv, stdv)
+
+    def reset_parameters(self):
+        """torch's U(-1/sqrt(H), 1/sqrt(H)) (in registration order, like torch), LayerNorm gains 1
+        and LN(c) biases 0."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                self._init_param(name, p, stdv)
+
+
+class LSTM(_FastRNNBase, _VariantParams, torch.nn.LSTM):
     """``torch.nn.LSTM`` computed by fastrnn's fused kernels (gates i, f, g, o).
 
     ``i, f, o = σ(W_i x + b_i + U_i h + c_i)``, ``g = tanh(...)``, ``c' = f⊙c + i⊙g``,
@@ -301,7 +340,8 @@ class LSTM(_FastRNNBase, torch.nn.LSTM):
     Constructor, parameters and outputs are ``torch.nn.LSTM``'s, ``proj_size > 0`` (LSTMP,
     ``h' = W_hr (o⊙tanh(c'))``, Sak et al. 2014) included. Besides torch's API: ``.params`` /
     ``.grads`` (NumPy views, torch names), ``_cell()`` for fastrnn's gradient tools, and the
-    fastrnn-only keywords ``recurrent_dropout`` (Gal & Ghahramani 2016), ``zoneout_h``,
+    fastrnn-only keywords ``peephole=True`` (Gers & Schmidhuber 2000; adds parameters
+    ``weight_peephole_l{k}`` ``[3, H]``), ``recurrent_dropout`` (Gal & Ghahramani 2016), ``zoneout_h``,
     ``zoneout_c`` (Krueger et al. 2017) and ``weight_drop`` (DropConnect on W_hh; Wan et al.
     2013), whose masks come from torch's RNG in training mode (see `fastrnn.LSTM`).
 
@@ -320,13 +360,17 @@ class LSTM(_FastRNNBase, torch.nn.LSTM):
     LSTM(3, 4, zoneout_h=0.1, weight_drop=0.2)
     """
 
-    def __init__(self, *args, recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0, **kwargs):
+    def __init__(self, *args, peephole=False, recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._set_regularizers("fastrnn.torch.LSTM", recurrent_dropout=recurrent_dropout, zoneout_h=zoneout_h,
                                zoneout_c=zoneout_c, weight_drop=weight_drop)
+        self.peephole = bool(peephole)
+        if self.peephole:
+            self._add_variant_params(peephole=True)
 
     def extra_repr(self):
-        return super().extra_repr() + self._regularizer_repr()
+        return super().extra_repr() + (", peephole=True" if self.peephole else "") + self._regularizer_repr()
 
 
 class GRU(_FastRNNBase, torch.nn.GRU):
@@ -378,39 +422,7 @@ class RNN(_FastRNNBase, torch.nn.RNN):
         return super().extra_repr() + self._regularizer_repr()
 
 
-class _LayerNormMixin:
-    """Adds the LayerNorm gains (and LSTM's LN(c) bias) to a torch.nn.LSTM/GRU: registered as
-    parameters ``ln_*_l{k}[_reverse]`` after torch's own, and in ``_flat_weights_names``."""
-
-    layer_norm = True
-
-    def _add_layer_norm(self):
-        G = {"LSTM": 4, "GRU": 3}[self.mode]
-        H, D = self.hidden_size, 2 if self.bidirectional else 1
-        ref = self._flat_weights[0]
-        names = []
-        for name, shape in F.param_shapes(self._cell(), self.input_size, H, self.num_layers, D == 2, self.bias,
-                                          layer_norm=True):
-            if name.startswith("ln_"):
-                value = torch.zeros if name.startswith("ln_c_bias") else torch.ones
-                setattr(self, name, torch.nn.Parameter(value(shape, dtype=ref.dtype, device=ref.device)))
-                names.append(name)
-        self._flat_weights_names.extend(names)
-        self._all_weights.append(names)
-        self._init_flat_weights()
-
-    def reset_parameters(self):
-        """torch's U(-1/sqrt(H), 1/sqrt(H)) for the RNN weights, 1 for the gains, 0 for the LN bias."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for name, p in self.named_parameters():
-            with torch.no_grad():
-                if name.startswith("ln_"):
-                    p.fill_(0.0 if name.startswith("ln_c_bias") else 1.0)
-                else:
-                    p.uniform_(-stdv, stdv)
-
-
-class LayerNormLSTM(_LayerNormMixin, LSTM):
+class LayerNormLSTM(LSTM):
     """LayerNorm LSTM (Ba et al. 2016, the Haste formulation) as a ``torch.nn.LSTM`` with LN gains.
 
     ``a = LN_γih(W_ih x) + LN_γhh(W_hh h) + b_ih + b_hh`` (gates i, f, g, o), ``c' = f⊙c + i⊙g``,
@@ -428,14 +440,17 @@ class LayerNormLSTM(_LayerNormMixin, LSTM):
     (torch.Size([6, 2, 4]), torch.Size([4]))
     """
 
+    layer_norm = True
+
     def __init__(self, *args, **kwargs):
+        if kwargs.get("proj_size") or kwargs.get("peephole"):
+            raise ValueError("fastrnn.torch.LayerNormLSTM: proj_size and peephole are not supported with layer "
+                             "normalization")
         super().__init__(*args, **kwargs)
-        if self.proj_size:
-            raise ValueError("fastrnn.torch.LayerNormLSTM: proj_size is not supported with layer normalization")
-        self._add_layer_norm()
+        self._add_variant_params(layer_norm=True)
 
 
-class LayerNormGRU(_LayerNormMixin, GRU):
+class LayerNormGRU(_VariantParams, GRU):
     """LayerNorm GRU (Ba et al. 2016, the Haste formulation) as a ``torch.nn.GRU`` with LN gains.
 
     ``vx = LN_γih(W_ih x) + b_ih``, ``vh = LN_γhh(W_hh h) + b_hh``, ``r = σ(vx_r + vh_r)``,
@@ -454,7 +469,9 @@ class LayerNormGRU(_LayerNormMixin, GRU):
         if not kwargs.get("reset_after", True):
             raise ValueError("fastrnn.torch.LayerNormGRU: reset_after=False is not supported with layer normalization")
         super().__init__(*args, **kwargs)
-        self._add_layer_norm()
+        self._add_variant_params(layer_norm=True)
+
+    layer_norm = True
 
 
 _TO_FAST = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
@@ -468,12 +485,15 @@ def _retype(module, cls, where, path):
         raise ValueError(f"{where}: {path} uses fastrnn's regularizers "
                          f"({', '.join(k for k in _REGULARIZERS if getattr(module, k, 0))}), which torch.nn "
                          "modules cannot represent")
+    if getattr(module, "peephole", False):
+        raise ValueError(f"{where}: {path} is a fastrnn.torch.LSTM with peepholes, which torch.nn.LSTM cannot "
+                         "represent")
     if not getattr(module, "reset_after", True):
         raise ValueError(f"{where}: {path} is a fastrnn.torch.GRU with reset_after=False, which torch.nn.GRU "
                          "cannot represent")
     new = cls.__new__(cls)
     new.__dict__.update({k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()})
-    for k in ("reset_after", *_REGULARIZERS):
+    for k in ("reset_after", "peephole", *_REGULARIZERS):
         new.__dict__.pop(k, None)
     if cls is GRU:
         new.reset_after = True

@@ -562,17 +562,18 @@ def test_functional_rejects_bad_variants_and_noise():
 
 # ---------------------------------------------------------------- torch front end
 
-def test_torch_layernorm_modules_match_the_numpy_layers():
+def test_torch_variant_modules_match_the_numpy_layers():
     torch = pytest.importorskip("torch")
     import fastrnn.torch as ft
     torch.manual_seed(3)
-    for tcls, ncls in ((ft.LayerNormLSTM, fastrnn.LayerNormLSTM), (ft.LayerNormGRU, fastrnn.LayerNormGRU)):
-        mod = tcls(C, 6, num_layers=2, bidirectional=True, batch_first=True).double()
+    for tcls, ncls, kw in ((ft.LayerNormLSTM, fastrnn.LayerNormLSTM, {}), (ft.LayerNormGRU, fastrnn.LayerNormGRU, {}),
+                           (ft.LSTM, fastrnn.LSTM, dict(peephole=True, proj_size=3))):
+        mod = tcls(C, 6, num_layers=2, bidirectional=True, batch_first=True, **kw).double()
         with torch.no_grad():
             for name, prm in mod.named_parameters():
                 if name.startswith("ln_"):
                     prm.add_(torch.rand_like(prm) - 0.5)
-        layer = ncls(C, 6, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64)
+        layer = ncls(C, 6, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64, **kw)
         layer.load_state_dict(mod.state_dict())
         x = torch.randn(3, 5, C, dtype=torch.float64, requires_grad=True)
         out, _ = mod(x)

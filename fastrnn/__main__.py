@@ -1,4 +1,4 @@
-"""python -m fastrnn demo | info"""
+"""python -m fastrnn demo | bench | info"""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 import fastrnn
+from fastrnn import _bench
 
 
 def _sine_batch(rng, T, N):
@@ -84,6 +85,8 @@ def main(argv=None):
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=fastrnn.get_num_threads())
     d.set_defaults(func=demo)
+    b = sub.add_parser("bench", help="compare fastrnn with torch.nn, ONNX Runtime and NumPy (ms, GFLOP/s, speedups)")
+    _bench.add_arguments(b).set_defaults(func=_bench.run_args)
     i = sub.add_parser("info", help="version, ISA, threads, BLAS")
     i.set_defaults(func=info)
     args = p.parse_args(argv)

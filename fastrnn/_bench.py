@@ -590,8 +590,7 @@ def _oracles(cell, weights, x, want_grads, notes):
     training = dict(forward)
     if want_grads:
         try:
-            training = TorchImpl(cell, "training", w64, x64, sys.modules["torch"].get_num_threads()
-                                 if "torch" in sys.modules else 1).result()
+            training = TorchImpl(cell, "training", w64, x64, threads=1).result()
             training["output"] = forward["output"]
         except Unavailable:
             note = "training gradients not checked against an oracle (torch is not installed)"
@@ -600,21 +599,40 @@ def _oracles(cell, weights, x, want_grads, notes):
     return {"inference": forward, "training": training}
 
 
-def _memory_child(spec_json):
-    """Runs in a fresh interpreter: print the training ``ru_maxrss`` increase as JSON."""
-    import resource
+def _rss_mb():
+    """(current, peak) resident set size of this process in MiB.
 
+    Linux: VmRSS / VmHWM of /proc/self/status. Not ru_maxrss: Linux carries the peak of the
+    parent's memory through subprocess's vfork + exec into the child's ru_maxrss. Elsewhere
+    ru_maxrss (bytes on macOS, KiB otherwise) stands for both.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            kib = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f)
+                   if k in ("VmRSS", "VmHWM")}
+        return kib["VmRSS"] / 1024, kib["VmHWM"] / 1024
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        return peak, peak
+
+
+def _memory_child(spec_json):
+    """Runs in a fresh interpreter: print the RSS baseline and the peak of two training steps."""
     spec = json.loads(spec_json)
     shape = Shape(**spec["shape"])
     weights, x = make_problem(spec["cell"], shape, spec["dtype"], spec["seed"])
     impls = FRONTEND_IMPLS if spec["frontend"] == "torch" else IMPLS
     with _threads(spec["threads"]):
         impl = impls[spec["impl"]](spec["cell"], "training", weights, x, spec["threads"])
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = _rss_mb()[0]
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: the peak (VmHWM) restarts from the current RSS
         impl.step()
         impl.step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024}))  # ru_maxrss is KiB on Linux
+        peak = _rss_mb()[1]
+    print(json.dumps({"base_mb": base, "peak_mb": peak}))
 
 
 def _measure_memory(impl, cell, shape, threads, dtype, seed, frontend):
@@ -630,7 +648,7 @@ def _measure_memory(impl, cell, shape, threads, dtype, seed, frontend):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return None, None, f"memory child failed: {tail}"
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return data["peak_mb"] - data["base_mb"], data["base_mb"], None
+    return max(0.0, data["peak_mb"] - data["base_mb"]), data["base_mb"], None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -735,7 +753,8 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     for cell in cells:
         for shape in shapes:
             weights, x = make_problem(cell, shape, dtype, seed)
-            oracle = _oracles(cell, weights, x, "training" in modes, notes)
+            with _threads(1):  # not timed; one thread avoids oversubscribing a busy machine
+                oracle = _oracles(cell, weights, x, "training" in modes, notes)
             for n in threads:
                 with _threads(n):
                     for mode in modes:
@@ -786,7 +805,8 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
         entry = row["impls"][name]
         entry.update(median_ms=med * 1e3, min_ms=min(times) * 1e3, samples_ms=[t * 1e3 for t in times],
                      inner=inner[name], gflops=flop / med / 1e9, pct_gemm=100 * flop / med / 1e9 / gemm,
-                     foreign_load=[f for _, f, _ in taken], retaken=sum(a for _, _, a in taken))
+                     foreign_load=[f for _, f, _ in taken], retaken=sum(a for _, _, a in taken),
+                     disturbed=sum(f is not None and f > max_foreign_load for _, f, _ in taken))
         if name != subject and base:
             ratios = [t / b for t, b in zip(times, base)]
             entry.update(speedup=statistics.median(ratios), ratios=ratios)
@@ -888,9 +908,18 @@ def format_table(result, markdown=False):
                              f"{row['mode']}: {e['reason']}")
             if e.get("memory_error"):
                 notes.append(f"note: {row['cell']} {Shape(**row['shape']).label} {name}: {e['memory_error']}")
+    timed = [(row, e) for row in result["rows"] for e in row["impls"].values() if e["status"] == "timed"]
+    disturbed = [(row, e) for row, e in timed if e.get("disturbed")]
+    if disturbed:
+        names = dict.fromkeys(f"{r['cell']} {r['shape']['name']} {r['mode']}" for r, _ in disturbed)
+        worst = max(f for _, e in disturbed for f in e["foreign_load"] if f is not None)
+        notes.append(f"note: other processes used more than {cfg['max_foreign_load']:g} cores during "
+                     f"{sum(e['disturbed'] for _, e in disturbed)} of {sum(len(e['samples_ms']) for _, e in timed)} "
+                     f"samples even after {_RETAKES} re-takes (up to {worst:.1f} cores), in: {', '.join(names)}; "
+                     "absolute times there are less reliable than the same-round ratios")
     if mem:
-        notes.append("note: mem = peak RSS increase (ru_maxrss) of two training steps in a fresh process, "
-                     "over the baseline after imports, model and input creation")
+        notes.append("note: mem = peak RSS increase (MiB) during two training steps in a fresh process, over "
+                     "its RSS after imports, model and input creation (Linux VmHWM, ru_maxrss elsewhere)")
     notes = list(dict.fromkeys(notes))  # once each, in order
     if markdown:
         out = [f"- {h}" for h in header] + [""]

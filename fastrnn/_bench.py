@@ -893,7 +893,7 @@ def format_table(result, markdown=False):
     header = [
         f"fastrnn bench, {result['date']}",
         f"machine: {m['model']} (family/model/stepping {m['family_model_stepping']}), "
-        f"{m['logical_cpus']} logical CPUs, SIMD {' '.join(m['simd']) or '?'}; {m['system']}",
+        f"{m['logical_cpus']} logical CPUs ({m['physical_cores'] or '?'} cores), SIMD {' '.join(m['simd']) or '?'}; {m['system']}",
         f"versions: python {v['python']}, fastrnn {v['fastrnn']} (isa {result['isa']}), numpy {v['numpy']}"
         + (f" ({result['numpy_blas']})" if result.get("numpy_blas") else "") + (f", {others}" if others else ""),
         f"numpy {gemm_name} {cfg['gemm_size']}³: {gemm}; dtype {cfg['dtype']}",
@@ -986,7 +986,8 @@ def add_arguments(p):
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--frontend", choices=("numpy", "torch"), default="numpy",
                    help="torch: fastrnn.torch modules vs torch.nn in a full training step")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: refused for now (fastrnn has no CUDA backend yet)")
     p.add_argument("--max-foreign-load", type=float, default=0.35, metavar="CORES",
                    help="re-take a sample when other processes used more cores than this (default 0.35)")
     return p

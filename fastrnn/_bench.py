@@ -761,13 +761,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
                         row = _bench_row(cell, shape, n, mode, factories, subject, weights, x,
                                          oracle[mode], result, repeats, min_time, max_foreign_load)
                         if memory and mode == "training":
-                            for name, entry in row["impls"].items():
-                                if entry["status"] == "timed" and name in (IMPLS if frontend == "numpy"
-                                                                           else FRONTEND_IMPLS):
-                                    inc, base, err = _measure_memory(name, cell, shape, n, dtype, seed, frontend)
-                                    entry.update(peak_mem_mb=inc, base_mem_mb=base)
-                                    if err:
-                                        entry["memory_error"] = err
+                            _add_memory(row, shape, dtype, seed, frontend)
                         result["rows"].append(row)
                         if progress:
                             progress(_progress_line(row, subject))
@@ -811,6 +805,17 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
             ratios = [t / b for t, b in zip(times, base)]
             entry.update(speedup=statistics.median(ratios), ratios=ratios)
     return row
+
+
+def _add_memory(row, shape, dtype, seed, frontend):
+    """Training peak memory of every timed built-in implementation of the row (subprocesses)."""
+    known = FRONTEND_IMPLS if frontend == "torch" else IMPLS
+    for name, entry in row["impls"].items():
+        if entry["status"] == "timed" and name in known:
+            inc, base, err = _measure_memory(name, row["cell"], shape, row["threads"], dtype, seed, frontend)
+            entry.update(peak_mem_mb=inc, base_mem_mb=base)
+            if err:
+                entry["memory_error"] = err
 
 
 def _progress_line(row, subject):

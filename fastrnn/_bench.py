@@ -445,9 +445,10 @@ def _threads(n):
             torch.set_num_threads(previous[1])
 
 
-def gemm_rate(dtype=np.float32, size=2048, samples=3):
+def gemm_rate(dtype=np.float32, size=2048, samples=3, max_foreign_load=math.inf):
     """Median GFLOP/s of ``size³`` NumPy matmuls (``2·size³`` flop each) in ``dtype`` at the
-    current thread count: the "peak" the benchmark's percentages refer to.
+    current thread count: the "peak" the benchmark's percentages refer to. A matmul during
+    which other processes used more than ``max_foreign_load`` cores is re-taken (≤ 2×).
 
     >>> gemm_rate(size=32, samples=1) > 0
     True
@@ -455,13 +456,13 @@ def gemm_rate(dtype=np.float32, size=2048, samples=3):
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
     out = np.empty_like(a)
-    np.matmul(a, b, out=out)  # warm-up
-    rates = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
+
+    def matmul():
         np.matmul(a, b, out=out)
-        rates.append(2 * size**3 / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(rates)
+
+    matmul()  # warm-up
+    times = [_sample(matmul, 1, max_foreign_load)[0] for _ in range(samples)]
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def _cpu_info():
@@ -748,7 +749,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     }
     for n in threads:
         with _threads(n):
-            result["gemm_gflops"][str(n)] = gemm_rate(dtype, gemm_size)
+            result["gemm_gflops"][str(n)] = gemm_rate(dtype, gemm_size, max_foreign_load=max_foreign_load)
 
     for cell in cells:
         for shape in shapes:

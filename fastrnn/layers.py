@@ -10,10 +10,6 @@ from . import _validation as V
 from . import functional as F
 
 
-def _generator(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 class _RNNBase:
     """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward."""
 
@@ -31,7 +27,7 @@ class _RNNBase:
         self.dropout = V.check_dropout(dropout, where)
         self.dtype = V.as_dtype(dtype, f"{where}: dtype")
         self.bptt_clip = V.check_bptt_clip(bptt_clip, where)
-        self.rng = _generator(rng)
+        self.rng = V.generator(rng, where)
         self._recorder = None  # set by fastrnn.diagnostics.record
         self.training = True
         self._ctx = None
@@ -51,7 +47,7 @@ class _RNNBase:
 
     def reset_parameters(self, rng=None):
         """PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
-        gen = self.rng if rng is None else _generator(rng)
+        gen = self.rng if rng is None else V.generator(rng, f"{type(self).__name__}.reset_parameters")
         k = 1.0 / math.sqrt(self.hidden_size)
         for w in self.params.values():
             w[...] = gen.uniform(-k, k, size=w.shape)

@@ -25,7 +25,10 @@ and the cell variants (docs/readme/variants.md; csrc/cells/lstm.h and layernorm.
 Besides the gradients, `backward` records the *total* gradient dL/dh_t that reaches each step's
 state (direct part from the output plus the recurrent part from step t+1), per layer and
 direction: ``cache["grad_h"][l][d]`` is ``[T, N, K]`` (and ``cache["grad_c"]`` for LSTM: the
-total dL/dc~_t), zero at padded steps. Diagnostics tests compare against it.
+total dL/dc~_t), zero at padded steps; ``cache["propagation"]`` ``[L, D, T]`` is the gain of each
+step of the recurrence (what arrived through it, h and c together for LSTM, over the state
+gradient of the previous BPTT step, both over the sequences valid at the two steps; NaN where
+undefined). Diagnostics tests compare against them.
 
 >>> import numpy as np
 >>> from fastrnn import _reference as ref
@@ -383,6 +386,8 @@ def backward(cache, grad_out, grad_h_n=None, grad_c_n=None, bptt_clip=None):
     grad_h0, grad_c0 = np.zeros((L * D, N, K)), np.zeros((L * D, N, H))
     grad_h = [[np.zeros((T, N, K)) for _ in range(D)] for _ in range(L)]
     grad_c = [[np.zeros((T, N, H)) for _ in range(D)] for _ in range(L)]
+    carried = np.zeros((L, D, T))  # what reached step t through the recurrence (rows valid at t and before)
+    previous = np.zeros((L, D, T))  # the state gradient of the previous BPTT step, same rows
     for t in range(T):  # gradients at padded outputs are ignored
         d_out[t][t >= lens] = 0.0
     for l in range(L - 1, -1, -1):
@@ -393,9 +398,15 @@ def backward(cache, grad_out, grad_h_n=None, grad_c_n=None, bptt_clip=None):
             w = layer["dirs"][d]["w"]
             g = {k: np.zeros_like(v) for k, v in w.items()}
             dh, dc = ghn[l * D + d].copy(), gcn[l * D + d].copy()
+            prev_state, prev_valid = None, None
             for t, s in reversed(layer["dirs"][d]["steps"]):
                 valid = s["valid"]
+                both = valid & prev_valid if prev_valid is not None else np.zeros_like(valid)
+                c_sq = (dc ** 2).sum(1) if lstm else 0.0
+                carried[l, d, t] = np.sum(np.where(both[:, 0], (dh ** 2).sum(1) + c_sq, 0.0))
+                previous[l, d, t] = np.sum(np.where(both[:, 0], prev_state, 0.0))
                 dh = dh + d_out[t, :, d * K:(d + 1) * K]
+                prev_state, prev_valid = (dh ** 2).sum(1) + c_sq, valid
                 grad_h[l][d][t] = np.where(valid, dh, 0.0)
                 # Padded rows pass their carries through untouched and contribute nothing.
                 dh_v, dc_v = np.where(valid, dh, 0.0), np.where(valid, dc, 0.0)
@@ -422,4 +433,8 @@ def backward(cache, grad_out, grad_h_n=None, grad_c_n=None, bptt_clip=None):
         else:
             grad_x = d_inp
     cache["grad_h"], cache["grad_c"] = grad_h, (grad_c if lstm else None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prop = np.sqrt(carried / previous)
+    prop[~np.isfinite(prop)] = np.nan
+    cache["propagation"] = prop
     return grad_x, grad_h0, (grad_c0 if lstm else None), grads

@@ -81,7 +81,10 @@ class TerminateOnNaN(Callback):
     step index), ``epoch``, ``batch``, ``parameter`` (the first parameter, in the model's
     order, whose gradient has a NaN/Inf; None when the gradients are finite),
     ``parameters`` (all of them) and ``message`` describe what happened; the message is also
-    ``history.stop_reason``.
+    ``history.stop_reason``. With ``locate=True`` (default) the model's fastrnn recurrent layers
+    are recorded by `fastrnn.diagnostics` (unless something records them already), and
+    ``location`` (and the message) says where inside the recurrence the first NaN/Inf appeared:
+    layer, direction, time step and quantity (input, gate, hidden/cell state, or gradient).
 
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Linear(1, 1, dtype=np.float64, rng=0)
@@ -93,8 +96,41 @@ class TerminateOnNaN(Callback):
     (0, 'weight')
     """
 
-    step = epoch = batch = parameter = message = None
+    step = epoch = batch = parameter = message = location = None
     parameters = ()
+
+    def __init__(self, locate=True):
+        self.locate = bool(locate)
+        self._own = []
+
+    def on_train_begin(self):
+        if not self.locate:
+            return
+        from .diagnostics import _recurrent_layers, record  # diagnostics imports this module
+        layers = getattr(self.model, "modules", None)
+        candidates = layers if isinstance(layers, (list, tuple)) else [self.model]
+        for m in candidates:
+            for layer in _recurrent_layers(m):
+                if getattr(layer, "_recorder", None) is None:
+                    rec = record(layer, spectra=False, keep="last")
+                    rec.__enter__()
+                    self._own.append(rec)
+
+    def on_train_end(self):
+        for rec in self._own:
+            rec.__exit__(None, None, None)
+        self._own = []
+
+    def _locate(self):
+        from .diagnostics import _recurrent_layers
+        layers = getattr(self.model, "modules", None)
+        candidates = layers if isinstance(layers, (list, tuple)) else [self.model]
+        for i, m in enumerate(candidates):
+            for layer in _recurrent_layers(m):
+                rec = getattr(layer, "_recorder", None)
+                if rec is not None and rec.reports and rec.reports[-1].first_nonfinite:
+                    return dict(rec.reports[-1].first_nonfinite, module=i)
+        return None
 
     def on_backward_end(self, step, logs):
         if math.isfinite(logs["loss"]) and math.isfinite(logs["grad_norm"]):
@@ -111,6 +147,11 @@ class TerminateOnNaN(Callback):
         bad_params = _nonfinite(self.model.params)
         if bad_params:
             msg += f"; parameters already non-finite: {', '.join(bad_params)}"
+        self.location = self._locate() if self.locate else None
+        if self.location:
+            f = self.location
+            msg += (f"; first non-finite value inside the recurrence: {f['quantity']} at module {f['module']}, "
+                    f"layer {f['layer']}, direction {f['direction']}, time step {f['step']}")
         self.message = msg
         self.stop(msg)
 

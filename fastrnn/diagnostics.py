@@ -19,15 +19,16 @@ While a layer is recorded, every training forward reads gate statistics from the
 (one pass over it) and every backward asks the kernels for the per-step norms (a few flops per
 element, no extra memory traffic); outside `record` nothing is computed.
 
-Verdict: for each layer and direction, a least-squares line is fitted to log10 ‖dL/dh_t‖
-against the distance from the last processed step (the step nearest the loss at the end of the
-sequence, in the direction's own order). Its total change over the sequence, in decades,
-``change = slope * (T - 1)``, gives: "exploding" when any gradient is non-finite or the largest
-change exceeds +`EXPLODING_DECADES` (grows more than 1000x toward the past); "vanishing" when
-the smallest change is below -`VANISHING_DECADES` (decays more than 1000x); else "healthy".
-With a loss at every step the total gradient stays flat even when the long-range part
-vanishes; the verdict is meant for losses at the end of a sequence (the case the theory is
-about), and per-step norms are always available to look at.
+Verdict: the kernels also record, per step, the part of the state gradient that arrived
+through the recurrence from the step BPTT processed before (h, and c for LSTM). Its ratio to
+that step's total gradient is the norm of the step Jacobian applied to the actual gradient — the
+quantity whose product over steps vanishes or explodes (Pascanu et al. 2013, §2; Bengio et al.
+1994). For each layer and direction, ``slope`` is the mean log10 of these per-step factors and
+``change = slope * (T - 1)`` the decades a gradient gains or loses crossing the whole sequence:
+"exploding" when any gradient is non-finite or the largest change exceeds +`EXPLODING_DECADES`
+(more than 1000x), "vanishing" when the smallest is below -`VANISHING_DECADES` (less than 1/1000),
+else "healthy". This does not depend on where the loss injects gradient (one step or all), unlike
+the total per-step norms, which are recorded and plotted too.
 
 >>> import numpy as np, fastrnn
 >>> rnn = fastrnn.RNN(4, 16, rng=0, dtype=np.float64)
@@ -61,6 +62,13 @@ GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "u
               "rnn_tanh": ("tanh",), "rnn_relu": ("dead",)}
 VANISHING_DECADES = 3.0
 EXPLODING_DECADES = 3.0
+
+
+def finite_reduce(fn, a):
+    """fn (e.g. np.max) over the finite entries of a; NaN when there are none (no warning)."""
+    a = np.asarray(a, np.float64)
+    a = a[np.isfinite(a)]
+    return float(fn(a)) if a.size else float("nan")
 
 
 # --------------------------------------------------------------------------- spectra
@@ -140,17 +148,16 @@ def _spectra_unchecked(params, num_layers, num_directions, hidden_size):
 
 # --------------------------------------------------------------------------- report
 
-def _slopes(grad_h_norm):
-    """log10 slope of ‖dL/dh_t‖ per step away from the last processed step, per layer/direction."""
-    L, D, T = grad_h_norm.shape
+def _slopes(factors):
+    """Mean log10 of the per-step propagation factors, per layer/direction (a dead step counts as 1e-30)."""
+    L, D, _ = factors.shape
     out = np.full((L, D), np.nan)
     for l in range(L):
         for d in range(D):
-            norms = grad_h_norm[l, d]
-            dist = (T - 1 - np.arange(T)) if d == 0 else np.arange(T)
-            ok = np.isfinite(norms) & (norms > 0)
-            if ok.sum() >= 2 and np.ptp(dist[ok]) > 0:
-                out[l, d] = np.polyfit(dist[ok], np.log10(norms[ok]), 1)[0]
+            f = factors[l, d]
+            f = f[np.isfinite(f)]
+            if f.size:
+                out[l, d] = float(np.mean(np.log10(np.maximum(f, 1e-30))))
     return out
 
 
@@ -178,8 +185,14 @@ class GradientReport:
         ρ of each gate block of W_hh (torch gate order).
     singular_value : ndarray [L, D]
         σ_max of the whole W_hh [G·H, H].
+    propagation : ndarray [L, D, T]
+        Per step, the fraction of the state gradient that survives one step of the recurrence:
+        ‖what reached step t through it‖ / ‖the state gradient of the step BPTT processed before‖
+        (dL/dh, and the arriving dL/dc for LSTM; over the sequences valid at both steps) — the
+        step Jacobian's norm on the actual gradient; NaN where undefined.
     slope : ndarray [L, D]
-        Fitted log10 change of ‖dL/dh_t‖ per step toward the past.
+        Mean log10 of the propagation factors: the gradient's change per step through the
+        recurrence, in decades.
     first_nonfinite : dict or None
         The first NaN/Inf: ``layer``, ``direction``, ``step``, ``quantity`` ("input", "gate",
         "hidden state", "cell state" in the forward; "gradient" in the backward).
@@ -195,6 +208,7 @@ class GradientReport:
     hidden_size: int
     grad_h_norm: np.ndarray
     grad_c_norm: Optional[np.ndarray]
+    propagation: np.ndarray
     saturation: Optional[dict]
     spectral_radius: np.ndarray
     spectral_radius_gates: np.ndarray
@@ -207,7 +221,8 @@ class GradientReport:
 
     @property
     def change_decades(self):
-        """slope · (T − 1): total log10 change of ‖dL/dh_t‖ across the sequence, per layer/direction."""
+        """slope · (T − 1): decades a gradient gains (+) or loses (−) crossing the whole sequence
+        through the recurrence, per layer/direction (the verdict's measure)."""
         return self.slope * max(self.T - 1, 1)
 
     @property
@@ -263,7 +278,7 @@ class GradientReport:
                 row = f"{l:>5} {d:>3} {near:>13.3e} {far:>10.3e} {self.change_decades[l, d]:>8.2f} " \
                       f"{self.spectral_radius[l, d]:>9.3f} {self.singular_value[l, d]:>9.3f}"
                 if self.saturation:
-                    row += "             " + " ".join(f"{np.nanmean(v[l, d]):>6.1%}" for v in self.saturation.values())
+                    row += "             " + " ".join(f"{finite_reduce(np.mean, v[l, d]):>6.1%}" for v in self.saturation.values())
                 lines.append(row)
         if self.first_nonfinite:
             f = self.first_nonfinite
@@ -289,7 +304,9 @@ class GradientReport:
             for d in range(self.num_directions):
                 norms = np.where(self.grad_h_norm[l, d] > 0, self.grad_h_norm[l, d], np.nan)
                 label = f"layer {l}" + (" reverse" if d else "")
-                ax.semilogy(t, norms, label=f"{label} ({self.change_decades[l, d]:+.1f} dec)")
+                change = self.change_decades[l, d]
+                note = f"{change:+.1f} decades" if np.isfinite(change) else "n/a"
+                ax.semilogy(t, norms, label=f"{label} (through the recurrence: {note})")
         ax.set_xlabel("time step t")
         ax.set_ylabel("‖dL/dh_t‖ (total, inside BPTT)")
         ax.set_title(f"{self.cell}: gradient flow — {self.verdict}")
@@ -327,17 +344,16 @@ def _has_display():
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def verdict_of(grad_h_norm, first_nonfinite=None):
-    """("vanishing" | "exploding" | "healthy", slopes [L, D]) from the per-step norms."""
-    slope = _slopes(grad_h_norm)
+def verdict_of(grad_h_norm, propagation, first_nonfinite=None):
+    """("vanishing" | "exploding" | "healthy", slopes [L, D]) from the per-step records."""
+    slope = _slopes(propagation)
     change = slope * max(grad_h_norm.shape[-1] - 1, 1)
     if (first_nonfinite and first_nonfinite.get("quantity") == "gradient") or not np.isfinite(grad_h_norm).all():
         return "exploding", slope
-    if np.isfinite(change).any():
-        if np.nanmax(change) > EXPLODING_DECADES:
-            return "exploding", slope
-        if np.nanmin(change) < -VANISHING_DECADES:
-            return "vanishing", slope
+    if finite_reduce(np.max, change) > EXPLODING_DECADES:
+        return "exploding", slope
+    if finite_reduce(np.min, change) < -VANISHING_DECADES:
+        return "vanishing", slope
     return "healthy", slope
 
 
@@ -362,7 +378,8 @@ class record:
     ``layer`` is a fastrnn layer (`fastrnn.RNN/LSTM/GRU`), a `fastrnn.torch` module, or a
     container holding exactly one of them (a `fastrnn.Sequential`, a ``torch.nn.Module``).
     Every training forward + backward inside the block adds a `GradientReport` to
-    ``rec.reports``; `report` returns the last one.
+    ``rec.reports`` (``keep="last"`` keeps only the latest, for long training loops); `report`
+    returns the last one. ``spectra=False`` skips the power iterations on W_hh.
 
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(2, 8, rng=0)
@@ -373,7 +390,10 @@ class record:
     (['cell', 'forget', 'input', 'output'], (1, 1, 5))
     """
 
-    def __init__(self, layer, *, saturation=True, spectra=True):
+    def __init__(self, layer, *, saturation=True, spectra=True, keep="all"):
+        if keep not in ("all", "last"):
+            raise ValueError(f"record: keep must be 'all' or 'last', got {keep!r}")
+        self.keep = keep
         layers = _recurrent_layers(layer)
         if len(layers) != 1:
             what = "no fastrnn recurrent layer" if not layers else f"{len(layers)} recurrent layers"
@@ -427,10 +447,13 @@ class record:
         else:
             G = np.asarray(layer.params["weight_hh_l0"]).shape[0] // ctx.H
             rho_gates, sigma = np.full((L, D, G), np.nan), np.full((L, D), np.nan)
-        verdict, slope = verdict_of(ctx.grad_h_norm, first)
+        propagation = ctx.propagation
+        verdict, slope = verdict_of(ctx.grad_h_norm, propagation, first)
+        if self.keep == "last":
+            self.reports.clear()
         self.reports.append(GradientReport(
             cell=ctx.cell, num_layers=L, num_directions=D, T=T, N=ctx.N, hidden_size=ctx.H,
-            grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, saturation=sat,
+            grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, propagation=propagation, saturation=sat,
             spectral_radius=rho_gates.max(axis=2), spectral_radius_gates=rho_gates, singular_value=sigma,
             slope=slope, first_nonfinite=first, verdict=verdict))
 
@@ -468,7 +491,8 @@ class Monitor(Callback):
     or call `update` yourself with a `GradientReport`. ``records`` holds, per recorded step:
     ``step``, ``grad_norm`` (global, before clipping, from `fit`), ``clipped`` (grad_norm >
     ``max_norm``, when given), ``spectral_radius`` (largest over layers/directions/gates),
-    ``min_change``/``max_change`` (decades, see `GradientReport.change_decades`) and ``verdict``.
+    ``min_change``/``max_change`` (decades, see `GradientReport.change_decades`) and ``verdict``;
+    ``first_report`` and ``last_report`` are the first and latest whole `GradientReport`.
 
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Sequential(fastrnn.GRU(1, 8, rng=0), fastrnn.Linear(8, 1, rng=0))
@@ -488,17 +512,16 @@ class Monitor(Callback):
         self.layer, self.max_norm, self.every, self.spectra = layer, max_norm, every, bool(spectra)
         self.records = {k: [] for k in ("step", "grad_norm", "clipped", "spectral_radius", "min_change",
                                         "max_change", "verdict")}
+        self.first_report = self.last_report = None
         self._rec = None
 
     def on_train_begin(self):
-        self._rec = record(self.layer if self.layer is not None else self.model, spectra=self.spectra)
+        self._rec = record(self.layer if self.layer is not None else self.model, spectra=self.spectra, keep="last")
         self._rec.__enter__()
 
     def on_backward_end(self, step, logs):
         if self._rec is not None and self._rec.reports and step % self.every == 0:
             self.update(self._rec.reports[-1], grad_norm=logs.get("grad_norm"), step=step)
-        if self._rec is not None:
-            self._rec.reports.clear()  # keep only the summary numbers
 
     def on_train_end(self):
         if self._rec is not None:
@@ -506,16 +529,20 @@ class Monitor(Callback):
             self._rec = None
 
     def update(self, report, grad_norm=None, step=None):
-        """Add one step's numbers from a `GradientReport` (and the global gradient norm)."""
+        """Add one step's numbers from a `GradientReport` (and the global gradient norm).
+
+        The first and the latest reports are kept whole in ``first_report`` / ``last_report``.
+        """
+        if self.first_report is None:
+            self.first_report = report
+        self.last_report = report
         h = self.records
         h["step"].append(len(h["step"]) if step is None else int(step))
         h["grad_norm"].append(None if grad_norm is None else float(grad_norm))
         h["clipped"].append(None if (grad_norm is None or self.max_norm is None) else bool(grad_norm > self.max_norm))
-        h["spectral_radius"].append(float(np.nanmax(report.spectral_radius)))
-        change = report.change_decades
-        finite = np.isfinite(change)
-        h["min_change"].append(float(change[finite].min()) if finite.any() else float("nan"))
-        h["max_change"].append(float(change[finite].max()) if finite.any() else float("nan"))
+        h["spectral_radius"].append(finite_reduce(np.max, report.spectral_radius))
+        h["min_change"].append(finite_reduce(np.min, report.change_decades))
+        h["max_change"].append(finite_reduce(np.max, report.change_decades))
         h["verdict"].append(report.verdict)
 
     @property

@@ -95,13 +95,13 @@ class Context:
 
     __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "K", "L", "D", "dtype", "x", "weights",
                  "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed",
-                 "grad_h_norm", "grad_c_norm", "variant", "noise")
+                 "grad_h_norm", "grad_c_norm", "propagation", "variant", "noise")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
         self.consumed = False
-        self.grad_h_norm = self.grad_c_norm = None
+        self.grad_h_norm = self.grad_c_norm = self.propagation = None
 
     @property
     def output_shape(self):
@@ -327,7 +327,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
                                                   "zc_mask": (S, T, N, H), "w_mask": (S, G * H, K)})
     elif training and sample_noise:
         if rec_p or zoneout_h or zoneout_c or wd:
-            gen = gen or (rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng))
+            gen = gen or V.generator(rng, where)
         noise = _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zoneout_h, zoneout_c, wd)
     elif zoneout_h or zoneout_c:
         noise = (None, None, None, zoneout_h, zoneout_c, None)
@@ -403,7 +403,11 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     networks", §4); the gradients that flow on to earlier steps and into the weights are the
     clipped ones. ``record=True`` stores in ``ctx.grad_h_norm`` (and ``ctx.grad_c_norm`` for
     LSTM) the 2-norm over the batch of the *total* gradient dL/dh_t (dL/dc_t) that reached each
-    step, shape ``[L, D, T]``, recorded inside the C++ BPTT loop.
+    step, shape ``[L, D, T]``, recorded inside the C++ BPTT loop, and in ``ctx.propagation`` the
+    per-step gain of the recurrence: ‖what reached step t through it‖ / ‖the state gradient of the
+    step BPTT processed before‖ (h, and the arriving c for LSTM; over the sequences valid at both
+    steps; NaN where there is no such pair) — the norm of the step Jacobian applied to the actual
+    gradient.
     """
     if not isinstance(ctx, Context):
         raise TypeError(f"backward: ctx must be the Context returned by a training forward, got {type(ctx).__name__}")
@@ -434,14 +438,20 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     grad_c0 = np.empty((S, ctx.N, ctx.H), dtype) if ctx.cell == "lstm" else None
     h_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     c_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record and ctx.cell == "lstm" else None
+    r_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
+    p_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     ctx.consumed = not retain
     _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
                 grad_x, grad_h0, grad_c0, grad_list, retain=retain, bptt_clip=clip, grad_h_sq=h_sq, grad_c_sq=c_sq,
-                variant=ctx.variant, noise=ctx.noise)
+                carried_sq=r_sq, prev_state_sq=p_sq, variant=ctx.variant, noise=ctx.noise)
     if record:
         ctx.grad_h_norm = np.sqrt(h_sq)
         ctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            prop = np.sqrt(r_sq / p_sq)
+        prop[~np.isfinite(prop)] = np.nan  # no transition at this step (first BPTT step, padding)
+        ctx.propagation = prop
     if not retain:
         ctx.cache = None  # free the cache now: it is consumed
     grad_x = _from_time_major(grad_x, ctx.batch_first, ctx.unbatched)

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validation as V
-from ._checks import array_view, choice as _choice, real as _real
+from ._validation import array_view, choice as _choice, real as _real
 
 __all__ = [
     "calculate_gain", "variance_scaling", "variance_scaling_",
@@ -61,19 +61,6 @@ _DISTRIBUTIONS = ("uniform", "normal", "truncated_normal")
 
 
 # --------------------------------------------------------------------------- argument checks
-
-def _generator(rng, where):
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
-        if rng < 0:
-            raise ValueError(f"{where}: rng seed must be non-negative, got {rng}")
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"{where}: rng must be a numpy.random.Generator, an int seed or None, "
-                    f"got {type(rng).__name__}")
-
 
 def _new(shape, dtype, where):
     """An uninitialised array of `shape` and `dtype` for the functional initializers to fill."""
@@ -177,7 +164,7 @@ def _variance_scaling(where, arr, scale, mode, distribution, rng, gates):
     scale = _real(scale, "scale", where, positive=True)
     _choice(mode, "mode", _MODES, where)
     _choice(distribution, "distribution", _DISTRIBUTIONS, where)
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
 
     def sample(shape):
         fan_in, fan_out = _fans(shape)
@@ -234,7 +221,7 @@ def _uniform(where, arr, a, b, rng, gates):
     a, b = _real(a, "a", where), _real(b, "b", where)
     if a > b:
         raise ValueError(f"{where}: a must be <= b, got a={a}, b={b}")
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
     return _fill(where, arr, gates, lambda shape: gen.uniform(a, b, size=shape))
 
 
@@ -260,7 +247,7 @@ def uniform_(arr, a=0.0, b=1.0, *, rng=None, gates=None):
 
 def _normal(where, arr, mean, std, rng, gates):
     mean, std = _real(mean, "mean", where), _real(std, "std", where, nonnegative=True)
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
     return _fill(where, arr, gates, lambda shape: gen.normal(mean, std, size=shape))
 
 
@@ -288,7 +275,7 @@ def _trunc_normal(where, arr, mean, std, a, b, rng, gates):
     a, b = _real(a, "a", where), _real(b, "b", where)
     if a >= b:
         raise ValueError(f"{where}: a must be < b, got a={a}, b={b}")
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
     return _fill(where, arr, gates, lambda shape: _truncated_normal(gen, shape, mean, std, a, b, where))
 
 
@@ -568,7 +555,7 @@ def lecun_normal_(arr, *, rng=None, gates=None):
 
 def _orthogonal(where, arr, gain, rng, gates):
     gain = _real(gain, "gain", where)
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
 
     def sample(shape):
         if len(shape) < 2:
@@ -659,7 +646,7 @@ def _needs_bias(lay, where):
 
 def _layer_rng(layer, rng, where):
     own = getattr(layer, "rng", None)
-    return own if rng is None and isinstance(own, np.random.Generator) else _generator(rng, where)
+    return own if rng is None and isinstance(own, np.random.Generator) else V.generator(rng, where)
 
 
 def _zero_biases(lay):

@@ -12,10 +12,6 @@ from . import _validation as V
 from . import functional as F
 
 
-def _generator(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 class _RNNBase:
     """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward."""
 
@@ -48,7 +44,7 @@ class _RNNBase:
         self.proj_size = int(self.proj_size)
         if self.proj_size and self.proj_size >= self.hidden_size:
             raise ValueError(f"{where}: proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}")
-        self.rng = _generator(rng)
+        self.rng = V.generator(rng, where)
         self._recorder = None  # set by fastrnn.diagnostics.record
         self.training = True
         self._ctx = None
@@ -70,7 +66,7 @@ class _RNNBase:
     def reset_parameters(self, rng=None):
         """PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)) (peepholes and LSTMP's
         ``weight_hr`` too); LayerNorm gains 1 and biases 0 (torch.nn.LayerNorm's, Haste's)."""
-        gen = self.rng if rng is None else _generator(rng)
+        gen = self.rng if rng is None else V.generator(rng, f"{type(self).__name__}.reset_parameters")
         k = 1.0 / math.sqrt(self.hidden_size)
         for name, w in self.params.items():
             if name.startswith("ln_"):

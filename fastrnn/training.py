@@ -2,6 +2,7 @@
 progress bar and callbacks."""
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
@@ -10,16 +11,9 @@ import time
 import numpy as np
 
 from .callbacks import Callback
+from .clip import clip_by_global_norm_, global_norm
 
 __all__ = ["fit", "History"]
-
-
-def _global_norm(grads):
-    """Global 2-norm ``sqrt(Σ_k ‖g_k‖²)`` of a dict of gradient arrays, in float64."""
-    arrays = grads.values()
-    with np.errstate(all="ignore"):  # an Inf gradient gives an Inf norm, not a warning
-        return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in
-                             (np.asarray(a, np.float64) for a in arrays)))
 
 
 class History:
@@ -147,7 +141,9 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
     loss : ``loss(pred, y) -> (value, grad)``, e.g. `fastrnn.losses.mse`.
     optimizer : a `fastrnn.optim` optimizer built on ``model``.
     epochs : int >= 1.
-    clip : None or ``clip(grads) -> norm``: called with ``model.grads`` after backward; it may
+    clip : None, a positive float ``max_norm`` (global-norm clipping, Pascanu et al. 2013:
+        `fastrnn.clip.clip_by_global_norm_` with ``nonfinite="skip"``), or
+        ``clip(grads) -> norm``: called with ``model.grads`` after backward; it may
         rescale the gradients in place and returns the norm measured before clipping (the
         `fastrnn.clip` convention, e.g. ``functools.partial(fastrnn.clip.clip_by_global_norm_,
         max_norm=1.0)``; add ``nonfinite="skip"`` there so that a NaN gradient reaches
@@ -172,8 +168,13 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
         raise ValueError(f"fit: epochs must be an int >= 1, got {epochs!r}")
     if not callable(loss):
         raise TypeError(f"fit: loss must be callable (e.g. fastrnn.losses.mse), got {type(loss).__name__}")
+    if isinstance(clip, numbers.Real) and not isinstance(clip, bool):
+        if not 0 < clip < math.inf:
+            raise ValueError(f"fit: clip = {clip!r}; a float clip is a max_norm and must be positive and finite")
+        clip = functools.partial(clip_by_global_norm_, max_norm=float(clip), nonfinite="skip")
     if clip is not None and not callable(clip):
-        raise TypeError(f"fit: clip must be None or a callable clip(grads) -> norm, got {type(clip).__name__}")
+        raise TypeError(f"fit: clip must be None, a max_norm float or a callable clip(grads) -> norm, "
+                        f"got {type(clip).__name__}")
     if scheduler is not None and not callable(getattr(scheduler, "step", None)):
         raise TypeError(f"fit: scheduler must have a step() method, got {type(scheduler).__name__}")
     callbacks = list(callbacks)
@@ -211,7 +212,7 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
             model.zero_grad()
             value, grad = loss(_predict(model, x, lengths), y)
             model.backward(grad)
-            norm = float(clip(model.grads)) if clip is not None else _global_norm(model.grads)
+            norm = float(clip(model.grads)) if clip is not None else global_norm(model.grads)
             lr = optimizer.lr
             history.loss.append(float(value))
             history.grad_norm.append(norm)

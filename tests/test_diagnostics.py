@@ -59,9 +59,11 @@ def test_per_step_norms_equal_reference(isa, cell, dtype, config):
     g_h = rng.standard_normal((S, N, H)).astype(dtype)
     g_c = rng.standard_normal((S, N, H)).astype(dtype) if cell == "lstm" else None
     report, ctx = _recorded(layer, x, None, lengths, g_out, g_h, g_c, rng_dropout=2)
-    gh, gc, _ = _reference_norms(layer, x, None, lengths, g_out, g_h, g_c, ctx.masks)
+    gh, gc, cache = _reference_norms(layer, x, None, lengths, g_out, g_h, g_c, ctx.masks)
     tol = 1e-10 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(report.grad_h_norm, gh, rtol=tol, atol=tol * max(1, gh.max()))
+    np.testing.assert_allclose(report.propagation, cache["propagation"], rtol=100 * tol, atol=100 * tol)
+    assert np.isnan(report.propagation[:, 0, -1]).all()  # no step before the first BPTT step
     if cell == "lstm":
         np.testing.assert_allclose(report.grad_c_norm, gc, rtol=tol, atol=tol * max(1, gc.max()))
     else:
@@ -381,3 +383,43 @@ def test_gradcheck_passes_and_names_a_wrong_gradient():
     assert not res.passed and res.worst["name"] == "input 1"
     with pytest.raises(TypeError, match="float64"):
         fastrnn.gradcheck(fastrnn.GRU(2, 2), np.ones((2, 1, 2), np.float32))
+
+
+def test_terminate_on_nan_says_where_inside_the_recurrence():
+    # ReLU RNN with a huge identity recurrence: the forward state overflows to inf at a known step.
+    layer = fastrnn.RNN(2, 4, nonlinearity="relu", dtype=np.float32, rng=0)
+    fastrnn.init.identity_(layer, scale=1e10)
+    layer.params["weight_ih_l0"][...] = 1.0
+    model = fastrnn.Sequential(layer, fastrnn.LastStep(), fastrnn.Linear(4, 1, rng=0))
+    x, y = fastrnn.tasks.adding(T=12, N=3, rng=0)
+    stop = fastrnn.callbacks.TerminateOnNaN()
+    hist = fastrnn.fit(model, [(x, y)], fastrnn.losses.mse, fastrnn.optim.SGD(model, lr=0.1), epochs=2,
+                       callbacks=[stop], verbose=False, clip=1.0)
+    assert stop.step == 0 and stop.location["quantity"] == "hidden state"
+    assert stop.location["step"] == 4  # |h| ~ 1e10^t overflows float32 (3.4e38) at t = 4
+    assert "time step 4" in hist.stop_reason
+    assert layer._recorder is None  # its own recorder is detached after training
+    assert fastrnn.diagnostics.record(layer, keep="last").keep == "last"
+    with pytest.raises(ValueError, match="keep must be"):
+        fastrnn.diagnostics.record(layer, keep="first")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_propagation_factors_telescope_without_injection(cell):
+    # Loss on the last step only: every earlier step's gradient came through the recurrence, so the
+    # per-step factors multiply to the ratio of the state gradients at the two ends.
+    layer = make_layer(cell, 3, 8, dtype=np.float64, seed=2)
+    x = np.random.default_rng(0).standard_normal((15, 4, 3))
+    g = np.zeros((15, 4, 8))
+    g[-1] = np.random.default_rng(1).standard_normal((4, 8))
+    report, ctx = _recorded(layer, x, g_out=g)
+    prod = np.prod(report.propagation[0, 0, :-1])
+    # the state gradient at the two ends: dL/dh_t, plus for LSTM the dL/dc_0 arriving from step 1
+    first = report.grad_h_norm[0, 0, 0] ** 2
+    if cell == "lstm":
+        kind, kw = ref_kwargs(layer)
+        _, _, _, cache = ref.forward(kind, x, dict(layer.params), **kw)
+        ref.backward(cache, g)
+        f1 = dict(cache["layers"][0]["dirs"][0]["steps"])[1]["f"]
+        first += np.sum((cache["grad_c"][0][0][1] * f1) ** 2)
+    assert prod == pytest.approx(np.sqrt(first) / report.grad_h_norm[0, 0, -1], rel=1e-9)

@@ -446,8 +446,10 @@ def test_fit_bad_input():
         fastrnn.fit(model, [(np.ones((1, 1)),)], losses.mse, opt, epochs=1, verbose=False)
     with pytest.raises(ValueError, match="epochs must be an int >= 1, got 0"):
         fastrnn.fit(model, good, losses.mse, opt, epochs=0)
-    with pytest.raises(TypeError, match="clip must be None or a callable"):
-        fastrnn.fit(model, good, losses.mse, opt, epochs=1, clip=1.0)
+    with pytest.raises(TypeError, match="clip must be None, a max_norm float or a callable"):
+        fastrnn.fit(model, good, losses.mse, opt, epochs=1, clip="1.0")
+    with pytest.raises(ValueError, match="must be positive and finite"):
+        fastrnn.fit(model, good, losses.mse, opt, epochs=1, clip=-1.0)
     with pytest.raises(TypeError, match="callbacks must be fastrnn.callbacks.Callback instances"):
         fastrnn.fit(model, good, losses.mse, opt, epochs=1, callbacks=[print])
     with pytest.raises(TypeError, match="data must be an iterable of batches"):

@@ -499,6 +499,8 @@ def test_gradient_norms_and_clipping_match_reference(isa, name):
         expected_c = np.array([[np.sqrt((cache["grad_c"][l][d] ** 2).sum(axis=(1, 2))) for d in range(2)]
                                for l in range(2)])
         np.testing.assert_allclose(report.grad_c_norm, expected_c, rtol=1e-10)
+    # Per-step gain of the recurrence (h and the arriving c), over the rows valid at both steps.
+    np.testing.assert_allclose(report.propagation, cache["propagation"], rtol=1e-9)
 
 
 # ---------------------------------------------------------------- API

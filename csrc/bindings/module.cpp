@@ -185,7 +185,7 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
                    const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
                    const py::object& grad_h0, const py::object& grad_c0, const py::list& gs, bool retain,
                    double bptt_clip, const py::object& grad_h_sq, const py::object& grad_c_sq,
-                   const py::object& noise) {
+                   const py::object& carried_sq, const py::object& prev_state_sq, const py::object& noise) {
     const bool lstm = fastrnn::cell_has_c(d);
     const i64 K = fastrnn::state_size(d), S = d.L * d.D * d.N * K, SC = d.L * d.D * d.N * d.H, TN = d.T * d.N;
     const i64 steps = d.L * d.D * d.T;
@@ -206,6 +206,10 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
     opt.bptt_clip = T(bptt_clip);
     opt.diag.grad_h_sq = data_of<double>(grad_h_sq, "grad_h_sq", steps, true, false);
     opt.diag.grad_c_sq = lstm ? data_of<double>(grad_c_sq, "grad_c_sq", steps, true, false) : nullptr;
+    opt.diag.carried_sq = data_of<double>(carried_sq, "carried_sq", steps, true, false);
+    opt.diag.prev_state_sq = data_of<double>(prev_state_sq, "prev_state_sq", steps, true, false);
+    if (!opt.diag.carried_sq != !opt.diag.prev_state_sq)
+        throw std::invalid_argument("carried_sq and prev_state_sq go together");
     opt.noise = noise_of<T>(d, noise);
     py::gil_scoped_release release;
     fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
@@ -252,7 +256,7 @@ PYBIND11_MODULE(_C, m) {
           [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool training,
              const Variant& v, bool regularized) {
               Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D, v);
-              const int threads = fastrnn::get_num_threads(), nr = 16;
+              const int threads = fastrnn::get_num_threads(), nr = fastrnn::active_kernels<float>().nr;
               return training ? std::max(fastrnn::forward_scratch_elements(d, true, threads, nr, regularized),
                                          fastrnn::backward_scratch_elements(d, false, threads, nr, regularized))
                               : fastrnn::forward_scratch_elements(d, false, threads, nr, regularized);
@@ -279,21 +283,24 @@ PYBIND11_MODULE(_C, m) {
              py::object x, py::list ws, py::object lengths, py::object masks, py::object cache, py::object grad_out,
              py::object grad_h_n, py::object grad_c_n, py::object grad_x, py::object grad_h0, py::object grad_c0,
              py::list gs, bool retain, double bptt_clip, py::object grad_h_sq, py::object grad_c_sq,
-             const Variant& v, py::object noise) {
+             py::object carried_sq, py::object prev_state_sq, const Variant& v, py::object noise) {
               Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D, v);
               if (is_double(x))
                   backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
-                                        grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq, noise);
+                                        grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
+                                        carried_sq, prev_state_sq, noise);
               else
                   backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
-                                       grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq, noise);
+                                       grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
+                                       carried_sq, prev_state_sq, noise);
           },
           py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
           py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("x"), py::arg("ws"),
           py::arg("lengths"), py::arg("masks"), py::arg("cache"), py::arg("grad_out"), py::arg("grad_h_n"),
           py::arg("grad_c_n"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("gs"),
           py::arg("retain") = false, py::arg("bptt_clip") = 0.0, py::arg("grad_h_sq") = py::none(),
-          py::arg("grad_c_sq") = py::none(), py::arg("variant") = plain, py::arg("noise") = py::none());
+          py::arg("grad_c_sq") = py::none(), py::arg("carried_sq") = py::none(), py::arg("prev_state_sq") = py::none(),
+          py::arg("variant") = plain, py::arg("noise") = py::none());
     m.def("saturation_stats", [](int cell, bool reset_after) {
         return fastrnn::saturation_stats(make_desc(cell, reset_after, true, 1, 1, 1, 1, 1, 1));
     });
@@ -307,13 +314,31 @@ PYBIND11_MODULE(_C, m) {
           py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
           py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("cache"), py::arg("lengths"),
           py::arg("saturation"), py::arg("variant") = plain);
+    m.def("_activation", [](const std::string& name, py::array x) {
+        // Test hook: the active ISA's activation function, elementwise on a contiguous array.
+        const int fn = name == "sigmoid" ? 0 : name == "tanh" ? 1 : name == "relu" ? 2 : -1;
+        if (fn < 0) throw std::invalid_argument("_activation: unknown function " + name);
+        if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("_activation: x must be C-contiguous");
+        if (x.dtype().is(py::dtype::of<float>())) {
+            py::array_t<float> y(x.size());
+            fastrnn::active_kernels<float>().activation(fn, static_cast<const float*>(x.data()), y.mutable_data(),
+                                                        x.size());
+            return py::array(y);
+        }
+        if (x.dtype().is(py::dtype::of<double>())) {
+            py::array_t<double> y(x.size());
+            fastrnn::active_kernels<double>().activation(fn, static_cast<const double*>(x.data()), y.mutable_data(),
+                                                         x.size());
+            return py::array(y);
+        }
+        throw py::type_error("_activation: x must be float32 or float64");
+    });
     m.def("get_isa", &fastrnn::get_isa);
     m.def("available_isas", &fastrnn::available_isas);
     m.def("set_isa", &fastrnn::set_isa);
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
-        fastrnn::set_num_threads(n);
-        scipy_openblas_set_num_threads(n);  // the hoisted GEMMs run on BLAS threads, outside our regions
+        fastrnn::set_num_threads(n);  // also caps the BLAS threads of the large hoisted GEMMs (core/blas.h)
     });
     m.def("get_num_threads", &fastrnn::get_num_threads);
     register_optim(m);

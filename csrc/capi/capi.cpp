@@ -671,8 +671,7 @@ fastrnn_status fastrnn_backward(const fastrnn_desc* desc, const fastrnn_weights*
 fastrnn_status fastrnn_set_num_threads(int n) {
     return guarded("fastrnn_set_num_threads", [&] {
         if (n < 1) invalid("n = " + to_string(n) + ", expected >= 1");
-        fastrnn::set_num_threads(n);
-        scipy_openblas_set_num_threads(n);  // the hoisted GEMMs run on BLAS threads
+        fastrnn::set_num_threads(n);  // also caps the BLAS threads of the large hoisted GEMMs (core/blas.h)
     });
 }
 

@@ -1,8 +1,11 @@
 // Row-major GEMM on the BLAS from scipy-openblas32 (symbols carry the scipy_ prefix).
 // C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <cblas.h>
+
+#include "threads.h"
 
 namespace fastrnn {
 
@@ -25,6 +28,16 @@ inline void gemv(CBLAS_TRANSPOSE t, int m, int n, double alpha, const double* a,
 }
 }  // namespace blas_detail
 
+// OpenBLAS threads only pay for large products: on a small one (a few hundred microseconds of
+// work) waking them costs more than it saves, and with busy cores a sleeping BLAS thread can
+// stall the call for a scheduler time slice. Their count is a process-wide setting, so it is
+// changed only when it has to be (a concurrent caller can at worst get the other count).
+inline void set_blas_threads(double flops) {
+    static std::atomic<int> current{-1};
+    const int want = flops >= 1e8 ? get_num_threads() : 1;
+    if (current.exchange(want, std::memory_order_relaxed) != want) scipy_openblas_set_num_threads(want);
+}
+
 // Sizes are validated in Python to fit in int (BLAS uses 32-bit indices).
 template <class T>
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
@@ -35,6 +48,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
             for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
         return;
     }
+    set_blas_threads(2.0 * double(m) * double(n) * double(k));
     const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
     if (m == 1) {
         if (beta == T(0))  // scratch may hold NaN patterns; BLAS is not required to ignore them

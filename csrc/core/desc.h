@@ -143,6 +143,12 @@ struct ThreadCtx {
     T* tile;              // [N, tile_cols] recurrent GEMM results of the current unit group
     double* grad_h_sq;    // [T] sum of squares of the total dL/dh_t over own units (null: off)
     double* grad_c_sq;    // [T] same for dL/dc_t (LSTM)
+    // Propagation records (null: off): over the rows valid at step t and at the step BPTT did
+    // before it, the squared norm of the state gradient (dL/dh, and the arriving dL/dc for LSTM)
+    // that reached step t through the recurrence, and of that previous step's state gradient.
+    double* carried_sq;     // [T]
+    double* prev_state_sq;  // [T]
+    double* rows;           // [3 N] per-row scratch for them
     T* dc_total;          // [nr] scratch for the LSTM dL/dc_t of one row block (diagnostics)
 };
 
@@ -179,6 +185,9 @@ struct KernelSet {
     CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
     // Variants: peephole LSTM, LSTMP (with and without peepholes), LayerNorm LSTM and GRU.
     CellKernels<T> lstm_peep, lstmp, lstmp_peep, ln_lstm, ln_gru;
+    // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
+    // their accuracy on every ISA.
+    void (*activation)(int fn, const T* x, T* y, std::int64_t n);
 };
 
 }  // namespace fastrnn

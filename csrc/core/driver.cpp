@@ -171,9 +171,9 @@ struct ThreadPlan {
 ThreadPlan plan_threads(const Desc& d, int nr) {
     const int nth = step_threads();
     const int groups = (d.D == 2 && nth >= 2) ? 2 : 1;
-    const double K = double(state_size(d));
+    const double K = double(state_size(d));  // LSTMP: the recurrent GEMM is [G*H, P], plus the projection
     const double step_flops = 2.0 * double(d.N) * double(cell_gates(d) * d.H) * K + (d.P > 0 ? 2.0 * double(d.N) * K * double(d.H) : 0.0);
-    constexpr double kMinFlopsPerThread = 6e4;  // ~1 us of GEMM: a barrier costs well under that
+    constexpr double kMinFlopsPerThread = 1.2e5;  // ~1.5 us of GEMM per thread and step: a barrier costs a fraction
     i64 per = std::min<i64>(nth / groups, blocks(d, nr));
     per = std::min<i64>(per, std::max<i64>(1, i64(step_flops / kMinFlopsPerThread)));
     return ThreadPlan{groups, int(std::max<i64>(per, 1))};
@@ -185,7 +185,7 @@ void carve_threads(Carver<T>& cv, const Desc& d, int threads, int nr, ThreadCtx<
     for (int i = 0; i < threads; ++i) {
         T* tile = cv.take(d.N * kMaxTilePanels * nr);
         T* dct = cv.take(4 * nr);
-        if (tc) tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, dct};
+        if (tc) tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, nullptr, nullptr, nullptr, dct};
     }
 }
 
@@ -209,6 +209,9 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         ThreadCtx<T> ctx = thread;  // diagnostics are recorded per direction
         if (ctx.grad_h_sq) ctx.grad_h_sq += dir * r.steps;
         if (ctx.grad_c_sq) ctx.grad_c_sq += dir * r.steps;
+        if (ctx.carried_sq) ctx.carried_sq += dir * r.steps;
+        if (ctx.prev_state_sq) ctx.prev_state_sq += dir * r.steps;
+        if (ctx.rows) std::fill(ctx.rows, ctx.rows + 3 * r.N, 0.0);
         const i64 b0 = nblk * lt / per, b1 = nblk * (lt + 1) / per;
         const i64 s0 = nblk_state * lt / per, s1 = nblk_state * (lt + 1) / per;
         for (i64 s = 0; s < r.steps; ++s)
@@ -221,7 +224,8 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
             }
         if (!fwd) k.bwd_final(r, ctx, s0, s1);
     };
-    parallel_run(plan.total(), [&](int tid, int n) {
+    const std::int64_t start = now_ns();
+    const std::int64_t join_wait = parallel_run(plan.total(), [&](int tid, int n) {
         if (n != plan.total()) {  // the pool was busy: this caller does everything alone
             Barrier solo(1);
             for (i64 dir = 0; dir < D; ++dir) recurrence(dir, tc[0], 0, 1, solo);
@@ -231,7 +235,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         for (i64 dir = 0; dir < D; ++dir)
             if (plan.groups == 1 || dir == group) recurrence(dir, tc[tid], lt, plan.per_group, barriers[group]);
     });
-    report_stalls(barriers[0].stalls() + barriers[1].stalls(), barriers[0].waits() + barriers[1].waits());
+    report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
 }
 
 template <class T>
@@ -609,10 +613,13 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
         std::fill(zrate_rows.begin() + K, zrate_rows.end(), nz.zc_rate);
         zrows = zrate_rows.data();
     }
-    std::vector<double> diag_h, diag_c;  // per thread [T] partial sums, reduced in thread order
+    std::vector<double> diag_h, diag_c, diag_r, diag_s, diag_rows;  // per thread [D, T] partial sums, reduced in thread order
     if (opt.diag.grad_h_sq) {
         diag_h.assign(std::size_t(plan.total() * D * T_), 0.0);
         if (has_c && opt.diag.grad_c_sq) diag_c.assign(std::size_t(plan.total() * D * T_), 0.0);
+        if (opt.diag.carried_sq) diag_r.assign(std::size_t(plan.total() * D * T_), 0.0);
+        if (opt.diag.carried_sq) diag_s.assign(std::size_t(plan.total() * D * T_), 0.0);
+        if (opt.diag.carried_sq) diag_rows.assign(std::size_t(plan.total() * 3 * N), 0.0);
     }
     const T clip = opt.bptt_clip > T(0) ? opt.bptt_clip : std::numeric_limits<T>::infinity();
 
@@ -669,6 +676,9 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
         for (int i = 0; i < plan.total() && !diag_h.empty(); ++i) {
             tc[i].grad_h_sq = diag_h.data() + i * D * T_;
             tc[i].grad_c_sq = diag_c.empty() ? nullptr : diag_c.data() + i * D * T_;
+            tc[i].carried_sq = diag_r.empty() ? nullptr : diag_r.data() + i * D * T_;
+            tc[i].prev_state_sq = diag_s.empty() ? nullptr : diag_s.data() + i * D * T_;
+            tc[i].rows = diag_rows.empty() ? nullptr : diag_rows.data() + i * 3 * N;
         }
         run_layer(k, false, true, rec, D, plan, tc.data(), nblk, nblk_k);
 
@@ -688,6 +698,14 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
                         if (!diag_c.empty()) {
                             opt.diag.grad_c_sq[s_idx * T_ + t] += diag_c[at];
                             diag_c[at] = 0;
+                        }
+                        if (!diag_r.empty()) {
+                            opt.diag.carried_sq[s_idx * T_ + t] += diag_r[at];
+                            diag_r[at] = 0;
+                        }
+                        if (!diag_s.empty()) {
+                            opt.diag.prev_state_sq[s_idx * T_ + t] += diag_s[at];
+                            diag_s[at] = 0;
                         }
                     }
 

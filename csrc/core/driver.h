@@ -21,13 +21,19 @@ std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, 
 struct BackwardDiagnostics {
     double* grad_h_sq;  // [L, D, T] sum over the batch and units of (dL/dh_t)^2, total gradient
     double* grad_c_sq;  // [L, D, T] the same for dL/dc_t (LSTM)
+    // [L, D, T] propagation records (both or neither): over the rows valid at step t and at the
+    // step BPTT processed before it (t+1 forward, t-1 reverse), the summed squares of the state
+    // gradient (dL/dh and, for LSTM, the arriving dL/dc) that reached t through the recurrence,
+    // and of the previous step's state gradient. Their ratio is the step Jacobian's gain.
+    double* carried_sq = nullptr;
+    double* prev_state_sq = nullptr;
 };
 
 template <class T>
 struct BackwardOptions {
     bool retain = false;  // keep the cache intact (else it is overwritten by the gate gradients)
     T bptt_clip = T(0);   // > 0: clip dL/d(gate pre-activations) to [-bptt_clip, bptt_clip] per step
-    BackwardDiagnostics diag{nullptr, nullptr};
+    BackwardDiagnostics diag{nullptr, nullptr, nullptr, nullptr};
     Noise<T> noise;       // the regularizer noise the forward used (the same masks)
 };
 

@@ -23,31 +23,24 @@ namespace {
 std::atomic<int> g_num_threads{1};
 
 // Waits until pred() holds: spins for about `spin_us`, then yields the CPU between checks.
-// Returns true when the wait outlasted the spin (the thread waited for was not running).
 template <class Pred>
-bool spin_then_yield(Pred pred, int spin_us) {
+void spin_then_yield(Pred pred, int spin_us) {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
-    bool yielded = false;
+    bool yielding = false;
     for (int i = 0; !pred(); ++i) {
-        if ((i & 63) != 63 || (!yielded && std::chrono::steady_clock::now() < until)) {
+        if ((i & 63) != 63 || (!yielding && std::chrono::steady_clock::now() < until)) {
             FASTRNN_RELAX();
         } else {
-            yielded = true;
+            yielding = true;
             std::this_thread::yield();
         }
     }
-    return yielded;
 }
 
-// Until when (steady clock, ns) recurrent steps run on one thread because barriers stalled, and
-// for how long the next stall sends them there (doubling while stalls repeat, up to a minute).
+// Until when (steady clock, ns) recurrent steps run on one thread, and for how long the next
+// report of heavy waiting sends them there.
 std::atomic<std::int64_t> g_single_until{0};
 std::atomic<std::int64_t> g_backoff_ns{1000000000};
-
-std::int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
 
 class Pool {
    public:
@@ -60,11 +53,11 @@ class Pool {
         for (auto& t : threads_) t.join();
     }
 
-    void run(int n, const std::function<void(int, int)>& fn) {
+    std::int64_t run(int n, const std::function<void(int, int)>& fn) {
         std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
         if (!busy.owns_lock()) {  // another caller's job is running: do this one alone
             fn(0, 1);
-            return;
+            return 0;
         }
         while (int(threads_.size()) < n - 1) {
             const int tid = int(threads_.size()) + 1;
@@ -79,7 +72,9 @@ class Pool {
         }
         cv_.notify_all();
         fn(0, n);
-        spin_then_yield([&] { return remaining_.load(std::memory_order_acquire) == 0; }, 1000);
+        const std::int64_t t0 = now_ns();
+        spin_then_yield([&] { return remaining_.load(std::memory_order_acquire) == 0; }, 100);
+        return now_ns() - t0;
     }
 
    private:
@@ -135,15 +130,22 @@ Pool& pool() {
 
 }  // namespace
 
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
 int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
 int step_threads() {
     return now_ns() < g_single_until.load(std::memory_order_relaxed) ? 1 : get_num_threads();
 }
 
-void report_stalls(std::int64_t stalls, std::int64_t waits) {
-    if (waits == 0) return;
-    if (stalls > 2 && stalls * 100 > waits) {  // over 1% of the barriers: the cores are oversubscribed
+void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
+    if (threads <= 1 || region_ns <= 0) return;
+    if (4 * wait_ns > std::int64_t(threads) * region_ns) {
         const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
         g_single_until.store(now_ns() + backoff, std::memory_order_relaxed);
         g_backoff_ns.store(std::min<std::int64_t>(2 * backoff, 60000000000), std::memory_order_relaxed);
@@ -152,14 +154,12 @@ void report_stalls(std::int64_t stalls, std::int64_t waits) {
     }
 }
 
-void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
-
-void parallel_run(int n, const std::function<void(int, int)>& fn) {
+std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn) {
     if (n <= 1) {
         fn(0, 1);
-        return;
+        return 0;
     }
-    pool().run(n, fn);
+    return pool().run(n, fn);
 }
 
 void Barrier::wait() {
@@ -170,9 +170,9 @@ void Barrier::wait() {
         phase_.store(phase + 1, std::memory_order_release);
         return;
     }
-    waits_.fetch_add(1, std::memory_order_relaxed);
-    if (spin_then_yield([&] { return phase_.load(std::memory_order_acquire) != phase; }, 200))
-        stalls_.fetch_add(1, std::memory_order_relaxed);
+    const std::int64_t t0 = now_ns();
+    spin_then_yield([&] { return phase_.load(std::memory_order_acquire) != phase; }, 200);
+    wait_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
 }
 
 }  // namespace fastrnn

@@ -11,17 +11,21 @@ namespace fastrnn {
 int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 
-// Threads a recurrent step may use now: get_num_threads(), or 1 for about a second after
-// report_stalls() saw barriers waiting on descheduled threads (more runnable threads than
-// cores: per-step barriers would then cost a scheduler time slice each).
+// Threads a recurrent step may use now: get_num_threads(), or 1 for a while (1 s, doubling up
+// to a minute while it repeats) after report_waits() saw threads spend over a quarter of a
+// parallel region waiting for each other — which happens when there are more runnable threads
+// than cores (another program, DataLoader workers): a descheduled thread then costs every
+// per-step barrier a scheduler time slice, and one thread is much faster.
 int step_threads();
-void report_stalls(std::int64_t stalls, std::int64_t waits);
+void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads);
+std::int64_t now_ns();
 
 // Runs fn(tid, nthreads) on n threads, the caller being tid 0, and returns when all are done.
 // When the pool is already running another caller's job (several Python threads), the job runs
 // on the calling thread alone (nthreads = 1): the kernels' results do not depend on the thread
-// count, so only the speed differs. fn must not throw.
-void parallel_run(int n, const std::function<void(int, int)>& fn);
+// count, so only the speed differs. fn must not throw. Returns the nanoseconds the caller
+// waited at the end for the other threads.
+std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn);
 
 // Barrier for a fixed group of threads: sense-reversing, spins briefly, then yields (a VM may
 // deschedule a vCPU, and spinning would then starve the thread being waited for).
@@ -29,14 +33,13 @@ class Barrier {
    public:
     explicit Barrier(int n) : n_(n) {}
     void wait();
-    std::int64_t waits() const { return waits_.load(std::memory_order_relaxed); }
-    std::int64_t stalls() const { return stalls_.load(std::memory_order_relaxed); }  // waits that outlasted the spin
+    std::int64_t wait_ns() const { return wait_ns_.load(std::memory_order_relaxed); }  // summed over threads
 
    private:
     const int n_;
     std::atomic<int> count_{0};
     std::atomic<std::uint32_t> phase_{0};
-    std::atomic<std::int64_t> waits_{0}, stalls_{0};
+    std::atomic<std::int64_t> wait_ns_{0};
 };
 
 }  // namespace fastrnn

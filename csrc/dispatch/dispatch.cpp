@@ -9,7 +9,7 @@ namespace fastrnn {
 namespace {
 
 // In order of preference (later = better); kIsas below follows the same order.
-enum class Isa : int { scalar = 0, avx2 = 1 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
 struct IsaInfo {
     const char* name;
@@ -21,13 +21,19 @@ bool cpu_has_avx2() {
     __builtin_cpu_init();  // also checks that the OS saves the ymm registers
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+bool cpu_has_avx512() {
+    __builtin_cpu_init();  // also checks that the OS saves the zmm and mask registers
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f");
+}
 #else
 bool cpu_has_avx2() { return false; }
+bool cpu_has_avx512() { return false; }
 #endif
 
 const IsaInfo kIsas[] = {
     {"scalar", [] { return true; }},
     {"avx2", cpu_has_avx2},
+    {"avx512", cpu_has_avx512},
 };
 
 template <class T>
@@ -35,7 +41,9 @@ const KernelSet<T>& kernel_set(Isa isa) {
     static const KernelSet<T> scalar = scalar_kernels<T>();
 #if defined(__x86_64__) || defined(_M_X64)
     static const KernelSet<T> avx2 = avx2_kernels<T>();
+    static const KernelSet<T> avx512 = avx512_kernels<T>();
     if (isa == Isa::avx2) return avx2;
+    if (isa == Isa::avx512) return avx512;
 #endif
     return scalar;
 }

@@ -9,6 +9,7 @@ namespace fastrnn {
 template <class T> KernelSet<T> scalar_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 template <class T> KernelSet<T> avx2_kernels();
+template <class T> KernelSet<T> avx512_kernels();
 #endif
 
 std::vector<std::string> available_isas();  // best first

@@ -100,13 +100,25 @@ inline void microkernel(std::int64_t kc, const typename V::value_type* a, std::i
             }
 }
 
+// Vector registers the microkernel may fill with accumulators (the rest hold B and A).
+template <class V>
+constexpr int accumulator_budget() {
+    return V::regs >= 32 ? 24 : 12;
+}
+// Rows per register block: more rows reuse each loaded B vector more often.
+template <class V>
+constexpr int max_rows() {
+    return V::regs >= 32 ? 8 : 6;
+}
+
 // Rows r0..r0+R of the tile against np panels, P at a time (as many as the registers allow).
 template <class V, int R>
 inline void row_block(std::int64_t kc, const typename V::value_type* a, std::int64_t lda,
                       const typename V::value_type* const* b, int np, typename V::value_type* c, std::int64_t ldc,
                       bool accumulate) {
-    constexpr int NR = panel_width<V>();
-    constexpr int PM = R == 1 ? 6 : R == 2 ? 3 : R == 3 ? 2 : 1;
+    constexpr int NR = panel_width<V>(), NV = NR / V::width;
+    constexpr int PM0 = accumulator_budget<V>() / (R * NV);
+    constexpr int PM = PM0 < 1 ? 1 : (PM0 > 6 ? 6 : PM0);
     int p = 0;
     for (; p + PM <= np; p += PM) microkernel<V, R, PM>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
     int left = np - p;  // fewer than PM
@@ -115,12 +127,27 @@ inline void row_block(std::int64_t kc, const typename V::value_type* a, std::int
             microkernel<V, R, 3>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
             p += 3, left -= 3;
         }
+    }
+    if constexpr (PM >= 2) {
         if (left == 2) {
             microkernel<V, R, 2>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
             p += 2, left -= 2;
         }
     }
     if (left == 1) microkernel<V, R, 1>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
+}
+
+// The last rows < max_rows: row_block<R> for R = rem.
+template <class V, int R>
+inline void row_tail(int rem, std::int64_t kc, const typename V::value_type* a, std::int64_t lda,
+                     const typename V::value_type* const* b, int np, typename V::value_type* c, std::int64_t ldc,
+                     bool accumulate) {
+    if constexpr (R > 0) {
+        if (rem == R)
+            row_block<V, R>(kc, a, lda, b, np, c, ldc, accumulate);
+        else
+            row_tail<V, R - 1>(rem, kc, a, lda, b, np, c, ldc, accumulate);
+    }
 }
 
 // tile[N, np*nr] (+)= A[N, K] * [panels], K in passes of kKC. `panels[p]` points at row 0 of
@@ -130,7 +157,7 @@ void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, 
                const typename V::value_type* const* panels, int np, typename V::value_type* tile,
                bool accumulate) {
     using T = typename V::value_type;
-    constexpr int NR = panel_width<V>();
+    constexpr int NR = panel_width<V>(), MR = max_rows<V>();
     const std::int64_t ldc = std::int64_t(np) * NR;
     const T* b[kMaxTilePanels];
     for (std::int64_t k0 = 0; k0 < K; k0 += kKC) {
@@ -139,17 +166,8 @@ void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, 
         for (int p = 0; p < np; ++p) b[p] = panels[p] + k0 * NR;
         const T* ak = a + k0;
         std::int64_t r = 0;
-        for (; r + 6 <= N; r += 6) row_block<V, 6>(kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
-        const T* ar = ak + r * lda;
-        T* cr = tile + r * ldc;
-        switch (N - r) {
-            case 1: row_block<V, 1>(kc, ar, lda, b, np, cr, ldc, acc); break;
-            case 2: row_block<V, 2>(kc, ar, lda, b, np, cr, ldc, acc); break;
-            case 3: row_block<V, 3>(kc, ar, lda, b, np, cr, ldc, acc); break;
-            case 4: row_block<V, 4>(kc, ar, lda, b, np, cr, ldc, acc); break;
-            case 5: row_block<V, 5>(kc, ar, lda, b, np, cr, ldc, acc); break;
-            default: break;
-        }
+        for (; r + MR <= N; r += MR) row_block<V, MR>(kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
+        row_tail<V, MR - 1>(int(N - r), kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
     }
 }
 

@@ -494,20 +494,59 @@ void ln_out_step(const Recurrence<T>& r, ThreadCtx<T>&, i64 s, i64 b0, i64 b1) {
 // ---------------------------------------------------------------- backward
 
 // dh_total = carry + recurrent part (tile, times the recurrent dropout mask) + dL/dy_t into the
-// tile row; returns its sum of squares.
+// tile row. With `sq` (diagnostics), adds the sums of squares of what arrived through the
+// recurrence (carry + tile) to sq[0] and of the total to sq[1].
 template <class T>
-double gather_state_grad(T* tile_row, const T* carry, const T* dy, const T* rmask, i64 cnt, bool want_norm) {
-    double sq = 0;
-    if (rmask) {
-        for (i64 j = 0; j < cnt; ++j) tile_row[j] = tile_row[j] * rmask[j] + (carry[j] + (dy ? dy[j] : T(0)));
-    } else if (dy) {
-        for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j] + dy[j];
-    } else {
+void gather_state_grad(T* tile_row, const T* carry, const T* dy, const T* rmask, i64 cnt, double* sq) {
+    if (rmask)
+        for (i64 j = 0; j < cnt; ++j) tile_row[j] = tile_row[j] * rmask[j] + carry[j];
+    else
         for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j];
+    if (sq)
+        for (i64 j = 0; j < cnt; ++j) sq[0] += double(tile_row[j]) * double(tile_row[j]);
+    if (dy)
+        for (i64 j = 0; j < cnt; ++j) tile_row[j] += dy[j];
+    if (sq)
+        for (i64 j = 0; j < cnt; ++j) sq[1] += double(tile_row[j]) * double(tile_row[j]);
+}
+
+// The diagnostics of one row's units at a step: the total dL/dh_t norm, and for the
+// propagation records what arrived through the recurrence and the state gradient.
+template <class T>
+void record_state_grad(const ThreadCtx<T>& tc, i64 N, i64 t, i64 n, const double* sq) {
+    tc.grad_h_sq[t] += sq[1];
+    if (tc.rows) {
+        tc.rows[n] += sq[0];
+        tc.rows[N + n] += sq[1];
     }
-    if (want_norm)
-        for (i64 j = 0; j < cnt; ++j) sq += double(tile_row[j]) * double(tile_row[j]);
-    return sq;
+}
+
+// The propagation records' share of the LSTM's dL/dc_t arriving from step t+1 (own units).
+template <class T>
+void record_c_arrival(const Recurrence<T>& r, const ThreadCtx<T>& tc, i64 n, i64 u0, i64 cnt) {
+    if (!tc.rows) return;
+    double c_in = 0;
+    for (i64 j = 0; j < cnt; ++j) c_in += double(r.dc[n * r.H + u0 + j]) * double(r.dc[n * r.H + u0 + j]);
+    tc.rows[n] += c_in;
+    tc.rows[r.N + n] += c_in;
+}
+
+// Per-row sums of this step (this thread's units) -> the propagation records: for rows valid at
+// this step and at the step BPTT processed before it, what arrived through the recurrence and
+// what that previous step's state gradient was. rows: [carried, state, previous state] x N.
+template <class T>
+void record_propagation(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 t) {
+    const i64 N = r.N, tp = s > 0 ? bptt_time_of(r, s - 1) : -1;
+    double *carried = tc.rows, *state = tc.rows + N, *previous = tc.rows + 2 * N;
+    for (i64 n = 0; n < N; ++n) {
+        const bool now = row_valid(r.lengths, n, t), before = tp >= 0 && row_valid(r.lengths, n, tp);
+        if (now && before) {
+            tc.carried_sq[t] += carried[n];
+            tc.prev_state_sq[t] += previous[n];
+        }
+        previous[n] = now ? state[n] : 0.0;
+        carried[n] = state[n] = 0.0;
+    }
 }
 
 // Padded row: the carried gradient passes through (plus the recurrent part through the mask).
@@ -600,13 +639,18 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
                 continue;
             }
             const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
-            const double sq = gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq != nullptr);
-            if (tc.grad_h_sq) tc.grad_h_sq[t] += sq;
+            double sq[2] = {0, 0};
+            gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq ? sq : nullptr);
+            if (tc.grad_h_sq) {
+                record_state_grad(tc, N, t, n, sq);
+                if constexpr (Cell::has_c) record_c_arrival(r, tc, n, u0, cnt);  // dL/dc_t arriving from t+1
+            }
             Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
             if constexpr (Cell::has_c) record_dc(tc, t, cnt);
             if constexpr (LN) ln_rec_sums<Cell, NR, CV>(r, t, n, b, bb, cnt, nblk);
         }
     }
+    if (tc.rows) record_propagation(r, tc, s, t);
 }
 
 // GRU reset_after=false, second phase: dL/d(r*h) = dn W_hn needs every unit's dn (hence the
@@ -653,8 +697,9 @@ void proj_grad_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64
                 continue;
             }
             const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
-            const double sq = gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq != nullptr);
-            if (tc.grad_h_sq) tc.grad_h_sq[t] += sq;
+            double sq[2] = {0, 0};
+            gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq ? sq : nullptr);
+            if (tc.grad_h_sq) record_state_grad(tc, N, t, n, sq);
             if (const T* zh = zh_row(r, t, n, u0)) {
                 for (i64 j = 0; j < cnt; ++j) {
                     dp[j] = tile_row[j] * (T(1) - zh[j]);
@@ -688,10 +733,12 @@ void proj_cell_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64
             row.dh_carry = tile_row;  // the cell's (zero) direct part; dL/dh_{t-1} came in phase one
             row.zh = nullptr;
             row.rmask = nullptr;
+            if (tc.grad_h_sq) record_c_arrival(r, tc, n, u0, cnt);
             Cell::template backward<CV>(row, cnt);
             record_dc(tc, t, cnt);
         }
     }
+    if (tc.rows) record_propagation(r, tc, s, t);  // the step's last phase
 }
 
 // LayerNorm LSTM, backward phase A: dL/dh_t, then the output gate, the LN(c) parameter
@@ -722,8 +769,12 @@ void ln_lstm_bwd_out(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
                 continue;
             }
             const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
-            const double sq = gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq != nullptr);
-            if (tc.grad_h_sq) tc.grad_h_sq[t] += sq;
+            double sq[2] = {0, 0};
+            gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq ? sq : nullptr);
+            if (tc.grad_h_sq) {
+                record_state_grad(tc, N, t, n, sq);
+                record_c_arrival(r, tc, n, u0, cnt);
+            }
             LNRow<T> q;
             q.o = grow + 3 * H;
             q.chat = const_cast<T*>(grow + r.row.chat);
@@ -744,6 +795,7 @@ void ln_lstm_bwd_out(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
                            std::min<i64>(NR, cnt - u * NR), stats_of(r, 0, n, nblk) + 2 * (b + u));
         }
     }
+    if (tc.rows) record_propagation(r, tc, s, t);
 }
 
 // LayerNorm LSTM, backward phase B: the LN(c) backward (row sums combined in block order), the
@@ -953,6 +1005,15 @@ CellKernels<T> make_ln_gru_kernels() {
     return k;
 }
 
+template <class CV, class T>
+void activation(int fn, const T* x, T* y, i64 n) {
+    for_lanes<CV>(n, [&](auto v, i64 j) {
+        using W = decltype(v);
+        const W a = W::load(x + j);
+        (fn == 0 ? vsigmoid(a) : fn == 1 ? vtanh(a) : vrelu(a)).store(y + j);
+    });
+}
+
 // GV: the vector type of the recurrent GEMM; CV: the vector type of the cells' pointwise math.
 template <class GV, class CV, class T>
 KernelSet<T> make_kernel_set() {
@@ -972,6 +1033,7 @@ KernelSet<T> make_kernel_set() {
     ks.lstmp_peep = make_lstmp_kernels<true, GV, CV, T>();
     ks.ln_lstm = make_ln_lstm_kernels<GV, CV, T>();
     ks.ln_gru = make_ln_gru_kernels<GV, CV, T>();
+    ks.activation = &activation<CV, T>;
     return ks;
 }
 

@@ -18,6 +18,7 @@ template <class T>
 struct Scalar {
     using value_type = T;
     static constexpr int width = 1;
+    static constexpr int regs = 16;
     T v;
 
     static Scalar load(const T* p) { return {*p}; }

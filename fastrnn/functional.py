@@ -38,6 +38,7 @@ _CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 # The variant tensors of a layer-direction in the core's order (after w_ih, w_hh, b_ih, b_hh).
 _VARIANT_NAMES = ("weight_hr", "weight_peephole", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+_PLAIN = (0, False, False, False)  # (proj_size, peephole, layer_norm, zoneout on c): the plain cells
 
 __all__ = ["rnn_forward", "lstm_forward", "gru_forward", "backward", "forward_stats", "param_shapes", "Context"]
 
@@ -154,8 +155,8 @@ def _check_params(where, cell, params, num_layers, bidirectional, bias, proj_siz
 
 def _group(arrays, bias, names=None):
     """Per layer-direction tuples in the core's order: (w_ih, w_hh, b_ih, b_hh), then, when a
-    variant is on, its tensors (``_VARIANT_NAMES`` order; None for the absent ones). Without
-    `names`, `arrays` is the plain cells' torch-ordered list."""
+    variant is on (`names` given), its tensors (``_VARIANT_NAMES`` order; None for the absent
+    ones). Without `names`, `arrays` is the plain cells' torch-ordered list."""
     if names is None:
         step = 4 if bias else 2
         return [tuple(arrays[i:i + 4]) if bias else (arrays[i], arrays[i + 1], None, None)
@@ -177,6 +178,8 @@ def _group(arrays, bias, names=None):
 
 def _check_rate(p, name, where):
     """A probability in [0, 1) (the regularizers' rates)."""
+    if type(p) is float and 0.0 <= p < 1.0:  # the common case, without the slower ABC checks
+        return p
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{where}: {name} must be a float, got {type(p).__name__}")
     if not 0.0 <= float(p) < 1.0:
@@ -185,6 +188,8 @@ def _check_rate(p, name, where):
 
 
 def _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c):
+    if type(proj_size) is int and not (proj_size or peephole or layer_norm or zoneout_h or zoneout_c):
+        return  # the plain cells
     lstm = cell == "lstm"
     if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
         raise TypeError(f"{where}: proj_size must be an int, got {type(proj_size).__name__}")
@@ -332,6 +337,8 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
     elif zoneout_h or zoneout_c:
         noise = (None, None, None, zoneout_h, zoneout_c, None)
     variant = (int(proj_size), peephole, layer_norm, bool(zoneout_c) or (noise is not None and noise[2] is not None))
+    # The core's variant arguments only when they differ from its defaults (saves their conversion).
+    extra = {} if variant == _PLAIN and noise is None else dict(variant=variant, noise=noise)
 
     out = np.empty((T, N, D * K), dtype)
     h_n = np.empty((L * D, N, K), dtype)
@@ -340,9 +347,9 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
     cache = None
     if training:
         cache = np.empty(_C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout, variant), dtype)
-    weights = _group(arrays, bias, names)
+    weights = _group(arrays, bias, names if (proj_size or peephole or layer_norm) else None)
     _C.forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
-               out, h_n, c_n, cache, variant, noise)
+               out, h_n, c_n, cache, **extra)
 
     ctx = None
     if training:
@@ -431,7 +438,7 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
             if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != dtype or not g.flags.c_contiguous \
                     or not g.flags.writeable:
                 raise ValueError(f"{where}: grads[{name!r}] must be a writable C-contiguous {dtype} array of shape {w.shape}")
-    grad_list = _group([grads[n] for n in ctx.names], ctx.bias, ctx.names)
+    grad_list = _group([grads[n] for n in ctx.names], ctx.bias, ctx.names if any(ctx.variant[:3]) else None)
     S = ctx.L * ctx.D
     grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
     grad_h0 = np.empty((S, ctx.N, ctx.K), dtype)
@@ -444,7 +451,8 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     _C.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
                 grad_x, grad_h0, grad_c0, grad_list, retain=retain, bptt_clip=clip, grad_h_sq=h_sq, grad_c_sq=c_sq,
-                carried_sq=r_sq, prev_state_sq=p_sq, variant=ctx.variant, noise=ctx.noise)
+                carried_sq=r_sq, prev_state_sq=p_sq,
+                **({} if ctx.variant == _PLAIN and ctx.noise is None else dict(variant=ctx.variant, noise=ctx.noise)))
     if record:
         ctx.grad_h_norm = np.sqrt(h_sq)
         ctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)

@@ -7,7 +7,7 @@
 // Variants: zoneout on h (Krueger et al. 2017): h_t = h~ + d*(h_{t-1} - h~), h~ the update
 // above; backward dh~ = (1-d) dh_t, dh_{t-1} += d dh_t. Recurrent dropout (Gal & Ghahramani
 // 2016): the recurrent GEMMs read h_{t-1}*mask (reset_after=false: r*(h_{t-1}*mask)), while the
-// z*h_{t-1} term keeps the undropped state (Keras).
+// z*h_{t-1} term keeps the undropped state (Keras). Reg = false compiles both out.
 #pragma once
 #include "rows.h"
 #include "../simd/scalar.h"
@@ -19,7 +19,7 @@
 namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
-template <bool ResetAfter>
+template <bool ResetAfter, bool Reg>
 struct GRUCell {
     static constexpr int gates = 3;
     static constexpr int cache_gates = 4;
@@ -46,10 +46,12 @@ struct GRUCell {
                 n = vtanh(W::load(row.xp + 2 * H + j) + W::load(row.bias + 2 * H + j) + W::load(row.hp + j));
             }
             W h = fmadd(z, h_prev - n, n);
-            if (row.zh) h = fmadd(W::load(row.zh + j), h_prev - h, h);
+            if constexpr (Reg)
+                if (row.zh) h = fmadd(W::load(row.zh + j), h_prev - h, h);
             h.store(row.h + j);
             h.store(row.y + j);
-            if (row.hr) (h * W::load(row.rmask + j)).store(row.hr + j);
+            if constexpr (Reg)
+                if (row.hr) (h * W::load(row.rmask + j)).store(row.hr + j);
             if constexpr (Train) {
                 n.store(row.gates + 2 * H + j);
                 if constexpr (ResetAfter) {
@@ -73,7 +75,8 @@ struct GRUCell {
             r.store(row.gates + j);
             z.store(row.gates + H + j);
             W h_in = W::load(row.h_prev + j);
-            if (row.rmask) h_in = h_in * W::load(row.rmask + j);
+            if constexpr (Reg)
+                if (row.rmask) h_in = h_in * W::load(row.rmask + j);
             (r * h_in).store(row.rh + j);
         });
     }
@@ -88,7 +91,8 @@ struct GRUCell {
             const W one = W::set1(1), lim = W::set1(row.clip);
             W z = W::load(row.gates + H + j), n = W::load(row.gates + 2 * H + j);
             W dh_total = W::load(row.dh + j), dh = dh_total, h_prev = W::load(row.h_prev + j);
-            if (row.zh) dh = dh_total * (one - W::load(row.zh + j));
+            if constexpr (Reg)
+                if (row.zh) dh = dh_total * (one - W::load(row.zh + j));
             W dn = vclip(dh * (one - z) * (one - n * n), lim);
             W dz = vclip(dh * (h_prev - n) * z * (one - z), lim);
             if constexpr (ResetAfter) {
@@ -99,7 +103,7 @@ struct GRUCell {
             }
             dz.store(row.dgates + H + j);
             dn.store(row.dgates + 2 * H + j);
-            if (row.zh)
+            if (Reg && row.zh)
                 fmadd(dh_total, W::load(row.zh + j), dh * z).store(row.dh_carry + j);
             else
                 (dh * z).store(row.dh_carry + j);
@@ -114,7 +118,7 @@ struct GRUCell {
             const W one = W::set1(1), lim = W::set1(row.clip);
             W r = W::load(row.gates + j), d_rh = W::load(row.d_rh + j);
             W h_in = W::load(row.h_prev + j), dr_h = r;  // d(r*h_in)/dh_{t-1} = r*mask
-            if (row.rmask) {
+            if (Reg && row.rmask) {
                 const W m = W::load(row.rmask + j);
                 h_in = h_in * m;
                 dr_h = r * m;

@@ -16,6 +16,8 @@
 // - Recurrent dropout (Gal & Ghahramani 2016): the cell also writes h_t * mask, the next
 //   recurrent GEMM's input; the state itself is not dropped.
 // - Projection (LSTMP): the step kernels point `h` at m_t and project it in a second phase.
+// Reg = false compiles the regularizers out (the plain cells' kernels); Reg = true reads the
+// optional zoneout / recurrent dropout pointers of the row (null: off).
 #pragma once
 #include "rows.h"
 #include "../simd/scalar.h"
@@ -27,7 +29,7 @@
 namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
-template <bool Peep>
+template <bool Peep, bool Reg>
 struct LSTMCell {
     static constexpr int gates = 4;
     static constexpr int cache_gates = 4;
@@ -52,15 +54,16 @@ struct LSTMCell {
             if constexpr (Peep) ao = fmadd(W::load(r.peep + 2 * H + j), c, ao);
             W o = vsigmoid(ao);
             W h = o * vtanh(c);
-            if (r.zh) h = fmadd(W::load(r.zh + j), W::load(r.h_prev + j) - h, h);
-            if constexpr (Train) {
-                if (r.ctil) c.store(r.ctil + j);
+            if constexpr (Reg) {
+                if (r.zh) h = fmadd(W::load(r.zh + j), W::load(r.h_prev + j) - h, h);
+                if (Train && r.ctil) c.store(r.ctil + j);
+                if (r.zc) c = fmadd(W::load(r.zc + j), c_prev - c, c);
             }
-            if (r.zc) c = fmadd(W::load(r.zc + j), c_prev - c, c);
             c.store(r.c + j);
             h.store(r.h + j);
             h.store(r.y + j);
-            if (r.hr) (h * W::load(r.rmask + j)).store(r.hr + j);
+            if constexpr (Reg)
+                if (r.hr) (h * W::load(r.rmask + j)).store(r.hr + j);
             if constexpr (Train) {
                 i.store(r.gates + j);
                 f.store(r.gates + H + j);
@@ -81,9 +84,11 @@ struct LSTMCell {
             W g = W::load(r.gates + 2 * H + j), o = W::load(r.gates + 3 * H + j);
             W tc = vtanh(W::load(r.c + j));
             W dh_total = W::load(r.dh + j), dh = dh_total;
-            if (r.zh) dh = dh_total * (one - W::load(r.zh + j));
             W dc_next = W::load(r.dc + j), dc_in = dc_next;
-            if (r.zc) dc_in = dc_next * (one - W::load(r.zc + j));
+            if constexpr (Reg) {
+                if (r.zh) dh = dh_total * (one - W::load(r.zh + j));
+                if (r.zc) dc_in = dc_next * (one - W::load(r.zc + j));
+            }
             W d_o = vclip(dh * tc * o * (one - o), lim);
             W dc = fmadd(dh * o, one - tc * tc, dc_in);
             if constexpr (Peep) dc = fmadd(d_o, W::load(r.peep + 2 * H + j), dc);
@@ -96,13 +101,14 @@ struct LSTMCell {
             dg.store(r.dgates + 2 * H + j);
             d_o.store(r.dgates + 3 * H + j);
             W dc_prev = dc * f;
-            if (r.zc) dc_prev = fmadd(W::load(r.zc + j), dc_next, dc_prev);
+            if constexpr (Reg)
+                if (r.zc) dc_prev = fmadd(W::load(r.zc + j), dc_next, dc_prev);
             if constexpr (Peep) {
                 dc_prev = fmadd(di, W::load(r.peep + j), dc_prev);
                 dc_prev = fmadd(df, W::load(r.peep + H + j), dc_prev);
             }
             dc_prev.store(r.dc + j);
-            if (r.zh)
+            if (Reg && r.zh)
                 (dh_total * W::load(r.zh + j)).store(r.dh_carry + j);
             else
                 W::zero().store(r.dh_carry + j);

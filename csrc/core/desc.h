@@ -31,7 +31,8 @@ inline std::int64_t state_size(const Desc& d) { return d.P > 0 ? d.P : d.H; }  /
 
 // Columns of one cached training row (one step, one sequence, one direction) beyond the gates,
 // as offsets from the row start; -1 where the variant does not keep it. `ld` is the row length.
-// Backward overwrites the gates with their gradients and reuses some blocks (see driver.cpp).
+// Backward overwrites the gates with their gradients, and LayerNorm's x^ blocks with the
+// gradients of the projections they normalize (dL/d(W_ih x), dL/d(W_hh h)).
 struct RowLayout {
     std::int64_t ld = 0;
     std::int64_t m = -1;        // LSTMP: m_t = o*tanh(c_t), the projection's input [H]
@@ -183,7 +184,10 @@ struct KernelSet {
     void (*ln_rows_backward)(const T* rows, T* drows, std::int64_t n_rows, std::int64_t ld, std::int64_t width,
                              const T* gain, T* g_gain, std::int64_t xhat, std::int64_t rstd);
     CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
-    // Variants: peephole LSTM, LSTMP (with and without peepholes), LayerNorm LSTM and GRU.
+    // The same cells with the regularizers compiled in (recurrent dropout, zoneout), and the
+    // variants (which always have them): peephole LSTM, LSTMP (with and without peepholes),
+    // LayerNorm LSTM and GRU.
+    CellKernels<T> rnn_tanh_reg, rnn_relu_reg, lstm_reg, gru_reg, gru_v1_reg;
     CellKernels<T> lstm_peep, lstmp, lstmp_peep, ln_lstm, ln_gru;
     // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
     // their accuracy on every ISA.

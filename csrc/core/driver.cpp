@@ -47,19 +47,22 @@ using i64 = std::int64_t;
 bool gru_v1(const Desc& d) { return d.cell == CellKind::GRU && !d.reset_after; }
 bool gru_reset_after(const Desc& d) { return d.cell == CellKind::GRU && d.reset_after; }
 
+// `reg`: the call has recurrent dropout or zoneout (the plain cells' kernels compile them out).
 template <class T>
-const CellKernels<T>& cell_of(const KernelSet<T>& k, const Desc& d) {
+const CellKernels<T>& cell_of(const KernelSet<T>& k, const Desc& d, bool reg) {
     switch (d.cell) {
-        case CellKind::RNN_TANH: return k.rnn_tanh;
-        case CellKind::RNN_RELU: return k.rnn_relu;
+        case CellKind::RNN_TANH: return reg ? k.rnn_tanh_reg : k.rnn_tanh;
+        case CellKind::RNN_RELU: return reg ? k.rnn_relu_reg : k.rnn_relu;
         case CellKind::LSTM:
             if (d.layer_norm) return k.ln_lstm;
             if (d.P > 0) return d.peephole ? k.lstmp_peep : k.lstmp;
-            return d.peephole ? k.lstm_peep : k.lstm;
+            if (d.peephole) return k.lstm_peep;
+            return reg ? k.lstm_reg : k.lstm;
         case CellKind::GRU: break;
     }
     if (d.layer_norm) return k.ln_gru;
-    return d.reset_after ? k.gru : k.gru_v1;
+    if (d.reset_after) return reg ? k.gru_reg : k.gru;
+    return reg ? k.gru_v1_reg : k.gru_v1;
 }
 
 // Offsets into the training cache (see cache_elements in driver.h). DH is the width of a
@@ -490,13 +493,18 @@ template <class T>
 bool has_noise(const Noise<T>& nz) {
     return nz.rec_mask || nz.zh_mask || nz.zc_mask || nz.w_mask || nz.zh_rate > T(0) || nz.zc_rate > T(0);
 }
+// Noise the cells see (DropConnect acts on the packed W_hh only).
+template <class T>
+bool cell_noise(const Noise<T>& nz) {
+    return nz.rec_mask || nz.zh_mask || nz.zc_mask || nz.zh_rate > T(0) || nz.zc_rate > T(0);
+}
 }  // namespace
 
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz) {
     const KernelSet<T>& ks = active_kernels<T>();
-    const CellKernels<T>& k = cell_of(ks, d);
+    const CellKernels<T>& k = cell_of(ks, d, cell_noise(nz));
     const bool train = cache != nullptr, has_c = cell_has_c(d), regularized = has_noise(nz);
     const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, G = cell_gates(d), GH = G * H;
     const i64 NK = N * K, NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr), nblk_k = state_blocks(d, ks.nr);
@@ -589,8 +597,8 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
               T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
               T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt) {
     const KernelSet<T>& ks = active_kernels<T>();
-    const CellKernels<T>& k = cell_of(ks, d);
     const Noise<T>& nz = opt.noise;
+    const CellKernels<T>& k = cell_of(ks, d, cell_noise(nz));
     const bool has_c = cell_has_c(d), v1 = gru_v1(d), split_h = gru_reset_after(d), regularized = has_noise(nz);
     const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, G = cell_gates(d), GH = G * H;
     const i64 NK = N * K, NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr), nblk_k = state_blocks(d, ks.nr);

@@ -683,7 +683,7 @@ void proj_grad_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64
     for (i64 b = b0; b < b1; b += UG) {
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, K - u0), ldt = bb * NR;
         if (s > 0)
-            recurrent_grad<LSTMCell<false>, false, GV>(r, tc.tile, s - 1, b, bb);
+            recurrent_grad<LSTMCell<false, true>, false, GV>(r, tc.tile, s - 1, b, bb);
         else
             zero_units(tc.tile, N * ldt);
         for (i64 n = 0; n < N; ++n) {
@@ -958,7 +958,7 @@ CellKernels<T> make_cell_kernels() {
 // LSTMP: cell phase then projection phase forward; the reverse backward.
 template <bool Peep, class GV, class CV, class T>
 CellKernels<T> make_lstmp_kernels() {
-    using Cell = LSTMCell<Peep>;
+    using Cell = LSTMCell<Peep, true>;
     CellKernels<T> k = no_kernels<T>();
     k.fwd_phases = k.bwd_phases = 2;
     k.fwd_train[0] = &forward_step<Cell, GV, CV, true, true, T>;
@@ -992,7 +992,7 @@ CellKernels<T> make_ln_lstm_kernels() {
 
 template <class GV, class CV, class T>
 CellKernels<T> make_ln_gru_kernels() {
-    using Cell = GRUCell<true>;
+    using Cell = GRUCell<true, true>;
     CellKernels<T> k = no_kernels<T>();
     k.fwd_phases = k.bwd_phases = 2;
     k.fwd_train[0] = &ln_stats_step<Cell, GV, CV, true, T>;
@@ -1023,12 +1023,17 @@ KernelSet<T> make_kernel_set() {
     ks.pack_backward = &pack_backward<GV, T>;
     ks.ln_rows = &ln_rows<CV, T>;
     ks.ln_rows_backward = &ln_rows_backward<CV, T>;
-    ks.rnn_tanh = make_cell_kernels<RNNCell<false>, GV, CV, T>();
-    ks.rnn_relu = make_cell_kernels<RNNCell<true>, GV, CV, T>();
-    ks.lstm = make_cell_kernels<LSTMCell<false>, GV, CV, T>();
-    ks.gru = make_cell_kernels<GRUCell<true>, GV, CV, T>();
-    ks.gru_v1 = make_cell_kernels<GRUCell<false>, GV, CV, T>();
-    ks.lstm_peep = make_cell_kernels<LSTMCell<true>, GV, CV, T>();
+    ks.rnn_tanh = make_cell_kernels<RNNCell<false, false>, GV, CV, T>();
+    ks.rnn_relu = make_cell_kernels<RNNCell<true, false>, GV, CV, T>();
+    ks.lstm = make_cell_kernels<LSTMCell<false, false>, GV, CV, T>();
+    ks.gru = make_cell_kernels<GRUCell<true, false>, GV, CV, T>();
+    ks.gru_v1 = make_cell_kernels<GRUCell<false, false>, GV, CV, T>();
+    ks.rnn_tanh_reg = make_cell_kernels<RNNCell<false, true>, GV, CV, T>();
+    ks.rnn_relu_reg = make_cell_kernels<RNNCell<true, true>, GV, CV, T>();
+    ks.lstm_reg = make_cell_kernels<LSTMCell<false, true>, GV, CV, T>();
+    ks.gru_reg = make_cell_kernels<GRUCell<true, true>, GV, CV, T>();
+    ks.gru_v1_reg = make_cell_kernels<GRUCell<false, true>, GV, CV, T>();
+    ks.lstm_peep = make_cell_kernels<LSTMCell<true, true>, GV, CV, T>();
     ks.lstmp = make_lstmp_kernels<false, GV, CV, T>();
     ks.lstmp_peep = make_lstmp_kernels<true, GV, CV, T>();
     ks.ln_lstm = make_ln_lstm_kernels<GV, CV, T>();

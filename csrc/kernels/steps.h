@@ -154,18 +154,28 @@ void forward_rz_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
 
 // ---------------------------------------------------------------- backward
 
+// Sum of squares in double with 8 independent accumulators (one chain would be latency-bound,
+// and the compiler may not reorder a floating-point reduction by itself).
+template <class T>
+double sum_squares(const T* v, i64 n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    i64 j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k) a[k] += double(v[j + k]) * double(v[j + k]);
+    for (; j < n; ++j) a[0] += double(v[j]) * double(v[j]);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 // dh_total = carry + recurrent part (tile) + dL/dy_t into the tile row. With `sq` (diagnostics),
 // adds the sums of squares of what arrived through the recurrence (carry + tile) to sq[0] and of
 // the total to sq[1].
 template <class T>
 void gather_state_grad(T* tile_row, const T* carry, const T* dy, i64 cnt, double* sq) {
     for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j];
-    if (sq)
-        for (i64 j = 0; j < cnt; ++j) sq[0] += double(tile_row[j]) * double(tile_row[j]);
+    if (sq) sq[0] += sum_squares(tile_row, cnt);
     if (dy)
         for (i64 j = 0; j < cnt; ++j) tile_row[j] += dy[j];
-    if (sq)
-        for (i64 j = 0; j < cnt; ++j) sq[1] += double(tile_row[j]) * double(tile_row[j]);
+    if (sq) sq[1] += dy ? sum_squares(tile_row, cnt) : sq[0];
 }
 
 // Per-row sums of this step (this thread's units) -> the propagation records: for rows valid at
@@ -241,16 +251,14 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
                 tc.grad_h_sq[t] += sq[1];
                 if (tc.rows) {
                     double c_in = 0;
-                    if constexpr (Cell::has_c)  // dL/dc_t arriving from step t+1
-                        for (i64 j = 0; j < cnt; ++j) c_in += double(r.dc[n * H + u0 + j]) * double(r.dc[n * H + u0 + j]);
+                    if constexpr (Cell::has_c) c_in = sum_squares(r.dc + n * H + u0, cnt);  // dL/dc_t from step t+1
                     tc.rows[n] += sq[0] + c_in;      // arrived through the recurrence
                     tc.rows[N + n] += sq[1] + c_in;  // the state gradient at this step
                 }
             }
             Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
             if constexpr (Cell::has_c)
-                if (tc.grad_c_sq)
-                    for (i64 j = 0; j < cnt; ++j) tc.grad_c_sq[t] += double(tc.dc_total[j]) * double(tc.dc_total[j]);
+                if (tc.grad_c_sq) tc.grad_c_sq[t] += sum_squares(tc.dc_total, cnt);
         }
     }
     if (tc.rows) record_propagation(r, tc, s, t);

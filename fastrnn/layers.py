@@ -15,6 +15,8 @@ from . import functional as F
 class _RNNBase:
     """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward."""
 
+    _recorders = ()  # fastrnn.diagnostics.record objects attached to this layer
+
     _mode = None  # set by subclasses
 
     # Cell variants and regularizer rates (set by the subclasses that have them).
@@ -45,7 +47,6 @@ class _RNNBase:
         if self.proj_size and self.proj_size >= self.hidden_size:
             raise ValueError(f"{where}: proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}")
         self.rng = V.generator(rng, where)
-        self._recorder = None  # set by fastrnn.diagnostics.record
         self.training = True
         self._ctx = None
         shapes = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
@@ -126,8 +127,10 @@ class _RNNBase:
             recurrent_dropout=self.recurrent_dropout, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c,
             weight_drop=self.weight_drop)
         self._ctx = ctx
-        if self._recorder is not None and ctx is not None:
-            self._recorder._on_forward(self, ctx)
+        recorders = [r for r in self._recorders if r.active]
+        if recorders and ctx is not None:
+            from .diagnostics import notify_forward
+            notify_forward(recorders, self, ctx)
         return out, h_n, c_n
 
     def _backward(self, grad_output, grad_h_n, grad_c_n):
@@ -138,11 +141,11 @@ class _RNNBase:
         if self._ctx.consumed:
             raise RuntimeError(f"{where}: backward was already called for the last forward (it consumes the "
                                "cache); run forward again first")
-        rec = self._recorder
+        recorders = [r for r in self._recorders if r.active]
         grad_x, grad_h0, grad_c0, _ = F.backward(self._ctx, grad_output, grad_h_n, grad_c_n, grads=self.grads,
-                                                 bptt_clip=self.bptt_clip, record=rec is not None)
-        if rec is not None:
-            rec._on_backward(self, self._ctx)
+                                                 bptt_clip=self.bptt_clip, record=bool(recorders))
+        for r in recorders:
+            r._on_backward(self, self._ctx)
         return grad_x, grad_h0, grad_c0
 
     def __call__(self, *args, **kwargs):

@@ -53,7 +53,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 # Everything about one call that is not a tensor.
 _Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where "
-                           "bptt_clip module recorder variants noise")
+                           "bptt_clip module recorders variants noise")
 # The fastrnn-only regularizer keywords of the modules, and their defaults (off).
 _REGULARIZERS = {"recurrent_dropout": 0.0, "zoneout_h": 0.0, "zoneout_c": 0.0, "weight_drop": 0.0}
 
@@ -83,8 +83,9 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, x, h0, c0, masks, *weights):
         out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True)
-        if spec.recorder is not None:  # fastrnn.diagnostics.record: gate statistics from the cache
-            spec.recorder._on_forward(spec.module, fctx)
+        if spec.recorders:  # fastrnn.diagnostics.record: gate statistics from the cache
+            from .diagnostics import notify_forward
+            notify_forward(spec.recorders, spec.module, fctx)
         # What BPTT reads is saved through torch, so retain_graph, the check against in-place
         # changes of x or the weights, and freeing the cache after backward behave as for torch ops.
         ctx.save_for_backward(x, *weights, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache), masks)
@@ -105,9 +106,9 @@ class _RNNFunction(torch.autograd.Function):
             grad_x, grad_h0, grad_c0, grads = F.backward(fctx, _numpy(grad_out), _numpy(grad_h_n),
                                                          _numpy(grad_c_n), retain=True,
                                                          bptt_clip=ctx.spec.bptt_clip,
-                                                         record=ctx.spec.recorder is not None)
-            if ctx.spec.recorder is not None:
-                ctx.spec.recorder._on_backward(ctx.spec.module, fctx)
+                                                         record=bool(ctx.spec.recorders))
+            for r in ctx.spec.recorders:
+                r._on_backward(ctx.spec.module, fctx)
         finally:
             fctx.x = fctx.cache = fctx.masks = None
         need = ctx.needs_input_grad
@@ -140,7 +141,7 @@ class _FastRNNBase:
     """
 
     bptt_clip = None
-    _recorder = None
+    _recorders = ()  # fastrnn.diagnostics.record objects attached to this module
     layer_norm = False
     peephole = False
     recurrent_dropout = zoneout_h = zoneout_c = weight_drop = 0.0
@@ -275,7 +276,7 @@ class _FastRNNBase:
                         **{k: getattr(self, k) for k in _REGULARIZERS if getattr(self, k)})
         spec = _Spec(self._cell(), self._flat_weights_names, L, self.bidirectional, self.bias,
                      self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where,
-                     self.bptt_clip, self, self._recorder, variants, noise)
+                     self.bptt_clip, self, tuple(r for r in self._recorders if r.active), variants, noise)
         h0, c0 = (states + [None, None])[:2]
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
             outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)

@@ -427,20 +427,29 @@ NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengt
     const CacheLayout lay(d, dropout);
     const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, S = saturation_stats(d);
     const i64 ld = lay.row.ld;
-    // Kind of each saturation statistic: 0 sigmoid gate, 1 tanh gate, 2 RNN tanh output, 3 RNN relu output.
+    // Kind of each saturation statistic: 0 sigmoid gate, 1 tanh gate or tanh RNN output, 2 ReLU output.
     int kind[4] = {0, 0, 1, 0};
     if (d.cell == CellKind::GRU) kind[2] = 1;
-    if (d.cell == CellKind::RNN_TANH) kind[0] = 2;
-    if (d.cell == CellKind::RNN_RELU) kind[0] = 3;
-    auto saturated = [](int k, T v) {
-        switch (k) {
-            case 0: return v < T(0.01) || v > T(0.99);
-            case 1:
-            case 2: return v < T(-0.99) || v > T(0.99);
-            default: return v == T(0);
-        }
+    if (d.cell == CellKind::RNN_TANH) kind[0] = 1;
+    if (d.cell == CellKind::RNN_RELU) kind[0] = 2;
+    // Saturated units of one row, and in `bad` the number of NaN/Inf (v - v is 0 only for finite
+    // v). Integer reductions of comparisons: the compiler vectorizes them.
+    auto count_row = [H](int k, const T* v, i64& bad) {
+        i64 c = 0, nf = 0;
+        if (k == 0)
+            for (i64 j = 0; j < H; ++j) c += (v[j] < T(0.01)) | (v[j] > T(0.99)), nf += !(v[j] - v[j] == T(0));
+        else if (k == 1)
+            for (i64 j = 0; j < H; ++j) c += (v[j] < T(-0.99)) | (v[j] > T(0.99)), nf += !(v[j] - v[j] == T(0));
+        else
+            for (i64 j = 0; j < H; ++j) c += v[j] == T(0), nf += !(v[j] - v[j] == T(0));
+        bad += nf;
+        return c;
     };
-    auto finite = [](T v) { return v - v == T(0); };  // false for NaN and +-inf
+    auto has_nonfinite = [](const T* v, i64 n) {
+        i64 nf = 0;
+        for (i64 j = 0; j < n; ++j) nf += !(v[j] - v[j] == T(0));
+        return nf > 0;
+    };
     NonFinite first;
     for (i64 l = 0; l < d.L && (saturation || first.layer < 0); ++l) {
         i64 best_step = T_;  // earliest processing step with a non-finite value in this layer
@@ -451,23 +460,17 @@ NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengt
             for (i64 s = 0; s < T_; ++s) {
                 const i64 t = dir == 0 ? s : T_ - 1 - s;
                 i64 count[4] = {0, 0, 0, 0}, valid = 0;
-                int bad = -1;  // what was non-finite at this step (the first found: gates, then states)
+                int bad = -1;  // what was non-finite at this step: gates first, then states
                 for (i64 n = 0; n < N; ++n) {
                     if (lengths && t >= lengths[n]) continue;
                     ++valid;
                     const T* g = gates ? gates + (t * N + n) * ld : nullptr;
-                    const T* y = Y + (t * N + n) * DK;
-                    for (i64 q = 0; q < S; ++q) {
-                        const T* v = g ? g + q * H : y;
-                        for (i64 j = 0; j < H; ++j) {
-                            count[q] += saturated(kind[q], v[j]);
-                            if (bad < 0 && !finite(v[j])) bad = g ? 0 : 1;
-                        }
-                    }
-                    for (i64 j = 0; j < K && bad < 0; ++j)
-                        if (!finite(y[j])) bad = 1;
-                    for (i64 j = 0; C && j < H && bad < 0; ++j)
-                        if (!finite(C[(t * N + n) * H + j])) bad = 2;
+                    const T* y = Y + (t * N + n) * DK;  // K = H without a projection (RNN: no gates)
+                    i64 nonfinite = 0;
+                    for (i64 q = 0; q < S; ++q) count[q] += count_row(kind[q], g ? g + q * H : y, nonfinite);
+                    if (bad < 0 && nonfinite) bad = g ? 0 : 1;
+                    if (bad < 0 && g && has_nonfinite(y, K)) bad = 1;
+                    if (bad < 0 && C && has_nonfinite(C + (t * N + n) * H, H)) bad = 2;
                 }
                 if (saturation)
                     for (i64 q = 0; q < S; ++q)

@@ -493,6 +493,18 @@ void ln_out_step(const Recurrence<T>& r, ThreadCtx<T>&, i64 s, i64 b0, i64 b1) {
 
 // ---------------------------------------------------------------- backward
 
+// Sum of squares in double with 8 independent accumulators (one chain would be latency-bound,
+// and the compiler may not reorder a floating-point reduction by itself).
+template <class T>
+double sum_squares(const T* v, i64 n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    i64 j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k) a[k] += double(v[j + k]) * double(v[j + k]);
+    for (; j < n; ++j) a[0] += double(v[j]) * double(v[j]);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 // dh_total = carry + recurrent part (tile, times the recurrent dropout mask) + dL/dy_t into the
 // tile row. With `sq` (diagnostics), adds the sums of squares of what arrived through the
 // recurrence (carry + tile) to sq[0] and of the total to sq[1].
@@ -502,33 +514,29 @@ void gather_state_grad(T* tile_row, const T* carry, const T* dy, const T* rmask,
         for (i64 j = 0; j < cnt; ++j) tile_row[j] = tile_row[j] * rmask[j] + carry[j];
     else
         for (i64 j = 0; j < cnt; ++j) tile_row[j] += carry[j];
-    if (sq)
-        for (i64 j = 0; j < cnt; ++j) sq[0] += double(tile_row[j]) * double(tile_row[j]);
+    if (sq) sq[0] += sum_squares(tile_row, cnt);
     if (dy)
         for (i64 j = 0; j < cnt; ++j) tile_row[j] += dy[j];
-    if (sq)
-        for (i64 j = 0; j < cnt; ++j) sq[1] += double(tile_row[j]) * double(tile_row[j]);
+    if (sq) sq[1] += dy ? sum_squares(tile_row, cnt) : sq[0];
 }
 
 // The diagnostics of one row's units at a step: the total dL/dh_t norm, and for the
-// propagation records what arrived through the recurrence and the state gradient.
+// propagation records what arrived through the recurrence and the state gradient, with c_in the
+// squares of the LSTM's arriving dL/dc_t (c_arrival).
 template <class T>
-void record_state_grad(const ThreadCtx<T>& tc, i64 N, i64 t, i64 n, const double* sq) {
+void record_state_grad(const ThreadCtx<T>& tc, i64 N, i64 t, i64 n, const double* sq, double c_in) {
     tc.grad_h_sq[t] += sq[1];
     if (tc.rows) {
-        tc.rows[n] += sq[0];
-        tc.rows[N + n] += sq[1];
+        tc.rows[n] += sq[0] + c_in;      // arrived through the recurrence
+        tc.rows[N + n] += sq[1] + c_in;  // the state gradient at this step
     }
 }
 
-// The propagation records' share of the LSTM's dL/dc_t arriving from step t+1 (own units).
+// Sum of squares of the LSTM's dL/dc_t arriving from step t+1 (own units), for the propagation
+// records (0 when they are off).
 template <class T>
-void record_c_arrival(const Recurrence<T>& r, const ThreadCtx<T>& tc, i64 n, i64 u0, i64 cnt) {
-    if (!tc.rows) return;
-    double c_in = 0;
-    for (i64 j = 0; j < cnt; ++j) c_in += double(r.dc[n * r.H + u0 + j]) * double(r.dc[n * r.H + u0 + j]);
-    tc.rows[n] += c_in;
-    tc.rows[r.N + n] += c_in;
+double c_arrival(const Recurrence<T>& r, const ThreadCtx<T>& tc, i64 n, i64 u0, i64 cnt) {
+    return tc.rows ? sum_squares(r.dc + n * r.H + u0, cnt) : 0.0;
 }
 
 // Per-row sums of this step (this thread's units) -> the propagation records: for rows valid at
@@ -590,8 +598,7 @@ BwdRow<T> backward_row(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 t, i64 n, i
 
 template <class T>
 inline void record_dc(ThreadCtx<T>& tc, i64 t, i64 cnt) {
-    if (tc.grad_c_sq)
-        for (i64 j = 0; j < cnt; ++j) tc.grad_c_sq[t] += double(tc.dc_total[j]) * double(tc.dc_total[j]);
+    if (tc.grad_c_sq) tc.grad_c_sq[t] += sum_squares(tc.dc_total, cnt);
 }
 
 // LayerNorm: the recurrent gradient blocks (dL/d(vh) per gate of W_hh's row blocks).
@@ -642,8 +649,9 @@ void backward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
             double sq[2] = {0, 0};
             gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq ? sq : nullptr);
             if (tc.grad_h_sq) {
-                record_state_grad(tc, N, t, n, sq);
-                if constexpr (Cell::has_c) record_c_arrival(r, tc, n, u0, cnt);  // dL/dc_t arriving from t+1
+                double c_in = 0;
+                if constexpr (Cell::has_c) c_in = c_arrival(r, tc, n, u0, cnt);  // dL/dc_t from step t+1
+                record_state_grad(tc, N, t, n, sq, c_in);
             }
             Cell::template backward<CV>(backward_row<Cell>(r, tc, t, n, u0, tile_row), cnt);
             if constexpr (Cell::has_c) record_dc(tc, t, cnt);
@@ -699,7 +707,7 @@ void proj_grad_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64
             const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
             double sq[2] = {0, 0};
             gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq ? sq : nullptr);
-            if (tc.grad_h_sq) record_state_grad(tc, N, t, n, sq);
+            if (tc.grad_h_sq) record_state_grad(tc, N, t, n, sq, 0.0);  // c arrives in the cell phase
             if (const T* zh = zh_row(r, t, n, u0)) {
                 for (i64 j = 0; j < cnt; ++j) {
                     dp[j] = tile_row[j] * (T(1) - zh[j]);
@@ -733,7 +741,11 @@ void proj_cell_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64
             row.dh_carry = tile_row;  // the cell's (zero) direct part; dL/dh_{t-1} came in phase one
             row.zh = nullptr;
             row.rmask = nullptr;
-            if (tc.grad_h_sq) record_c_arrival(r, tc, n, u0, cnt);
+            if (tc.rows) {  // the propagation records' share of the arriving dL/dc_t
+                const double c_in = c_arrival(r, tc, n, u0, cnt);
+                tc.rows[n] += c_in;
+                tc.rows[N + n] += c_in;
+            }
             Cell::template backward<CV>(row, cnt);
             record_dc(tc, t, cnt);
         }
@@ -771,10 +783,7 @@ void ln_lstm_bwd_out(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
             const T* dy = r.dy ? r.dy + (t * N + n) * r.ld_dy + u0 : nullptr;
             double sq[2] = {0, 0};
             gather_state_grad(tile_row, carry, dy, rm, cnt, tc.grad_h_sq ? sq : nullptr);
-            if (tc.grad_h_sq) {
-                record_state_grad(tc, N, t, n, sq);
-                record_c_arrival(r, tc, n, u0, cnt);
-            }
+            if (tc.grad_h_sq) record_state_grad(tc, N, t, n, sq, c_arrival(r, tc, n, u0, cnt));
             LNRow<T> q;
             q.o = grow + 3 * H;
             q.chat = const_cast<T*>(grow + r.row.chat);

@@ -8,7 +8,7 @@ import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 from . import _C
 from . import clip, cuda, functional, init
 from ._embed import get_include, get_library_dir
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 from . import callbacks, losses, optim, tasks
 from . import diagnostics
 from .diagnostics import gradcheck
@@ -17,7 +17,7 @@ from .training import History, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
            "set_num_threads", "get_num_threads", "get_include", "get_library_dir", "__version__",
            "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
            "diagnostics", "gradcheck", "cuda"]

@@ -1,10 +1,11 @@
-"""python -m fastrnn demo | info | config"""
+"""python -m fastrnn demo | bench | info | config"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 import fastrnn
+from . import _bench
 from . import demo as _demo
 
 
@@ -64,6 +65,8 @@ def main(argv=None):
                        description=_demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _demo.add_arguments(d)
     d.set_defaults(func=demo)
+    b = sub.add_parser("bench", help="compare fastrnn with torch.nn, ONNX Runtime and NumPy (ms, GFLOP/s, speedups)")
+    _bench.add_arguments(b).set_defaults(func=_bench.run_args)
     i = sub.add_parser("info", help="version, ISA, threads, BLAS")
     i.set_defaults(func=info)
     c = sub.add_parser("config", help="compiler/linker flags and paths for embedding fastrnn (C ABI)")

@@ -26,6 +26,7 @@ class _Call:
     """Sizes, device and stream of one call, and the contiguous time-major tensors it runs on."""
 
     def __init__(self, spec, x, weights, masks):
+        cuda.check_plain(spec.where, **spec.variants, noise=spec.noise)
         self.mod = cuda._require(spec.where)
         self.spec = spec
         self.dev = x.device
@@ -86,10 +87,10 @@ class _Call:
         dtype = np.dtype(str(self.dtype).replace("torch.", ""))
         s = self.spec
         return F.Context(cell=s.cell, reset_after=s.reset_after, bias=s.bias, T=self.T, N=self.N, C=self.C, H=self.H,
-                         L=self.L, D=self.D, dtype=dtype, x=self.x.detach().cpu().numpy(), weights=None,
+                         K=self.H, L=self.L, D=self.D, dtype=dtype, x=self.x.detach().cpu().numpy(), weights=None,
                          names=s.names, lengths=s.lengths, masks=self.masks, batch_first=s.batch_first,
                          cache=cuda.DeviceArray(cache.data_ptr(), cache.shape, dtype, owner=cache),
-                         unbatched=False, where=s.where, device="cuda")
+                         unbatched=False, where=s.where, variant=F._PLAIN, noise=None, device="cuda")
 
 
 class _CudaRNNFunction(torch.autograd.Function):
@@ -100,9 +101,10 @@ class _CudaRNNFunction(torch.autograd.Function):
         call = _Call(spec, x, weights, masks)
         out, h_n, c_n, cache = call.forward(h0, c0, training=True)
         ctx.fctx = None
-        if spec.recorder is not None:  # fastrnn.diagnostics.record: gate statistics from the cache
+        if spec.recorders:  # fastrnn.diagnostics.record: gate statistics from the cache
+            from .diagnostics import notify_forward
             ctx.fctx = call.context(cache)
-            spec.recorder._on_forward(spec.module, ctx.fctx)
+            notify_forward(spec.recorders, spec.module, ctx.fctx)
         ctx.save_for_backward(call.x, cache, call.masks, call.lengths, *call.weights)
         call.x = call.masks = call.lengths = call.weights = None  # kept by autograd from here on
         ctx.call = call
@@ -137,7 +139,8 @@ class _CudaRNNFunction(torch.autograd.Function):
             ctx.fctx.grad_h_norm = np.sqrt(h_sq)
             ctx.fctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)
             ctx.fctx.propagation = F._propagation(r_sq, p_sq)
-            call.spec.recorder._on_backward(call.spec.module, ctx.fctx)
+            for r in call.spec.recorders:
+                r._on_backward(call.spec.module, ctx.fctx)
         need = ctx.needs_input_grad
 
         def wrap(t, i):

@@ -82,7 +82,7 @@ class TerminateOnNaN(Callback):
     order, whose gradient has a NaN/Inf; None when the gradients are finite),
     ``parameters`` (all of them) and ``message`` describe what happened; the message is also
     ``history.stop_reason``. With ``locate=True`` (default) the model's fastrnn recurrent layers
-    are recorded by `fastrnn.diagnostics` (unless something records them already), and
+    are recorded by `fastrnn.diagnostics` (without the spectra), and
     ``location`` (and the message) says where inside the recurrence the first NaN/Inf appeared:
     layer, direction, time step and quantity (input, gate, hidden/cell state, or gradient).
 
@@ -109,27 +109,21 @@ class TerminateOnNaN(Callback):
         from .diagnostics import _recurrent_layers, record  # diagnostics imports this module
         layers = getattr(self.model, "modules", None)
         candidates = layers if isinstance(layers, (list, tuple)) else [self.model]
-        for m in candidates:
+        for i, m in enumerate(candidates):
             for layer in _recurrent_layers(m):
-                if getattr(layer, "_recorder", None) is None:
-                    rec = record(layer, spectra=False, keep="last")
-                    rec.__enter__()
-                    self._own.append(rec)
+                rec = record(layer, spectra=False, keep="last")
+                rec.__enter__()
+                self._own.append((i, rec))
 
     def on_train_end(self):
-        for rec in self._own:
+        for _, rec in self._own:
             rec.__exit__(None, None, None)
         self._own = []
 
     def _locate(self):
-        from .diagnostics import _recurrent_layers
-        layers = getattr(self.model, "modules", None)
-        candidates = layers if isinstance(layers, (list, tuple)) else [self.model]
-        for i, m in enumerate(candidates):
-            for layer in _recurrent_layers(m):
-                rec = getattr(layer, "_recorder", None)
-                if rec is not None and rec.reports and rec.reports[-1].first_nonfinite:
-                    return dict(rec.reports[-1].first_nonfinite, module=i)
+        for i, rec in self._own:
+            if rec.reports and rec.reports[-1].first_nonfinite:
+                return dict(rec.reports[-1].first_nonfinite, module=i)
         return None
 
     def on_backward_end(self, step, logs):

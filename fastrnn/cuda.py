@@ -132,6 +132,16 @@ def check_device(device, where):
     return device
 
 
+def check_plain(where, **options):
+    """NotImplementedError naming the cell variants and regularizers set in `options` (the CUDA
+    backend runs the plain cells: LSTM, GRU both ways, RNN tanh/relu, with every option of the
+    stack: layers, directions, lengths, dropout between layers, bptt_clip, diagnostics)."""
+    on = [name for name, value in options.items() if value is not None and value is not False and value != 0]
+    if on:
+        raise NotImplementedError(f"{where}: device='cuda' runs the plain cells only; {', '.join(on)} "
+                                  "run on the CPU for now (device='cpu')")
+
+
 def _require(where):
     why = reason()
     if why is not None:
@@ -380,7 +390,8 @@ class _NumpyCore:
 
     @staticmethod
     def forward(code, reset_after, bias, T, N, C, H, L, D, dropout, x, weights, h0, c0, lengths, masks, out, h_n,
-                c_n, cache):
+                c_n, cache, variant=None, noise=None):
+        check_plain("fastrnn forward", variant=bool(variant and any(variant)), noise=noise)
         mod = _require("fastrnn forward")
         dbl = out.dtype == np.float64
         dev = _Device()
@@ -399,7 +410,8 @@ class _NumpyCore:
     @staticmethod
     def backward(code, reset_after, bias, T, N, C, H, L, D, dropout, x, weights, lengths, masks, cache, grad_out,
                  grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, gs, retain=False, bptt_clip=0.0, grad_h_sq=None,
-                 grad_c_sq=None, carried_sq=None, prev_state_sq=None):
+                 grad_c_sq=None, carried_sq=None, prev_state_sq=None, variant=None, noise=None):
+        check_plain("fastrnn backward", variant=bool(variant and any(variant)), noise=noise)
         mod = _require("fastrnn backward")
         dbl = grad_x.dtype == np.float64
         dev = _Device()
@@ -426,8 +438,9 @@ class _NumpyCore:
             _host_into(h, d, add=True)
 
     @staticmethod
-    def forward_stats(code, reset_after, bias, T, N, C, H, L, D, dropout, cache, lengths, saturation):
-        return _C.forward_stats(code, reset_after, bias, T, N, C, H, L, D, dropout, cache.get(), lengths, saturation)
+    def forward_stats(code, reset_after, bias, T, N, C, H, L, D, dropout, cache, lengths, saturation, variant):
+        return _C.forward_stats(code, reset_after, bias, T, N, C, H, L, D, dropout, cache.get(), lengths, saturation,
+                                variant)
 
 
 numpy_core = _NumpyCore()

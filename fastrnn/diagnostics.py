@@ -135,9 +135,13 @@ def _spectra_unchecked(params, num_layers, num_directions, hidden_size):
     sigma = np.empty((L, D))
     for l in range(L):
         for d in range(D):
-            w = np.asarray(params[f"weight_hh_l{l}" + ("_reverse" if d else "")], np.float64)
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            w = np.asarray(params["weight_hh" + sfx], np.float64)
+            # LSTMP: the state is W_hr m, so a gate's unit-to-unit map is W_hh,g W_hr [H, H].
+            w_hr = params.get("weight_hr" + sfx)
             for g in range(G):
-                rho[l, d, g] = spectral_radius(w[g * H:(g + 1) * H])
+                block = w[g * H:(g + 1) * H]
+                rho[l, d, g] = spectral_radius(block if w_hr is None else block @ np.asarray(w_hr, np.float64))
             sigma[l, d] = largest_singular_value(w)
     return rho, sigma
 
@@ -175,12 +179,10 @@ class GradientReport:
         Fraction of units saturated at each step (sigmoid < 0.01 or > 0.99; tanh |v| > 0.99;
         tanh RNN |h| > 0.99; ReLU RNN: dead, h = 0); NaN for all-padded steps; None if the
         forward was not recorded.
-    spectral_radius : ndarray [L, D]
-        Largest spectral radius over W_hh's gate blocks (the whole W_hh for RNN).
-    spectral_radius_gates : ndarray [L, D, G]
-        ρ of each gate block of W_hh (torch gate order).
-    singular_value : ndarray [L, D]
-        σ_max of the whole W_hh [G·H, H].
+    spectral_radius, spectral_radius_gates, singular_value : ndarray
+        ρ(W_hh) ``[L, D]`` (largest over gate blocks), ρ per gate block ``[L, D, G]``, σ_max of
+        the whole W_hh ``[L, D]`` (power iterations on the weights as they were at the
+        backward, computed on first access; NaN when recorded with ``spectra=False``).
     propagation : ndarray [L, D, T]
         Per step, the fraction of the state gradient that survives one step of the recurrence:
         ‖what reached step t through it‖ / ‖the state gradient of the step BPTT processed before‖
@@ -206,14 +208,62 @@ class GradientReport:
     grad_c_norm: Optional[np.ndarray]
     propagation: np.ndarray
     saturation: Optional[dict]
-    spectral_radius: np.ndarray
-    spectral_radius_gates: np.ndarray
-    singular_value: np.ndarray
-    slope: np.ndarray
-    first_nonfinite: Optional[dict]
-    verdict: str
+    forward_nonfinite: Optional[dict] = None  # the forward's first NaN/Inf (None: none, or not recorded)
     thresholds: dict = field(default_factory=lambda: {"vanishing_decades": VANISHING_DECADES,
                                                       "exploding_decades": EXPLODING_DECADES})
+    # The recurrent weights at the time of the backward (copies), for the spectra, which are
+    # computed on first access (power iterations cost O(G H^2) each: not worth paying per step
+    # unless someone looks); None when recorded with spectra=False.
+    weights_hh: Optional[dict] = field(default=None, repr=False, compare=False)
+    _spectra_cache: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    _verdict_cache: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+
+    # The derived numbers are computed on first access: recording a training step then costs
+    # little more than the kernels' own records.
+    @property
+    def first_nonfinite(self):
+        """The first NaN/Inf: from the forward (input, gate, state) or else the backward (gradient)."""
+        return self.forward_nonfinite or _first_nonfinite_gradient(self.grad_h_norm, self.grad_c_norm)
+
+    def _verdict(self):
+        if self._verdict_cache is None:
+            self._verdict_cache = verdict_of(self.grad_h_norm, self.propagation, self.first_nonfinite)
+        return self._verdict_cache
+
+    @property
+    def verdict(self):
+        """"vanishing", "exploding" or "healthy" (see the module docstring)."""
+        return self._verdict()[0]
+
+    @property
+    def slope(self):
+        """Mean log10 of the propagation factors per layer/direction ``[L, D]``."""
+        return self._verdict()[1]
+
+    def _spectra(self):
+        if self._spectra_cache is None:
+            L, D, H = self.num_layers, self.num_directions, self.hidden_size
+            if self.weights_hh is None:
+                G = {"lstm": 4, "gru": 3}.get(self.cell, 1)
+                self._spectra_cache = (np.full((L, D, G), np.nan), np.full((L, D), np.nan))
+            else:
+                self._spectra_cache = _spectra(self.weights_hh, L, D, H)
+        return self._spectra_cache
+
+    @property
+    def spectral_radius_gates(self):
+        """ρ of each gate block of W_hh, ``[L, D, G]`` (torch gate order)."""
+        return self._spectra()[0]
+
+    @property
+    def spectral_radius(self):
+        """Largest spectral radius over W_hh's gate blocks (the whole W_hh for RNN), ``[L, D]``."""
+        return self._spectra()[0].max(axis=2)
+
+    @property
+    def singular_value(self):
+        """σ_max of the whole W_hh [G·H, H], ``[L, D]``."""
+        return self._spectra()[1]
 
     @property
     def change_decades(self):
@@ -241,8 +291,11 @@ class GradientReport:
             if isinstance(v, (np.floating, np.integer)):
                 return v.item()
             return v
-        d = {k: conv(getattr(self, k)) for k in self.__dataclass_fields__}
-        d["change_decades"] = conv(self.change_decades)
+        d = {k: conv(getattr(self, k)) for k in self.__dataclass_fields__
+             if k not in ("weights_hh", "_spectra_cache", "_verdict_cache", "forward_nonfinite")}
+        for k in ("first_nonfinite", "verdict", "slope", "spectral_radius", "spectral_radius_gates", "singular_value",
+                  "change_decades"):
+            d[k] = conv(getattr(self, k))
         d["gradient_ratio"] = conv(self.gradient_ratio)
         return d
 
@@ -355,6 +408,13 @@ def verdict_of(grad_h_norm, propagation, first_nonfinite=None):
 
 # --------------------------------------------------------------------------- recording
 
+def notify_forward(recorders, layer, ctx):
+    """Called by the layers after a training forward: the cache statistics, once for all recorders."""
+    stats = F.forward_stats(ctx)  # one pass over the cache, before backward consumes it
+    for r in recorders:
+        r._on_forward(layer, ctx, stats)
+
+
 def _recurrent_layers(obj):
     """The fastrnn recurrent layers (NumPy or torch) inside obj: itself, or a container's members."""
     if hasattr(obj, "_cell") and hasattr(obj, "params") and hasattr(obj, "hidden_size"):
@@ -362,7 +422,7 @@ def _recurrent_layers(obj):
     found = []
     members = getattr(obj, "modules", None)
     if callable(members):  # torch.nn.Module
-        found = [m for m in obj.modules() if m is not obj and hasattr(m, "_cell") and hasattr(m, "_recorder")]
+        found = [m for m in obj.modules() if m is not obj and hasattr(m, "_cell") and hasattr(m, "_recorders")]
     elif isinstance(members, (list, tuple)):  # fastrnn.Sequential
         found = [m for m in members if hasattr(m, "_cell") and hasattr(m, "params")]
     return found
@@ -375,7 +435,9 @@ class record:
     container holding exactly one of them (a `fastrnn.Sequential`, a ``torch.nn.Module``).
     Every training forward + backward inside the block adds a `GradientReport` to
     ``rec.reports`` (``keep="last"`` keeps only the latest, for long training loops); `report`
-    returns the last one. ``spectra=False`` skips the power iterations on W_hh.
+    returns the last one. ``spectra=False`` skips the snapshot of W_hh for the spectra. Several
+    recorders may watch one layer (the records are computed once); setting ``rec.active =
+    False`` pauses one (no cost while paused).
 
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(2, 8, rng=0)
@@ -400,16 +462,17 @@ class record:
         self.saturation = bool(saturation)
         self.spectra = bool(spectra)
         self.reports = []
+        self.active = True
         self._pending = None
 
     def __enter__(self):
-        if getattr(self.layer, "_recorder", None) is not None:
-            raise RuntimeError("record: this layer is already being recorded")
-        self.layer._recorder = self
+        if self in self.layer._recorders:
+            raise RuntimeError("record: this recorder is already attached")
+        self.layer._recorders = tuple(self.layer._recorders) + (self,)
         return self
 
     def __exit__(self, *exc):
-        self.layer._recorder = None
+        self.layer._recorders = tuple(r for r in self.layer._recorders if r is not self)
         return False
 
     def report(self, index=-1):
@@ -420,8 +483,8 @@ class record:
         return self.reports[index]
 
     # Hooks called by the layers.
-    def _on_forward(self, layer, ctx):
-        saturation, first = F.forward_stats(ctx)  # one pass over the cache, before backward consumes it
+    def _on_forward(self, layer, ctx, stats):
+        saturation, first = stats
         if first is not None and first["layer"] == 0 and first["quantity"] == "gate":
             x = ctx.x[first["step"]]
             if not np.isfinite(x).all():
@@ -433,25 +496,17 @@ class record:
         if self._pending is not None and self._pending[0] is ctx:
             _, saturation, first = self._pending
         self._pending = None
-        L, D, T = ctx.L, ctx.D, ctx.T
-        if first is None:
-            first = _first_nonfinite_gradient(ctx.grad_h_norm, ctx.grad_c_norm)
         names = GATE_NAMES[ctx.cell]
         sat = None if saturation is None else {g: saturation[..., i] for i, g in enumerate(names)}
-        if self.spectra:
-            rho_gates, sigma = _spectra(layer.params, L, D, ctx.H)
-        else:
-            G = np.asarray(layer.params["weight_hh_l0"]).shape[0] // ctx.H
-            rho_gates, sigma = np.full((L, D, G), np.nan), np.full((L, D), np.nan)
-        propagation = ctx.propagation
-        verdict, slope = verdict_of(ctx.grad_h_norm, propagation, first)
+        weights = None
+        if self.spectra:  # snapshot: the spectra are computed when first asked for
+            weights = {k: np.array(v, copy=True) for k, v in layer.params.items() if k.startswith("weight_h")}
         if self.keep == "last":
             self.reports.clear()
         self.reports.append(GradientReport(
-            cell=ctx.cell, num_layers=L, num_directions=D, T=T, N=ctx.N, hidden_size=ctx.H,
-            grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, propagation=propagation, saturation=sat,
-            spectral_radius=rho_gates.max(axis=2), spectral_radius_gates=rho_gates, singular_value=sigma,
-            slope=slope, first_nonfinite=first, verdict=verdict))
+            cell=ctx.cell, num_layers=ctx.L, num_directions=ctx.D, T=ctx.T, N=ctx.N, hidden_size=ctx.H,
+            grad_h_norm=ctx.grad_h_norm, grad_c_norm=ctx.grad_c_norm, propagation=ctx.propagation, saturation=sat,
+            forward_nonfinite=first, weights_hh=weights))
 
 
 def _first_nonfinite_gradient(grad_h_norm, grad_c_norm):
@@ -516,8 +571,12 @@ class Monitor(Callback):
         self._rec.__enter__()
 
     def on_backward_end(self, step, logs):
-        if self._rec is not None and self._rec.reports and step % self.every == 0:
+        if self._rec is not None and self._rec.active and self._rec.reports:
             self.update(self._rec.reports[-1], grad_norm=logs.get("grad_norm"), step=step)
+
+    def on_batch_end(self, step, logs):
+        if self._rec is not None:  # record only the steps that are kept: no cost in between
+            self._rec.active = (step + 1) % self.every == 0
 
     def on_train_end(self):
         if self._rec is not None:

@@ -1,12 +1,24 @@
 """Stateless forward and backward of RNN, LSTM and GRU stacks on explicit weights.
 
-This is what the layers (`fastrnn.RNN/LSTM/GRU`) and the torch front end call. Weights are a
-dict with PyTorch's names and shapes (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
-``bias_hh_l0``, ``..._reverse``); see DESIGN.md §1 for the equations and gate order.
-``device="cuda"`` runs the same computation on the GPU (`fastrnn.cuda`; RuntimeError saying why
-when the CUDA backend cannot be used): NumPy inputs are copied to the GPU, arrays in GPU memory
-(``__cuda_array_interface__``) are read in place, results are NumPy arrays, and a training
-context keeps its cache on the GPU until `backward`.
+This is what the layers (`fastrnn.RNN/LSTM/GRU`, `fastrnn.LayerNormLSTM/GRU`) and the torch
+front end call. Weights are a dict with PyTorch's names and shapes (``weight_ih_l0``,
+``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``; LSTMP's ``weight_hr_l0``);
+see DESIGN.md §1 for the equations and gate order, and `param_shapes` for the cell variants'
+parameters (peepholes, LayerNorm gains).
+
+Cell variants and regularizers (docs/readme/variants.md has the equations and references):
+``proj_size`` (LSTMP, Sak et al. 2014), ``peephole`` (Gers & Schmidhuber 2000), ``layer_norm``
+(Ba et al. 2016, Haste's formulation), ``recurrent_dropout`` (Gal & Ghahramani 2016, one mask
+per sequence on the recurrent input, Keras semantics), ``zoneout_h`` / ``zoneout_c`` (Krueger
+et al. 2017) and ``weight_drop`` (DropConnect on W_hh: Wan et al. 2013, Merity et al. 2017).
+The regularizers draw their masks from ``rng`` in training; in inference recurrent dropout and
+DropConnect are off and zoneout uses its expected update ``h~ + z*(h_{t-1} - h~)``.
+
+``device="cuda"`` runs the plain cells on the GPU (`fastrnn.cuda`; RuntimeError saying why when
+the CUDA backend cannot be used, NotImplementedError for the variants and regularizers above):
+NumPy inputs are copied to the GPU, arrays in GPU memory (``__cuda_array_interface__``) are read
+in place, results are NumPy arrays, and a training context keeps its cache on the GPU until
+`backward`.
 
 >>> import numpy as np, fastrnn
 >>> layer = fastrnn.LSTM(3, 4, rng=0)
@@ -20,6 +32,8 @@ context keeps its cache on the GPU until `backward`.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _C
@@ -29,27 +43,53 @@ from . import cuda as _cuda
 # Cell codes of the C++ core and gate counts (row blocks of W_ih / W_hh).
 _CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+# The variant tensors of a layer-direction in the core's order (after w_ih, w_hh, b_ih, b_hh).
+_VARIANT_NAMES = ("weight_hr", "weight_peephole", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
+_PLAIN = (0, False, False, False)  # (proj_size, peephole, layer_norm, zoneout on c): the plain cells
 
 __all__ = ["rnn_forward", "lstm_forward", "gru_forward", "backward", "forward_stats", "param_shapes", "Context"]
 
 
-def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True):
-    """Ordered dict-like list of (name, shape) exactly as torch.nn.RNN/LSTM/GRU register them.
+def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True, *, proj_size=0,
+                 peephole=False, layer_norm=False):
+    """Ordered list of (name, shape), as torch.nn.RNN/LSTM/GRU register them, then the variants'.
 
-    `cell` is "rnn_tanh", "rnn_relu", "lstm" or "gru".
+    `cell` is "rnn_tanh", "rnn_relu", "lstm" or "gru". Per layer k and direction (suffix
+    ``_l{k}`` / ``_l{k}_reverse``): ``weight_ih`` ``[G*H, C_k]``, ``weight_hh`` ``[G*H, K]``,
+    ``bias_ih``/``bias_hh`` ``[G*H]``, with K = ``proj_size`` (LSTMP) or H and C_k = input_size
+    for k = 0 else D*K; then ``weight_hr`` ``[P, H]`` (LSTMP, torch's name and place),
+    ``weight_peephole`` ``[3, H]`` (p_i, p_f, p_o), and for ``layer_norm`` the gains
+    ``ln_ih_weight``/``ln_hh_weight`` ``[G*H]`` and, for LSTM, ``ln_c_weight``/``ln_c_bias`` ``[H]``.
+
+    >>> from fastrnn.functional import param_shapes
+    >>> param_shapes("lstm", 3, 4, proj_size=2)
+    [('weight_ih_l0', (16, 3)), ('weight_hh_l0', (16, 2)), ('bias_ih_l0', (16,)), ('bias_hh_l0', (16,)), \
+('weight_hr_l0', (2, 4))]
     """
     G = _GATES[cell]
     D = 2 if bidirectional else 1
+    H = hidden_size
+    K = proj_size if proj_size else H
     shapes = []
     for k in range(num_layers):
-        C_k = input_size if k == 0 else D * hidden_size
+        C_k = input_size if k == 0 else D * K
         for d in range(D):
             sfx = f"_l{k}" + ("_reverse" if d else "")
-            shapes.append((f"weight_ih{sfx}", (G * hidden_size, C_k)))
-            shapes.append((f"weight_hh{sfx}", (G * hidden_size, hidden_size)))
+            shapes.append((f"weight_ih{sfx}", (G * H, C_k)))
+            shapes.append((f"weight_hh{sfx}", (G * H, K)))
             if bias:
-                shapes.append((f"bias_ih{sfx}", (G * hidden_size,)))
-                shapes.append((f"bias_hh{sfx}", (G * hidden_size,)))
+                shapes.append((f"bias_ih{sfx}", (G * H,)))
+                shapes.append((f"bias_hh{sfx}", (G * H,)))
+            if proj_size:
+                shapes.append((f"weight_hr{sfx}", (proj_size, H)))
+            if peephole:
+                shapes.append((f"weight_peephole{sfx}", (3, H)))
+            if layer_norm:
+                shapes.append((f"ln_ih_weight{sfx}", (G * H,)))
+                shapes.append((f"ln_hh_weight{sfx}", (G * H,)))
+                if cell == "lstm":
+                    shapes.append((f"ln_c_weight{sfx}", (H,)))
+                    shapes.append((f"ln_c_bias{sfx}", (H,)))
     return shapes
 
 
@@ -57,11 +97,13 @@ class Context:
     """What a training forward keeps for `backward`: the core's cache and the call's layout.
 
     A context is consumed by `backward`; a second backward on it raises RuntimeError.
+    ``variant`` is (proj_size, peephole, layer_norm, zoneout on c); ``noise`` holds the
+    regularizers' masks of the forward (reused by backward), or None.
     """
 
-    __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "L", "D", "dtype", "x", "weights",
+    __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "K", "L", "D", "dtype", "x", "weights",
                  "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed",
-                 "grad_h_norm", "grad_c_norm", "propagation", "device")
+                 "grad_h_norm", "grad_c_norm", "propagation", "variant", "noise", "device")
 
     def __init__(self, **kw):
         self.device = "cpu"  # "cuda": the cache is a fastrnn.cuda.DeviceArray
@@ -72,19 +114,25 @@ class Context:
 
     @property
     def output_shape(self):
-        T, N, DH = self.T, self.N, self.D * self.H
+        T, N, DK = self.T, self.N, self.D * self.K
         if self.unbatched:
-            return (T, DH)
-        return (N, T, DH) if self.batch_first else (T, N, DH)
+            return (T, DK)
+        return (N, T, DK) if self.batch_first else (T, N, DK)
 
     @property
     def state_shape(self):
         S = self.L * self.D
+        return (S, self.K) if self.unbatched else (S, self.N, self.K)
+
+    @property
+    def cell_state_shape(self):
+        S = self.L * self.D
         return (S, self.H) if self.unbatched else (S, self.N, self.H)
 
 
-def _check_params(where, cell, params, num_layers, bidirectional, bias):
-    """Validate the weight dict; returns (dtype, C, H, names in torch order)."""
+def _check_params(where, cell, params, num_layers, bidirectional, bias, proj_size=0, peephole=False,
+                  layer_norm=False):
+    """Validate the weight dict; returns (dtype, C, H, names in torch order, arrays)."""
     if not isinstance(params, dict):
         raise TypeError(f"{where}: params must be a dict of name -> array, got {type(params).__name__}")
     if "weight_hh_l0" not in params or "weight_ih_l0" not in params:
@@ -94,8 +142,12 @@ def _check_params(where, cell, params, num_layers, bidirectional, bias):
     dtype = V.as_dtype(w_hh.dtype, f"{where}: weight_hh_l0")
     if w_hh.ndim != 2 or w_ih.ndim != 2:
         raise ValueError(f"{where}: weights must be 2-D, got weight_ih_l0 {w_ih.shape}, weight_hh_l0 {w_hh.shape}")
-    H, C = w_hh.shape[1], w_ih.shape[1]
-    shapes = param_shapes(cell, C, H, num_layers, bidirectional, bias)
+    # H from W_hh: its columns, or with a projection its gate rows (its columns are P).
+    H, C = (w_hh.shape[0] // _GATES[cell] if proj_size else w_hh.shape[1]), w_ih.shape[1]
+    if proj_size and not 0 < proj_size < H:
+        raise ValueError(f"{where}: proj_size={proj_size} must be in (0, hidden_size={H}) (torch's rule)")
+    shapes = param_shapes(cell, C, H, num_layers, bidirectional, bias, proj_size=proj_size, peephole=peephole,
+                          layer_norm=layer_norm)
     arrays = []
     for name, shape in shapes:
         if name not in params:
@@ -109,14 +161,98 @@ def _check_params(where, cell, params, num_layers, bidirectional, bias):
     return dtype, C, H, [n for n, _ in shapes], arrays
 
 
-def _group(arrays, bias):
-    """Per layer-direction tuples (w_ih, w_hh, b_ih, b_hh) in the core's order."""
-    step = 4 if bias else 2
+def _group(arrays, bias, names=None):
+    """Per layer-direction tuples in the core's order: (w_ih, w_hh, b_ih, b_hh), then, when a
+    variant is on (`names` given), its tensors (``_VARIANT_NAMES`` order; None for the absent
+    ones). Without `names`, `arrays` is the plain cells' torch-ordered list."""
+    if names is None:
+        step = 4 if bias else 2
+        return [tuple(arrays[i:i + 4]) if bias else (arrays[i], arrays[i + 1], None, None)
+                for i in range(0, len(arrays), step)]
     out = []
-    for i in range(0, len(arrays), step):
-        chunk = arrays[i:i + step]
-        out.append(tuple(chunk) if bias else (chunk[0], chunk[1], None, None))
-    return out
+    for name, a in zip(names, arrays):
+        base = name.rpartition("_l")[0]
+        if base == "weight_ih":
+            out.append({})
+        out[-1][base] = a
+    groups = []
+    for g in out:
+        entry = (g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"))
+        if any(n in g for n in _VARIANT_NAMES):
+            entry += tuple(g.get(n) for n in _VARIANT_NAMES)
+        groups.append(entry)
+    return groups
+
+
+def _check_rate(p, name, where):
+    """A probability in [0, 1) (the regularizers' rates)."""
+    if type(p) is float and 0.0 <= p < 1.0:  # the common case, without the slower ABC checks
+        return p
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a float, got {type(p).__name__}")
+    if not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{where}: {name} must be in [0, 1), got {p}")
+    return float(p)
+
+
+def _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c):
+    if type(proj_size) is int and not (proj_size or peephole or layer_norm or zoneout_h or zoneout_c):
+        return  # the plain cells
+    lstm = cell == "lstm"
+    if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
+        raise TypeError(f"{where}: proj_size must be an int, got {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError(f"{where}: proj_size must be >= 0, got {proj_size}")
+    if proj_size and not lstm:
+        raise ValueError(f"{where}: proj_size is for LSTM only (got cell {cell!r})")
+    if peephole and not lstm:
+        raise ValueError(f"{where}: peephole is for LSTM only (got cell {cell!r})")
+    if layer_norm and not (lstm or (cell == "gru" and reset_after)):
+        raise ValueError(f"{where}: layer_norm is for LSTM and GRU with reset_after=True (got cell {cell!r}, "
+                         f"reset_after={reset_after})")
+    if layer_norm and (proj_size or peephole):
+        raise ValueError(f"{where}: layer_norm cannot be combined with proj_size or peephole")
+    if zoneout_h and cell not in ("lstm", "gru"):
+        raise ValueError(f"{where}: zoneout is for LSTM and GRU (got cell {cell!r})")
+    if zoneout_c and not lstm:
+        raise ValueError(f"{where}: zoneout_c is for LSTM only (got cell {cell!r})")
+
+
+def _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zh, zc, wd):
+    """The regularizers' masks of one training forward, drawn from `gen` in a fixed order:
+    (rec_mask [L*D, N, K] scaled, zh [L*D, T, N, K], zc [L*D, T, N, H] (1 keeps the previous
+    value), 0, 0, w_mask [L*D, G*H, K] scaled), or None when every rate is zero."""
+    if not (rec_p or zh or zc or wd):
+        return None
+    S = L * D
+
+    def keep(shape, p):
+        return ((gen.random(shape) >= p) / (1.0 - p)).astype(dtype)
+    rec = keep((S, N, K), rec_p) if rec_p else None
+    mh = (gen.random((S, T, N, K)) < zh).astype(dtype) if zh else None
+    mc = (gen.random((S, T, N, H)) < zc).astype(dtype) if zc else None
+    w = keep((S, G * H, K), wd) if wd else None
+    return (rec, mh, mc, 0.0, 0.0, w)
+
+
+def _check_noise(noise, where, dtype, shapes):
+    """Explicit masks (the torch front end draws them from torch's RNG): a dict with some of
+    rec_mask, zh_mask, zc_mask, w_mask, each of the expected shape."""
+    if not isinstance(noise, dict):
+        raise TypeError(f"{where}: noise must be a dict of masks, got {type(noise).__name__}")
+    unknown = set(noise) - set(shapes)
+    if unknown:
+        raise ValueError(f"{where}: noise has unknown keys {sorted(unknown)}; expected some of {sorted(shapes)}")
+    out = []
+    for key in ("rec_mask", "zh_mask", "zc_mask", "w_mask"):
+        m = noise.get(key)
+        if m is not None:
+            m = V.float_array(m, dtype, where, f"noise[{key!r}]")
+            if m.shape != shapes[key]:
+                raise ValueError(f"{where}: noise[{key!r}] has shape {m.shape}, expected {shapes[key]}")
+            m = V.contiguous(m)
+        out.append(m)
+    return (out[0], out[1], out[2], 0.0, 0.0, out[3])
 
 
 def _core(device):
@@ -125,13 +261,29 @@ def _core(device):
 
 
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
-             training, rng, reset_after, where, masks=None, device="cpu"):
-    device = _cuda.check_device(device, where)
+             training, rng, reset_after, where, masks=None, proj_size=0, peephole=False, layer_norm=False,
+             recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0, noise=None,
+             sample_noise=True, device="cpu"):
+    # sample_noise=False: a training forward (a cache for backward) with the regularizers in their
+    # inference form (the torch front end differentiating a module in eval mode).
     num_layers = V.check_positive_int(num_layers, "num_layers", where)
     dropout = V.check_dropout(dropout, where)
-    dtype, C, H, names, arrays = _check_params(where, cell, params, num_layers, bidirectional, bias)
+    rec_p = _check_rate(recurrent_dropout, "recurrent_dropout", where)
+    zoneout_h = _check_rate(zoneout_h, "zoneout_h", where)
+    zoneout_c = _check_rate(zoneout_c, "zoneout_c", where)
+    wd = _check_rate(weight_drop, "weight_drop", where)
+    _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c)
+    device = _cuda.check_device(device, where)
+    if device == "cuda":
+        _cuda.check_plain(where, proj_size=proj_size, peephole=peephole, layer_norm=layer_norm,
+                          recurrent_dropout=rec_p, zoneout_h=zoneout_h, zoneout_c=zoneout_c, weight_drop=wd,
+                          noise=noise)
+    peephole, layer_norm = bool(peephole), bool(layer_norm)
+    dtype, C, H, names, arrays = _check_params(where, cell, params, num_layers, bidirectional, bias, proj_size,
+                                               peephole, layer_norm)
     D = 2 if bidirectional else 1
     L = num_layers
+    K = proj_size or H
     is_lstm = cell == "lstm"
 
     x = V.float_array(x, dtype, where, "x", device)
@@ -152,11 +304,10 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         want_s = ", ".join(f"{k}={v}" if k == "C" else f"{k}>0" for k, v in zip(letters, want))
         raise ValueError(f"{where}: x has shape {tuple(x.shape)}, expected ({want_s})")
     G = _GATES[cell]
-    V.check_blas_sizes(where, **{"T*N": T * N, "T*N*C": T * N * C, "T*N*G*H": T * N * G * H, "T*N*D*H": T * N * D * H})
+    V.check_blas_sizes(where, **{"T*N": T * N, "T*N*C": T * N * C, "T*N*G*H": T * N * G * H, "T*N*D*K": T * N * D * K})
     x3 = V.contiguous(x3)
 
-    state_shape = (L * D, H) if unbatched else (L * D, N, H)
-    state_letters = ("L*D", "H") if unbatched else ("L*D", "N", "H")
+    state_letters = ("L*D", "K" if proj_size else "H") if unbatched else ("L*D", "N", "K" if proj_size else "H")
     h0 = c0 = None
     if hx is not None:
         if is_lstm:
@@ -166,45 +317,65 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         else:
             h0 = hx
         h0 = V.float_array(h0, dtype, where, "h0", device)
-        V.expect_shape(h0, state_shape, where, "h0", state_letters)
+        V.expect_shape(h0, (L * D, K) if unbatched else (L * D, N, K), where, "h0", state_letters)
         h0 = V.contiguous(h0)
         if c0 is not None:
             c0 = V.float_array(c0, dtype, where, "c0", device)
-            V.expect_shape(c0, state_shape, where, "c0", state_letters)
+            V.expect_shape(c0, (L * D, H) if unbatched else (L * D, N, H), where, "c0",
+                           ("L*D", "H") if unbatched else ("L*D", "N", "H"))
             c0 = V.contiguous(c0)
     lens = None if lengths is None else V.lengths_array(lengths, N, T, where)
 
     use_dropout = training and dropout > 0.0 and L > 1
+    gen = None
     if masks is not None:  # explicit masks (the torch front end draws them from torch's RNG)
         if not use_dropout:
             raise ValueError(f"{where}: masks given but dropout does not apply "
                              "(it needs training=True, dropout > 0 and num_layers > 1)")
         masks = V.float_array(masks, dtype, where, "masks", device)
-        V.expect_shape(masks, (L - 1, T, N, D * H), where, "masks", ("L-1", "T", "N", "D*H"))
+        V.expect_shape(masks, (L - 1, T, N, D * K), where, "masks", ("L-1", "T", "N", "D*K" if proj_size else "D*H"))
         masks = V.contiguous(masks)
     elif use_dropout:
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        keep = gen.random((L - 1, T, N, D * H)) >= dropout
+        keep = gen.random((L - 1, T, N, D * K)) >= dropout
         masks = (keep / (1.0 - dropout)).astype(dtype)
 
-    out = np.empty((T, N, D * H), dtype)
-    h_n = np.empty((L * D, N, H), dtype)
+    # Regularizer noise: masks in training (drawn after the dropout masks), zoneout's expected
+    # update in inference.
+    S = L * D
+    if noise is not None:
+        if not training:
+            raise ValueError(f"{where}: noise masks given for an inference forward (training=False)")
+        noise = _check_noise(noise, where, dtype, {"rec_mask": (S, N, K), "zh_mask": (S, T, N, K),
+                                                  "zc_mask": (S, T, N, H), "w_mask": (S, G * H, K)})
+    elif training and sample_noise:
+        if rec_p or zoneout_h or zoneout_c or wd:
+            gen = gen or V.generator(rng, where)
+        noise = _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zoneout_h, zoneout_c, wd)
+    elif zoneout_h or zoneout_c:
+        noise = (None, None, None, zoneout_h, zoneout_c, None)
+    variant = (int(proj_size), peephole, layer_norm, bool(zoneout_c) or (noise is not None and noise[2] is not None))
+    # The core's variant arguments only when they differ from its defaults (saves their conversion).
+    extra = {} if variant == _PLAIN and noise is None else dict(variant=variant, noise=noise)
+
+    out = np.empty((T, N, D * K), dtype)
+    h_n = np.empty((L * D, N, K), dtype)
     c_n = np.empty((L * D, N, H), dtype) if is_lstm else None
     code = _CELL_CODE[cell]
     cache = None
     if training:
-        size = _C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout)
+        size = _C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout, variant)
         cache = np.empty(size, dtype) if device == "cpu" else _cuda.empty(size, dtype)
-    weights = _group(arrays, bias)
-    core = _core(device)
-    core.forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
-                 out, h_n, c_n, cache)
+    weights = _group(arrays, bias, names if (proj_size or peephole or layer_norm) else None)
+    _core(device).forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
+                          out, h_n, c_n, cache, **extra)
 
     ctx = None
     if training:
-        ctx = Context(cell=cell, reset_after=reset_after, bias=bias, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype,
+        ctx = Context(cell=cell, reset_after=reset_after, bias=bias, T=T, N=N, C=C, H=H, K=K, L=L, D=D, dtype=dtype,
                       x=x3, weights=weights, names=names, lengths=lens, masks=masks, cache=cache,
-                      batch_first=batch_first, unbatched=unbatched, where=where, device=device)
+                      batch_first=batch_first, unbatched=unbatched, where=where, variant=variant, noise=noise,
+                      device=device)
     output = _from_time_major(out, batch_first, unbatched)
     if unbatched:
         h_n = h_n[:, 0, :]
@@ -221,8 +392,8 @@ def _from_time_major(a, batch_first, unbatched):
 def _to_time_major(a, ctx, name):
     where = ctx.where.replace("forward", "backward")
     a = V.float_array(a, ctx.dtype, where, name, ctx.device)
-    letters = {(ctx.T, ctx.D * ctx.H): ("T", "D*H"), (ctx.N, ctx.T, ctx.D * ctx.H): ("N", "T", "D*H"),
-               (ctx.T, ctx.N, ctx.D * ctx.H): ("T", "N", "D*H")}[ctx.output_shape]
+    u = "D*K" if ctx.K != ctx.H else "D*H"
+    letters = ("T", u) if ctx.unbatched else (("N", "T", u) if ctx.batch_first else ("T", "N", u))
     V.expect_shape(a, ctx.output_shape, where, name, letters)
     if ctx.unbatched:
         a = a[:, None, :]
@@ -231,14 +402,15 @@ def _to_time_major(a, ctx, name):
     return V.contiguous(a)
 
 
-def _state_grad(a, ctx, name):
+def _state_grad(a, ctx, name, cell_state=False):
     if a is None:
         return None
     where = ctx.where.replace("forward", "backward")
     a = V.float_array(a, ctx.dtype, where, name, ctx.device)
-    letters = ("L*D", "H") if ctx.unbatched else ("L*D", "N", "H")
-    V.expect_shape(a, ctx.state_shape, where, name, letters)
-    return V.contiguous(a).reshape(ctx.L * ctx.D, ctx.N, ctx.H)
+    units = "H" if cell_state or ctx.K == ctx.H else "K"
+    letters = ("L*D", units) if ctx.unbatched else ("L*D", "N", units)
+    V.expect_shape(a, ctx.cell_state_shape if cell_state else ctx.state_shape, where, name, letters)
+    return V.contiguous(a).reshape(ctx.L * ctx.D, ctx.N, ctx.H if cell_state else ctx.K)
 
 
 def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, retain=False, bptt_clip=None,
@@ -272,7 +444,7 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
                            "(backward consumes it); run forward again before another backward")
     go = None if grad_output is None else _to_time_major(grad_output, ctx, "grad_output")
     ghn = _state_grad(grad_h_n, ctx, "grad_h_n")
-    gcn = _state_grad(grad_c_n, ctx, "grad_c_n") if ctx.cell == "lstm" else None
+    gcn = _state_grad(grad_c_n, ctx, "grad_c_n", cell_state=True) if ctx.cell == "lstm" else None
     if grad_c_n is not None and ctx.cell != "lstm":
         raise ValueError(f"{where}: grad_c_n is only valid for LSTM")
     clip = V.check_bptt_clip(bptt_clip, where) or 0.0
@@ -286,10 +458,10 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
             if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != dtype or not g.flags.c_contiguous \
                     or not g.flags.writeable:
                 raise ValueError(f"{where}: grads[{name!r}] must be a writable C-contiguous {dtype} array of shape {w.shape}")
-    grad_list = _group([grads[n] for n in ctx.names], ctx.bias)
+    grad_list = _group([grads[n] for n in ctx.names], ctx.bias, ctx.names if any(ctx.variant[:3]) else None)
     S = ctx.L * ctx.D
     grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
-    grad_h0 = np.empty((S, ctx.N, ctx.H), dtype)
+    grad_h0 = np.empty((S, ctx.N, ctx.K), dtype)
     grad_c0 = np.empty((S, ctx.N, ctx.H), dtype) if ctx.cell == "lstm" else None
     h_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     c_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record and ctx.cell == "lstm" else None
@@ -300,7 +472,8 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     core.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
                 ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
                 grad_x, grad_h0, grad_c0, grad_list, retain=retain, bptt_clip=clip, grad_h_sq=h_sq, grad_c_sq=c_sq,
-                carried_sq=r_sq, prev_state_sq=p_sq)
+                carried_sq=r_sq, prev_state_sq=p_sq,
+                **({} if ctx.variant == _PLAIN and ctx.noise is None else dict(variant=ctx.variant, noise=ctx.noise)))
     if record:
         ctx.grad_h_norm = np.sqrt(h_sq)
         ctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)
@@ -342,7 +515,7 @@ def forward_stats(ctx):
     core = _core(ctx.device)
     layer, direction, t, what = core.forward_stats(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N,
                                                  ctx.C, ctx.H, ctx.L, ctx.D, ctx.masks is not None, ctx.cache,
-                                                 ctx.lengths, saturation)
+                                                 ctx.lengths, saturation, ctx.variant)
     first = None
     if layer >= 0:
         first = dict(layer=layer, direction=direction, step=t,
@@ -356,39 +529,81 @@ def _flat(weights):
 
 def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="tanh", bias=True,
                 batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None, masks=None,
-                device="cpu"):
+                recurrent_dropout=0.0, weight_drop=0.0, noise=None, device="cpu"):
     """Elman RNN stack: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Returns ``(output, h_n, ctx)``; ``ctx`` is None unless ``training`` (then pass it to `backward`).
     ``masks`` (optional): dropout masks ``[L-1, T, N, D*H]`` already scaled by ``1/(1-dropout)``, used
     instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
+    ``recurrent_dropout`` (``W_hh (h ⊙ m)``, one mask per sequence, Gal & Ghahramani 2016) and
+    ``weight_drop`` (``W_hh ⊙ M``, DropConnect, Wan et al. 2013) apply in training only; their
+    masks come from ``rng``, or from ``noise`` (a dict with ``rec_mask [L*D, N, H]`` and/or
+    ``w_mask [L*D, H, H]``, scaled by ``1/(1-p)``).
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"rnn_forward: unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
     out, h_n, _, ctx = _forward(f"rnn_{nonlinearity}", x, params, hx, lengths, num_layers=num_layers,
                                 bidirectional=bidirectional, bias=bias, batch_first=batch_first, dropout=dropout,
                                 training=training, rng=rng, reset_after=True, where="rnn_forward",
-                                masks=masks, device=device)
+                                masks=masks, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+                                noise=noise, device=device)
     return out, h_n, ctx
 
 
 def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
-                 bidirectional=False, dropout=0.0, training=False, rng=None, masks=None, device="cpu"):
-    """LSTM stack (gates i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
+                 bidirectional=False, dropout=0.0, training=False, rng=None, masks=None, proj_size=0,
+                 peephole=False, layer_norm=False, recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0,
+                 weight_drop=0.0, noise=None, device="cpu"):
+    """LSTM stack (gates i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``, and its variants.
 
-    `hx` is None or ``(h0, c0)``. Returns ``(output, (h_n, c_n), ctx)``.
-    ``masks`` (optional): dropout masks ``[L-1, T, N, D*H]`` already scaled by ``1/(1-dropout)``, used
+    `hx` is None or ``(h0, c0)``, h0 ``[L*D, N, K]``, c0 ``[L*D, N, H]``. Returns
+    ``(output, (h_n, c_n), ctx)``; output ``[T, N, D*K]`` (K = ``proj_size`` or H).
+    ``masks`` (optional): dropout masks ``[L-1, T, N, D*K]`` already scaled by ``1/(1-dropout)``, used
     instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
+
+    Variants (docs/readme/variants.md), with ``a_* = W_i* x + b_i* + W_h* h + b_h*``:
+
+    - ``proj_size=P`` (LSTMP, Sak et al. 2014; exactly ``torch.nn.LSTM(proj_size=P)``):
+      ``h' = W_hr (o ⊙ tanh(c'))``, parameter ``weight_hr_l{k}`` ``[P, H]``.
+    - ``peephole=True`` (Gers & Schmidhuber 2000; ONNX LSTM's ``P`` input):
+      ``i = σ(a_i + p_i⊙c)``, ``f = σ(a_f + p_f⊙c)``, ``o = σ(a_o + p_o⊙c')``, parameter
+      ``weight_peephole_l{k}`` ``[3, H]`` = (p_i, p_f, p_o).
+    - ``layer_norm=True`` (Ba et al. 2016, the Haste formulation): ``a = LN_γih(W_ih x) +
+      LN_γhh(W_hh h) + b_ih + b_hh``, ``h' = o ⊙ tanh(LN_γc,βc(c'))``; LN normalizes each row over
+      its 4H (or H) features, ``(v - mean) / sqrt(var + 1e-5)``, then scales (and shifts).
+      Parameters ``ln_ih_weight``/``ln_hh_weight`` ``[4H]``, ``ln_c_weight``/``ln_c_bias`` ``[H]``.
+    - ``recurrent_dropout=p`` (Gal & Ghahramani 2016, Keras): ``W_hh (h ⊙ m)``, m ∈ {0, 1/(1-p)}
+      drawn once per sequence (and layer, direction); the state and output are not dropped.
+    - ``zoneout_h``, ``zoneout_c`` (Krueger et al. 2017): ``c' = c~ + d_c⊙(c - c~)``,
+      ``h' = h~ + d_h⊙(h - h~)`` with ``h~ = o ⊙ tanh(c~)`` and d ~ Bernoulli(rate) per step; in
+      inference d is replaced by the rate (the expected update).
+    - ``weight_drop=p`` (DropConnect on W_hh; Wan et al. 2013, Merity et al. 2017): the
+      recurrence uses ``W_hh ⊙ M``, M ∈ {0, 1/(1-p)}, one mask per call; dW_hh is masked too.
+
+    The regularizers act in training only (zoneout: its expectation in inference); ``noise``
+    (optional) gives their masks instead of ``rng``: a dict with ``rec_mask [L*D, N, K]``,
+    ``zh_mask [L*D, T, N, K]``, ``zc_mask [L*D, T, N, H]`` (1 keeps the previous value) and
+    ``w_mask [L*D, 4H, K]``.
+
+    >>> import numpy as np, fastrnn
+    >>> lstm = fastrnn.LSTM(3, 8, proj_size=4, peephole=True, rng=0)
+    >>> out, (h_n, c_n), _ = fastrnn.functional.lstm_forward(np.ones((5, 2, 3), np.float32), lstm.params,
+    ...                                                      proj_size=4, peephole=True)
+    >>> out.shape, h_n.shape, c_n.shape
+    ((5, 2, 4), (1, 2, 4), (1, 2, 8))
     """
     out, h_n, c_n, ctx = _forward("lstm", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
                                   bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
-                                  reset_after=True, where="lstm_forward", masks=masks, device=device)
+                                  reset_after=True, where="lstm_forward", masks=masks, proj_size=proj_size,
+                                  peephole=peephole, layer_norm=layer_norm, recurrent_dropout=recurrent_dropout,
+                                  zoneout_h=zoneout_h, zoneout_c=zoneout_c, weight_drop=weight_drop, noise=noise,
+                                  device=device)
     return out, (h_n, c_n), ctx
 
 
 def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
                 bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True, masks=None,
-                device="cpu"):
+                layer_norm=False, recurrent_dropout=0.0, zoneout_h=0.0, weight_drop=0.0, noise=None, device="cpu"):
     """GRU stack (gates r, z, n): ``h' = (1-z)*n + z*h``; ``reset_after`` selects
     ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`` (True, PyTorch) or
     ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`` (False, Keras v1 / ONNX default).
@@ -396,8 +611,17 @@ def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, ba
     Returns ``(output, h_n, ctx)``.
     ``masks`` (optional): dropout masks ``[L-1, T, N, D*H]`` already scaled by ``1/(1-dropout)``, used
     instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
+
+    ``layer_norm=True`` (reset_after only; Ba et al. 2016, the Haste formulation):
+    ``vx = LN_γih(W_ih x) + b_ih``, ``vh = LN_γhh(W_hh h) + b_hh``, ``r = σ(vx_r + vh_r)``,
+    ``z = σ(vx_z + vh_z)``, ``n = tanh(vx_n + r⊙vh_n)``; parameters ``ln_ih_weight``,
+    ``ln_hh_weight`` ``[3H]``. ``recurrent_dropout`` (the recurrent GEMMs read ``h ⊙ m``;
+    reset_after=False: ``W_hn (r ⊙ h ⊙ m)``; the ``z⊙h`` term keeps h), ``zoneout_h`` and
+    ``weight_drop``: as in `lstm_forward` (``noise``: ``rec_mask``, ``zh_mask``, ``w_mask``).
     """
     out, h_n, _, ctx = _forward("gru", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
                                 bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
-                                reset_after=bool(reset_after), where="gru_forward", masks=masks, device=device)
+                                reset_after=bool(reset_after), where="gru_forward", masks=masks,
+                                layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, zoneout_h=zoneout_h,
+                                weight_drop=weight_drop, noise=noise, device=device)
     return out, h_n, ctx

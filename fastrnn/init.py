@@ -40,7 +40,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validation as V
-from ._checks import array_view, choice as _choice, real as _real
+from ._validation import array_view, choice as _choice, real as _real
 
 __all__ = [
     "calculate_gain", "variance_scaling", "variance_scaling_",
@@ -61,19 +61,6 @@ _DISTRIBUTIONS = ("uniform", "normal", "truncated_normal")
 
 
 # --------------------------------------------------------------------------- argument checks
-
-def _generator(rng, where):
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
-        if rng < 0:
-            raise ValueError(f"{where}: rng seed must be non-negative, got {rng}")
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"{where}: rng must be a numpy.random.Generator, an int seed or None, "
-                    f"got {type(rng).__name__}")
-
 
 def _new(shape, dtype, where):
     """An uninitialised array of `shape` and `dtype` for the functional initializers to fill."""
@@ -177,7 +164,7 @@ def _variance_scaling(where, arr, scale, mode, distribution, rng, gates):
     scale = _real(scale, "scale", where, positive=True)
     _choice(mode, "mode", _MODES, where)
     _choice(distribution, "distribution", _DISTRIBUTIONS, where)
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
 
     def sample(shape):
         fan_in, fan_out = _fans(shape)
@@ -234,7 +221,7 @@ def _uniform(where, arr, a, b, rng, gates):
     a, b = _real(a, "a", where), _real(b, "b", where)
     if a > b:
         raise ValueError(f"{where}: a must be <= b, got a={a}, b={b}")
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
     return _fill(where, arr, gates, lambda shape: gen.uniform(a, b, size=shape))
 
 
@@ -260,7 +247,7 @@ def uniform_(arr, a=0.0, b=1.0, *, rng=None, gates=None):
 
 def _normal(where, arr, mean, std, rng, gates):
     mean, std = _real(mean, "mean", where), _real(std, "std", where, nonnegative=True)
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
     return _fill(where, arr, gates, lambda shape: gen.normal(mean, std, size=shape))
 
 
@@ -288,7 +275,7 @@ def _trunc_normal(where, arr, mean, std, a, b, rng, gates):
     a, b = _real(a, "a", where), _real(b, "b", where)
     if a >= b:
         raise ValueError(f"{where}: a must be < b, got a={a}, b={b}")
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
     return _fill(where, arr, gates, lambda shape: _truncated_normal(gen, shape, mean, std, a, b, where))
 
 
@@ -568,7 +555,7 @@ def lecun_normal_(arr, *, rng=None, gates=None):
 
 def _orthogonal(where, arr, gain, rng, gates):
     gain = _real(gain, "gain", where)
-    gen = _generator(rng, where)
+    gen = V.generator(rng, where)
 
     def sample(shape):
         if len(shape) < 2:
@@ -620,7 +607,8 @@ def orthogonal_(arr, *, gain=1.0, rng=None, gates=None):
 
 # --------------------------------------------------------------------------- layer level
 
-_PARAM = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)(_reverse)?")
+_PARAM = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_peephole|ln_ih_weight|ln_hh_weight|"
+                    r"ln_c_weight|ln_c_bias)_l(\d+)(_reverse)?")
 _Layer = namedtuple("_Layer", "cell H G groups arrays")  # groups: one dict per layer/direction
 
 
@@ -635,16 +623,18 @@ def _layer(layer, where):
     for name, value in params.items():
         m = _PARAM.fullmatch(name)
         if m is None:
-            raise ValueError(f"{where}: unsupported parameter {name!r}; expected only "
-                             "weight_ih/weight_hh/bias_ih/bias_hh_l{k}[_reverse]")
+            raise ValueError(f"{where}: unsupported parameter {name!r}; expected torch's weight_ih/weight_hh/"
+                             "bias_ih/bias_hh/weight_hr_l{k}[_reverse] or fastrnn's weight_peephole/ln_*")
         arr = array_view(value, where, f"params[{name!r}]", writable=True)
-        groups.setdefault((int(m[3]), m[4] or ""), {})[f"{m[1]}_{m[2]}"] = arr
+        groups.setdefault((int(m[2]), m[3] or ""), {})[m[1]] = arr
         arrays.append(arr)
-    w = groups[(0, "")]["weight_hh"]
+    first = groups[(0, "")]
+    w = first["weight_hh"]
     G = w.shape[0] // H
-    if w.shape != (G * H, H) or G not in (1, 3, 4):
-        raise ValueError(f"{where}: weight_hh_l0 has shape {w.shape}; expected (G·H, H) with H={H} and "
-                         "G = 1 (RNN), 3 (GRU) or 4 (LSTM)")
+    P = first["weight_hr"].shape[0] if "weight_hr" in first else H  # LSTMP: the state h has P units
+    if w.shape != (G * H, P) or G not in (1, 3, 4):
+        raise ValueError(f"{where}: weight_hh_l0 has shape {w.shape}; expected (G·H, H) with H={H} (or "
+                         "(G·H, P) with projections) and G = 1 (RNN), 3 (GRU) or 4 (LSTM)")
     if callable(getattr(layer, "_cell", None)):
         cell = layer._cell()
     else:
@@ -659,7 +649,7 @@ def _needs_bias(lay, where):
 
 def _layer_rng(layer, rng, where):
     own = getattr(layer, "rng", None)
-    return own if rng is None and isinstance(own, np.random.Generator) else _generator(rng, where)
+    return own if rng is None and isinstance(own, np.random.Generator) else V.generator(rng, where)
 
 
 def _zero_biases(lay):
@@ -667,6 +657,21 @@ def _zero_biases(lay):
         for name in ("bias_ih", "bias_hh"):
             if name in g:
                 g[name][...] = 0
+
+
+def _variant_defaults(lay, gen):
+    """The variants' extra parameters under the non-torch presets: LSTMP's W_hr Glorot uniform,
+    peepholes 0 (the plain LSTM to start from), LayerNorm gains 1 and biases 0."""
+    for g in lay.groups:
+        if "weight_hr" in g:
+            xavier_uniform_(g["weight_hr"], rng=gen)
+        if "weight_peephole" in g:
+            g["weight_peephole"][...] = 0
+        for name in ("ln_ih_weight", "ln_hh_weight", "ln_c_weight"):
+            if name in g:
+                g[name][...] = 1
+        if "ln_c_bias" in g:
+            g["ln_c_bias"][...] = 0
 
 
 def forget_bias_(layer, value=1.0):
@@ -769,8 +774,11 @@ def identity_(layer, scale=1.0):
 
 def _preset_torch(layer, lay, gen):
     k = 1.0 / math.sqrt(lay.H)
-    for arr in lay.arrays:  # params order, so the draws match reset_parameters
-        uniform_(arr, -k, k, rng=gen)
+    for name, arr in zip(layer.params, lay.arrays):  # params order, so the draws match reset_parameters
+        if name.startswith("ln_"):  # LayerNorm: torch.nn.LayerNorm's gain 1, bias 0
+            arr[...] = 0 if name.startswith("ln_c_bias") else 1
+        else:
+            uniform_(arr, -k, k, rng=gen)
 
 
 def _unit_forget_bias(layer, lay):
@@ -787,6 +795,7 @@ def _preset_keras(layer, lay, gen):
         orthogonal_(g["weight_hh"], rng=gen)
     _zero_biases(lay)
     _unit_forget_bias(layer, lay)
+    _variant_defaults(lay, gen)
 
 
 def _preset_haste(layer, lay, gen):
@@ -795,6 +804,7 @@ def _preset_haste(layer, lay, gen):
         orthogonal_(g["weight_hh"], rng=gen, gates=lay.G)
     _zero_biases(lay)
     _unit_forget_bias(layer, lay)
+    _variant_defaults(lay, gen)
 
 
 def _preset_orthogonal(layer, lay, gen):
@@ -802,6 +812,7 @@ def _preset_orthogonal(layer, lay, gen):
         xavier_uniform_(g["weight_ih"], rng=gen)
         orthogonal_(g["weight_hh"], rng=gen, gates=lay.G)
     _zero_biases(lay)
+    _variant_defaults(lay, gen)
 
 
 def _preset_identity(layer, lay, gen, scale=1.0, input_std=0.001):
@@ -809,6 +820,7 @@ def _preset_identity(layer, lay, gen, scale=1.0, input_std=0.001):
     identity_(layer, scale)
     for g in lay.groups:
         normal_(g["weight_ih"], 0.0, input_std, rng=gen)
+    _variant_defaults(lay, gen)
 
 
 def _preset_chrono(layer, lay, gen, t_max=None):

@@ -1,4 +1,6 @@
-"""NumPy recurrent layers with PyTorch's constructor, parameter names and semantics."""
+"""NumPy recurrent layers with PyTorch's constructor, parameter names and semantics, and the cell
+variants (LSTMP, peepholes, LayerNorm LSTM/GRU) and in-kernel regularizers (recurrent dropout,
+zoneout, DropConnect) of docs/readme/variants.md."""
 from __future__ import annotations
 
 import math
@@ -11,21 +13,28 @@ from . import cuda
 from . import functional as F
 
 
-def _generator(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 class _RNNBase:
     """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward.
 
     ``device="cuda"`` runs forward and backward on the GPU (`fastrnn.cuda`; RuntimeError saying why
-    when the CUDA backend cannot be used); parameters and gradients stay NumPy arrays.
+    when the CUDA backend cannot be used; plain cells only); parameters and gradients stay NumPy
+    arrays.
     """
+
+    _recorders = ()  # fastrnn.diagnostics.record objects attached to this layer
 
     _mode = None  # set by subclasses
 
+    # Cell variants and regularizer rates (set by the subclasses that have them).
+    proj_size = 0
+    peephole = False
+    layer_norm = False
+    zoneout_h = 0.0
+    zoneout_c = 0.0
+
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None, device="cpu"):
+                 bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None,
+                 recurrent_dropout=0.0, weight_drop=0.0, device="cpu"):
         where = type(self).__name__
         self.device = cuda.check_device(device, where)  # "cuda": the kernels run on the GPU (fastrnn.cuda)
         self.input_size = V.check_positive_int(input_size, "input_size", where)
@@ -35,14 +44,21 @@ class _RNNBase:
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dropout = V.check_dropout(dropout, where)
+        self.recurrent_dropout = F._check_rate(recurrent_dropout, "recurrent_dropout", where)
+        self.weight_drop = F._check_rate(weight_drop, "weight_drop", where)
         self.dtype = V.as_dtype(dtype, f"{where}: dtype")
         self.bptt_clip = V.check_bptt_clip(bptt_clip, where)
-        self.rng = _generator(rng)
-        self._recorder = None  # set by fastrnn.diagnostics.record
+        F._check_variants(where, self._cell(), getattr(self, "reset_after", True), self.proj_size, self.peephole,
+                          self.layer_norm, self.zoneout_h, self.zoneout_c)
+        self.proj_size = int(self.proj_size)
+        if self.proj_size and self.proj_size >= self.hidden_size:
+            raise ValueError(f"{where}: proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}")
+        self.rng = V.generator(rng, where)
         self.training = True
         self._ctx = None
         shapes = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
-                                self.bidirectional, self.bias)
+                                self.bidirectional, self.bias, proj_size=self.proj_size, peephole=self.peephole,
+                                layer_norm=self.layer_norm)
         self.params = OrderedDict((name, np.empty(shape, self.dtype)) for name, shape in shapes)
         self.grads = OrderedDict((name, np.zeros(shape, self.dtype)) for name, shape in shapes)
         self.reset_parameters()
@@ -56,11 +72,15 @@ class _RNNBase:
         return 2 if self.bidirectional else 1
 
     def reset_parameters(self, rng=None):
-        """PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
-        gen = self.rng if rng is None else _generator(rng)
+        """PyTorch's default: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)) (peepholes and LSTMP's
+        ``weight_hr`` too); LayerNorm gains 1 and biases 0 (torch.nn.LayerNorm's, Haste's)."""
+        gen = self.rng if rng is None else V.generator(rng, f"{type(self).__name__}.reset_parameters")
         k = 1.0 / math.sqrt(self.hidden_size)
-        for w in self.params.values():
-            w[...] = gen.uniform(-k, k, size=w.shape)
+        for name, w in self.params.items():
+            if name.startswith("ln_"):
+                w[...] = 0.0 if name.startswith("ln_c_bias") else 1.0
+            else:
+                w[...] = gen.uniform(-k, k, size=w.shape)
         return self
 
     def zero_grad(self):
@@ -110,10 +130,14 @@ class _RNNBase:
             bidirectional=self.bidirectional, bias=self.bias, batch_first=self.batch_first,
             dropout=self.dropout, training=self.training, rng=self.rng,
             reset_after=getattr(self, "reset_after", True), where=f"{type(self).__name__}.forward",
-            device=self.device)
+            proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
+            recurrent_dropout=self.recurrent_dropout, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c,
+            weight_drop=self.weight_drop, device=self.device)
         self._ctx = ctx
-        if self._recorder is not None and ctx is not None:
-            self._recorder._on_forward(self, ctx)
+        recorders = [r for r in self._recorders if r.active]
+        if recorders and ctx is not None:
+            from .diagnostics import notify_forward
+            notify_forward(recorders, self, ctx)
         return out, h_n, c_n
 
     def _backward(self, grad_output, grad_h_n, grad_c_n):
@@ -124,11 +148,11 @@ class _RNNBase:
         if self._ctx.consumed:
             raise RuntimeError(f"{where}: backward was already called for the last forward (it consumes the "
                                "cache); run forward again first")
-        rec = self._recorder
+        recorders = [r for r in self._recorders if r.active]
         grad_x, grad_h0, grad_c0, _ = F.backward(self._ctx, grad_output, grad_h_n, grad_c_n, grads=self.grads,
-                                                 bptt_clip=self.bptt_clip, record=rec is not None)
-        if rec is not None:
-            rec._on_backward(self, self._ctx)
+                                                 bptt_clip=self.bptt_clip, record=bool(recorders))
+        for r in recorders:
+            r._on_backward(self, self._ctx)
         return grad_x, grad_h0, grad_c0
 
     def __call__(self, *args, **kwargs):
@@ -139,7 +163,9 @@ class _RNNBase:
         if self.num_layers != 1:
             opts.append(f"num_layers={self.num_layers}")
         for name, default in (("bias", True), ("batch_first", False), ("bidirectional", False), ("dropout", 0.0),
-                              ("bptt_clip", None)):
+                              ("bptt_clip", None), ("proj_size", 0), ("peephole", False),
+                              ("recurrent_dropout", 0.0), ("zoneout_h", 0.0), ("zoneout_c", 0.0),
+                              ("weight_drop", 0.0)):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)}")
         opts.append(f"dtype={self.dtype}")
@@ -185,16 +211,45 @@ class RNN(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """LSTM stack (PyTorch gate order i, f, g, o).
+    """LSTM stack (PyTorch gate order i, f, g, o), with optional variants and regularizers.
+
+    ``i,f,o = σ(a)``, ``g = tanh(a)``, ``c' = f⊙c + i⊙g``, ``h' = o⊙tanh(c')`` with
+    ``a = W_ih x + b_ih + W_hh h + b_hh`` (Hochreiter & Schmidhuber 1997). Options (equations in
+    `fastrnn.functional.lstm_forward` and docs/readme/variants.md):
+
+    - ``proj_size=P``: LSTMP (Sak et al. 2014), ``h' = W_hr (o⊙tanh(c'))``, parameters and
+      results of ``torch.nn.LSTM(proj_size=P)`` (``weight_hr_l{k}`` ``[P, H]``; h is ``[.., P]``).
+    - ``peephole=True``: ``i = σ(a_i + p_i⊙c)``, ``f = σ(a_f + p_f⊙c)``, ``o = σ(a_o + p_o⊙c')``
+      (Gers & Schmidhuber 2000; ONNX's LSTM with ``P``), ``weight_peephole_l{k}`` ``[3, H]``.
+    - ``recurrent_dropout=p``: ``W_hh (h⊙m)``, one mask per sequence (Gal & Ghahramani 2016).
+    - ``zoneout_h``, ``zoneout_c``: keep each unit's previous h / c with that probability per
+      step (Krueger et al. 2017); inference uses the expected update.
+    - ``weight_drop=p``: DropConnect on ``W_hh`` (Wan et al. 2013; Merity et al. 2017).
+
+    Masks come from the layer's ``rng`` in training (a new draw per forward, reused by
+    backward); recurrent dropout and DropConnect are off in eval mode.
 
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True, rng=0)
     >>> out, (h_n, c_n) = lstm(np.zeros((7, 2, 3), np.float32))
     >>> out.shape, h_n.shape, c_n.shape
     ((7, 2, 10), (4, 2, 5), (4, 2, 5))
+    >>> lstmp = fastrnn.LSTM(3, 8, proj_size=2, peephole=True, zoneout_h=0.1, rng=0)
+    >>> out, (h_n, c_n) = lstmp(np.zeros((7, 2, 3), np.float32))
+    >>> out.shape, h_n.shape, c_n.shape, lstmp.params["weight_hr_l0"].shape
+    ((7, 2, 2), (1, 2, 2), (1, 2, 8), (2, 8))
     """
 
     _mode = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, proj_size=0, peephole=False, zoneout_h=0.0,
+                 zoneout_c=0.0, **kwargs):
+        where = type(self).__name__
+        self.proj_size = proj_size  # checked with the other variants by _RNNBase
+        self.peephole = bool(peephole)
+        self.zoneout_h = F._check_rate(zoneout_h, "zoneout_h", where)
+        self.zoneout_c = F._check_rate(zoneout_c, "zoneout_c", where)
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def forward(self, x, hx=None, lengths=None):
         """Returns ``(output, (h_n, c_n))``; ``hx`` is None or ``(h0, c0)``."""
@@ -209,6 +264,9 @@ class LSTM(_RNNBase):
 class GRU(_RNNBase):
     """GRU stack (gates r, z, n); ``reset_after=False`` gives the Keras v1 / ONNX variant.
 
+    Regularizers as for `LSTM`: ``recurrent_dropout`` (the recurrent GEMMs read ``h⊙m``, the
+    ``z⊙h`` term keeps h; Keras), ``zoneout_h`` and ``weight_drop``.
+
     >>> import numpy as np, fastrnn
     >>> gru = fastrnn.GRU(3, 5, reset_after=False, rng=0)
     >>> out, h_n = gru(np.zeros((7, 3), np.float32))   # unbatched [T, C]
@@ -218,8 +276,9 @@ class GRU(_RNNBase):
 
     _mode = "gru"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, reset_after=True, **kwargs):
+    def __init__(self, input_size, hidden_size, num_layers=1, *, reset_after=True, zoneout_h=0.0, **kwargs):
         self.reset_after = bool(reset_after)
+        self.zoneout_h = F._check_rate(zoneout_h, "zoneout_h", type(self).__name__)
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def forward(self, x, hx=None, lengths=None):
@@ -234,3 +293,59 @@ class GRU(_RNNBase):
 
     def _extra_repr(self):
         return ", reset_after=False" if not self.reset_after else ""
+
+
+class LayerNormLSTM(LSTM):
+    """LayerNorm LSTM (Ba, Kiros & Hinton 2016, "Layer normalization"), in the Haste formulation.
+
+    ``a = LN_γih(W_ih x) + LN_γhh(W_hh h) + b_ih + b_hh`` (gates i, f, g, o),
+    ``c' = f⊙c + i⊙g``, ``h' = o ⊙ tanh(LN_γc,βc(c'))``, where
+    ``LN_γ,β(v) = γ⊙(v - mean(v)) / sqrt(var(v) + 1e-5) + β`` over the row's features: all 4H
+    pre-activations of each projection (gain only; the gate biases shift), and the H units of c'.
+    Parameters per layer/direction: torch's four LSTM tensors plus ``ln_ih_weight_l{k}`` and
+    ``ln_hh_weight_l{k}`` ``[4H]`` (init 1), ``ln_c_weight_l{k}`` (init 1) and ``ln_c_bias_l{k}``
+    ``[H]`` (init 0). Options as `LSTM` except ``proj_size`` and ``peephole``; zoneout on c
+    applies to the carried state (LN and tanh see the candidate f⊙c + i⊙g).
+
+    >>> import numpy as np, fastrnn
+    >>> ln = fastrnn.LayerNormLSTM(3, 5, rng=0)
+    >>> out, (h_n, c_n) = ln(np.ones((7, 2, 3), np.float32))
+    >>> out.shape, sorted(k for k in ln.params if k.startswith("ln_"))
+    ((7, 2, 5), ['ln_c_bias_l0', 'ln_c_weight_l0', 'ln_hh_weight_l0', 'ln_ih_weight_l0'])
+    >>> grad_x, grad_h0, grad_c0 = ln.backward(np.ones_like(out))
+    >>> ln.grads["ln_c_weight_l0"].shape
+    (5,)
+    """
+
+    layer_norm = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, **kwargs):
+        for name in ("proj_size", "peephole"):
+            if kwargs.get(name):
+                raise ValueError(f"LayerNormLSTM: {name} is not supported with layer normalization")
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+
+class LayerNormGRU(GRU):
+    """LayerNorm GRU (Ba, Kiros & Hinton 2016), in the Haste formulation (reset_after form).
+
+    ``vx = LN_γih(W_ih x) + b_ih``, ``vh = LN_γhh(W_hh h) + b_hh`` (gates r, z, n),
+    ``r = σ(vx_r + vh_r)``, ``z = σ(vx_z + vh_z)``, ``n = tanh(vx_n + r⊙vh_n)``,
+    ``h' = (1-z)⊙n + z⊙h``; each LN normalizes a row over its 3H features
+    (``(v - mean) / sqrt(var + 1e-5)``, gain only). Parameters: torch's GRU tensors plus
+    ``ln_ih_weight_l{k}`` and ``ln_hh_weight_l{k}`` ``[3H]`` (init 1). Options as `GRU`
+    (``reset_after`` is always True).
+
+    >>> import numpy as np, fastrnn
+    >>> ln = fastrnn.LayerNormGRU(3, 5, num_layers=2, rng=0)
+    >>> out, h_n = ln(np.ones((7, 2, 3), np.float32))
+    >>> out.shape, h_n.shape
+    ((7, 2, 5), (2, 2, 5))
+    """
+
+    layer_norm = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, **kwargs):
+        if not kwargs.pop("reset_after", True):
+            raise ValueError("LayerNormGRU: reset_after=False is not supported with layer normalization")
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)

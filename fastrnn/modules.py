@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _validation as V
-from .layers import _RNNBase, _generator
+from .layers import _RNNBase
 
 __all__ = ["Linear", "LastStep", "Sequential"]
 
@@ -81,7 +81,7 @@ class Linear(_Module):
         self.out_features = V.check_positive_int(out_features, "out_features", where)
         self.bias = bool(bias)
         self.dtype = V.as_dtype(dtype, f"{where}: dtype")
-        self.rng = _generator(rng)
+        self.rng = V.generator(rng, type(self).__name__)
         self.training = True
         self._cache = None
         shapes = [("weight", (self.out_features, self.in_features))] + ([("bias", (self.out_features,))] if bias else [])
@@ -91,7 +91,7 @@ class Linear(_Module):
 
     def reset_parameters(self, rng=None):
         """torch's default: weight and bias ~ U(−1/√in_features, 1/√in_features)."""
-        gen = self.rng if rng is None else _generator(rng)
+        gen = self.rng if rng is None else V.generator(rng, f"{type(self).__name__}.reset_parameters")
         k = 1.0 / math.sqrt(self.in_features)
         for w in self.params.values():
             w[...] = gen.uniform(-k, k, size=w.shape)

@@ -24,7 +24,6 @@ import numbers
 import numpy as np
 
 from . import _validation as V
-from .layers import _generator
 
 __all__ = ["sine", "sine_baseline", "adding", "adding_baseline", "copy", "copy_baseline"]
 
@@ -66,7 +65,7 @@ def sine(T, N, rng=None, *, freq=(0.05, 0.25), noise=0.0, dtype=np.float32):
     lo, hi = _freq(freq, where)
     noise = _noise(noise, where)
     dtype = V.as_dtype(dtype, f"{where}: dtype")
-    gen = _generator(rng)
+    gen = V.generator(rng, where)
     omega = gen.uniform(lo, hi, size=(1, N, 1))
     phase = gen.uniform(0.0, 2 * np.pi, size=(1, N, 1))
     t = np.arange(T + 1, dtype=np.float64)[:, None, None]
@@ -127,7 +126,7 @@ def adding(T, N, rng=None, *, min_length=None, dtype=np.float32):
     low = T if min_length is None else min_length
     if low < 2 or low > T:
         raise ValueError(f"{where}: sequences need 2 <= length <= T; got T={T}, min_length={min_length}")
-    gen = _generator(rng)
+    gen = V.generator(rng, where)
     lengths = np.full(N, T, np.int64) if min_length is None else gen.integers(low, T + 1, size=N)
     half = lengths // 2
     first = (gen.random(N) * half).astype(np.int64)                    # U{0, ..., half-1}
@@ -180,7 +179,7 @@ def copy(delay, N, rng=None, *, n_symbols=8, length=10, dtype=np.float32):
     K = V.check_positive_int(n_symbols, "n_symbols", where)
     length = V.check_positive_int(length, "length", where)
     dtype = V.as_dtype(dtype, f"{where}: dtype")
-    gen = _generator(rng)
+    gen = V.generator(rng, where)
     S = 2 * length + delay
     symbols = gen.integers(1, K + 1, size=(length, N))
     inputs = np.zeros((S, N), np.int64)

@@ -13,10 +13,17 @@ on NumPy views of the CPU tensors (no copies of contiguous inputs or weights, no
 no autograd graph per step; the GIL is released in the kernels). The equations and gate order are
 PyTorch's (DESIGN.md §1; LSTM: Hochreiter & Schmidhuber 1997; GRU: Cho et al. 2014).
 On CUDA tensors the same node runs on fastrnn's CUDA backend when it is built and usable
-(`fastrnn.cuda`; zero-copy, on torch's current stream), else the call raises RuntimeError saying why.
+(`fastrnn.cuda`; zero-copy, on torch's current stream; plain cells), else the call raises
+RuntimeError saying why.
 
 `convert` swaps every ``torch.nn.LSTM/GRU/RNN`` in a model for its fastrnn twin (same weights),
 `revert` swaps back.
+
+Variants (docs/readme/variants.md): ``LSTM(proj_size=P)`` is LSTMP exactly as torch's;
+`LayerNormLSTM` and `LayerNormGRU` are the Haste-formulation LayerNorm cells (torch's
+parameters plus LayerNorm gains); the fastrnn-only keywords ``recurrent_dropout``,
+``zoneout_h`` (``zoneout_c`` for LSTM) and ``weight_drop`` add the in-kernel regularizers, with
+masks drawn from torch's RNG in training mode.
 
 >>> import torch, fastrnn.torch
 >>> _ = torch.manual_seed(0)
@@ -32,6 +39,7 @@ On CUDA tensors the same node runs on fastrnn's CUDA backend when it is built an
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict, namedtuple
 
 import torch
@@ -40,7 +48,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as F
 
-__all__ = ["LSTM", "GRU", "RNN", "convert", "revert"]
+__all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "convert", "revert"]
 
 # torch's RNNBase.mode -> fastrnn cell name.
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
@@ -48,7 +56,9 @@ _DTYPES = (torch.float32, torch.float64)
 
 # Everything about one call that is not a tensor.
 _Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where "
-                           "bptt_clip module recorder")
+                           "bptt_clip module recorders variants noise")
+# The fastrnn-only regularizer keywords of the modules, and their defaults (off).
+_REGULARIZERS = {"recurrent_dropout": 0.0, "zoneout_h": 0.0, "zoneout_c": 0.0, "weight_drop": 0.0}
 
 
 def _host_view(t):
@@ -71,7 +81,8 @@ def _run(spec, x, h0, c0, masks, weights, training):
                       num_layers=spec.num_layers, bidirectional=spec.bidirectional, bias=spec.bias,
                       batch_first=spec.batch_first, dropout=spec.dropout if masks is not None else 0.0,
                       training=training, rng=None, reset_after=spec.reset_after, where=spec.where,
-                      masks=_numpy(masks))
+                      masks=_numpy(masks), noise=spec.noise if training else None,
+                      sample_noise=spec.module.training, **spec.variants)
 
 
 class _RNNFunction(torch.autograd.Function):
@@ -84,8 +95,9 @@ class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, x, h0, c0, masks, *weights):
         out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True)
-        if spec.recorder is not None:  # fastrnn.diagnostics.record: gate statistics from the cache
-            spec.recorder._on_forward(spec.module, fctx)
+        if spec.recorders:  # fastrnn.diagnostics.record: gate statistics from the cache
+            from .diagnostics import notify_forward
+            notify_forward(spec.recorders, spec.module, fctx)
         # What BPTT reads is saved through torch, so retain_graph, the check against in-place
         # changes of x or the weights, and freeing the cache after backward behave as for torch ops.
         ctx.save_for_backward(x, *weights, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache), masks)
@@ -106,9 +118,9 @@ class _RNNFunction(torch.autograd.Function):
             grad_x, grad_h0, grad_c0, grads = F.backward(fctx, _numpy(grad_out), _numpy(grad_h_n),
                                                          _numpy(grad_c_n), retain=True,
                                                          bptt_clip=ctx.spec.bptt_clip,
-                                                         record=ctx.spec.recorder is not None)
-            if ctx.spec.recorder is not None:
-                ctx.spec.recorder._on_backward(ctx.spec.module, fctx)
+                                                         record=bool(ctx.spec.recorders))
+            for r in ctx.spec.recorders:
+                r._on_backward(ctx.spec.module, fctx)
         finally:
             fctx.x = fctx.cache = fctx.masks = None
         need = ctx.needs_input_grad
@@ -116,7 +128,7 @@ class _RNNFunction(torch.autograd.Function):
         def wrap(a, i):
             return torch.from_numpy(a) if need[i] and a is not None else None
         return (None, wrap(grad_x, 1), wrap(grad_h0, 2), wrap(grad_c0, 3), None,
-                *(wrap(grads[name], 5 + i) for i, name in enumerate(fctx.names)))
+                *(wrap(grads[name], 5 + i) for i, name in enumerate(ctx.spec.names)))
 
 
 def _on_gpu(t):
@@ -146,7 +158,36 @@ class _FastRNNBase:
     """
 
     bptt_clip = None
-    _recorder = None
+    _recorders = ()  # fastrnn.diagnostics.record objects attached to this module
+    layer_norm = False
+    peephole = False
+    recurrent_dropout = zoneout_h = zoneout_c = weight_drop = 0.0
+
+    def _set_regularizers(self, where, **rates):
+        for name, value in rates.items():
+            setattr(self, name, F._check_rate(value, name, where))
+
+    def _regularizer_repr(self):
+        return "".join(f", {k}={getattr(self, k)}" for k in _REGULARIZERS if getattr(self, k))
+
+    def _noise(self, T, N):
+        """The regularizers' masks of one training forward, from torch's RNG (None: none apply)."""
+        L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size
+        K = self.proj_size or H
+        G = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
+        S, dtype = L * D, self._flat_weights[0].dtype
+        out = {}
+        if self.recurrent_dropout:
+            p = self.recurrent_dropout
+            out["rec_mask"] = torch.empty((S, N, K), dtype=dtype).bernoulli_(1 - p).div_(1 - p)
+        if self.zoneout_h:
+            out["zh_mask"] = torch.empty((S, T, N, K), dtype=dtype).bernoulli_(self.zoneout_h)
+        if self.zoneout_c:
+            out["zc_mask"] = torch.empty((S, T, N, H), dtype=dtype).bernoulli_(self.zoneout_c)
+        if self.weight_drop:
+            p = self.weight_drop
+            out["w_mask"] = torch.empty((S, G * H, K), dtype=dtype).bernoulli_(1 - p).div_(1 - p)
+        return {k: v.numpy() for k, v in out.items()} or None
 
     def _cell(self):
         """The fastrnn cell: "rnn_tanh", "rnn_relu", "lstm" or "gru"."""
@@ -178,9 +219,6 @@ class _FastRNNBase:
         return out
 
     def _check_supported(self, where, tensors):
-        if self.proj_size > 0:
-            raise NotImplementedError(f"{where}: proj_size={self.proj_size} (LSTM with projections, LSTMP) is not "
-                                      "supported by fastrnn yet; use torch.nn.LSTM for it")
         for device in {t.device for t in tensors if t.device.type != "cpu"}:
             from . import cuda
             why = cuda.reason() if device.type == "cuda" else f"fastrnn has no backend for '{device.type}' tensors"
@@ -256,24 +294,28 @@ class _FastRNNBase:
             T, N = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
 
         masks = None
-        L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size
+        L, D, K = self.num_layers, 2 if self.bidirectional else 1, self.proj_size or self.hidden_size
         if self.training and self.dropout > 0 and L > 1:
             p = self.dropout
             if p >= 1:
                 raise ValueError(f"{where}: dropout={p} is not supported in training mode (fastrnn needs dropout < 1)")
             # Masks from torch's RNG, so torch.manual_seed makes training runs reproducible.
-            masks = torch.empty((L - 1, T, N, D * H), dtype=weights[0].dtype).bernoulli_(1 - p).div_(1 - p)
+            masks = torch.empty((L - 1, T, N, D * K), dtype=weights[0].dtype).bernoulli_(1 - p).div_(1 - p)
+        noise = self._noise(T, N) if self.training else None
+        variants = dict(proj_size=self.proj_size, layer_norm=self.layer_norm, peephole=self.peephole,
+                        **{k: getattr(self, k) for k in _REGULARIZERS if getattr(self, k)})
         spec = _Spec(self._cell(), self._flat_weights_names, L, self.bidirectional, self.bias,
                      self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where,
-                     self.bptt_clip, self, self._recorder)
+                     self.bptt_clip, self, tuple(r for r in self._recorders if r.active), variants, noise)
         h0, c0 = (states + [None, None])[:2]
         if _on_gpu(x):  # the CUDA backend, zero-copy on torch's current stream
             from ._torch_cuda import run
             outs = run(spec, x, h0, c0, masks, weights)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
             outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)
-        else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply dropout)
-            out, h_n, c_n, _ = _run(spec, x, h0, c0, masks, weights, training=masks is not None)
+        else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply the masks)
+            out, h_n, c_n, _ = _run(spec, x, h0, c0, masks, weights,
+                                    training=masks is not None or noise is not None)
             outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
 
         output, hidden = outs[0], outs[1:]
@@ -286,14 +328,56 @@ class _FastRNNBase:
         return output, (hidden if lstm else hidden[0])
 
 
-class LSTM(_FastRNNBase, torch.nn.LSTM):
+class _VariantParams:
+    """Registers the variants' extra parameters (peepholes, LayerNorm gains) on a
+    torch.nn.LSTM/GRU, after torch's own and in ``_flat_weights_names``; initializes them like
+    `fastrnn.LSTM`: U(-1/sqrt(H), 1/sqrt(H)) as torch does, LayerNorm gains 1 and biases 0."""
+
+    def _add_variant_params(self, **variant):
+        H, D = self.hidden_size, 2 if self.bidirectional else 1
+        ref = self._flat_weights[0]
+        stdv = 1.0 / math.sqrt(H)
+        names = []
+        for name, shape in F.param_shapes(self._cell(), self.input_size, H, self.num_layers, D == 2, self.bias,
+                                          proj_size=self.proj_size, **variant):
+            if name not in self._flat_weights_names:
+                p = torch.nn.Parameter(torch.empty(shape, dtype=ref.dtype, device=ref.device))
+                with torch.no_grad():
+                    self._init_param(name, p, stdv)
+                setattr(self, name, p)
+                names.append(name)
+        self._flat_weights_names.extend(names)
+        self._all_weights.append(names)
+        self._init_flat_weights()
+
+    @staticmethod
+    def _init_param(name, p, stdv):
+        if name.startswith("ln_"):
+            p.fill_(0.0 if name.startswith("ln_c_bias") else 1.0)
+        else:
+            p.uniform_(-stdv, stdv)
+
+    def reset_parameters(self):
+        """torch's U(-1/sqrt(H), 1/sqrt(H)) (in registration order, like torch), LayerNorm gains 1
+        and LN(c) biases 0."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                self._init_param(name, p, stdv)
+
+
+class LSTM(_FastRNNBase, _VariantParams, torch.nn.LSTM):
     """``torch.nn.LSTM`` computed by fastrnn's fused kernels (gates i, f, g, o).
 
     ``i, f, o = σ(W_i x + b_i + U_i h + c_i)``, ``g = tanh(...)``, ``c' = f⊙c + i⊙g``,
     ``h' = o⊙tanh(c')`` (Hochreiter & Schmidhuber 1997; PyTorch's weight layout).
-    Constructor, parameters and outputs are ``torch.nn.LSTM``'s; ``proj_size > 0`` (LSTMP) raises
-    ``NotImplementedError``. Besides torch's API: ``.params`` / ``.grads`` (NumPy views, torch
-    names) and ``_cell()`` for fastrnn's gradient tools.
+    Constructor, parameters and outputs are ``torch.nn.LSTM``'s, ``proj_size > 0`` (LSTMP,
+    ``h' = W_hr (o⊙tanh(c'))``, Sak et al. 2014) included. Besides torch's API: ``.params`` /
+    ``.grads`` (NumPy views, torch names), ``_cell()`` for fastrnn's gradient tools, and the
+    fastrnn-only keywords ``peephole=True`` (Gers & Schmidhuber 2000; adds parameters
+    ``weight_peephole_l{k}`` ``[3, H]``), ``recurrent_dropout`` (Gal & Ghahramani 2016), ``zoneout_h``,
+    ``zoneout_c`` (Krueger et al. 2017) and ``weight_drop`` (DropConnect on W_hh; Wan et al.
+    2013), whose masks come from torch's RNG in training mode (see `fastrnn.LSTM`).
 
     >>> import torch, fastrnn.torch
     >>> ref = torch.nn.LSTM(3, 4, batch_first=True)
@@ -302,13 +386,25 @@ class LSTM(_FastRNNBase, torch.nn.LSTM):
     >>> x = torch.randn(2, 6, 3)
     >>> torch.allclose(lstm(x)[0], ref(x)[0], atol=1e-6)
     True
+    >>> lstmp = fastrnn.torch.LSTM(3, 4, batch_first=True, proj_size=2)
+    >>> out, (h_n, c_n) = lstmp(x)
+    >>> out.shape, h_n.shape, c_n.shape, lstmp.weight_hr_l0.shape
+    (torch.Size([2, 6, 2]), torch.Size([1, 2, 2]), torch.Size([1, 2, 4]), torch.Size([2, 4]))
+    >>> fastrnn.torch.LSTM(3, 4, zoneout_h=0.1, weight_drop=0.2)
+    LSTM(3, 4, zoneout_h=0.1, weight_drop=0.2)
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, peephole=False, recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        if self.proj_size > 0:
-            raise NotImplementedError(f"fastrnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections, "
-                                      "LSTMP) is not supported by fastrnn yet; use torch.nn.LSTM for it")
+        self._set_regularizers("fastrnn.torch.LSTM", recurrent_dropout=recurrent_dropout, zoneout_h=zoneout_h,
+                               zoneout_c=zoneout_c, weight_drop=weight_drop)
+        self.peephole = bool(peephole)
+        if self.peephole:
+            self._add_variant_params(peephole=True)
+
+    def extra_repr(self):
+        return super().extra_repr() + (", peephole=True" if self.peephole else "") + self._regularizer_repr()
 
 
 class GRU(_FastRNNBase, torch.nn.GRU):
@@ -317,7 +413,8 @@ class GRU(_FastRNNBase, torch.nn.GRU):
     ``r, z = σ(W x + b + U h + c)``, ``n = tanh(W_n x + b_n + r⊙(U_n h + c_n))``,
     ``h' = (1−z)⊙n + z⊙h`` (Cho et al. 2014; PyTorch/cuDNN variant). The fastrnn-only keyword
     ``reset_after=False`` selects ``n = tanh(W_n x + b_n + U_n (r⊙h) + c_n)`` (Keras v1 / ONNX
-    default; same parameters, but no ``torch.nn.GRU`` equivalent).
+    default; same parameters, but no ``torch.nn.GRU`` equivalent). Regularizer keywords
+    ``recurrent_dropout``, ``zoneout_h``, ``weight_drop``: as for `LSTM`.
 
     >>> import torch, fastrnn.torch
     >>> gru = fastrnn.torch.GRU(3, 4, num_layers=2, bidirectional=True)
@@ -328,18 +425,21 @@ class GRU(_FastRNNBase, torch.nn.GRU):
     GRU(3, 4, reset_after=False)
     """
 
-    def __init__(self, *args, reset_after=True, **kwargs):
+    def __init__(self, *args, reset_after=True, recurrent_dropout=0.0, zoneout_h=0.0, weight_drop=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.reset_after = bool(reset_after)
+        self._set_regularizers("fastrnn.torch.GRU", recurrent_dropout=recurrent_dropout, zoneout_h=zoneout_h,
+                               weight_drop=weight_drop)
 
     def extra_repr(self):
-        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False") + self._regularizer_repr()
 
 
 class RNN(_FastRNNBase, torch.nn.RNN):
     """``torch.nn.RNN`` (Elman) computed by fastrnn's fused kernels.
 
     ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with act = tanh or relu (``nonlinearity=``).
+    Regularizer keywords ``recurrent_dropout`` and ``weight_drop``: as for `LSTM`.
 
     >>> import torch, fastrnn.torch
     >>> rnn = fastrnn.torch.RNN(3, 4, nonlinearity="relu")
@@ -347,6 +447,65 @@ class RNN(_FastRNNBase, torch.nn.RNN):
     >>> rnn._cell(), out.shape
     ('rnn_relu', torch.Size([5, 2, 4]))
     """
+
+    def __init__(self, *args, recurrent_dropout=0.0, weight_drop=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_regularizers("fastrnn.torch.RNN", recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)
+
+    def extra_repr(self):
+        return super().extra_repr() + self._regularizer_repr()
+
+
+class LayerNormLSTM(LSTM):
+    """LayerNorm LSTM (Ba et al. 2016, the Haste formulation) as a ``torch.nn.LSTM`` with LN gains.
+
+    ``a = LN_γih(W_ih x) + LN_γhh(W_hh h) + b_ih + b_hh`` (gates i, f, g, o), ``c' = f⊙c + i⊙g``,
+    ``h' = o⊙tanh(LN_γc,βc(c'))``, ``LN(v) = γ⊙(v - mean v)/sqrt(var v + 1e-5) (+ β)`` per row
+    (see `fastrnn.LayerNormLSTM`). torch.nn.LSTM's constructor (``proj_size`` must be 0) and
+    parameters plus ``ln_ih_weight_l{k}``, ``ln_hh_weight_l{k}`` ``[4H]`` and ``ln_c_weight_l{k}``,
+    ``ln_c_bias_l{k}`` ``[H]``; the regularizer keywords of `LSTM`. `revert` leaves it alone (torch
+    has no equivalent).
+
+    >>> import torch, fastrnn.torch
+    >>> ln = fastrnn.torch.LayerNormLSTM(3, 4, num_layers=2)
+    >>> out, (h_n, c_n) = ln(torch.randn(6, 2, 3))
+    >>> out.sum().backward()
+    >>> out.shape, ln.ln_c_weight_l1.grad.shape
+    (torch.Size([6, 2, 4]), torch.Size([4]))
+    """
+
+    layer_norm = True
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("proj_size") or kwargs.get("peephole"):
+            raise ValueError("fastrnn.torch.LayerNormLSTM: proj_size and peephole are not supported with layer "
+                             "normalization")
+        super().__init__(*args, **kwargs)
+        self._add_variant_params(layer_norm=True)
+
+
+class LayerNormGRU(_VariantParams, GRU):
+    """LayerNorm GRU (Ba et al. 2016, the Haste formulation) as a ``torch.nn.GRU`` with LN gains.
+
+    ``vx = LN_γih(W_ih x) + b_ih``, ``vh = LN_γhh(W_hh h) + b_hh``, ``r = σ(vx_r + vh_r)``,
+    ``z = σ(vx_z + vh_z)``, ``n = tanh(vx_n + r⊙vh_n)``, ``h' = (1-z)⊙n + z⊙h`` (see
+    `fastrnn.LayerNormGRU`); torch.nn.GRU's constructor and parameters plus ``ln_ih_weight_l{k}``,
+    ``ln_hh_weight_l{k}`` ``[3H]``; the regularizer keywords of `GRU`.
+
+    >>> import torch, fastrnn.torch
+    >>> ln = fastrnn.torch.LayerNormGRU(3, 4, batch_first=True)
+    >>> out, h_n = ln(torch.randn(2, 6, 3))
+    >>> out.shape, sorted(n for n, _ in ln.named_parameters() if n.startswith("ln_"))
+    (torch.Size([2, 6, 4]), ['ln_hh_weight_l0', 'ln_ih_weight_l0'])
+    """
+
+    def __init__(self, *args, **kwargs):
+        if not kwargs.get("reset_after", True):
+            raise ValueError("fastrnn.torch.LayerNormGRU: reset_after=False is not supported with layer normalization")
+        super().__init__(*args, **kwargs)
+        self._add_variant_params(layer_norm=True)
+
+    layer_norm = True
 
 
 _TO_FAST = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
@@ -356,15 +515,20 @@ _TO_TORCH = {v: k for k, v in _TO_FAST.items()}
 def _retype(module, cls, where, path):
     """A `cls` module with `module`'s parameters (the same Parameter objects), buffers, hooks and
     settings: no re-initialisation, no use of the RNG."""
-    if module.proj_size > 0:
-        raise NotImplementedError(f"{where}: {path} is a torch.nn.LSTM with proj_size={module.proj_size}; "
-                                  "LSTM projections (LSTMP) are not supported by fastrnn yet")
+    if any(getattr(module, k, 0) for k in _REGULARIZERS):
+        raise ValueError(f"{where}: {path} uses fastrnn's regularizers "
+                         f"({', '.join(k for k in _REGULARIZERS if getattr(module, k, 0))}), which torch.nn "
+                         "modules cannot represent")
+    if getattr(module, "peephole", False):
+        raise ValueError(f"{where}: {path} is a fastrnn.torch.LSTM with peepholes, which torch.nn.LSTM cannot "
+                         "represent")
     if not getattr(module, "reset_after", True):
         raise ValueError(f"{where}: {path} is a fastrnn.torch.GRU with reset_after=False, which torch.nn.GRU "
                          "cannot represent")
     new = cls.__new__(cls)
     new.__dict__.update({k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()})
-    new.__dict__.pop("reset_after", None)
+    for k in ("reset_after", "peephole", *_REGULARIZERS):
+        new.__dict__.pop(k, None)
     if cls is GRU:
         new.reset_after = True
     new._init_flat_weights()
@@ -400,7 +564,7 @@ def convert(model, inplace=False):
     ``inplace=True`` an optimizer built before still works). Nested modules and containers
     (``Sequential``, ``ModuleList``, ``ModuleDict``) are searched; a module used at several places
     becomes one shared twin. Returns the model (a converted deep copy unless ``inplace``; a bare
-    ``torch.nn.LSTM`` gives a ``fastrnn.torch.LSTM``). ``proj_size > 0`` raises ``NotImplementedError``.
+    ``torch.nn.LSTM`` gives a ``fastrnn.torch.LSTM``; LSTMs with ``proj_size`` included).
 
     >>> import torch, fastrnn.torch
     >>> model = torch.nn.ModuleDict({"enc": torch.nn.LSTM(3, 4), "head": torch.nn.Linear(4, 1)})
@@ -416,7 +580,8 @@ def convert(model, inplace=False):
 def revert(model, inplace=False):
     """The inverse of `convert`: every ``fastrnn.torch.LSTM/GRU/RNN`` becomes its ``torch.nn`` twin.
 
-    A GRU with ``reset_after=False`` has no torch equivalent and raises ``ValueError``.
+    A GRU with ``reset_after=False`` or a module using fastrnn's regularizers has no torch
+    equivalent and raises ``ValueError``; `LayerNormLSTM` / `LayerNormGRU` are left as they are.
 
     >>> import torch, fastrnn.torch
     >>> model = torch.nn.Sequential(fastrnn.torch.RNN(3, 4))

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -16,3 +18,14 @@ def isa(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_outside_the_source_tree(tmp_path_factory):
+    """Tests (and the `python -m fastrnn` / `python -c` subprocesses they start) run from an empty
+    directory, so the installed fastrnn is imported, never the source checkout's `fastrnn/` that
+    the current directory would otherwise shadow it with."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)

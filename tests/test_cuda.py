@@ -426,6 +426,24 @@ def test_device_array_inputs_are_read_in_place(backend, cell):
         layer(x64)
 
 
+@pytest.mark.parametrize("backend", ["emulator"], indirect=True)
+def test_cell_variants_are_refused_clearly(backend):
+    """The CUDA backend runs the plain cells; the variants and regularizers say so before any work."""
+    x = np.zeros((4, 2, 3), np.float32)
+    cases = [(fastrnn.LSTM(3, 4, proj_size=2, device="cuda"), "proj_size"),
+             (fastrnn.LSTM(3, 4, peephole=True, device="cuda"), "peephole"),
+             (fastrnn.LayerNormGRU(3, 4, device="cuda"), "layer_norm"),
+             (fastrnn.GRU(3, 4, zoneout_h=0.1, device="cuda"), "zoneout_h"),
+             (fastrnn.RNN(3, 4, recurrent_dropout=0.2, device="cuda"), "recurrent_dropout"),
+             (fastrnn.LSTM(3, 4, weight_drop=0.3, device="cuda"), "weight_drop")]
+    for layer, what in cases:
+        with pytest.raises(NotImplementedError, match=rf"forward: device='cuda' runs the plain cells only; "
+                                                      rf"{what} run on the CPU for now"):
+            layer(x)
+    with pytest.raises(NotImplementedError, match="peephole"):
+        F.lstm_forward(x, fastrnn.LSTM(3, 4, peephole=True).params, peephole=True, device="cuda")
+
+
 # ---------------------------------------------------------------- host-side pieces (emulator)
 
 CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "gru_v1": 3}

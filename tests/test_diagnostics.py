@@ -316,12 +316,21 @@ def test_record_errors_and_no_cost_when_off():
     with dg.record(layer) as rec:
         with pytest.raises(RuntimeError, match="no backward was recorded"):
             rec.report()
-        with pytest.raises(RuntimeError, match="already being recorded"):
-            dg.record(layer).__enter__()
+        with pytest.raises(RuntimeError, match="already attached"):
+            rec.__enter__()
+        with dg.record(layer) as second:  # two recorders on one layer: both get the reports
+            out, _ = layer(np.ones((2, 1, 2), np.float32))
+            layer.backward(np.ones_like(out))
+        assert len(second.reports) == 1 and len(rec.reports) == 1
+        np.testing.assert_array_equal(second.report().grad_h_norm, rec.report().grad_h_norm)
+        rec.active = False
+        out, _ = layer(np.ones((2, 1, 2), np.float32))
+        layer.backward(np.ones_like(out))
+        assert len(rec.reports) == 1 and layer._ctx.grad_h_norm is None  # paused: nothing recorded
     out, _ = layer(np.ones((2, 1, 2), np.float32))
     ctx = layer._ctx
     layer.backward(np.ones_like(out))
-    assert ctx.grad_h_norm is None and layer._recorder is None
+    assert ctx.grad_h_norm is None and layer._recorders == ()
     seq = fastrnn.Sequential(fastrnn.LSTM(2, 3), fastrnn.LastStep(), fastrnn.Linear(3, 1))
     assert dg.record(seq).layer is seq[0] if hasattr(seq, "__getitem__") else True
 
@@ -360,7 +369,7 @@ def test_monitor_with_fit_and_plot(tmp_path):
     assert mon.records["step"] == [0, 2, 4]
     assert mon.clipped_fraction == 1.0  # every gradient norm exceeded 1e-3
     assert all(v in ("healthy", "vanishing", "exploding") for v in mon.records["verdict"])
-    assert model[0]._recorder is None if hasattr(model, "__getitem__") else True
+    assert model.modules[0]._recorders == ()
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -398,7 +407,7 @@ def test_terminate_on_nan_says_where_inside_the_recurrence():
     assert stop.step == 0 and stop.location["quantity"] == "hidden state"
     assert stop.location["step"] == 4  # |h| ~ 1e10^t overflows float32 (3.4e38) at t = 4
     assert "time step 4" in hist.stop_reason
-    assert layer._recorder is None  # its own recorder is detached after training
+    assert layer._recorders == ()  # its own recorder is detached after training
     assert fastrnn.diagnostics.record(layer, keep="last").keep == "last"
     with pytest.raises(ValueError, match="keep must be"):
         fastrnn.diagnostics.record(layer, keep="first")

@@ -485,3 +485,30 @@ def test_layer_protocol_with_torch_views_and_gate_detection():
     assert torch.all(gru.bias_ih_l0[4:8] >= 0) and torch.all(gru.bias_hh_l0[4:8] == 0)
     with pytest.raises(ValueError, match="forget_bias_: only LSTM layers .* got a 'gru'"):
         init.forget_bias_(tw)
+
+
+@pytest.mark.parametrize("preset", ["torch", "keras", "haste", "orthogonal", "identity", "chrono"])
+@pytest.mark.parametrize("make", [lambda: fastrnn.LayerNormLSTM(3, 4, num_layers=2, rng=0),
+                                  lambda: fastrnn.LayerNormGRU(3, 4, bidirectional=True, rng=0),
+                                  lambda: fastrnn.LSTM(3, 6, proj_size=2, peephole=True, rng=0)],
+                         ids=["ln_lstm", "ln_gru", "lstmp_peephole"])
+def test_presets_cover_the_variants(preset, make):
+    layer = make()
+    opts = {"t_max": 20} if preset == "chrono" else {}
+    init.apply_(layer, preset, rng=1, **opts)
+    for name, w in layer.params.items():
+        assert np.isfinite(w).all(), name
+        if name.startswith("ln_") and "bias" not in name:
+            assert (w == 1).all(), name  # LayerNorm gains start at 1
+        if name.startswith("ln_c_bias"):
+            assert not w.any(), name
+        if name.startswith("weight_peephole") and preset != "torch":
+            assert not w.any(), name  # the plain LSTM to start from
+    if preset == "torch":
+        twin = make()
+        twin.reset_parameters(rng=1)
+        for name in layer.params:
+            np.testing.assert_array_equal(layer.params[name], twin.params[name])
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    out, _ = layer(x)
+    assert np.isfinite(out).all()

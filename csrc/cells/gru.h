@@ -4,6 +4,10 @@
 //     the fourth block, dn*r (the gradient of W_hn h, which differs from dn).
 //   reset_after=false (Keras v1, ONNX default):  n = tanh(xp_n + W_hn (r*h) + b_in + b_hn)
 //     two recurrent GEMMs per step: [r,z] from h, then n from r*h; cache r, z, n, r*h.
+// Variants: zoneout on h (Krueger et al. 2017): h_t = h~ + d*(h_{t-1} - h~), h~ the update
+// above; backward dh~ = (1-d) dh_t, dh_{t-1} += d dh_t. Recurrent dropout (Gal & Ghahramani
+// 2016): the recurrent GEMMs read h_{t-1}*mask (reset_after=false: r*(h_{t-1}*mask)), while the
+// z*h_{t-1} term keeps the undropped state (Keras). Reg = false compiles both out.
 #pragma once
 #include "rows.h"
 #include "../simd/scalar.h"
@@ -15,7 +19,7 @@
 namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
-template <bool ResetAfter>
+template <bool ResetAfter, bool Reg>
 struct GRUCell {
     static constexpr int gates = 3;
     static constexpr int cache_gates = 4;
@@ -42,8 +46,12 @@ struct GRUCell {
                 n = vtanh(W::load(row.xp + 2 * H + j) + W::load(row.bias + 2 * H + j) + W::load(row.hp + j));
             }
             W h = fmadd(z, h_prev - n, n);
+            if constexpr (Reg)
+                if (row.zh) h = fmadd(W::load(row.zh + j), h_prev - h, h);
             h.store(row.h + j);
             h.store(row.y + j);
+            if constexpr (Reg)
+                if (row.hr) (h * W::load(row.rmask + j)).store(row.hr + j);
             if constexpr (Train) {
                 n.store(row.gates + 2 * H + j);
                 if constexpr (ResetAfter) {
@@ -66,7 +74,10 @@ struct GRUCell {
             W z = vsigmoid(W::load(row.xp + H + j) + W::load(row.bias + H + j) + W::load(row.hp + hs + j));
             r.store(row.gates + j);
             z.store(row.gates + H + j);
-            (r * W::load(row.h_prev + j)).store(row.rh + j);
+            W h_in = W::load(row.h_prev + j);
+            if constexpr (Reg)
+                if (row.rmask) h_in = h_in * W::load(row.rmask + j);
+            (r * h_in).store(row.rh + j);
         });
     }
 
@@ -79,7 +90,9 @@ struct GRUCell {
             using W = decltype(v);
             const W one = W::set1(1), lim = W::set1(row.clip);
             W z = W::load(row.gates + H + j), n = W::load(row.gates + 2 * H + j);
-            W dh = W::load(row.dh + j), h_prev = W::load(row.h_prev + j);
+            W dh_total = W::load(row.dh + j), dh = dh_total, h_prev = W::load(row.h_prev + j);
+            if constexpr (Reg)
+                if (row.zh) dh = dh_total * (one - W::load(row.zh + j));
             W dn = vclip(dh * (one - z) * (one - n * n), lim);
             W dz = vclip(dh * (h_prev - n) * z * (one - z), lim);
             if constexpr (ResetAfter) {
@@ -90,7 +103,10 @@ struct GRUCell {
             }
             dz.store(row.dgates + H + j);
             dn.store(row.dgates + 2 * H + j);
-            (dh * z).store(row.dh_carry + j);
+            if (Reg && row.zh)
+                fmadd(dh_total, W::load(row.zh + j), dh * z).store(row.dh_carry + j);
+            else
+                (dh * z).store(row.dh_carry + j);
         });
     }
 
@@ -101,8 +117,14 @@ struct GRUCell {
             using W = decltype(v);
             const W one = W::set1(1), lim = W::set1(row.clip);
             W r = W::load(row.gates + j), d_rh = W::load(row.d_rh + j);
-            vclip(d_rh * W::load(row.h_prev + j) * r * (one - r), lim).store(row.dgates + j);
-            fmadd(d_rh, r, W::load(row.dh_carry + j)).store(row.dh_carry + j);
+            W h_in = W::load(row.h_prev + j), dr_h = r;  // d(r*h_in)/dh_{t-1} = r*mask
+            if (Reg && row.rmask) {
+                const W m = W::load(row.rmask + j);
+                h_in = h_in * m;
+                dr_h = r * m;
+            }
+            vclip(d_rh * h_in * r * (one - r), lim).store(row.dgates + j);
+            fmadd(d_rh, dr_h, W::load(row.dh_carry + j)).store(row.dh_carry + j);
         });
     }
 };

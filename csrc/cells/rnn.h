@@ -12,7 +12,7 @@
 namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
-template <bool Relu>
+template <bool Relu, bool Reg>  // Reg: recurrent dropout compiled in
 struct RNNCell {
     static constexpr int gates = 1;         // row blocks of W_ih / W_hh
     static constexpr int cache_gates = 0;   // h_t is the activation output; the driver keeps it
@@ -28,6 +28,8 @@ struct RNNCell {
             W h = Relu ? vrelu(pre) : vtanh(pre);
             h.store(r.h + j);
             h.store(r.y + j);
+            if constexpr (Reg)
+                if (r.hr) (h * W::load(r.rmask + j)).store(r.hr + j);  // recurrent dropout
         });
     }
 

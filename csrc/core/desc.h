@@ -7,6 +7,8 @@ namespace fastrnn {
 
 // Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
 constexpr int kMaxTilePanels = 6;
+// Most phases (barrier-separated parts) of one step: LayerNorm LSTM has three.
+constexpr int kMaxPhases = 3;
 
 enum class CellKind : int { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
 
@@ -15,19 +17,48 @@ struct Desc {
     bool reset_after = true;  // GRU only
     bool bias = true;
     std::int64_t T = 0, N = 0, C = 0, H = 0, L = 1, D = 1;
+    // Cell variants (csrc/cells/lstm.h, layernorm.h); the defaults are the plain cells.
+    std::int64_t P = 0;       // LSTM projection size (LSTMP): the state h_t = W_hr m_t has P units
+    bool peephole = false;    // LSTM: diagonal peepholes into i, f (c_{t-1}) and o (c_t)
+    bool layer_norm = false;  // LSTM, GRU reset_after: LayerNorm of both projections (and LSTM c_t)
+    bool zoneout_c = false;   // LSTM: zoneout on c (the training cache keeps the candidate cell too)
 };
 
 int cell_gates(const Desc& d);        // G: row blocks of W_ih / W_hh
-int cell_cache_gates(const Desc& d);  // H-wide blocks kept per step in the training cache
+int cell_cache_gates(const Desc& d);  // H-wide blocks of gates kept per step in the training cache
 bool cell_has_c(const Desc& d);
+inline std::int64_t state_size(const Desc& d) { return d.P > 0 ? d.P : d.H; }  // K: units of h_t
+
+// Columns of one cached training row (one step, one sequence, one direction) beyond the gates,
+// as offsets from the row start; -1 where the variant does not keep it. `ld` is the row length.
+// Backward overwrites the gates with their gradients, and LayerNorm's x^ blocks with the
+// gradients of the projections they normalize (dL/d(W_ih x), dL/d(W_hh h)).
+struct RowLayout {
+    std::int64_t ld = 0;
+    std::int64_t m = -1;        // LSTMP: m_t = o*tanh(c_t), the projection's input [H]
+    std::int64_t ctil = -1;     // zoneout on c: the candidate f*c_{t-1} + i*g before zoneout [H]
+    std::int64_t xhat_ih = -1;  // LayerNorm: normalized input projection [G*H]
+    std::int64_t xhat_hh = -1;  // LayerNorm: normalized recurrent projection [G*H]
+    std::int64_t chat = -1;     // LayerNorm LSTM: normalized cell candidate [H]
+    std::int64_t rstd = -1;     // LayerNorm: 1/sqrt(var + eps) of the ih, hh (and c) rows [2 or 3]
+};
+RowLayout row_layout(const Desc& d);
 
 // Weights and gradients of one layer-direction (torch layout: W_ih [G*H, C_k], W_hh [G*H, H]).
+// Variant tensors are null when the variant is off; LayerNorm gains and biases follow the
+// Haste formulation (csrc/cells/layernorm.h). W_hh is [G*H, K] and W_ih of layers > 0 takes D*K inputs.
 template <class T>
 struct LayerWeights {
     const T* w_ih;
     const T* w_hh;
     const T* b_ih;  // null when bias=false
     const T* b_hh;
+    const T* w_hr = nullptr;     // [P, H] LSTMP projection
+    const T* w_peep = nullptr;   // [3, H] peepholes of i, f, o
+    const T* ln_ih = nullptr;    // [G*H] gain of LN(W_ih x)
+    const T* ln_hh = nullptr;    // [G*H] gain of LN(W_hh h)
+    const T* ln_c_w = nullptr;   // [H] gain of LN(c_t) (LSTM)
+    const T* ln_c_b = nullptr;   // [H] bias of LN(c_t) (LSTM)
 };
 template <class T>
 struct LayerGrads {
@@ -35,6 +66,23 @@ struct LayerGrads {
     T* w_hh;
     T* b_ih;  // null when bias=false
     T* b_hh;
+    T* w_hr = nullptr;
+    T* w_peep = nullptr;
+    T* ln_ih = nullptr;
+    T* ln_hh = nullptr;
+    T* ln_c_w = nullptr;
+    T* ln_c_b = nullptr;
+};
+
+// Regularizer noise of one call, drawn by the caller and passed again to backward (null: off).
+// Entry l*D + d of each array belongs to layer l, direction d.
+template <class T>
+struct Noise {
+    const T* rec_mask = nullptr;  // [L*D, N, K] recurrent dropout on h_{t-1} (scaled 0 or 1/(1-p))
+    const T* zh_mask = nullptr;   // [L*D, T, N, K] zoneout on h: 1 keeps h_{t-1}, 0 takes the update
+    const T* zc_mask = nullptr;   // [L*D, T, N, H] zoneout on c (LSTM)
+    T zh_rate = T(0), zc_rate = T(0);  // used where the mask is null: the expected update (inference)
+    const T* w_mask = nullptr;    // [L*D, G*H, K] DropConnect on W_hh (scaled 0 or 1/(1-p))
 };
 
 // One layer-direction's recurrence, as the per-step kernels see it. Unit blocks are `nr` hidden
@@ -48,6 +96,7 @@ struct LayerGrads {
 template <class T>
 struct Recurrence {
     std::int64_t steps, N, H, G;   // steps = T
+    std::int64_t K;                // units of the state h_t (P with a projection, else H)
     bool reverse;                  // processes t = T-1 .. 0
     bool train;                    // keep the cache (post-activation gates, c_t)
     const std::int64_t* lengths;   // null: every sequence has length T
@@ -61,6 +110,22 @@ struct Recurrence {
     T* rh;     std::int64_t ld_rh; // GRU reset_after=false: r*h_{t-1}, the input of the second GEMM
     T* y;      std::int64_t ld_y;  // outputs [T, N, ld_y], already offset to this direction
 
+    // Variants (null / off for the plain cells).
+    RowLayout row;                 // extra columns of the cached rows
+    const T* packed_hr;            // LSTMP: W_hr packed like W_hh (forward: [1][P/nr][H][nr]; backward: [H/nr][P][nr])
+    T* m;      std::int64_t ld_m;  // LSTMP: m_t rows (the cache block in training, else scratch [N, H])
+    T* dproj;                      // LSTMP backward: dL/d(W_hr m_t) [T, N, P] for dW_hr
+    const T* peep;                 // [3, H] peepholes (i, f, o)
+    T* hr;                         // [2, N, K] h_{t-1} * rec_mask, the recurrent GEMM's input (null: hbuf)
+    const T* rmask;                // [N, K] recurrent dropout mask
+    const T* zh; const T* zc;      // zoneout masks [T, N, K] / [T, N, H], or one row of rates
+    bool z_rows;                   // zh/zc are per-(t, n) masks (else a single row, reused)
+    const T* ln_hh; const T* ln_c_w; const T* ln_c_b;  // LayerNorm gains/bias
+    double* stats;                 // LayerNorm: per-row partials of each unit block [N, nblk, 2]
+    T* ln_raw;                     // LayerNorm forward: the raw recurrent projection [N, G*H]
+    T* ln_work;                    // LayerNorm LSTM: c~ (inference forward), dL/d(normalized c) (backward) [N, H]
+    T* g_ln_hh; T* g_ln_c_w; T* g_ln_c_b;  // LayerNorm backward: gradients, added by each unit's owner
+
     // Backward only.
     const T* h0;                   // [N, H] initial state (GRU backward reads h_{t-1})
     const T* c0;                   // [N, H]
@@ -73,6 +138,7 @@ struct Recurrence {
 };
 
 // Per-thread state of one parallel region: a GEMM tile and optional diagnostics accumulators.
+// The tile keeps its content from one phase of a step to the next (LayerNorm reads it again).
 template <class T>
 struct ThreadCtx {
     T* tile;              // [N, tile_cols] recurrent GEMM results of the current unit group
@@ -87,16 +153,19 @@ struct ThreadCtx {
     T* dc_total;          // [nr] scratch for the LSTM dL/dc_t of one row block (diagnostics)
 };
 
-// The per-step kernels of one cell for one ISA and dtype. A step has one or two phases; the
-// driver runs phase p of step s on every thread's unit range, then a barrier, then phase p+1.
+// The per-step kernels of one cell for one ISA and dtype. A step has one to kMaxPhases phases;
+// the driver runs phase p of step s on every thread's unit range, then a barrier, then phase
+// p+1. A phase works on blocks of the H cell units, or (`on_state`) of the K state units
+// (LSTMP's projection phases).
 template <class T>
 using StepKernel = void (*)(const Recurrence<T>&, ThreadCtx<T>&, std::int64_t s, std::int64_t b0, std::int64_t b1);
 
 template <class T>
 struct CellKernels {
     int fwd_phases, bwd_phases;
-    StepKernel<T> fwd_train[2], fwd_infer[2], bwd[2];
-    // After the last backward step: dh += dG(last processed step) W_hh, i.e. dL/dh0 (own units).
+    StepKernel<T> fwd_train[kMaxPhases], fwd_infer[kMaxPhases], bwd[kMaxPhases];
+    bool fwd_on_state[kMaxPhases], bwd_on_state[kMaxPhases];
+    // After the last backward step: dh += dG(last processed step) W_hh, i.e. dL/dh0 (own state units).
     void (*bwd_final)(const Recurrence<T>&, ThreadCtx<T>&, std::int64_t b0, std::int64_t b1);
 };
 
@@ -104,11 +173,22 @@ struct CellKernels {
 template <class T>
 struct KernelSet {
     int nr;  // panel width = hidden units per block
-    // Forward: panels [G][nblk][H][nr] with panel (g, b) holding rows g*H + b*nr + j of W_hh.
-    void (*pack_forward)(const T* w_hh, std::int64_t G, std::int64_t H, T* out);
-    // Backward: panels [nblk][G*H][nr] with panel b holding columns b*nr + j of W_hh.
-    void (*pack_backward)(const T* w_hh, std::int64_t G, std::int64_t H, T* out);
+    // Forward: W [G*H, K] to panels [G][nblk][K][nr], panel (g, b) holding rows g*H + b*nr + j.
+    void (*pack_forward)(const T* w, std::int64_t G, std::int64_t H, std::int64_t K, T* out);
+    // Backward: W [R, K] to panels [K/nr][R][nr], panel b holding columns b*nr + j.
+    void (*pack_backward)(const T* w, std::int64_t R, std::int64_t K, T* out);
+    // LayerNorm of whole rows (the hoisted input projection of LayerNorm cells) and its
+    // backward; x^ and 1/sigma go to columns xhat and rstd of each row (csrc/kernels/steps.h).
+    void (*ln_rows)(T* rows, std::int64_t n_rows, std::int64_t ld, std::int64_t width, const T* gain,
+                    std::int64_t xhat, std::int64_t rstd, bool train);
+    void (*ln_rows_backward)(const T* rows, T* drows, std::int64_t n_rows, std::int64_t ld, std::int64_t width,
+                             const T* gain, T* g_gain, std::int64_t xhat, std::int64_t rstd);
     CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
+    // The same cells with the regularizers compiled in (recurrent dropout, zoneout), and the
+    // variants (which always have them): peephole LSTM, LSTMP (with and without peepholes),
+    // LayerNorm LSTM and GRU.
+    CellKernels<T> rnn_tanh_reg, rnn_relu_reg, lstm_reg, gru_reg, gru_v1_reg;
+    CellKernels<T> lstm_peep, lstmp, lstmp_peep, ln_lstm, ln_gru;
     // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
     // their accuracy on every ISA.
     void (*activation)(int fn, const T* x, T* y, std::int64_t n);

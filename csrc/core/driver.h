@@ -5,16 +5,17 @@
 
 namespace fastrnn {
 
-// Training cache, in elements of the layer dtype. Per layer l: its output Y_l [T, N, D*H]
-// (the h_t sequence), the dropped input of layer l+1 [T, N, D*H] when dropout is on; per
-// layer-direction: cached gates [T, N, cache_gates*H] and, for LSTM, c_t [T, N, H]; then
-// copies of h0 (and c0) [L*D, N, H].
+// Training cache, in elements of the layer dtype. Per layer l: its output Y_l [T, N, D*K]
+// (the h_t sequence; K = state_size(d)), the dropped input of layer l+1 [T, N, D*K] when dropout
+// is on; per layer-direction: cached rows [T, N, row_layout(d).ld] (gates and the variants'
+// blocks) and, for LSTM, c_t [T, N, H]; then copies of h0 [L*D, N, K] (and c0 [L*D, N, H]).
 std::int64_t cache_elements(const Desc& d, bool dropout);
 
 // Scratch (elements) a forward or backward call allocates for itself, once, for `threads`
-// threads; the panel width of the active ISA is taken into account.
-std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr);
-std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr);
+// threads; the panel width of the active ISA is taken into account. `regularized`: the call
+// gets Noise (recurrent dropout, zoneout, DropConnect), which needs a few more buffers.
+std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr, bool regularized = false);
+std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr, bool regularized = false);
 
 // Optional per-step records of a backward pass (null pointers: off, no cost).
 struct BackwardDiagnostics {
@@ -33,6 +34,7 @@ struct BackwardOptions {
     bool retain = false;  // keep the cache intact (else it is overwritten by the gate gradients)
     T bptt_clip = T(0);   // > 0: clip dL/d(gate pre-activations) to [-bptt_clip, bptt_clip] per step
     BackwardDiagnostics diag{nullptr, nullptr, nullptr, nullptr};
+    Noise<T> noise;       // the regularizer noise the forward used (the same masks)
 };
 
 // What a training forward's cache says about the gates and states, for diagnostics.
@@ -48,13 +50,15 @@ int saturation_stats(const Desc& d);  // S
 template <class T>
 NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengths, bool dropout, double* saturation);
 
-// x [T, N, C]; h0/c0 [L*D, N, H] or null (zeros); lengths [N] or null (all T);
-// masks [L-1, T, N, D*H] (inter-layer dropout, already scaled) or null;
-// out [T, N, D*H]; h_n/c_n [L*D, N, H]; cache null for inference.
+// x [T, N, C]; h0 [L*D, N, K] / c0 [L*D, N, H] or null (zeros); lengths [N] or null (all T);
+// masks [L-1, T, N, D*K] (inter-layer dropout, already scaled) or null;
+// out [T, N, D*K]; h_n [L*D, N, K], c_n [L*D, N, H]; cache null for inference; noise: the
+// regularizers' masks (training) or zoneout rates (inference).
 // Throws std::bad_alloc when its scratch cannot be allocated (nothing else).
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
-             const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache);
+             const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache,
+             const Noise<T>& noise = Noise<T>{});
 
 // Gradients of sum(out*grad_out) + sum(h_n*grad_h_n) + sum(c_n*grad_c_n) (null = zeros).
 // Writes grad_x, grad_h0, grad_c0; accumulates (+=) into the parameter gradients g.

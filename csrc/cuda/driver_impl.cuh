@@ -273,19 +273,26 @@ void copy_or_zero(T* dst, const T* src, i64 n, Stream s) {
         zero(dst, sizeof(T) * std::size_t(n), s);
 }
 
-// Calls f(Cell{}) with the cell type of d.
+// Calls f(Cell{}) with the cell type of d: the plain cells (no peepholes; Reg = false compiles the
+// regularizers out). The cell variants (csrc/cells/lstm.h, layernorm.h) run on the CPU only.
 template <class F>
 void with_cell(const Desc& d, F&& f) {
     switch (d.cell) {
-        case CellKind::RNN_TANH: return f(RNNCell<false>{});
-        case CellKind::RNN_RELU: return f(RNNCell<true>{});
-        case CellKind::LSTM: return f(LSTMCell{});
+        case CellKind::RNN_TANH: return f(RNNCell<false, false>{});
+        case CellKind::RNN_RELU: return f(RNNCell<true, false>{});
+        case CellKind::LSTM: return f(LSTMCell<false, false>{});
         case CellKind::GRU: break;
     }
     if (d.reset_after)
-        f(GRUCell<true>{});
+        f(GRUCell<true, false>{});
     else
-        f(GRUCell<false>{});
+        f(GRUCell<false, false>{});
+}
+
+inline void check_plain(const Desc& d, const char* what) {
+    if (d.P > 0 || d.peephole || d.layer_norm || d.zoneout_c)
+        throw std::invalid_argument(std::string(what) + ": the CUDA backend runs the plain cells only "
+                                    "(no projection, peepholes, LayerNorm or zoneout)");
 }
 
 // ---------------------------------------------------------------- recurrence plans
@@ -362,6 +369,7 @@ template <class Cell, class T>
 void forward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
                   const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, void* workspace,
                   std::size_t workspace_bytes, Stream stream) {
+    check_plain(d, "forward");
     const bool train = cache != nullptr, has_c = Cell::has_c;
     const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, GH = Cell::gates * H;
     const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N;
@@ -384,7 +392,7 @@ void forward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const T* 
             const LayerWeights<T>& W = w[l * D + dir];
             const i64 s_idx = l * D + dir;
             Recurrence<T>& r = a.rec[dir];
-            r.steps = T_; r.N = N; r.H = H; r.G = Cell::gates;
+            r.steps = T_; r.N = N; r.H = H; r.G = Cell::gates; r.K = H;
             r.reverse = dir == 1; r.train = train; r.lengths = lengths;
             r.packed = ws.wt[dir]; r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
             const bool in_cache = train && cg > 0;  // the cell turns the projection into the cached gates
@@ -457,6 +465,7 @@ void backward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const st
                    T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
                    T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt, void* workspace,
                    std::size_t workspace_bytes, Stream stream) {
+    check_plain(d, "backward");
     constexpr bool has_c = Cell::has_c, v1 = Cell::gates == 3 && Cell::two_phase,
                    split_h = Cell::gates == 3 && !Cell::two_phase;
     const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, GH = Cell::gates * H;
@@ -484,7 +493,7 @@ void backward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const st
         for (i64 dir = 0; dir < D; ++dir) {
             const i64 s_idx = l * D + dir;
             Recurrence<T>& r = a.rec[dir];
-            r.steps = T_; r.N = N; r.H = H; r.G = Cell::gates;
+            r.steps = T_; r.N = N; r.H = H; r.G = Cell::gates; r.K = H;
             r.reverse = dir == 1; r.train = true; r.lengths = lengths;
             r.packed = w[s_idx].w_hh;  // the backward product reads W_hh as it is
             // Gate gradients overwrite the cached gates in place (each value is read first),

@@ -26,37 +26,37 @@ constexpr int panel_width() {
 constexpr std::int64_t kKC = 256;
 
 
-// Forward packing: panel (g, b) = rows g*H + b*nr .. +nr of W_hh [G*H, H], stored [H][nr]
-// (k-major), zero past H.
+// Forward packing: panel (g, b) = rows g*H + b*nr .. +nr of W [G*H, K] (W_hh: K = H, or the
+// projection size), stored [K][nr] (k-major), zero past H.
 template <class V, class T>
-void pack_forward(const T* w, std::int64_t G, std::int64_t H, T* out) {
+void pack_forward(const T* w, std::int64_t G, std::int64_t H, std::int64_t K, T* out) {
     constexpr int NR = panel_width<V>();
     const std::int64_t nblk = (H + NR - 1) / NR;
     for (std::int64_t g = 0; g < G; ++g)
         for (std::int64_t b = 0; b < nblk; ++b) {
-            T* p = out + (g * nblk + b) * H * NR;
+            T* p = out + (g * nblk + b) * K * NR;
             for (int j = 0; j < NR; ++j) {  // read rows of W_hh contiguously
                 const std::int64_t u = b * NR + j;
-                const T* row = w + (g * H + u) * H;
+                const T* row = w + (g * H + u) * K;
                 if (u < H)
-                    for (std::int64_t k = 0; k < H; ++k) p[k * NR + j] = row[k];
+                    for (std::int64_t k = 0; k < K; ++k) p[k * NR + j] = row[k];
                 else
-                    for (std::int64_t k = 0; k < H; ++k) p[k * NR + j] = T(0);
+                    for (std::int64_t k = 0; k < K; ++k) p[k * NR + j] = T(0);
             }
         }
 }
 
-// Backward packing: panel b = columns b*nr .. +nr of W_hh [G*H, H], stored [G*H][nr].
+// Backward packing: panel b = columns b*nr .. +nr of W [R, K] (W_hh: R = G*H), stored [R][nr].
 template <class V, class T>
-void pack_backward(const T* w, std::int64_t G, std::int64_t H, T* out) {
+void pack_backward(const T* w, std::int64_t R, std::int64_t K, T* out) {
     constexpr int NR = panel_width<V>();
-    const std::int64_t nblk = (H + NR - 1) / NR, GH = G * H;
+    const std::int64_t nblk = (K + NR - 1) / NR;
     for (std::int64_t b = 0; b < nblk; ++b) {
-        T* p = out + b * GH * NR;
-        for (std::int64_t k = 0; k < GH; ++k)
+        T* p = out + b * R * NR;
+        for (std::int64_t k = 0; k < R; ++k)
             for (int j = 0; j < NR; ++j) {
                 const std::int64_t u = b * NR + j;
-                p[k * NR + j] = u < H ? w[k * H + u] : T(0);
+                p[k * NR + j] = u < K ? w[k * K + u] : T(0);
             }
     }
 }

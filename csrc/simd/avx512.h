@@ -1,10 +1,10 @@
 // AVX-512F vector of 16 floats with the interface of Scalar<T> (csrc/simd/scalar.h), and 8
 // doubles for the float64 GEMM. Included only from csrc/kernels/avx512.cpp, inside its target
-// pragma and ISA namespace. The math is avx2.h's (same rational tanh, same error bounds: tanh
-// max abs error ~3e-7, sigmoid ~1.5e-7), on twice the lanes and 32 registers.
+// pragma and ISA namespace. The activations are vmath.h's, as for AVX2.
 #pragma once
 #include <immintrin.h>
 #include "scalar.h"
+#include "vmath.h"
 
 #ifndef FASTRNN_ISA_NS
 #error "include from an ISA kernel file that defines FASTRNN_ISA_NS"
@@ -45,30 +45,8 @@ inline Avx512F vclip(Avx512F a, Avx512F lim) {
     return {_mm512_min_ps(lim.v, _mm512_max_ps(neg, a.v))};
 }
 
-// tanh as the [13/6] rational function of avx2.h (Eigen's ptanh_float coefficients).
-inline __m512 tanh_ps(__m512 x) {
-    const __m512 c = _mm512_set1_ps(7.99881172180175781f);
-    x = _mm512_min_ps(c, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), c), x));
-    const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
-    p = _mm512_mul_ps(p, x);
-    __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
-    return _mm512_div_ps(p, q);
-}
-inline Avx512F vtanh(Avx512F a) { return {tanh_ps(a.v)}; }
-inline Avx512F vsigmoid(Avx512F a) {  // (1 + tanh(x/2)) / 2
-    const __m512 half = _mm512_set1_ps(0.5f);
-    return {_mm512_fmadd_ps(half, tanh_ps(_mm512_mul_ps(half, a.v)), half)};
-}
+inline Avx512F vtanh(Avx512F a) { return tanh_rational(a); }
+inline Avx512F vsigmoid(Avx512F a) { return sigmoid_from_tanh(a); }
 
 // 8 doubles: the recurrent GEMM's vector for float64 (float64 cells stay on scalar libm math).
 struct Avx512D {

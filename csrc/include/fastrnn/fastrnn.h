@@ -27,6 +27,10 @@
  *   - fastrnn_weights / fastrnn_grads (arrays of L*D entries) are frozen: tensors of future
  *     cell variants (projection, peepholes, layer norm) will come as separate arrays in the
  *     option structs, NULL meaning "not used".
+ *   - This version serves the plain cells only. The cell variants and regularizers of the
+ *     Python API (LSTMP, peepholes, LayerNorm LSTM/GRU, recurrent dropout, zoneout, DropConnect;
+ *     docs/readme/variants.md) are not exposed here yet; the fields that will request them are
+ *     unknown to this library, so setting them gives FASTRNN_ERR_UNSUPPORTED (rule above).
  *   - Enum values are explicit and never reused; int32 fields hold them in structs.
  *   Check at start-up that the loaded library can serve this header: FASTRNN_CHECK_VERSION().
  *

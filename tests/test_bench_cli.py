@@ -1,0 +1,233 @@
+"""The benchmark runner (`fastrnn._bench`, ``python -m fastrnn bench``) on tiny shapes: JSON
+fields, sane numbers, the output-agreement check and the error messages. No timing asserts."""
+import json
+import statistics
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _bench
+from fastrnn.__main__ import main as cli_main
+
+TINY = dict(shapes=["6,2,5,4"], repeats=2, min_time=0.002, gemm_size=64)
+
+
+def _run(**kw):
+    return _bench.run(**{**TINY, **kw})
+
+
+def test_cli_quick_writes_json_and_table(tmp_path, capsys):
+    threads_before = fastrnn.get_num_threads()
+    path = tmp_path / "out.json"
+    assert cli_main(["bench", "--quick", "--threads", "1", "--peers", "numpy", "--json", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert fastrnn.get_num_threads() == threads_before  # thread settings restored
+    r = json.loads(path.read_text())
+    assert {"config", "date", "machine", "versions", "isa", "gemm_gflops", "notes", "rows"} <= set(r)
+    assert r["isa"] == fastrnn.get_isa()
+    assert r["versions"]["fastrnn"] == fastrnn.__version__
+    assert r["machine"]["logical_cpus"] >= 1
+    gemm = r["gemm_gflops"]["1"]
+    assert gemm > 0
+    assert r["config"]["peers"] == ["numpy"] and r["config"]["repeats"] == 3
+    assert [(row["cell"], row["mode"]) for row in r["rows"]] == [
+        (c, m) for c in _bench.CELLS for m in _bench.MODES]
+    for row in r["rows"]:
+        shape = _bench.Shape(**row["shape"])
+        assert shape == _bench.QUICK_SHAPE and row["threads"] == 1
+        assert row["flop"] == _bench.flops(row["cell"], shape, row["mode"])
+        f = row["impls"]["fastrnn"]
+        assert f["status"] == "timed" and f["rel_diff"] <= _bench.RTOL
+        assert len(f["samples_ms"]) == 3 and min(f["samples_ms"]) > 0 and f["inner"] >= 1
+        assert f["median_ms"] == pytest.approx(statistics.median(f["samples_ms"]))
+        assert f["gflops"] == pytest.approx(row["flop"] / f["median_ms"] / 1e6)
+        assert f["pct_gemm"] == pytest.approx(100 * f["gflops"] / gemm)
+        assert "speedup" not in f
+        if row["mode"] == "inference":
+            n = row["impls"]["numpy"]
+            assert n["status"] == "timed" and n["checked"] == ["output"] and n["max_abs_diff"] < 1e-4
+            assert len(n["ratios"]) == 3 and min(n["ratios"]) > 0
+            assert n["speedup"] == pytest.approx(statistics.median(n["ratios"]))
+            assert n["ratios"] == pytest.approx([a / b for a, b in zip(n["samples_ms"], f["samples_ms"])])
+        else:
+            assert "numpy" not in row["impls"]  # inference-only peer
+    assert "fastrnn ms" in table and "×numpy" in table and "SGEMM" in table
+    assert len([line for line in table.splitlines() if line.startswith(("lstm ", "gru ", "rnn "))]) == 6
+
+
+def test_torch_peer_outputs_and_gradients_checked():
+    pytest.importorskip("torch")
+    r = _run(cells=["gru"], peers=["torch"])
+    for row in r["rows"]:
+        t = row["impls"]["torch"]
+        assert t["status"] == "timed" and t["speedup"] > 0 and t["rel_diff"] < 1e-5
+        if row["mode"] == "training":
+            assert {"output", "grad_x", "grad_weight_hh_l0", "grad_bias_ih_l0"} <= set(t["checked"])
+            assert set(row["impls"]["fastrnn"]["checked"]) == set(t["checked"])
+
+
+def test_onnxruntime_peer_matches_for_every_cell():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    for cell in _bench.CELLS:
+        weights, x = _bench.make_problem(cell, "7,3,5,9")
+        impl = _bench.OnnxRuntimeImpl(cell, "inference", weights, x, 1)
+        ref = _bench.numpy_forward(cell, {k: v.astype(np.float64) for k, v in weights.items()},
+                                   x.astype(np.float64))
+        np.testing.assert_allclose(impl.result()["output"], ref, atol=1e-5)
+
+
+class _WrongOutput(_bench.NumpyImpl):
+    """An implementation whose output is off by 1 % of its range."""
+
+    name = "wrong"
+
+    def result(self):
+        out = super().result()["output"]
+        return {"output": out + 0.01 * np.abs(out).max()}
+
+
+class _SlightlyOff(_bench.NumpyImpl):
+    name = "slightly_off"
+
+    def result(self):
+        out = super().result()["output"]
+        return {"output": out + 1e-4 * np.abs(out).max()}
+
+
+def test_agreement_check_rejects_a_wrong_implementation(capsys):
+    r = _run(cells=["lstm"], modes=["inference"], peers=["numpy"],
+             impls={"wrong": _WrongOutput, "slightly_off": _SlightlyOff})
+    impls = r["rows"][0]["impls"]
+    wrong = impls["wrong"]
+    assert wrong["status"] == "rejected" and "median_ms" not in wrong and "speedup" not in wrong
+    assert wrong["rel_diff"] == pytest.approx(0.01, rel=1e-3)
+    assert "disagrees" in wrong["reason"] and "not timed" in wrong["reason"]
+    off = impls["slightly_off"]
+    assert off["status"] == "timed" and off["rel_diff"] == pytest.approx(1e-4, rel=1e-2) and off["speedup"] > 0
+    table = _bench.format_table(r)
+    (row_line,) = [line for line in table.splitlines() if line.startswith("lstm ")]
+    assert row_line.split().count("wrong") == 1  # the rejected peer's ms column
+    assert "wrong disagrees with the float64 oracle" in table
+
+
+class _WrongGradient(_bench.FastrnnImpl):
+    name = "wrong_grad"
+
+    def result(self):
+        res = super().result()
+        if "grad_weight_hh_l0" in res:
+            res["grad_weight_hh_l0"] = res["grad_weight_hh_l0"] * 1.1
+        return res
+
+
+def test_agreement_check_covers_gradients():
+    pytest.importorskip("torch")  # the float64 gradient oracle
+    r = _run(cells=["rnn"], peers=[], impls={"wrong_grad": _WrongGradient})
+    status = {row["mode"]: row["impls"]["wrong_grad"] for row in r["rows"]}
+    assert status["inference"]["status"] == "timed"
+    assert status["training"]["status"] == "rejected"
+    assert status["training"]["worst"] == "grad_weight_hh_l0"
+
+
+def test_missing_output_is_rejected():
+    class Empty(_bench.NumpyImpl):
+        def result(self):
+            return {}
+
+    r = _run(cells=["rnn"], modes=["inference"], peers=[], impls={"empty": Empty})
+    assert r["rows"][0]["impls"]["empty"]["status"] == "rejected"
+
+
+def test_skipped_peer_is_reported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    r = _run(cells=["rnn"], modes=["inference"], peers=["onnxruntime"])
+    entry = r["rows"][0]["impls"]["onnxruntime"]
+    assert entry["status"] == "skipped" and "not importable" in entry["reason"]
+    assert "skip" in _bench.format_table(r)
+
+
+def test_memory_is_measured_in_a_subprocess():
+    # LSTM training keeps T·N·H·(1 + 5) floats for backward: 100·64·128·6·4 B ≈ 19 MiB.
+    r = _run(cells=["lstm"], shapes=["100,64,128,128"], modes=["training"], peers=[], memory=True,
+             repeats=1, min_time=0.001)
+    f = r["rows"][0]["impls"]["fastrnn"]
+    assert "memory_error" not in f
+    assert f["base_mem_mb"] > 0 and 15 < f["peak_mem_mb"] < 2000
+    assert "mem fastrnn MiB" in _bench.format_table(r, markdown=True)
+
+
+def test_markdown_table_has_one_line_per_row():
+    r = _run(cells=["lstm", "rnn"], modes=["inference"], peers=["numpy"])
+    lines = _bench.format_table(r, markdown=True).splitlines()
+    (head,) = [line for line in lines if line.startswith("| cell |")]
+    body = [line for line in lines if line.startswith("| lstm") or line.startswith("| rnn")]
+    assert len(body) == 2 and all(line.count("|") == head.count("|") == 10 for line in body)
+
+
+def test_frontend_torch_without_fastrnn_torch(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastrnn.torch", None)
+    assert cli_main(["bench", "--quick", "--frontend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert "fastrnn.torch" in err and "not importable" in err
+
+
+def test_frontend_torch_uses_fastrnn_torch_when_importable(monkeypatch):
+    torch = pytest.importorskip("torch")
+    fake = types.ModuleType("fastrnn.torch")  # stands in for the torch front end
+    fake.LSTM, fake.GRU, fake.RNN = torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN
+    monkeypatch.setitem(sys.modules, "fastrnn.torch", fake)
+    r = _run(cells=["lstm"], frontend="torch", peers=["torch", "numpy"])
+    assert r["config"]["subject"] == "fastrnn.torch" and r["config"]["peers"] == ["torch"]
+    assert any("ignored peers: numpy" in n for n in r["notes"])
+    for row in r["rows"]:
+        assert row["impls"]["fastrnn.torch"]["status"] == "timed"
+        assert row["impls"]["torch"]["speedup"] > 0
+
+
+def test_device_cuda_is_refused_clearly(capsys):
+    assert cli_main(["bench", "--quick", "--device", "cuda"]) == 2
+    assert "CUDA backend not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--threads", "0"], ["--shapes", "1,2,3"], ["--cells", "lstmx"],
+                                  ["--min-time", "-1"]])
+def test_cli_rejects_bad_options(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", *argv])
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_shapes_and_flops():
+    assert _bench.parse_shape("a") == _bench.SHAPES["A"]
+    assert _bench.SHAPES["A"].label == "A (100,1,128)"
+    custom = _bench.parse_shape(" 10, 3, 4, 5 ")
+    assert (custom.T, custom.N, custom.C, custom.H, custom.label) == (10, 3, 4, 5, "10,3,4,5")
+    for bad in ("G", "1,2,3", "1,2,0,4", "a,b,c,d"):
+        with pytest.raises(ValueError, match="bench: shape"):
+            _bench.parse_shape(bad)
+    for cell, gates in (("lstm", 4), ("gru", 3), ("rnn", 1)):
+        assert _bench.flops(cell, custom, "inference") == 2 * 10 * 3 * (4 + 5) * gates * 5
+        assert _bench.flops(cell, custom, "training") == 3 * _bench.flops(cell, custom, "inference")
+    with pytest.raises(ValueError, match="cell"):
+        _bench.flops("lstmx", custom, "inference")
+
+
+def test_run_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown peer 'tensorflow'"):
+        _run(peers=["tensorflow"])
+    with pytest.raises(ValueError, match="min_time"):
+        _run(min_time=0)
+    with pytest.raises(TypeError, match="dtype"):
+        _run(dtype="float16")
+
+
+def test_float64_run():
+    r = _run(cells=["lstm"], modes=["inference"], peers=["numpy"], dtype="float64")
+    assert r["config"]["dtype"] == "float64"
+    assert r["rows"][0]["impls"]["numpy"]["rel_diff"] < 1e-12
+    assert "DGEMM" in _bench.format_table(r)

@@ -218,10 +218,11 @@ class FastrnnImpl:
 
     name = "fastrnn"
     modes = MODES
+    device = "cpu"
 
     def __init__(self, cell, mode, weights, x, threads):
         C, H = weights["weight_ih_l0"].shape[1], weights["weight_hh_l0"].shape[1]
-        self.layer = _LAYERS[cell](C, H, dtype=x.dtype)
+        self.layer = _LAYERS[cell](C, H, dtype=x.dtype, device=self.device)
         self.layer.load_state_dict(weights)
         self.layer.train(mode == "training")
         self.x = x
@@ -254,6 +255,7 @@ class TorchImpl:
     name = "torch"
     modes = MODES
     full_step = False
+    device = "cpu"
 
     def _module_class(self, torch, cell):
         return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
@@ -265,9 +267,10 @@ class TorchImpl:
         C, H = weights["weight_ih_l0"].shape[1], weights["weight_hh_l0"].shape[1]
         self.module = self._module_class(torch, cell)(C, H).to(tdtype)
         self.module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        self.module.to(self.device)
         self.training = mode == "training"
         self.module.train(self.training)
-        self.x = torch.from_numpy(x.copy())
+        self.x = torch.from_numpy(x.copy()).to(self.device)
         if self.training:
             # Gradients preallocated and zeroed in place, like fastrnn's .grads, so both sides
             # do the same work per step and allocate the same buffers before a memory baseline.
@@ -275,10 +278,15 @@ class TorchImpl:
             for p in [self.x, *self.module.parameters()]:
                 p.grad = torch.zeros_like(p)
             if self.full_step:
-                self.target = torch.zeros((x.shape[0], x.shape[1], H), dtype=tdtype)
+                self.target = torch.zeros((x.shape[0], x.shape[1], H), dtype=tdtype, device=self.device)
                 self.optimizer = torch.optim.SGD(self.module.parameters(), lr=1e-4)
 
     def step(self):
+        self._step()
+        if self.device == "cuda":  # a call is timed until its GPU work is done
+            self.torch.cuda.synchronize()
+
+    def _step(self):
         if not self.training:
             with self.torch.no_grad():
                 self.module(self.x)
@@ -295,15 +303,16 @@ class TorchImpl:
         self.module(self.x)[0].sum().backward()
 
     def result(self):
+        host = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         if not self.training:
             with self.torch.no_grad():
-                return {"output": self.module(self.x)[0].numpy()}
+                return {"output": host(self.module(self.x)[0])}
         self.module.zero_grad(set_to_none=False)
         self.x.grad.zero_()
         out = self.module(self.x)[0]
         out.sum().backward()
-        res = {"output": out.detach().numpy(), "grad_x": self.x.grad.numpy().copy()}
-        res.update((f"grad_{k}", p.grad.numpy().copy()) for k, p in self.module.named_parameters())
+        res = {"output": host(out), "grad_x": host(self.x.grad)}
+        res.update((f"grad_{k}", host(p.grad)) for k, p in self.module.named_parameters())
         return res
 
 
@@ -414,6 +423,12 @@ class NumpyImpl:
 
 IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "numpy": NumpyImpl}
 FRONTEND_IMPLS = {"fastrnn.torch": FastrnnTorchImpl, "torch": TorchStepImpl}
+# --device cuda: fastrnn's CUDA backend against torch on the GPU (cuDNN); the NumPy layer copies
+# its arrays to the GPU and back in every call, fastrnn.torch runs zero-copy.
+CUDA_IMPLS = {name: type(cls.__name__ + "Cuda", (cls,), {"device": "cuda"})
+              for name, cls in (("fastrnn", FastrnnImpl), ("torch", TorchImpl))}
+CUDA_FRONTEND_IMPLS = {name: type(cls.__name__ + "Cuda", (cls,), {"device": "cuda"})
+                       for name, cls in FRONTEND_IMPLS.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -675,8 +690,9 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     frontend : "numpy" or "torch"
         "torch" compares ``fastrnn.torch`` modules with ``torch.nn`` (training = a full step
         with loss and optimizer); BenchError when ``fastrnn.torch`` is not importable.
-    device : "cpu"
-        "cuda" raises BenchError (no CUDA backend yet).
+    device : "cpu" or "cuda"
+        "cuda": fastrnn's CUDA backend against torch on the GPU (cuDNN); peers other than torch are
+        dropped, and BenchError says why when the backend or torch's CUDA cannot be used.
     max_foreign_load : float
         A sample during which other processes used more cores than this is re-taken (≤ 2×).
     gemm_size : int
@@ -694,9 +710,18 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     status ("timed", "rejected", "skipped"), median_ms, samples_ms, gflops, pct_gemm,
     max_abs_diff, rel_diff and, for peers, speedup (median ratio peer/fastrnn) and ratios.
     """
-    if device != "cpu":
-        raise BenchError(f"--device {device}: CUDA backend not available (fastrnn has CPU kernels only "
-                         "so far); run with --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"bench: unknown device {device!r}; expected 'cpu' or 'cuda'")
+    if device == "cuda":
+        why = fastrnn.cuda.reason()
+        if why is not None:
+            raise BenchError(f"--device cuda: fastrnn's CUDA backend cannot be used here: {why}")
+        try:
+            torch = _optional_import("torch")
+        except Unavailable:
+            torch = None
+        if torch is None or not torch.cuda.is_available():
+            raise BenchError("--device cuda compares with torch on the GPU, but torch with CUDA is not available")
     dtype = V.as_dtype(dtype, "bench: dtype")
     shapes = [parse_shape(s) for s in shapes]
     for what, given, allowed in (("cell", cells, CELLS), ("mode", modes, MODES), ("peer", peers, PEERS)):
@@ -721,6 +746,16 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
         factories = {"fastrnn": FastrnnImpl, **{p: IMPLS[p] for p in peers}}
     else:
         raise ValueError(f"bench: unknown frontend {frontend!r}; expected 'numpy' or 'torch'")
+    if device == "cuda":
+        cuda_impls = CUDA_FRONTEND_IMPLS if frontend == "torch" else CUDA_IMPLS
+        dropped = [name for name in factories if name not in cuda_impls]
+        factories = {name: cuda_impls[name] for name in factories if name in cuda_impls}
+        if dropped:
+            notes.append(f"--device cuda compares with torch on the GPU only; ignored peers: {', '.join(dropped)}")
+        notes.append("device cuda: % of GEMM rate is relative to the CPU's NumPy GEMM")
+        if memory:
+            notes.append("--memory measures host memory only; not measured with --device cuda")
+            memory = False
     factories.update(impls or {})
     # Imported up front so the header has their versions and _threads controls torch's pool;
     # torch is also the gradient oracle of training mode.
@@ -993,7 +1028,7 @@ def add_arguments(p):
     p.add_argument("--frontend", choices=("numpy", "torch"), default="numpy",
                    help="torch: fastrnn.torch modules vs torch.nn in a full training step")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cuda: refused for now (fastrnn has no CUDA backend yet)")
+                   help="cuda: fastrnn's CUDA backend vs torch on the GPU (needs both)")
     p.add_argument("--max-foreign-load", type=float, default=0.35, metavar="CORES",
                    help="re-take a sample when other processes used more cores than this (default 0.35)")
     return p

@@ -610,6 +610,23 @@ def test_torch_modules_on_the_cuda_backend(backend, kernels, cell, monkeypatch):
             m.grads
 
 
+@pytest.mark.parametrize("backend", ["emulator"], indirect=True)
+def test_bench_device_cuda_runs_the_numpy_layer_on_the_backend(backend, monkeypatch):
+    """python -m fastrnn bench --device cuda, NumPy front end, on the emulator: the fastrnn rows run
+    the CUDA backend and agree with the float64 oracle (torch on the GPU is the GPU test's job)."""
+    torch = pytest.importorskip("torch")
+    from fastrnn import _bench
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    r = _bench.run(cells=["lstm", "gru"], shapes=["5,3,4,6"], peers=["onnxruntime"], repeats=1, min_time=0.001,
+                   device="cuda")
+    assert any("ignored peers: onnxruntime" in n for n in r["notes"])
+    assert len(r["rows"]) == 4
+    for row in r["rows"]:
+        assert list(row["impls"]) == ["fastrnn"] and row["impls"]["fastrnn"]["status"] == "timed", row
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        _bench.run(device="tpu")
+
+
 # ---------------------------------------------------------------- GPU only
 
 @needs_gpu

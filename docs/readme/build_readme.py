@@ -5,7 +5,7 @@
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["_head.md", "bench.md", "training.md", "init-clip.md", "torch.md", "variants.md", "embed.md",
+ORDER = ["_head.md", "bench.md", "training.md", "init-clip.md", "torch.md", "variants.md", "cuda.md", "embed.md",
          "guarantees.md", "_tail.md"]
 
 parts = [open(os.path.join(HERE, name)).read().strip() + "\n" for name in ORDER

@@ -64,11 +64,11 @@ class Pool {
             threads_.emplace_back([this, tid] { worker(tid); });
         }
         job_ = &fn;
-        job_n_ = n;
         remaining_.store(n - 1, std::memory_order_relaxed);
         {
             std::lock_guard<std::mutex> lk(m_);
-            gen_.fetch_add(1, std::memory_order_release);
+            const std::uint64_t next = ((gen_.load(std::memory_order_relaxed) >> 32) + 1) << 32;
+            gen_.store(next | std::uint32_t(n), std::memory_order_release);
         }
         cv_.notify_all();
         fn(0, n);
@@ -91,8 +91,9 @@ class Pool {
                 if (stop_) return;
             }
             seen = gen_.load(std::memory_order_acquire);
-            if (tid < job_n_) {
-                (*job_)(tid, job_n_);
+            const int n = int(seen & 0xffffffffu);  // this generation's thread count
+            if (tid < n) {
+                (*job_)(tid, n);
                 remaining_.fetch_sub(1, std::memory_order_acq_rel);
             }
         }
@@ -103,10 +104,13 @@ class Pool {
     std::mutex m_;
     std::condition_variable cv_;
     bool stop_ = false;
+    // Job generation (high 32 bits) and its thread count (low 32 bits) in one word, so a worker
+    // that wakes late reads the thread count of the job it joins: with a separate count, a worker
+    // not needed by the last job could read the next job's count, run that job, then run it again
+    // for its new generation (twice the decrements: the caller hung or returned early).
     std::atomic<std::uint64_t> gen_{0};
     std::atomic<int> remaining_{0};
     const std::function<void(int, int)>* job_ = nullptr;
-    int job_n_ = 0;
 };
 
 Pool* g_pool = nullptr;

@@ -48,8 +48,16 @@ binding_sources = sorted(glob.glob("csrc/bindings/*.cpp") + glob.glob("csrc/opti
 headers = sorted(h for h in glob.glob("csrc/**/*.h", recursive=True) if not h.startswith("csrc/cuda/"))
 
 optimize = ["-O3", "-fno-math-errno", "-pthread"]
+sanitizers = []  # link flags of a sanitized build
 if os.environ.get("FASTRNN_DEBUG"):
     optimize = ["-O0", "-g", "-pthread"]
+# FASTRNN_SANITIZE=address,undefined (any -fsanitize= list): an instrumented build for .ci/sanitize.
+# Every report is fatal (-fno-sanitize-recover). Python must preload the runtime, see
+# docs/readme/guarantees.md: LD_PRELOAD=$(c++ -print-file-name=libasan.so).
+if os.environ.get("FASTRNN_SANITIZE"):
+    sanitizers = [f"-fsanitize={os.environ['FASTRNN_SANITIZE']}", "-fno-sanitize-recover=all"]
+    # -fno-wrapv: Python's CFLAGS carry -fwrapv, which would hide signed overflow from UBSan.
+    optimize = ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-wrapv", "-pthread"] + sanitizers
 
 core = Extension(
     CORE,
@@ -70,7 +78,7 @@ core = Extension(
         "-Wl,--no-undefined",
         "-Wl,-Bsymbolic-functions",  # calls inside the library bind directly, never through the PLT
         "-Wl,-rpath,$ORIGIN/../../scipy_openblas32/lib",
-    ],
+    ] + sanitizers,
 )
 
 binding = Pybind11Extension(
@@ -82,7 +90,7 @@ binding = Pybind11Extension(
     depends=headers,
     cxx_std=17,
     extra_compile_args=optimize,
-    extra_link_args=["-pthread", "-Wl,-rpath,$ORIGIN/lib"],
+    extra_link_args=["-pthread", "-Wl,-rpath,$ORIGIN/lib"] + sanitizers,
 )
 
 

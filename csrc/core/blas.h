@@ -48,6 +48,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
             for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
         return;
     }
+    BlasCall in_blas;  // a fork waits until this call (thread count change included) is done
     set_blas_threads(2.0 * double(m) * double(n) * double(k));
     const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
     if (m == 1) {

@@ -124,6 +124,25 @@ void reset_pool_in_child() {
     new (&g_pool_mutex) std::mutex();
 }
 
+// The BlasCall lock; writer-preferring where glibc offers it, so a fork is not starved by
+// threads that call BLAS back to back. Registered at load time, after OpenBLAS's own handler
+// (scipy_openblas32 is loaded first), so ours runs first before a fork: OpenBLAS then shuts its
+// threads down with no call in flight.
+#ifdef PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+#define FASTRNN_RWLOCK_INIT PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+#else
+#define FASTRNN_RWLOCK_INIT PTHREAD_RWLOCK_INITIALIZER
+#endif
+pthread_rwlock_t g_blas_lock = FASTRNN_RWLOCK_INIT;
+void blas_lock_exclusive() { pthread_rwlock_wrlock(&g_blas_lock); }
+void blas_unlock() { pthread_rwlock_unlock(&g_blas_lock); }
+// In the child, the lock's state still counts the parent's threads waiting for it: start afresh.
+void blas_reset_in_child() {
+    const pthread_rwlock_t fresh = FASTRNN_RWLOCK_INIT;
+    g_blas_lock = fresh;
+}
+const int g_blas_atfork = pthread_atfork(blas_lock_exclusive, blas_unlock, blas_reset_in_child);
+
 Pool& pool() {
     static const int registered = pthread_atfork(nullptr, nullptr, reset_pool_in_child);
     (void)registered;
@@ -138,6 +157,9 @@ std::int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
 }
+
+BlasCall::BlasCall() { pthread_rwlock_rdlock(&g_blas_lock); }
+BlasCall::~BlasCall() { pthread_rwlock_unlock(&g_blas_lock); }
 
 int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 

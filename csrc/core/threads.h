@@ -27,6 +27,17 @@ std::int64_t now_ns();
 // waited at the end for the other threads.
 std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn);
 
+// Held (shared) by every BLAS call. fork() takes it exclusively (pthread_atfork), so it waits
+// for the BLAS calls other threads have in flight: a child must not inherit OpenBLAS's internal
+// locks held by a thread that does not exist there, or its first GEMM waits forever.
+class BlasCall {
+   public:
+    BlasCall();
+    ~BlasCall();
+    BlasCall(const BlasCall&) = delete;
+    BlasCall& operator=(const BlasCall&) = delete;
+};
+
 // Barrier for a fixed group of threads: sense-reversing, spins briefly, then yields (a VM may
 // deschedule a vCPU, and spinning would then starve the thread being waited for).
 class Barrier {

@@ -1,9 +1,19 @@
 """NumPy recurrent layers with PyTorch's constructor, parameter names and semantics, and the cell
 variants (LSTMP, peepholes, LayerNorm LSTM/GRU) and in-kernel regularizers (recurrent dropout,
-zoneout, DropConnect) of docs/readme/variants.md."""
+zoneout, DropConnect) of docs/readme/variants.md.
+
+Threads: the kernels release the GIL, and eval-mode forwards of one layer may run from several
+threads at once. A layer in training mode keeps one cache (of its last training forward) and one
+``.grads``, so it belongs to one thread at a time: a training forward or backward that overlaps
+another one from a different thread raises ``RuntimeError`` ("layer is being used by another
+thread"), and so does a backward whose cache was made by another thread's forward. Give each
+thread its own layer, or use `fastrnn.functional`, whose contexts are per call.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -11,6 +21,11 @@ import numpy as np
 from . import _validation as V
 from . import cuda
 from . import functional as F
+
+
+# Guards every layer's `_user` check-and-set (one shared lock: a lock per layer would make layers
+# impossible to copy or pickle, and the critical section is a few attribute accesses).
+_USE_LOCK = threading.Lock()
 
 
 class _RNNBase:
@@ -24,6 +39,8 @@ class _RNNBase:
     _recorders = ()  # fastrnn.diagnostics.record objects attached to this layer
 
     _mode = None  # set by subclasses
+    _user = None  # thread inside a training forward/backward of this layer, or None
+    _ctx_thread = None  # thread whose training forward made the cache in `_ctx`
 
     # Cell variants and regularizer rates (set by the subclasses that have them).
     proj_size = 0
@@ -123,36 +140,66 @@ class _RNNBase:
             self.params[k][...] = a
         return missing, unexpected
 
+    @contextlib.contextmanager
+    def _training_call(self, where):
+        """Training calls own the layer while they run: it has one cache and one `.grads`.
+
+        Two threads training the same layer would race on both (gradients accumulated from two
+        threads at once, or a backward using another thread's cache), so a training forward or
+        backward that overlaps another one from a different thread raises RuntimeError instead.
+        Eval-mode forwards keep no per-layer state and may run concurrently.
+        """
+        me = threading.get_ident()
+        with _USE_LOCK:
+            if self._user is not None:
+                raise RuntimeError(
+                    f"{where}: layer is being used by another thread (a training forward/backward is running on "
+                    f"thread {self._user}); a layer keeps one training cache and one .grads, so train it from one "
+                    "thread at a time, give each thread its own layer (or use fastrnn.functional), or call "
+                    "eval() for concurrent inference")
+            self._user = me
+        try:
+            yield me
+        finally:
+            self._user = None
+
     def _forward(self, x, hx, lengths):
-        self._ctx = None  # an eval forward (or a failing one) drops any earlier cache
-        out, h_n, c_n, ctx = F._forward(
-            self._cell(), x, self.params, hx, lengths, num_layers=self.num_layers,
-            bidirectional=self.bidirectional, bias=self.bias, batch_first=self.batch_first,
-            dropout=self.dropout, training=self.training, rng=self.rng,
-            reset_after=getattr(self, "reset_after", True), where=f"{type(self).__name__}.forward",
-            proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
-            recurrent_dropout=self.recurrent_dropout, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c,
-            weight_drop=self.weight_drop, device=self.device)
-        self._ctx = ctx
-        recorders = [r for r in self._recorders if r.active]
-        if recorders and ctx is not None:
-            from .diagnostics import notify_forward
-            notify_forward(recorders, self, ctx)
+        where = f"{type(self).__name__}.forward"
+        with self._training_call(where) if self.training else contextlib.nullcontext(None) as me:
+            self._ctx = None  # an eval forward (or a failing one) drops any earlier cache
+            out, h_n, c_n, ctx = F._forward(
+                self._cell(), x, self.params, hx, lengths, num_layers=self.num_layers,
+                bidirectional=self.bidirectional, bias=self.bias, batch_first=self.batch_first,
+                dropout=self.dropout, training=self.training, rng=self.rng,
+                reset_after=getattr(self, "reset_after", True), where=where,
+                proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
+                recurrent_dropout=self.recurrent_dropout, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c,
+                weight_drop=self.weight_drop, device=self.device)
+            self._ctx, self._ctx_thread = ctx, me
+            recorders = [r for r in self._recorders if r.active]
+            if recorders and ctx is not None:
+                from .diagnostics import notify_forward
+                notify_forward(recorders, self, ctx)
         return out, h_n, c_n
 
     def _backward(self, grad_output, grad_h_n, grad_c_n):
         where = f"{type(self).__name__}.backward"
-        if self._ctx is None:
-            raise RuntimeError(f"{where}: no training cache; call forward in train mode (layer.train()) "
-                               "right before backward (eval-mode forwards keep no cache)")
-        if self._ctx.consumed:
-            raise RuntimeError(f"{where}: backward was already called for the last forward (it consumes the "
-                               "cache); run forward again first")
-        recorders = [r for r in self._recorders if r.active]
-        grad_x, grad_h0, grad_c0, _ = F.backward(self._ctx, grad_output, grad_h_n, grad_c_n, grads=self.grads,
-                                                 bptt_clip=self.bptt_clip, record=bool(recorders))
-        for r in recorders:
-            r._on_backward(self, self._ctx)
+        with self._training_call(where) as me:
+            if self._ctx is None:
+                raise RuntimeError(f"{where}: no training cache; call forward in train mode (layer.train()) "
+                                   "right before backward (eval-mode forwards keep no cache)")
+            if self._ctx_thread != me:
+                raise RuntimeError(f"{where}: layer is being used by another thread: the last training forward "
+                                   f"ran on thread {self._ctx_thread}, so this backward would use that thread's "
+                                   "cache; run a training step's forward and backward on the same thread")
+            if self._ctx.consumed:
+                raise RuntimeError(f"{where}: backward was already called for the last forward (it consumes the "
+                                   "cache); run forward again first")
+            recorders = [r for r in self._recorders if r.active]
+            grad_x, grad_h0, grad_c0, _ = F.backward(self._ctx, grad_output, grad_h_n, grad_c_n, grads=self.grads,
+                                                     bptt_clip=self.bptt_clip, record=bool(recorders))
+            for r in recorders:
+                r._on_backward(self, self._ctx)
         return grad_x, grad_h0, grad_c0
 
     def __call__(self, *args, **kwargs):

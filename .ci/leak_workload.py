@@ -1,0 +1,51 @@
+"""A small run over every cell and option, for LeakSanitizer (.ci/sanitize) and valgrind
+(.ci/leaks): training (dropout, lengths, retained and consumed caches), inference, two threads,
+error paths raised inside the extension. Exits 0; the tools judge the memory."""
+import numpy as np
+
+import fastrnn
+from fastrnn import _C
+from fastrnn import functional as F
+
+fastrnn.set_num_threads(2)
+rng = np.random.default_rng(0)
+CELLS = [(fastrnn.LSTM, {}), (fastrnn.GRU, {}), (fastrnn.GRU, {"reset_after": False}),
+         (fastrnn.RNN, {"nonlinearity": "tanh"}), (fastrnn.RNN, {"nonlinearity": "relu"})]
+for isa in fastrnn.available_isas():
+    fastrnn.set_isa(isa)
+    for cls, kw in CELLS:
+        for dtype in (np.float32, np.float64):
+            layer = cls(5, 19, num_layers=2, bidirectional=True, dropout=0.3, dtype=dtype, rng=0, **kw)
+            x = rng.standard_normal((7, 3, 5)).astype(dtype)
+            for _ in range(2):
+                out, _ = layer(x, lengths=[7, 2, 5])
+                layer.backward(np.ones_like(out))
+            out, _ = layer(x)  # a cache dropped unused
+            layer.eval()
+            layer(x)
+            layer(x[:, 0])  # unbatched
+            _, _, ctx = F.lstm_forward(x, fastrnn.LSTM(5, 4, dtype=dtype, rng=0).params, training=True)
+            F.backward(ctx, None, retain=True)
+            F.backward(ctx, None)
+            big = cls(5, 200, dtype=dtype, rng=0, **kw).eval()  # several threads per step
+            big(rng.standard_normal((20, 16, 5)).astype(dtype))
+
+# Errors raised by the bindings after they converted some arguments.
+layer = fastrnn.LSTM(3, 4, rng=0)
+x = np.ones((5, 2, 3), np.float32)
+weights = [(layer.params["weight_ih_l0"], layer.params["weight_hh_l0"], layer.params["bias_ih_l0"],
+            layer.params["bias_hh_l0"])]
+out = np.empty((5, 2, 4), np.float32)
+h_n = np.empty((1, 2, 4), np.float32)
+for bad_lengths in (np.array([0, 1]), np.array([1, 9])):
+    try:
+        _C.forward(2, True, True, 5, 2, 3, 4, 1, 1, False, x, weights, None, None, bad_lengths, None, out, h_n,
+                   h_n.copy(), None)
+    except ValueError:
+        pass
+try:
+    _C.forward(2, True, True, 5, 2, 3, 4, 1, 1, False, x.astype(np.float64), weights, None, None, None, None, out,
+               h_n, h_n.copy(), None)
+except TypeError:
+    pass
+print("leak workload done")

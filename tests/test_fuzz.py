@@ -49,7 +49,9 @@ class Worker:
 
     def _start(self):
         self.stderr = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+        # The child imports the fastrnn this process runs (in place or installed), not the sources.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, env=env)
 

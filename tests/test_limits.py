@@ -99,7 +99,7 @@ SANITIZED = any(k in os.environ for k in ("ASAN_OPTIONS", "FASTRNN_SANITIZE")) o
 
 @pytest.mark.skipif(SANITIZED, reason="AddressSanitizer reserves terabytes of address space (RLIMIT_AS)")
 @pytest.mark.parametrize("phase", ["forward", "backward"])
-def test_scratch_allocation_failure_raises_memory_error(phase):
+def test_scratch_allocation_failure_raises_memory_error(phase, tmp_path):
     """The C++ scratch cannot be allocated while everything NumPy allocates fits (an address-space
     limit set just before the call): std::bad_alloc must arrive as MemoryError, nothing must be
     half-written, and the process must keep working afterwards."""
@@ -139,6 +139,8 @@ def test_scratch_allocation_failure_raises_memory_error(phase):
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(
         os.path.abspath(fastrnn.__file__))), os.environ.get("PYTHONPATH", "")] if p))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    # cwd: not the checkout, whose fastrnn/ sources would shadow the package under test.
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "MemoryError:" in res.stdout and "still works" in res.stdout

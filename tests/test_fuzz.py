@@ -216,13 +216,13 @@ def where_for(case):
     return name
 
 
-@budget(220)
+@budget(1000)
 @given(case=recurrent_case("layer"))
 def test_fuzz_layers(worker, case):
     check(worker, case, expected_for(case), where_for(case))
 
 
-@budget(100)
+@budget(300)
 @given(case=recurrent_case("functional"))
 def test_fuzz_functional(worker, case):
     check(worker, case, expected_for(case), where_for(case))
@@ -246,7 +246,7 @@ def torch_case(draw):
     return case
 
 
-@budget(60)
+@budget(150)
 @given(case=torch_case())
 def test_fuzz_torch_frontend(worker, case):
     pytest.importorskip("torch")
@@ -323,7 +323,7 @@ def init_case(draw):
                 dtype=dtype, layout=layout, kwargs=kwargs, nonfinite=None, seed=draw(st.integers(0, 999)))
 
 
-@budget(120)
+@budget(200)
 @given(case=init_case())
 def test_fuzz_init(worker, case):
     if case["fault"] is not None:
@@ -376,16 +376,19 @@ def clip_case(draw):
     container = draw(st.sampled_from(["dict", "list", "array"]))
     if container == "array" and not shapes:
         container = "list"
+    used = shapes[:1] if container == "array" else shapes
+    if fault == "arr:list" and not any(np.prod(s, dtype=int) > 0 and s for s in used):
+        fault, layout = None, "c"  # nested empty lists are an empty collection of tensors: valid
     return dict(api="clip", fn=name, fault=fault, shapes=shapes, dtype=dtype, layout=layout, kwargs=kwargs,
                 nonfinite=nonfinite, container=container, seed=draw(st.integers(0, 999)))
 
 
-@budget(120)
+@budget(200)
 @given(case=clip_case())
 def test_fuzz_clip(worker, case):
     if case["fault"] is not None:
         expected = VT
-    elif case["nonfinite"] and case["kwargs"].get("nonfinite") == "raise" and case["shapes"] and any(
+    elif case["nonfinite"] and case["kwargs"].get("nonfinite") == "raise" and any(
             np.prod(s, dtype=int) > 0 for s in (case["shapes"][:1] if case["container"] == "array" else case["shapes"])):
         expected = ("FloatingPointError",)  # the documented "raise" policy
     else:

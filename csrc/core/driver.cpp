@@ -9,6 +9,17 @@
 #include <vector>
 
 #include "../dispatch/dispatch.h"
+// AddressSanitizer builds (FASTRNN_SANITIZE=address): poisoned gaps between the scratch regions.
+#if defined(__SANITIZE_ADDRESS__)
+#define FASTRNN_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FASTRNN_ASAN 1
+#endif
+#endif
+#ifdef FASTRNN_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 #include "blas.h"
 #include "threads.h"
 
@@ -103,6 +114,15 @@ class Carver {
         T* p = base_ ? base_ + used_ : nullptr;
         constexpr i64 align = 64 / sizeof(T);
         used_ += (std::max<i64>(n, 0) + align - 1) / align * align;
+#ifdef FASTRNN_ASAN
+        // Sanitized builds: a poisoned gap after each region, so ASan catches a kernel that runs
+        // past its region into the next one (they share one allocation).
+        if (p) {
+            const i64 end = std::max<i64>(n, 0);
+            ASAN_POISON_MEMORY_REGION(p + end, sizeof(T) * std::size_t(used_ + align - (p - base_) - end));
+        }
+        used_ += align;
+#endif
         return p;
     }
     i64 used() const { return used_; }
@@ -123,6 +143,9 @@ class Scratch {
         Kept& k = kept();
         if (k.bytes >= bytes) {
             p = static_cast<T*>(k.p);
+#ifdef FASTRNN_ASAN
+            ASAN_UNPOISON_MEMORY_REGION(k.p, k.bytes);  // the last call's redzones
+#endif
             return;
         }
         release(k);
@@ -132,10 +155,14 @@ class Scratch {
             k.bytes = bytes;
         } else {
             owned_ = mem;
+            bytes_ = bytes;
         }
         p = static_cast<T*>(mem);
     }
     ~Scratch() {
+#ifdef FASTRNN_ASAN
+        if (owned_) ASAN_UNPOISON_MEMORY_REGION(owned_, bytes_);
+#endif
         if (owned_) ::operator delete[](owned_, std::align_val_t(64));
     }
     Scratch(const Scratch&) = delete;
@@ -154,11 +181,15 @@ class Scratch {
         return k;
     }
     static void release(Kept& k) {
+#ifdef FASTRNN_ASAN
+        if (k.p) ASAN_UNPOISON_MEMORY_REGION(k.p, k.bytes);
+#endif
         if (k.p) ::operator delete[](k.p, std::align_val_t(64));
         k.p = nullptr;
         k.bytes = 0;
     }
     void* owned_ = nullptr;
+    std::size_t bytes_ = 0;
 };
 
 i64 blocks(const Desc& d, int nr) { return (d.H + nr - 1) / nr; }

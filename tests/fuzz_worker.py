@@ -125,6 +125,13 @@ def _ctor_kwargs(case):
     kind, extra = CELLS[cell]
     kw = dict(extra, num_layers=case["L"], bidirectional=case["D"] == 2, batch_first=case["batch_first"],
               dropout=case["dropout"], bias=case["bias"], dtype=np.dtype(case["dtype"]), rng=case["seed"])
+    kw.update(variant_kwargs(case))
+    if case.get("bptt_clip"):
+        kw["bptt_clip"] = case["bptt_clip"]
+    cls = LAYER[kind]
+    if case.get("layer_norm"):
+        cls = fastrnn.LayerNormLSTM if kind == "lstm" else fastrnn.LayerNormGRU
+        kw.pop("reset_after", None)
     fault = case["fault"] or ""
     sizes = [case["C"], case["H"]]
     if fault.startswith("ctor:"):
@@ -136,7 +143,29 @@ def _ctor_kwargs(case):
             kw["dtype"] = {"float16": np.float16, "int32": np.int32, "str": "nonsense"}[value]
         else:
             kw[name] = value
-    return LAYER[kind], sizes, kw
+    return cls, sizes, kw
+
+
+def variant_kwargs(case):
+    """Constructor/functional options of the cell variants and regularizers the case uses."""
+    kind = KIND[case["cell"]]
+    kw = {}
+    if case.get("proj"):
+        kw["proj_size"] = case["proj"]
+    if case.get("peephole"):
+        kw["peephole"] = True
+    if case.get("reg"):
+        kw.update(recurrent_dropout=0.3, weight_drop=0.25)
+        if kind != "rnn":
+            kw["zoneout_h"] = 0.2
+        if kind == "lstm":
+            kw["zoneout_c"] = 0.3
+    return kw
+
+
+def state_sizes(case):
+    """(K, H): the width of h (the projection size for LSTMP) and of c."""
+    return case.get("proj") or case["H"], case["H"]
 
 
 def _inputs(case, rng, dtype):
@@ -174,12 +203,14 @@ def _inputs(case, rng, dtype):
 
     hx = None
     if case["hx"] or fault.startswith("hx:"):
-        shape = (L * D, H) if unbatched else (L * D, N, H)
+        K, _ = state_sizes(case)
+        shape = (L * D, K) if unbatched else (L * D, N, K)
+        c_shape = shape[:-1] + (H,)
         if fault == "hx:shape":
-            shape = shape[:-1] + (H + 1,)
+            shape = shape[:-1] + (K + 1,)
         hdt = (np.float64 if np.dtype(dtype) == np.float32 else np.float32) if fault == "hx:dtype" else dtype
         h0 = _layout(rng.standard_normal(shape).astype(hdt), case["layout"] if case["layout"] != "list" else "c", rng)
-        c0 = _layout(rng.standard_normal(shape).astype(hdt), "readonly", rng)
+        c0 = _layout(rng.standard_normal(c_shape).astype(hdt), "readonly", rng)
         if lstm:
             hx = h0 if fault == "hx:not_tuple" else ((h0, c0, h0) if fault == "hx:len3" else (h0, c0))
         else:
@@ -209,15 +240,19 @@ def _inputs(case, rng, dtype):
     return x, hx, lengths
 
 
-def _expected_shapes(case, layer_like):
-    T, N, H, L, D = case["T"], case["N"], case["H"], case["L"], case["D"]
-    out = (T, D * H) if case["unbatched"] else ((N, T, D * H) if case["batch_first"] else (T, N, D * H))
-    state = (L * D, H) if case["unbatched"] else (L * D, N, H)
-    return out, state
+def _expected_shapes(case):
+    """Shapes of the output, of h (width K: the projection size for LSTMP) and of c."""
+    T, N, L, D = case["T"], case["N"], case["L"], case["D"]
+    K, H = state_sizes(case)
+    out = (T, D * K) if case["unbatched"] else ((N, T, D * K) if case["batch_first"] else (T, N, D * K))
+    state = (L * D,) if case["unbatched"] else (L * D, N)
+    return out, state + (K,), state + (H,)
 
 
-def _reference(case, params, x, hx, lengths, masks, g_out, g_h, g_c):
-    """float64 reference of forward + backward, in the user's layout."""
+def _reference(case, params, x, hx, lengths, masks, noise, g_out, g_h, g_c):
+    """float64 reference of forward + backward, in the user's layout, with the dropout masks and
+    regularizer noise the forward used (`noise` = ctx.noise; None in eval mode, where zoneout
+    uses its expectation)."""
     kind = KIND[case["cell"]]
     unbatched, bf = case["unbatched"], case["batch_first"]
     f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
@@ -228,12 +263,20 @@ def _reference(case, params, x, hx, lengths, masks, g_out, g_h, g_c):
         rhx = (st(f64(hx[0])), st(f64(hx[1]))) if kind == "lstm" else st(f64(hx))
     p64 = {k: f64(v) for k, v in params.items()}
     rm = None if masks is None else [f64(m) for m in masks]
+    kw = {}
+    if noise is not None:
+        kw.update(rec_masks=noise[0], zh_masks=noise[1], zc_masks=noise[2], w_masks=noise[5])
+    else:
+        vk = variant_kwargs(case)
+        kw["zoneout_rates"] = (vk.get("zoneout_h", 0.0), vk.get("zoneout_c", 0.0))
     o, hn, cn, cache = ref.forward(kind, tm(f64(x)), p64, rhx, None if lengths is None else np.asarray(lengths),
                                    num_layers=case["L"], bidirectional=case["D"] == 2,
                                    nonlinearity="relu" if case["cell"] == "rnn_relu" else "tanh",
-                                   reset_after=case["cell"] != "gru_v1", bias=case["bias"], dropout_masks=rm)
+                                   reset_after=case["cell"] != "gru_v1", bias=case["bias"], dropout_masks=rm,
+                                   layer_norm=bool(case.get("layer_norm")), **kw)
     opt_st = lambda a: None if a is None else st(f64(a))  # noqa: E731
-    gx, gh0, gc0, grads = ref.backward(cache, tm(f64(g_out)), opt_st(g_h), opt_st(g_c))
+    gx, gh0, gc0, grads = ref.backward(cache, tm(f64(g_out)), opt_st(g_h), opt_st(g_c),
+                                       bptt_clip=case.get("bptt_clip"))
     back = (lambda a: a[:, 0, :]) if unbatched else ((lambda a: a.swapaxes(0, 1)) if bf else (lambda a: a))
     sq = (lambda a: a[:, 0, :]) if unbatched else (lambda a: a)
     return dict(out=back(o), h_n=sq(hn), c_n=None if cn is None else sq(cn), grad_x=back(gx), grad_h0=sq(gh0),
@@ -269,21 +312,26 @@ def run_recurrent(case, snaps):
     for name, value in (("x", x), ("hx", hx), ("lengths", lengths), ("params", params)):
         snaps.add(name, value)
 
-    out_shape, state_shape = _expected_shapes(case, layer)
+    out_shape, state_shape, c_shape = _expected_shapes(case)
     if case["api"] == "layer":
         out, state = layer(x, hx, lengths)
-        masks = layer._ctx.masks if layer._ctx is not None else None
+        ctx = layer._ctx
     else:
         fwd = {"rnn": F.rnn_forward, "lstm": F.lstm_forward, "gru": F.gru_forward}[KIND[case["cell"]]]
-        extra = dict(nonlinearity=layer.nonlinearity) if KIND[case["cell"]] == "rnn" else {}
+        extra = variant_kwargs(case)
+        if KIND[case["cell"]] == "rnn":
+            extra["nonlinearity"] = layer.nonlinearity
         if KIND[case["cell"]] == "gru":
-            extra = dict(reset_after=layer.reset_after)
+            extra["reset_after"] = layer.reset_after
+        if case.get("layer_norm"):
+            extra["layer_norm"] = True
         out, state, ctx = fwd(x, params, hx, lengths, num_layers=layer.num_layers, bias=layer.bias,
                               batch_first=layer.batch_first, bidirectional=layer.bidirectional,
                               dropout=layer.dropout, training=case["training"], rng=case["seed"], **extra)
-        masks = ctx.masks if ctx is not None else None
+    masks = ctx.masks if ctx is not None else None
+    noise = ctx.noise if ctx is not None else None
     h_n, c_n = state if lstm else (state, None)
-    for name, a, shape in (("out", out, out_shape), ("h_n", h_n, state_shape), ("c_n", c_n, state_shape)):
+    for name, a, shape in (("out", out, out_shape), ("h_n", h_n, state_shape), ("c_n", c_n, c_shape)):
         if a is None:
             continue
         if a.shape != shape or a.dtype != dtype:
@@ -295,7 +343,7 @@ def run_recurrent(case, snaps):
     if case["training"] and case["backward"]:
         g_out = rng.standard_normal(out.shape).astype(dtype)
         g_h = rng.standard_normal(h_n.shape).astype(dtype) if case["grad_state"] else None
-        g_c = rng.standard_normal(h_n.shape).astype(dtype) if case["grad_state"] and lstm else None
+        g_c = rng.standard_normal(c_n.shape).astype(dtype) if case["grad_state"] and lstm else None
         if fault == "grad:shape":
             g_out = g_out[..., :-1]
         elif fault == "grad:dtype":
@@ -318,17 +366,17 @@ def run_recurrent(case, snaps):
         else:
             if fault == "backward:twice":
                 F.backward(ctx, g_out_user, g_h, g_c)
-            gx, gh0, gc0, grads = F.backward(ctx, g_out_user, g_h, g_c)
+            gx, gh0, gc0, grads = F.backward(ctx, g_out_user, g_h, g_c, bptt_clip=case.get("bptt_clip"))
             back = (gx, gh0, gc0) if lstm else (gx, gh0)
         expect = [("grad_x", np.shape(x) if isinstance(x, np.ndarray) else None), ("grad_h0", state_shape),
-                  ("grad_c0", state_shape)]
+                  ("grad_c0", c_shape)]
         for (name, shape), a in zip(expect, back):
             if shape is not None and (a.shape != shape or a.dtype != dtype):
                 problems.append(f"{name}: shape {a.shape} dtype {a.dtype}, expected {shape} {dtype}")
         result = dict(out=out, h_n=h_n, c_n=c_n, grad_x=back[0], grad_h0=back[1],
                       grad_c0=back[2] if lstm else None, grads=grads)
         if case["nonfinite"] is None:
-            theirs = _reference(case, layer.params, x, hx, lengths, masks, g_out, g_h, g_c)
+            theirs = _reference(case, layer.params, x, hx, lengths, masks, noise, g_out, g_h, g_c)
             tol = TOL[np.dtype(dtype).name]
             for key, want in theirs.items():
                 if key == "grads":
@@ -341,8 +389,8 @@ def run_recurrent(case, snaps):
                     if not err <= tol:
                         problems.append(f"{key}: scaled error {err:.3g} > {tol}")
     elif case["nonfinite"] is None:
-        theirs = _reference(case, layer.params, x, hx, lengths, masks, np.zeros(out.shape), np.zeros(h_n.shape),
-                            None)
+        theirs = _reference(case, layer.params, x, hx, lengths, masks, noise, np.zeros(out.shape),
+                            np.zeros(h_n.shape), None)
         tol = TOL[np.dtype(dtype).name]
         for key, mine in (("out", out), ("h_n", h_n), ("c_n", c_n)):
             if mine is not None:

@@ -164,7 +164,10 @@ ISAS = fastrnn.available_isas()
 
 @st.composite
 def recurrent_case(draw, api):
-    cell = draw(st.sampled_from(CELL_NAMES))
+    # Cell variants (docs/readme/variants.md) first, so each gets its share of the cases: LSTMP
+    # and peepholes (LSTM), LayerNorm (LSTM, GRU reset_after); then the cell.
+    variant = draw(st.sampled_from(["plain", "proj", "peephole", "proj+peephole", "layer_norm"]))
+    cell = draw(st.sampled_from({"plain": CELL_NAMES, "layer_norm": ["lstm", "gru"]}.get(variant, ["lstm"])))
     faults = [f for f in FORWARD_FAULTS if cell == "lstm" or f not in LSTM_ONLY] + list(BACKWARD_FAULTS)
     if cell.startswith("rnn"):
         faults += list(RNN_ONLY)
@@ -185,11 +188,15 @@ def recurrent_case(draw, api):
     layout = draw(st.sampled_from(LAYOUTS))
     if fault is not None and fault.startswith(("x:dtype", "x:type")):
         layout = "c"
+    H = draw(st.sampled_from([1, 2, 7, 8, 9, 16, 17, 19]))
+    proj = min(H - 1, draw(st.sampled_from([1, 3]))) if "proj" in variant and H > 1 else 0
     return dict(
+        proj=proj, peephole="peephole" in variant, layer_norm=variant == "layer_norm",
+        reg=draw(st.sampled_from([False, True])), bptt_clip=draw(st.sampled_from([None, 0.5])),
         api=api, cell=cell, fault=fault, training=training, backward=backward, unbatched=unbatched,
         lengths=lengths, layout=layout,
         T=draw(st.sampled_from([1, 2, 3, 5, 8])), N=draw(st.sampled_from([1, 2, 3, 4, 7])),
-        C=draw(st.sampled_from([1, 2, 3, 5])), H=draw(st.sampled_from([1, 2, 7, 8, 9, 16, 17, 19])),
+        C=draw(st.sampled_from([1, 2, 3, 5])), H=H,
         L=draw(st.integers(1, 3)), D=draw(st.sampled_from([1, 2])), batch_first=draw(st.booleans()),
         bias=draw(st.booleans()), dropout=draw(st.sampled_from([0.0, 0.4])),
         dtype=draw(st.sampled_from(["float32", "float64"])),
@@ -243,6 +250,7 @@ def torch_case(draw):
     if case["fault"] == "hx:not_tuple" and case["cell"] != "lstm":
         case["fault"] = None
     case["dropout"] = 0.0  # masks come from torch's RNG in another order: no bitwise twin to compare with
+    case.update(proj=0, peephole=False, layer_norm=False, reg=False, bptt_clip=None)  # torch.nn's plain cells
     return case
 
 

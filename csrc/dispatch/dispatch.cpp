@@ -36,15 +36,21 @@ const IsaInfo kIsas[] = {
     {"avx512", cpu_has_avx512},
 };
 
+// Each set is built on first use of its ISA only: building it runs code compiled for that ISA
+// (GCC copies the AVX-512 set with zmm moves), which must never run on a CPU without it.
 template <class T>
 const KernelSet<T>& kernel_set(Isa isa) {
-    static const KernelSet<T> scalar = scalar_kernels<T>();
 #if defined(__x86_64__) || defined(_M_X64)
-    static const KernelSet<T> avx2 = avx2_kernels<T>();
-    static const KernelSet<T> avx512 = avx512_kernels<T>();
-    if (isa == Isa::avx2) return avx2;
-    if (isa == Isa::avx512) return avx512;
+    if (isa == Isa::avx2) {
+        static const KernelSet<T> avx2 = avx2_kernels<T>();
+        return avx2;
+    }
+    if (isa == Isa::avx512) {
+        static const KernelSet<T> avx512 = avx512_kernels<T>();
+        return avx512;
+    }
 #endif
+    static const KernelSet<T> scalar = scalar_kernels<T>();
     return scalar;
 }
 

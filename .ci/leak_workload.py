@@ -1,6 +1,7 @@
-"""A small run over every cell and option, for LeakSanitizer (.ci/sanitize) and valgrind
-(.ci/leaks): training (dropout, lengths, retained and consumed caches), inference, two threads,
-error paths raised inside the extension. Exits 0; the tools judge the memory."""
+"""A small run over every cell, variant and option, for LeakSanitizer (.ci/sanitize) and valgrind
+(.ci/leaks): training (dropout, lengths, regularizers, retained and consumed caches, diagnostics),
+inference, two threads, error paths raised inside the extension. Exits 0; the tools judge the
+memory."""
 import numpy as np
 
 import fastrnn
@@ -29,6 +30,23 @@ for isa in fastrnn.available_isas():
             F.backward(ctx, None)
             big = cls(5, 200, dtype=dtype, rng=0, **kw).eval()  # several threads per step
             big(rng.standard_normal((20, 16, 5)).astype(dtype))
+
+    # Cell variants, in-kernel regularizers, BPTT clipping and gradient diagnostics.
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((6, 3, 5)).astype(dtype)
+        variants = [fastrnn.LSTM(5, 9, num_layers=2, bidirectional=True, proj_size=4, peephole=True, dtype=dtype,
+                                 rng=0, recurrent_dropout=0.3, zoneout_h=0.2, zoneout_c=0.1, weight_drop=0.2,
+                                 bptt_clip=0.5),
+                    fastrnn.LayerNormLSTM(5, 9, num_layers=2, dtype=dtype, rng=0, zoneout_c=0.2),
+                    fastrnn.LayerNormGRU(5, 9, bidirectional=True, dtype=dtype, rng=0, recurrent_dropout=0.2),
+                    fastrnn.GRU(5, 9, reset_after=False, dtype=dtype, rng=0, weight_drop=0.3, zoneout_h=0.2)]
+        for layer in variants:
+            with fastrnn.diagnostics.record(layer) as rec:
+                out, _ = layer(x, lengths=[6, 1, 4])
+                layer.backward(np.ones_like(out))
+            rec.report().summary()
+            layer.eval()
+            layer(x)
 
 # Errors raised by the bindings after they converted some arguments.
 layer = fastrnn.LSTM(3, 4, rng=0)

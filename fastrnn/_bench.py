@@ -533,9 +533,16 @@ def _busy_seconds():
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+# Pause before each sample: the previous implementation's idle pool threads keep spinning for a
+# while after its last call (OpenBLAS ~0.1 s, ONNX Runtime and OpenMP less) and would take cores
+# from the next one; with 2 threads that made both fastrnn and torch up to 3x slower.
+_SETTLE_S = 0.15
+
+
 def _sample(step, inner, max_foreign_load):
     """Mean seconds per call over ``inner`` calls, the other processes' load, and retakes."""
     for attempt in range(_RETAKES + 1):
+        time.sleep(_SETTLE_S)
         busy0, own0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
         for _ in range(inner):
             step()
@@ -566,6 +573,7 @@ def _round_robin(steps, repeats, min_time, max_foreign_load):
     """Samples of every step function, taken in rounds with a rotating order."""
     inner, per_call = {}, {}
     for name, step in steps.items():
+        time.sleep(_SETTLE_S)
         inner[name], per_call[name] = _calibrate(step, min_time)
     if per_call and max(per_call.values()) >= 1.0:
         repeats = min(repeats, 3)  # huge shapes: fewer rounds, each already one long call

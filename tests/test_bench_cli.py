@@ -15,6 +15,11 @@ from fastrnn.__main__ import main as cli_main
 TINY = dict(shapes=["6,2,5,4"], repeats=2, min_time=0.002, gemm_size=64)
 
 
+@pytest.fixture(autouse=True)
+def _no_settling_pause(monkeypatch):
+    monkeypatch.setattr(_bench, "_SETTLE_S", 0.0)  # the pause between samples is for real runs only
+
+
 def _run(**kw):
     return _bench.run(**{**TINY, **kw})
 

@@ -2,24 +2,10 @@
 vanishing and exploding gradients. See README.md and DESIGN.md."""
 import os as _os
 
-import numpy as _np  # noqa: F401  (loaded first: the setting below is for our BLAS only)
+# Loads libscipy_openblas globally before the extension that links it (no rpath needed).
+import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
-# After a threaded GEMM, OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) before sleeping;
-# right after the hoisted input GEMM that spinning thread takes a core from fastrnn's own step
-# threads (2-thread LSTM (100,64,512) inference ran 1.30x faster than 1 thread; 1.99x with them
-# sleeping at once). OpenBLAS reads the timeout when it loads; a user's own setting wins, and the
-# environment is restored afterwards so child processes and other libraries are not affected.
-_timeout = _os.environ.get("OPENBLAS_THREAD_TIMEOUT")
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-try:
-    # Loads libscipy_openblas globally before the extension that links it (no rpath needed).
-    import scipy_openblas32 as _scipy_openblas32  # noqa: F401
-
-    from . import _C
-finally:
-    if _timeout is None:
-        del _os.environ["OPENBLAS_THREAD_TIMEOUT"]
-del _timeout
+from . import _C
 from . import clip, cuda, functional, init
 from ._embed import get_include, get_library_dir
 from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM

@@ -39,13 +39,16 @@ masks drawn from torch's RNG in training mode.
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
+import os
 from collections import OrderedDict, namedtuple
 
 import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _C
 from . import functional as F
 
 __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "convert", "revert"]
@@ -74,10 +77,57 @@ def _numpy(t):
     return None if t is None else t.detach().numpy()
 
 
+_TORCH_OMP = None  # (GOMP_parallel, omp_get_thread_num, omp_get_num_threads) addresses, or ()
+
+
+def _torch_omp():
+    """Entry points of the OpenMP runtime torch's CPU operators run on, or () when there is none.
+
+    fastrnn's kernels run their parallel regions on it (see ``_on_torch_threads``)."""
+    global _TORCH_OMP
+    if _TORCH_OMP is None:
+        _TORCH_OMP = ()
+        if "OpenMP" not in torch.__config__.parallel_info():
+            return _TORCH_OMP
+        try:
+            with open("/proc/self/maps") as f:
+                paths = {line.split()[-1] for line in f if "libgomp" in line or "libiomp5" in line}
+        except OSError:
+            return _TORCH_OMP
+        torch_dir = os.path.dirname(torch.__file__)
+        for path in sorted(paths, key=lambda p: not p.startswith(torch_dir)):  # torch's own first
+            try:
+                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)
+                _TORCH_OMP = tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                                   for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"))
+                break
+            except (OSError, AttributeError):
+                continue
+    return _TORCH_OMP
+
+
+def _on_torch_threads(fn, *args, **kwargs):
+    """Call a fastrnn kernel with its parallel regions on torch's OpenMP threads.
+
+    After each operator torch's OpenMP workers keep spinning for a few milliseconds; a second
+    thread pool (fastrnn's own) then fights them for the cores: measured on 2 cores, a 2-thread
+    LSTM training step at (T, N, H) = (100, 16, 256) took 44 ms instead of 34. On torch's threads
+    there is one pool and no contention. Only with more than one thread on both sides."""
+    omp = _torch_omp() if torch.get_num_threads() > 1 and _C.get_num_threads() > 1 else ()
+    if not omp:
+        return fn(*args, **kwargs)
+    was_on = _C._use_foreign_omp(True, *omp)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if not was_on:
+            _C._use_foreign_omp(False)
+
+
 def _run(spec, x, h0, c0, masks, weights, training):
     """The fastrnn functional forward on NumPy views of the tensors: (out, h_n, c_n, ctx)."""
     hx = None if h0 is None else ((_numpy(h0), _numpy(c0)) if spec.cell == "lstm" else _numpy(h0))
-    return F._forward(spec.cell, _numpy(x), dict(zip(spec.names, map(_numpy, weights))), hx, spec.lengths,
+    return _on_torch_threads(F._forward, spec.cell, _numpy(x), dict(zip(spec.names, map(_numpy, weights))), hx, spec.lengths,
                       num_layers=spec.num_layers, bidirectional=spec.bidirectional, bias=spec.bias,
                       batch_first=spec.batch_first, dropout=spec.dropout if masks is not None else 0.0,
                       training=training, rng=None, reset_after=spec.reset_after, where=spec.where,
@@ -115,7 +165,7 @@ class _RNNFunction(torch.autograd.Function):
         fctx = ctx.fctx
         fctx.x, fctx.cache, fctx.masks = x.numpy(), cache.numpy(), _numpy(masks)
         try:  # retain: autograd may run this node again (retain_graph=True, gradcheck)
-            grad_x, grad_h0, grad_c0, grads = F.backward(fctx, _numpy(grad_out), _numpy(grad_h_n),
+            grad_x, grad_h0, grad_c0, grads = _on_torch_threads(F.backward, fctx, _numpy(grad_out), _numpy(grad_h_n),
                                                          _numpy(grad_c_n), retain=True,
                                                          bptt_clip=ctx.spec.bptt_clip,
                                                          record=bool(ctx.spec.recorders))

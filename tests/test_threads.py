@@ -281,14 +281,3 @@ def test_thread_pool_runs_every_job_exactly_once(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "0 of 4000 jobs incorrect" in res.stdout
 
-
-@pytest.mark.parametrize("user_value", [None, "12"])
-def test_import_leaves_openblas_thread_timeout_as_the_user_set_it(user_value):
-    # fastrnn sets OPENBLAS_THREAD_TIMEOUT only while its BLAS loads (idle OpenBLAS threads must
-    # not spin next to the step threads), then restores the environment for everything else.
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if user_value is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = user_value
-    code = "import os, fastrnn; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(user_value)

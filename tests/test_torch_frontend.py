@@ -561,3 +561,38 @@ def test_ddp_two_processes_average_to_full_batch_gradients(tmp_path):
     for name, p in model.named_parameters():
         assert_close(grads[0][name], grads[1][name], 0.0, f"ranks differ on {name}")
         assert_close(grads[0][name], p.grad, 1e-12, f"DDP vs full batch: {name}")
+
+
+def test_parallel_regions_run_on_torchs_openmp_threads_with_the_same_results(monkeypatch):
+    # With >1 thread on both sides, fastrnn's regions run on torch's OpenMP team (no second pool
+    # fighting torch's spinning workers); the results must not change.
+    if not ft._torch_omp():
+        pytest.skip("torch's CPU operators do not run on an OpenMP runtime here")
+    torch.manual_seed(0)
+    m = ft.LSTM(24, 64, num_layers=2, bidirectional=True).double()
+    x = torch.randn(20, 16, 24, dtype=torch.float64, requires_grad=True)
+    engaged = []
+    use = fastrnn._C._use_foreign_omp
+    monkeypatch.setattr(fastrnn._C, "_use_foreign_omp", lambda on, *a: engaged.append(on) or use(on, *a))
+
+    def run(threads):
+        saved = torch.get_num_threads(), fastrnn.get_num_threads()
+        torch.set_num_threads(threads)
+        fastrnn.set_num_threads(threads)
+        try:
+            m.zero_grad()
+            x.grad = None
+            out, (h_n, c_n) = m(x)
+            (out.square().sum() + h_n.sum()).backward()
+            return [out.detach().clone(), x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+        finally:
+            torch.set_num_threads(saved[0])
+            fastrnn.set_num_threads(saved[1])
+
+    want = run(1)
+    assert not engaged
+    got = run(2)
+    assert engaged.count(True) == 2  # forward and backward
+    assert not fastrnn._C._use_foreign_omp(False)  # switched off again after each call
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -341,5 +341,17 @@ PYBIND11_MODULE(_C, m) {
         fastrnn::set_num_threads(n);  // also caps the BLAS threads of the large hoisted GEMMs (core/blas.h)
     });
     m.def("get_num_threads", &fastrnn::get_num_threads);
+    // fastrnn.torch: run the calling thread's parallel regions on torch's OpenMP runtime (its
+    // GOMP_parallel, omp_get_thread_num and omp_get_num_threads, by address) while `on`.
+    m.def("_use_foreign_omp", [](bool on, std::uintptr_t parallel, std::uintptr_t thread_num, std::uintptr_t team_size) {
+        static fastrnn::ForeignOmp omp{};
+        if (on && !omp.parallel) {  // set once (under the GIL): kernels on other threads may read it
+            if (!parallel || !thread_num || !team_size) throw std::invalid_argument("_use_foreign_omp: null entry point");
+            omp = fastrnn::ForeignOmp{reinterpret_cast<decltype(omp.parallel)>(parallel),
+                                      reinterpret_cast<decltype(omp.thread_num)>(thread_num),
+                                      reinterpret_cast<decltype(omp.team_size)>(team_size)};
+        }
+        return fastrnn::set_thread_omp(on ? &omp : nullptr) != nullptr;
+    }, py::arg("on"), py::arg("parallel") = 0, py::arg("thread_num") = 0, py::arg("team_size") = 0);
     register_optim(m);
 }

@@ -1,6 +1,7 @@
 // Row-major GEMM on the BLAS from scipy-openblas32 (symbols carry the scipy_ prefix).
 // C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cblas.h>
@@ -28,14 +29,14 @@ inline void gemv(CBLAS_TRANSPOSE t, int m, int n, double alpha, const double* a,
 }
 }  // namespace blas_detail
 
-// OpenBLAS threads only pay for large products: on a small one (a few hundred microseconds of
-// work) waking them costs more than it saves, and with busy cores a sleeping BLAS thread can
-// stall the call for a scheduler time slice. Their count is a process-wide setting, so it is
-// changed only when it has to be (a concurrent caller can at worst get the other count).
-inline void set_blas_threads(double flops) {
-    static std::atomic<int> current{-1};
-    const int want = flops >= 1e8 ? get_num_threads() : 1;
-    if (current.exchange(want, std::memory_order_relaxed) != want) scipy_openblas_set_num_threads(want);
+// Large products are split by output rows over fastrnn's own threads (or the OpenMP runtime set
+// by set_thread_omp), each calling a one-thread BLAS: OpenBLAS's own threads would form a second
+// pool whose idle threads spin after each call and take cores from the step threads (and from
+// torch's OpenMP workers under fastrnn.torch). Small products (a few hundred microseconds) run
+// on the calling thread: waking threads would cost more than it saves.
+inline void one_blas_thread() {
+    static const bool done = (scipy_openblas_set_num_threads(1), true);
+    (void)done;
 }
 
 // Sizes are validated in Python to fit in int (BLAS uses 32-bit indices).
@@ -48,10 +49,10 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
             for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
         return;
     }
-    BlasCall in_blas;  // a fork waits until this call (thread count change included) is done
-    set_blas_threads(2.0 * double(m) * double(n) * double(k));
+    one_blas_thread();
     const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
     if (m == 1) {
+        BlasCall in_blas;  // a fork waits until this call is done
         if (beta == T(0))  // scratch may hold NaN patterns; BLAS is not required to ignore them
             for (std::int64_t j = 0; j < n; ++j) c[j] = T(0);
         // One output row: sgemm is ~6x slower than sgemv here (OpenBLAS); use op(B)^T * a.
@@ -62,7 +63,20 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
             blas_detail::gemv(CblasTrans, int(k), int(n), alpha, b, int(ldb), a, inc_a, beta, c);
         return;
     }
-    blas_detail::gemm(ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+    const double flops = 2.0 * double(m) * double(n) * double(k);
+    const int threads = flops >= 1e8 ? int(std::min<std::int64_t>(get_num_threads(), m / 16)) : 1;
+    auto rows = [&](std::int64_t i0, std::int64_t i1) {
+        if (i1 <= i0) return;
+        BlasCall in_blas;  // per thread, never around parallel_run: a fork waits for each call
+        const T* a0 = trans_a ? a + i0 : a + i0 * lda;  // op(A) row i0
+        blas_detail::gemm(ta, tb, int(i1 - i0), int(n), int(k), alpha, a0, int(lda), b, int(ldb), beta,
+                          c + i0 * ldc, int(ldc));
+    };
+    if (threads <= 1) {
+        rows(0, m);
+        return;
+    }
+    parallel_run(threads, [&](int tid, int nt) { rows(m * tid / nt, m * (tid + 1) / nt); });
 }
 
 }  // namespace fastrnn

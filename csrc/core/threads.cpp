@@ -180,10 +180,44 @@ void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
     }
 }
 
+namespace {
+thread_local const ForeignOmp* t_omp = nullptr;
+const int g_omp_atfork = pthread_atfork(nullptr, nullptr, [] { t_omp = nullptr; });
+
+struct OmpJob {
+    const std::function<void(int, int)>* fn;
+    const ForeignOmp* omp;
+    int n;
+};
+
+// Runs on every thread of the OpenMP team. A team smaller than asked for (nested region, thread
+// limit) gets the same treatment as a busy pool: its first thread does the job alone.
+void omp_trampoline(void* data) {
+    const OmpJob& job = *static_cast<const OmpJob*>(data);
+    const int tid = job.omp->thread_num(), size = job.omp->team_size();
+    if (size == job.n)
+        (*job.fn)(tid, job.n);
+    else if (tid == 0)
+        (*job.fn)(0, 1);
+}
+}  // namespace
+
+const ForeignOmp* set_thread_omp(const ForeignOmp* omp) {
+    (void)g_omp_atfork;
+    const ForeignOmp* previous = t_omp;
+    t_omp = omp;
+    return previous;
+}
+
 std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn) {
     if (n <= 1) {
         fn(0, 1);
         return 0;
+    }
+    if (t_omp) {
+        OmpJob job{&fn, t_omp, n};
+        t_omp->parallel(omp_trampoline, &job, unsigned(n), 0);
+        return 0;  // the runtime joins its team itself
     }
     return pool().run(n, fn);
 }

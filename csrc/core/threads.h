@@ -27,6 +27,19 @@ std::int64_t now_ns();
 // waited at the end for the other threads.
 std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn);
 
+// An OpenMP runtime already loaded in the process (torch's libgomp or libiomp5, through their
+// GOMP_parallel entry point). While a thread has one set, its parallel regions run on that
+// runtime's threads instead of fastrnn's pool: after each operator torch's OpenMP workers spin
+// for milliseconds, and a second pool would fight them for the cores.
+struct ForeignOmp {
+    void (*parallel)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+    int (*thread_num)();
+    int (*team_size)();
+};
+// The calling thread's runtime (nullptr: fastrnn's pool); returns the previous one. A forked
+// child starts without one (libgomp does not survive fork).
+const ForeignOmp* set_thread_omp(const ForeignOmp* omp);
+
 // Held (shared) by every BLAS call. fork() takes it exclusively (pthread_atfork), so it waits
 // for the BLAS calls other threads have in flight: a child must not inherit OpenBLAS's internal
 // locks held by a thread that does not exist there, or its first GEMM waits forever.

@@ -34,9 +34,11 @@ inline void gemv(CBLAS_TRANSPOSE t, int m, int n, double alpha, const double* a,
 // pool whose idle threads spin after each call and take cores from the step threads (and from
 // torch's OpenMP workers under fastrnn.torch). Small products (a few hundred microseconds) run
 // on the calling thread: waking threads would cost more than it saves.
+// Checked on every call (from the calling thread, before any parallel region): someone else
+// (threadpoolctl, a user) may have given OpenBLAS threads since, and each part would then start
+// its own threads on cores that are already busy.
 inline void one_blas_thread() {
-    static const bool done = (scipy_openblas_set_num_threads(1), true);
-    (void)done;
+    if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 // Sizes are validated in Python to fit in int (BLAS uses 32-bit indices).

@@ -16,6 +16,15 @@ def isa(request):
 
 
 @pytest.fixture
+def two_threads():
+    """fastrnn on 2 threads for the test, the previous count restored after it."""
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(2)
+    yield
+    fastrnn.set_num_threads(previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

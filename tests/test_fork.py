@@ -17,14 +17,6 @@ import fastrnn
 TIMEOUT = 120.0
 
 
-@pytest.fixture
-def two_threads():
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(2)
-    yield
-    fastrnn.set_num_threads(previous)
-
-
 def _problem(dtype=np.float32):
     layer = fastrnn.LSTM(16, 48, num_layers=2, bidirectional=True, dtype=dtype, rng=0)
     x = np.random.default_rng(0).standard_normal((40, 6, 16)).astype(dtype)

@@ -18,14 +18,6 @@ from util import make_layer
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture
-def two_threads():
-    previous = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(2)
-    yield
-    fastrnn.set_num_threads(previous)
-
-
 def _progress_while(call, attempts=5):
     """Whether another Python thread ran while `call()` was inside fastrnn, in one of `attempts`.
 

@@ -1,60 +1,97 @@
 """fastrnn: fused CPU kernels for RNN, LSTM and GRU — forward and BPTT — with the tools for
-vanishing and exploding gradients. See README.md and DESIGN.md."""
+vanishing and exploding gradients. Documentation: docs/ (design: docs/design.md)."""
+import importlib.machinery as _machinery
 import os as _os
-
-# Loads libscipy_openblas globally before the extension that links it (no rpath needed).
-import scipy_openblas32 as _scipy_openblas32  # noqa: F401
-
-from . import _C
-from . import clip, cuda, functional, init
-from ._embed import get_include, get_library_dir
-from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
-from . import callbacks, losses, optim, tasks
-from . import diagnostics
-from .diagnostics import gradcheck
-from .modules import LastStep, Linear, Sequential
-from .training import History, fit
-
-__version__ = "0.1.0"
-
-__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
-           "set_num_threads", "get_num_threads", "get_include", "get_library_dir", "__version__",
-           "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
-           "diagnostics", "gradcheck", "cuda"]
+import sys as _sys
 
 
-def get_isa():
-    """The instruction set the kernels use now ("scalar", "avx2", ...)."""
-    return _C.get_isa()
+def _has_extension(package_dir):
+    return any(_os.path.isfile(_os.path.join(package_dir, "_C" + suffix))
+               for suffix in _machinery.EXTENSION_SUFFIXES)
 
 
-def available_isas():
-    """Instruction sets this CPU and build support, best first."""
-    return list(_C.available_isas())
+def _hand_over_to_installed_copy():
+    """This ``fastrnn/`` is a source checkout without the compiled extension (``python -m fastrnn``
+    and ``python -c`` put the current directory first on sys.path, so a checkout shadows the
+    installed package). Load the installed copy under this name instead, or say what to do."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    ours = _os.path.realpath(_os.path.dirname(here))
+    others = [p for p in _sys.path if _os.path.realpath(p or _os.curdir) != ours]
+    spec = _machinery.PathFinder.find_spec(__name__, others)
+    if spec is None or not spec.submodule_search_locations or not _has_extension(spec.submodule_search_locations[0]):
+        raise ImportError(
+            f"fastrnn is being imported from its source tree ({here}), which has no compiled "
+            "extension (fastrnn/_C), and no installed fastrnn was found on sys.path. Either install "
+            "it: `pip install .` in the checkout (then import it from anywhere, the checkout "
+            "included); or build it in place: `python setup.py build_ext --inplace` (or "
+            "`pip install -e .`).", name=__name__, path=here)
+    import importlib.util
+    installed = importlib.util.module_from_spec(spec)
+    _sys.modules[__name__] = installed  # the import statement returns what sys.modules holds
+    try:
+        spec.loader.exec_module(installed)
+    except BaseException:
+        del _sys.modules[__name__]
+        raise
 
 
-def set_isa(name):
-    """Force the kernels' instruction set (like FASTRNN_ISA=name); ValueError if unavailable."""
-    _C.set_isa(str(name))
+if not _has_extension(_os.path.dirname(_os.path.abspath(__file__))):
+    _hand_over_to_installed_copy()
+else:
+
+    # Loads libscipy_openblas globally before the extension that links it (no rpath needed).
+    import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+
+    from . import _C
+    from . import clip, cuda, functional, init
+    from ._embed import get_include, get_library_dir
+    from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
+    from . import callbacks, losses, optim, tasks
+    from . import diagnostics
+    from .diagnostics import gradcheck
+    from .modules import LastStep, Linear, Sequential
+    from .training import History, fit
+
+    __version__ = "0.1.0"
+
+    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
+               "set_num_threads", "get_num_threads", "get_include", "get_library_dir", "__version__",
+               "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
+               "diagnostics", "gradcheck", "cuda"]
 
 
-def set_num_threads(n):
-    """Threads used by fastrnn's kernels and its BLAS (default: FASTRNN_NUM_THREADS or all cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    _C.set_num_threads(n)
+    def get_isa():
+        """The instruction set the kernels use now ("scalar", "avx2", ...)."""
+        return _C.get_isa()
 
 
-def get_num_threads():
-    return _C.get_num_threads()
+    def available_isas():
+        """Instruction sets this CPU and build support, best first."""
+        return list(_C.available_isas())
 
 
-def __getattr__(name):
-    # fastrnn.torch imports torch: loaded on first access only, so `import fastrnn` stays torch-free.
-    if name == "torch":
-        import importlib
-        return importlib.import_module(".torch", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def set_isa(name):
+        """Force the kernels' instruction set (like FASTRNN_ISA=name); ValueError if unavailable."""
+        _C.set_isa(str(name))
 
 
-set_num_threads(int(_os.environ.get("FASTRNN_NUM_THREADS", 0)) or (_os.cpu_count() or 1))
+    def set_num_threads(n):
+        """Threads used by fastrnn's kernels and its BLAS (default: FASTRNN_NUM_THREADS or all cores)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+        _C.set_num_threads(n)
+
+
+    def get_num_threads():
+        return _C.get_num_threads()
+
+
+    def __getattr__(name):
+        # fastrnn.torch imports torch: loaded on first access only, so `import fastrnn` stays torch-free.
+        if name == "torch":
+            import importlib
+            return importlib.import_module(".torch", __name__)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+    set_num_threads(int(_os.environ.get("FASTRNN_NUM_THREADS", 0)) or (_os.cpu_count() or 1))

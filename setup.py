@@ -53,7 +53,7 @@ if os.environ.get("FASTRNN_DEBUG"):
     optimize = ["-O0", "-g", "-pthread"]
 # FASTRNN_SANITIZE=address,undefined (any -fsanitize= list): an instrumented build for .ci/sanitize.
 # Every report is fatal (-fno-sanitize-recover). Python must preload the runtime, see
-# docs/readme/guarantees.md: LD_PRELOAD=$(c++ -print-file-name=libasan.so).
+# docs/guarantees.md: LD_PRELOAD=$(c++ -print-file-name=libasan.so).
 if os.environ.get("FASTRNN_SANITIZE"):
     sanitizers = [f"-fsanitize={os.environ['FASTRNN_SANITIZE']}", "-fno-sanitize-recover=all"]
     # -fno-wrapv: Python's CFLAGS carry -fwrapv, which would hide signed overflow from UBSan.

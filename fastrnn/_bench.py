@@ -1,7 +1,7 @@
 """Comparison benchmark: fastrnn against torch.nn, ONNX Runtime and a NumPy forward
 (``python -m fastrnn bench``, ``bench/compare.py``).
 
-Method (DESIGN.md §4). For every cell, shape and thread count, every implementation loads the
+Method (docs/design.md, "Performance method"). For every cell, shape and thread count, every implementation loads the
 same weights (the state_dict of a fastrnn layer) and is first checked against a float64 oracle
 (the NumPy forward below in float64 for outputs; ``torch`` in float64 for gradients when torch is
 installed); one that disagrees by more than ``RTOL`` relative to the oracle's largest magnitude
@@ -18,6 +18,8 @@ Only the public API of fastrnn is used (``fastrnn.RNN/LSTM/GRU``, ``forward``, `
 ``eval``, ``set_num_threads``, ``get_isa``), so the instrument survives kernel rewrites.
 torch, onnx/onnxruntime and threadpoolctl are optional: a missing one skips its peer with a note.
 
+Examples
+--------
 >>> result = run(cells=["rnn"], shapes=["4,2,8,8"], modes=["inference"], peers=["numpy"], repeats=2,
 ...              min_time=0.001, gemm_size=64)
 >>> row = result["rows"][0]
@@ -74,7 +76,7 @@ class Shape:
         return self.name
 
 
-# Reference shapes of DESIGN.md §4 (T, N, C = H); "q" is the tiny shape of --quick.
+# Reference shapes of docs/design.md, "Performance method" (T, N, C = H); "q" is the tiny shape of --quick.
 SHAPES = {name: Shape(name, T, N, H, H) for name, (T, N, H) in {
     "A": (100, 1, 128), "B": (100, 16, 256), "C": (100, 64, 512),
     "D": (50, 128, 1024), "E": (200, 32, 256), "F": (1000, 8, 64)}.items()}
@@ -92,6 +94,8 @@ class Unavailable(Exception):
 def parse_shape(text):
     """A reference shape name (``"A"`` ... ``"F"``) or a custom ``"T,N,C,H"`` string -> `Shape`.
 
+    Examples
+    --------
     >>> parse_shape("b")
     Shape(name='B', T=100, N=16, C=256, H=256)
     >>> parse_shape("50,4,32,64").label
@@ -116,12 +120,14 @@ def parse_shape(text):
 
 
 def flops(cell, shape, mode):
-    """Effective floating-point operations of one call (DESIGN.md §4).
+    """Effective floating-point operations of one call (docs/design.md, "Performance method").
 
     Forward = ``2·T·N·(C+H)·G·H`` with G = 4 (LSTM), 3 (GRU), 1 (RNN) gate blocks — the two
     matrix products per step, pointwise work not counted; training (forward + backward to every
     parameter and the input) = 3× forward, the usual GEMM count of backpropagation.
 
+    Examples
+    --------
     >>> flops("lstm", SHAPES["A"], "inference")
     26214400
     >>> flops("gru", parse_shape("1,1,1,1"), "training")
@@ -139,6 +145,8 @@ def flops(cell, shape, mode):
 def make_problem(cell, shape, dtype=np.float32, seed=0):
     """Weights (state_dict of a fresh fastrnn layer, PyTorch's init) and an input ``[T, N, C]``.
 
+    Examples
+    --------
     >>> w, x = make_problem("gru", "3,2,4,5")
     >>> w["weight_hh_l0"].shape, x.shape, x.dtype
     ((15, 5), (3, 2, 4), dtype('float32'))
@@ -154,10 +162,12 @@ def numpy_forward(cell, weights, x):
     """Single-layer forward in plain NumPy: the peer "numpy" and, in float64, the output oracle.
 
     The input projection of all ``T·N`` rows is one matmul before the loop; each step does one
-    ``h @ W_hh.T`` and the cell's pointwise math (DESIGN.md §1, PyTorch gate order; GRU with
+    ``h @ W_hh.T`` and the cell's pointwise math (docs/design.md, "Conventions", PyTorch gate order; GRU with
     the reset gate applied after the recurrent product, like torch), σ(v) = 1 / (1 + e^(-v)).
     Computes in the dtype of ``x``; returns the outputs ``[T, N, H]``.
 
+    Examples
+    --------
     >>> w, x = make_problem("lstm", "5,3,4,6")
     >>> import fastrnn
     >>> layer = fastrnn.LSTM(4, 6).eval(); _ = layer.load_state_dict(w)
@@ -465,6 +475,8 @@ def gemm_rate(dtype=np.float32, size=2048, samples=3, max_foreign_load=math.inf)
     current thread count: the "peak" the benchmark's percentages refer to. A matmul during
     which other processes used more than ``max_foreign_load`` cores is re-taken (≤ 2×).
 
+    Examples
+    --------
     >>> gemm_rate(size=32, samples=1) > 0
     True
     """
@@ -898,6 +910,8 @@ def format_table(result, markdown=False):
     measured. "wrong": output disagreed with the oracle (not timed); "skip": not available;
     "–": not applicable (ONNX Runtime and NumPy are inference only).
 
+    Examples
+    --------
     >>> r = run(cells=["gru"], shapes=["3,1,4,4"], peers=[], modes=["inference"], repeats=1,
     ...         min_time=0.001, gemm_size=32)
     >>> print(format_table(r, markdown=True).splitlines()[6])
@@ -1031,7 +1045,7 @@ def add_arguments(p):
     p.add_argument("--memory", action="store_true",
                    help="training peak memory per implementation, each in a fresh subprocess (slow)")
     p.add_argument("--json", metavar="PATH", help="write every number (samples, ratios, diffs) as JSON")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the docs)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--frontend", choices=("numpy", "torch"), default="numpy",
                    help="torch: fastrnn.torch modules vs torch.nn in a full training step")

@@ -1,5 +1,5 @@
 """Where the files for embedding fastrnn live: the C ABI header, ``libfastrnn.so``, the
-pkg-config and CMake package files (see the README section "Embed fastrnn").
+pkg-config and CMake package files (see docs/embed.md).
 
 All of them sit inside the installed package, so a wheel is all a C, C++ or Cython build needs::
 

@@ -2,7 +2,7 @@
 
 Written independently of the C++ driver, as the plainest possible per-time-step loop: one cell
 step at a time, with padded steps handled by a validity mask (a padded step leaves the state
-untouched and outputs zero), and BPTT as the mirror loop. It follows DESIGN.md §1:
+untouched and outputs zero), and BPTT as the mirror loop. It follows docs/design.md, "Conventions":
 
     RNN   h' = act(W_ih x + b_ih + W_hh h + b_hh)
     LSTM  i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh);  c' = f c + i g;  h' = o tanh(c')
@@ -11,7 +11,7 @@ untouched and outputs zero), and BPTT as the mirror loop. It follows DESIGN.md �
           otherwise:    n = tanh(W_in x + b_in + W_hn (r h) + b_hn)
           h' = (1 - z) n + z h
 
-and the cell variants (docs/readme/variants.md; csrc/cells/lstm.h and layernorm.h):
+and the cell variants (docs/variants.md; csrc/cells/lstm.h and layernorm.h):
 
     peephole   i = σ(a_i + p_i c), f = σ(a_f + p_f c), o = σ(a_o + p_o c')       (Gers & Schmidhuber 2000)
     proj_size  h' = W_hr (o tanh(c')), h has P units                            (Sak et al. 2014, LSTMP)
@@ -30,6 +30,8 @@ step of the recurrence (what arrived through it, h and c together for LSTM, over
 gradient of the previous BPTT step, both over the sequences valid at the two steps; NaN where
 undefined). Diagnostics tests compare against them.
 
+Examples
+--------
 >>> import numpy as np
 >>> from fastrnn import _reference as ref
 >>> rng = np.random.default_rng(0)

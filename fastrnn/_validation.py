@@ -1,7 +1,7 @@
 """The one place that checks and coerces user input.
 
 Messages name the function, the argument, what was given and what was expected, using the
-letters of DESIGN.md: T steps, N batch, C input features, H hidden units, L layers, D directions.
+letters of docs/design.md: T steps, N batch, C input features, H hidden units, L layers, D directions.
 Arrays handed to the C++ core are C-contiguous and of the layer dtype; user arrays are never
 written (copies are made when the layout has to change).
 """
@@ -149,6 +149,8 @@ def is_torch_tensor(a):
 def array_view(a, where, name, writable):
     """The ndarray behind `a` (no copy), float32 or float64, writeable when `writable`.
 
+    Examples
+    --------
     >>> a = np.zeros(3, np.float32)
     >>> array_view(a, "f", "x", writable=True) is a
     True
@@ -175,6 +177,8 @@ def array_view(a, where, name, writable):
 def real(value, name, where, *, positive=False, nonnegative=False):
     """`value` as a finite float (TypeError for non-numbers and bools, ValueError when out of range).
 
+    Examples
+    --------
     >>> real(2, "gain", "f")
     2.0
     """

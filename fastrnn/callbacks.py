@@ -17,6 +17,8 @@ the epoch's steps), ``lr``, and ``val_loss`` when `fit` has ``val_data``. A call
 training with ``self.stop(reason)``; `fit` finishes the current hook round and returns, with
 the reason in ``history.stop_reason``.
 
+Examples
+--------
 >>> import fastrnn
 >>> class StopAfter(fastrnn.callbacks.Callback):
 ...     def on_batch_end(self, step, logs):
@@ -86,6 +88,8 @@ class TerminateOnNaN(Callback):
     ``location`` (and the message) says where inside the recurrence the first NaN/Inf appeared:
     layer, direction, time step and quantity (input, gate, hidden/cell state, or gradient).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Linear(1, 1, dtype=np.float64, rng=0)
     >>> data = [(np.array([[1.0]]), np.array([[np.inf]]))]
@@ -181,6 +185,8 @@ class EarlyStopping(_Monitor):
 
     After training: ``best``, ``best_epoch``, ``stopped_epoch`` (None if it did not stop).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Linear(1, 1, dtype=np.float64, rng=0)
     >>> data = [(np.array([[1.0]]), np.array([[2.0]]))]
@@ -225,6 +231,8 @@ class ModelCheckpoint(_Monitor):
     fixed path is overwritten. Files are written with ``np.savez`` (load them with
     ``Sequential.load`` or ``model.load_state_dict(np.load(path))``). ``saved`` lists the paths.
 
+    Examples
+    --------
     >>> import os, tempfile, numpy as np, fastrnn
     >>> model = fastrnn.Sequential(fastrnn.Linear(1, 1, dtype=np.float64, rng=0))
     >>> data = [(np.array([[1.0]]), np.array([[2.0]]))]

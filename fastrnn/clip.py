@@ -27,6 +27,8 @@ the clipping functions is
 * ``"propagate"``: the framework behaviour — torch's ``clip_grad_norm_`` multiplies by a NaN
   (or zero) coefficient, value clipping maps ±Inf to ±clip_value and keeps NaN.
 
+Examples
+--------
 >>> import numpy as np
 >>> from fastrnn import clip
 >>> grads = {"w": np.array([3.0, 4.0]), "b": np.array([0.0])}
@@ -170,6 +172,8 @@ def global_norm(grads, norm_type=2.0):
     ``‖g‖_p = (Σ_tensors Σ_i |g_i|^p)^(1/p)`` (max |g_i| for p = inf). Nothing is changed;
     NaN/Inf give a non-finite result.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> global_norm([np.array([3.0]), np.array([4.0])])
     5.0
@@ -191,6 +195,8 @@ def clip_by_value_(grads, clip_value, nonfinite="raise"):
     Reference: Mikolov, "Statistical Language Models Based on Neural Networks", PhD thesis, 2012
     (clipping gradient values in RNN training).
 
+    Examples
+    --------
     >>> import numpy as np
     >>> g = {"w": np.array([-3.0, 0.5, 4.0])}
     >>> clip_by_value_(g, 1.0), g["w"]
@@ -216,6 +222,8 @@ def clip_by_norm_(grads, max_norm, nonfinite="raise"):
     Reference: Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural
     networks", ICML 2013.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> g = [np.array([3.0, 4.0]), np.array([0.1])]
     >>> round(clip_by_norm_(g, 1.0), 4), g[0], g[1]
@@ -249,6 +257,8 @@ def clip_by_global_norm_(grads, max_norm, norm_type=2.0, nonfinite="raise"):
     Reference: Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural
     networks", ICML 2013.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> g = {"w": np.array([3.0, np.nan])}
     >>> clip_by_global_norm_(g, 1.0, nonfinite="skip"), g["w"]   # untouched; skip this step
@@ -292,6 +302,8 @@ def adaptive_clip_(params, grads=None, clipping=0.01, eps=1e-3, nonfinite="raise
     Reference: Brock, De, Smith & Simonyan, "High-Performance Large-Scale Image Recognition
     Without Normalization", ICML 2021.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> w = {"w": np.array([[1.0, 0.0], [0.0, 10.0]])}
     >>> g = {"w": np.array([[1.0, 0.0], [0.0, 0.01]])}
@@ -343,6 +355,8 @@ def max_norm_(params, max_value, axis=-1):
     Reference: Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
     Overfitting", JMLR 2014 (max-norm regularization).
 
+    Examples
+    --------
     >>> import numpy as np
     >>> w = np.array([[3.0, 4.0], [0.3, 0.4]])
     >>> max_norm_(w, 1.0), w

@@ -1,7 +1,7 @@
 """fastrnn.cuda: the optional CUDA backend.
 
 fastrnn's forward and BPTT also run on an NVIDIA GPU when fastrnn was built with ``nvcc``
-(the extension ``fastrnn._cuda``, see README "CUDA (optional)"): the same driver as on the CPU
+(the extension ``fastrnn._cuda``, see docs/cuda.md): the same driver as on the CPU
 (hoisted input GEMM, a fused recurrent-product + cell kernel per step or one persistent kernel
 for all steps at small batch, weight-gradient GEMMs after the loop), the same cell equations
 (csrc/cells compiled for the device), the same weight and cache layouts. GEMMs are fastrnn's own
@@ -18,6 +18,8 @@ Without a usable backend (not built, no driver, no GPU) `is_available` is False,
 why, and asking for ``device="cuda"`` raises RuntimeError with that reason. ``import fastrnn``
 never needs CUDA: the runtime is linked statically and only initialised on first use.
 
+Examples
+--------
 >>> import fastrnn
 >>> ok = fastrnn.cuda.is_available()
 >>> ok == (fastrnn.cuda.reason() is None) == (fastrnn.cuda.device_count() > 0)
@@ -61,6 +63,8 @@ def _module():
 def reason():
     """None when the CUDA backend can be used, else a sentence saying why not.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> why = fastrnn.cuda.reason()
     >>> why is None or isinstance(why, str)
@@ -79,6 +83,8 @@ def reason():
 def is_available():
     """True when fastrnn was built with CUDA and a GPU with a working driver is visible.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> isinstance(fastrnn.cuda.is_available(), bool)
     True
@@ -89,6 +95,8 @@ def is_available():
 def device_count():
     """Number of usable CUDA devices (0 without a usable backend).
 
+    Examples
+    --------
     >>> import fastrnn
     >>> fastrnn.cuda.device_count() >= 0
     True
@@ -101,6 +109,8 @@ def info():
     "emulator" in tests), ``runtime_version`` / ``driver_version`` (e.g. 13000; 0: none),
     ``devices`` (list of ``(name, compute capability)``) and ``reason`` (None when usable).
 
+    Examples
+    --------
     >>> import fastrnn
     >>> sorted(fastrnn.cuda.info())
     ['backend', 'built', 'devices', 'driver_version', 'reason', 'runtime_version']
@@ -119,6 +129,8 @@ def check_device(device, where):
     """Validate a ``device`` argument: "cpu" or "cuda". "cuda" raises RuntimeError saying why
     when the backend is not usable. Returns the device string.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> fastrnn.cuda.check_device("cpu", "LSTM")
     'cpu'
@@ -302,6 +314,8 @@ class DeviceArray:
 def empty(shape, dtype):
     """An uninitialised C-contiguous `DeviceArray` (RuntimeError without a usable backend).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> if fastrnn.cuda.is_available():
     ...     a = fastrnn.cuda.empty((2, 3), np.float32)
@@ -318,6 +332,8 @@ def empty(shape, dtype):
 def to_device(a):
     """A `DeviceArray` copy of a NumPy array (or anything ``np.asarray`` accepts).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> if fastrnn.cuda.is_available():
     ...     x = np.arange(6.0).reshape(2, 3)

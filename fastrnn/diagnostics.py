@@ -30,6 +30,8 @@ quantity whose product over steps vanishes or explodes (Pascanu et al. 2013, §2
 else "healthy". This does not depend on where the loss injects gradient (one step or all), unlike
 the total per-step norms, which are recorded and plotted too.
 
+Examples
+--------
 >>> import numpy as np, fastrnn
 >>> rnn = fastrnn.RNN(4, 16, rng=0, dtype=np.float64)
 >>> fastrnn.init.orthogonal_(rnn.params["weight_hh_l0"], gain=0.5, rng=1)[:0]
@@ -80,6 +82,8 @@ def spectral_radius(w, iters=200, rng=0):
     form a complex pair (where plain power iteration oscillates); the growth is averaged over
     the second half of ``iters`` iterations so the start vector's transient drops out.
 
+    Examples
+    --------
     >>> import numpy as np
     >>> round(spectral_radius(np.array([[0.0, -2.0], [2.0, 0.0]])), 6)   # eigenvalues ±2i
     2.0
@@ -103,6 +107,8 @@ def spectral_radius(w, iters=200, rng=0):
 def largest_singular_value(w, iters=100, rng=0):
     """σ_max(W) = ‖W‖₂, by power iteration on WᵀW (converges monotonically; any shape).
 
+    Examples
+    --------
     >>> import numpy as np
     >>> round(largest_singular_value(np.diag([3.0, 1.0])), 6)
     3.0
@@ -439,6 +445,8 @@ class record:
     recorders may watch one layer (the records are computed once); setting ``rec.active =
     False`` pauses one (no cost while paused).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(2, 8, rng=0)
     >>> with fastrnn.diagnostics.record(lstm) as rec:
@@ -545,6 +553,8 @@ class Monitor(Callback):
     ``min_change``/``max_change`` (decades, see `GradientReport.change_decades`) and ``verdict``;
     ``first_report`` and ``last_report`` are the first and latest whole `GradientReport`.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Sequential(fastrnn.GRU(1, 8, rng=0), fastrnn.Linear(8, 1, rng=0))
     >>> x, y = fastrnn.tasks.sine(T=20, N=4, rng=0)
@@ -674,6 +684,8 @@ def gradcheck(fn_or_layer, inputs, *, eps=1e-6, atol=1e-6, rtol=1e-4, max_per_te
     An entry passes when ``|analytic - numeric| <= atol + rtol * |numeric|``. Returns a
     `GradcheckResult` naming the worst mismatch.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> gru = fastrnn.GRU(3, 4, dtype=np.float64, rng=0)
     >>> res = fastrnn.gradcheck(gru, np.random.default_rng(0).standard_normal((5, 2, 3)))

@@ -3,10 +3,10 @@
 This is what the layers (`fastrnn.RNN/LSTM/GRU`, `fastrnn.LayerNormLSTM/GRU`) and the torch
 front end call. Weights are a dict with PyTorch's names and shapes (``weight_ih_l0``,
 ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``; LSTMP's ``weight_hr_l0``);
-see DESIGN.md §1 for the equations and gate order, and `param_shapes` for the cell variants'
+see docs/design.md, "Conventions" for the equations and gate order, and `param_shapes` for the cell variants'
 parameters (peepholes, LayerNorm gains).
 
-Cell variants and regularizers (docs/readme/variants.md has the equations and references):
+Cell variants and regularizers (docs/variants.md has the equations and references):
 ``proj_size`` (LSTMP, Sak et al. 2014), ``peephole`` (Gers & Schmidhuber 2000), ``layer_norm``
 (Ba et al. 2016, Haste's formulation), ``recurrent_dropout`` (Gal & Ghahramani 2016, one mask
 per sequence on the recurrent input, Keras semantics), ``zoneout_h`` / ``zoneout_c`` (Krueger
@@ -20,6 +20,8 @@ NumPy inputs are copied to the GPU, arrays in GPU memory (``__cuda_array_interfa
 in place, results are NumPy arrays, and a training context keeps its cache on the GPU until
 `backward`.
 
+Examples
+--------
 >>> import numpy as np, fastrnn
 >>> layer = fastrnn.LSTM(3, 4, rng=0)
 >>> x = np.ones((5, 2, 3), np.float32)
@@ -61,6 +63,8 @@ def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=Fals
     ``weight_peephole`` ``[3, H]`` (p_i, p_f, p_o), and for ``layer_norm`` the gains
     ``ln_ih_weight``/``ln_hh_weight`` ``[G*H]`` and, for LSTM, ``ln_c_weight``/``ln_c_bias`` ``[H]``.
 
+    Examples
+    --------
     >>> from fastrnn.functional import param_shapes
     >>> param_shapes("lstm", 3, 4, proj_size=2)
     [('weight_ih_l0', (16, 3)), ('weight_hh_l0', (16, 2)), ('bias_ih_l0', (16,)), ('bias_hh_l0', (16,)), \
@@ -561,7 +565,7 @@ def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, b
     ``masks`` (optional): dropout masks ``[L-1, T, N, D*K]`` already scaled by ``1/(1-dropout)``, used
     instead of drawing them from ``rng`` when dropout applies (``training``, ``dropout > 0``, ``L > 1``).
 
-    Variants (docs/readme/variants.md), with ``a_* = W_i* x + b_i* + W_h* h + b_h*``:
+    Variants (docs/variants.md), with ``a_* = W_i* x + b_i* + W_h* h + b_h*``:
 
     - ``proj_size=P`` (LSTMP, Sak et al. 2014; exactly ``torch.nn.LSTM(proj_size=P)``):
       ``h' = W_hr (o ⊙ tanh(c'))``, parameter ``weight_hr_l{k}`` ``[P, H]``.
@@ -585,6 +589,8 @@ def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, b
     ``zh_mask [L*D, T, N, K]``, ``zc_mask [L*D, T, N, H]`` (1 keeps the previous value) and
     ``w_mask [L*D, 4H, K]``.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(3, 8, proj_size=4, peephole=True, rng=0)
     >>> out, (h_n, c_n), _ = fastrnn.functional.lstm_forward(np.ones((5, 2, 3), np.float32), lstm.params,

@@ -22,6 +22,8 @@ RNN-aware options:
   from ``layer._cell()`` when present, else from the gate count ``weight_hh_l0.shape[0] // H``
   (4: LSTM, 3: GRU, 1: RNN with ``layer.nonlinearity``). They write in place and return the layer.
 
+Examples
+--------
 >>> import numpy as np
 >>> from fastrnn import init
 >>> w = init.orthogonal((12, 3), gates=4, rng=0)       # four orthogonal 3×3 gate blocks
@@ -139,6 +141,8 @@ def calculate_gain(nonlinearity, param=None):
 
     Reference: He et al., "Delving Deep into Rectifiers", ICCV 2015 (the ReLU gain).
 
+    Examples
+    --------
     >>> round(calculate_gain("leaky_relu", 0.2), 5)
     1.38675
     """
@@ -197,6 +201,8 @@ def variance_scaling(shape, scale=1.0, mode="fan_in", distribution="truncated_no
 
     Reference: Glorot & Bengio, AISTATS 2010; He et al., ICCV 2015; Keras ``VarianceScaling``.
 
+    Examples
+    --------
     >>> w = variance_scaling((400, 100), 2.0, "fan_in", "uniform", rng=0)
     >>> w.dtype, bool(np.abs(w).max() <= np.sqrt(3 * 2.0 / 100))
     (dtype('float32'), True)
@@ -208,6 +214,8 @@ def variance_scaling(shape, scale=1.0, mode="fan_in", distribution="truncated_no
 def variance_scaling_(arr, scale=1.0, mode="fan_in", distribution="truncated_normal", *, rng=None, gates=None):
     """In-place `variance_scaling`: fills ``arr`` and returns it.
 
+    Examples
+    --------
     >>> w = np.empty((8, 4))
     >>> variance_scaling_(w, rng=0) is w
     True
@@ -228,6 +236,8 @@ def _uniform(where, arr, a, b, rng, gates):
 def uniform(shape, a=0.0, b=1.0, *, rng=None, dtype=np.float32, gates=None):
     """U(a, b) (``torch.nn.init.uniform_``).
 
+    Examples
+    --------
     >>> w = uniform((2, 3), -0.1, 0.1, rng=0)
     >>> w.shape, bool(np.abs(w).max() <= 0.1)
     ((2, 3), True)
@@ -238,6 +248,8 @@ def uniform(shape, a=0.0, b=1.0, *, rng=None, dtype=np.float32, gates=None):
 def uniform_(arr, a=0.0, b=1.0, *, rng=None, gates=None):
     """In-place `uniform`: fills ``arr`` with U(a, b) and returns it.
 
+    Examples
+    --------
     >>> w = np.empty((2, 3), np.float32)
     >>> uniform_(w, rng=0) is w
     True
@@ -254,6 +266,8 @@ def _normal(where, arr, mean, std, rng, gates):
 def normal(shape, mean=0.0, std=1.0, *, rng=None, dtype=np.float32, gates=None):
     """N(mean, std²) (``torch.nn.init.normal_``).
 
+    Examples
+    --------
     >>> normal((3, 2), std=0.01, rng=0).shape
     (3, 2)
     """
@@ -263,6 +277,8 @@ def normal(shape, mean=0.0, std=1.0, *, rng=None, dtype=np.float32, gates=None):
 def normal_(arr, mean=0.0, std=1.0, *, rng=None, gates=None):
     """In-place `normal`.
 
+    Examples
+    --------
     >>> w = np.empty(5)
     >>> normal_(w, rng=0) is w
     True
@@ -283,6 +299,8 @@ def trunc_normal(shape, mean=0.0, std=1.0, a=-2.0, b=2.0, *, rng=None, dtype=np.
     """N(mean, std²) restricted to [a, b] (``torch.nn.init.trunc_normal_``: a, b are absolute bounds
     and ``std`` is that of the untruncated normal). Sampled by rejection, exactly.
 
+    Examples
+    --------
     >>> w = trunc_normal((100, 10), std=0.5, a=-0.5, b=0.5, rng=0)
     >>> bool(w.min() >= -0.5 and w.max() <= 0.5)
     True
@@ -293,6 +311,8 @@ def trunc_normal(shape, mean=0.0, std=1.0, a=-2.0, b=2.0, *, rng=None, dtype=np.
 def trunc_normal_(arr, mean=0.0, std=1.0, a=-2.0, b=2.0, *, rng=None, gates=None):
     """In-place `trunc_normal`.
 
+    Examples
+    --------
     >>> w = np.empty((4, 4), np.float32)
     >>> trunc_normal_(w, rng=0) is w
     True
@@ -308,6 +328,8 @@ def _constant(where, arr, value, gates):
 def constant(shape, value, *, dtype=np.float32, gates=None):
     """Every entry equal to ``value`` (``gates`` is accepted for uniformity; every block gets ``value``).
 
+    Examples
+    --------
     >>> constant(3, 0.5)
     array([0.5, 0.5, 0.5], dtype=float32)
     """
@@ -317,6 +339,8 @@ def constant(shape, value, *, dtype=np.float32, gates=None):
 def constant_(arr, value, *, gates=None):
     """In-place `constant`.
 
+    Examples
+    --------
     >>> constant_(np.empty(2), 7.0)
     array([7., 7.])
     """
@@ -326,6 +350,8 @@ def constant_(arr, value, *, gates=None):
 def zeros(shape, *, dtype=np.float32, gates=None):
     """All zeros.
 
+    Examples
+    --------
     >>> zeros((1, 2))
     array([[0., 0.]], dtype=float32)
     """
@@ -335,6 +361,8 @@ def zeros(shape, *, dtype=np.float32, gates=None):
 def zeros_(arr, *, gates=None):
     """In-place `zeros`.
 
+    Examples
+    --------
     >>> zeros_(np.ones(2))
     array([0., 0.])
     """
@@ -344,6 +372,8 @@ def zeros_(arr, *, gates=None):
 def ones(shape, *, dtype=np.float32, gates=None):
     """All ones.
 
+    Examples
+    --------
     >>> ones(2, dtype=np.float64)
     array([1., 1.])
     """
@@ -353,6 +383,8 @@ def ones(shape, *, dtype=np.float32, gates=None):
 def ones_(arr, *, gates=None):
     """In-place `ones`.
 
+    Examples
+    --------
     >>> ones_(np.zeros(2))
     array([1., 1.])
     """
@@ -376,6 +408,8 @@ def eye(shape, gain=1.0, *, dtype=np.float32, gates=None):
 
     The in-place twin is `eye_`; ``identity_`` is the layer-level IRNN initializer.
 
+    Examples
+    --------
     >>> eye((4, 2), gates=2)
     array([[1., 0.],
            [0., 1.],
@@ -391,6 +425,8 @@ identity = eye
 def eye_(arr, gain=1.0, *, gates=None):
     """In-place `eye`.
 
+    Examples
+    --------
     >>> eye_(np.empty((2, 2)), 0.5)
     array([[0.5, 0. ],
            [0. , 0.5]])
@@ -406,6 +442,8 @@ def xavier_uniform(shape, *, gain=1.0, rng=None, dtype=np.float32, gates=None):
     Reference: Glorot & Bengio, "Understanding the difficulty of training deep feedforward
     neural networks", AISTATS 2010.
 
+    Examples
+    --------
     >>> w = xavier_uniform((64, 32), rng=0)
     >>> bool(np.abs(w).max() <= np.sqrt(6 / 96))
     True
@@ -418,6 +456,8 @@ def xavier_uniform(shape, *, gain=1.0, rng=None, dtype=np.float32, gates=None):
 def xavier_uniform_(arr, *, gain=1.0, rng=None, gates=None):
     """In-place `xavier_uniform`.
 
+    Examples
+    --------
     >>> w = np.empty((8, 4), np.float32)
     >>> xavier_uniform_(w, rng=0) is w
     True
@@ -432,6 +472,8 @@ def xavier_normal(shape, *, gain=1.0, rng=None, dtype=np.float32, gates=None):
 
     Reference: Glorot & Bengio, AISTATS 2010.
 
+    Examples
+    --------
     >>> xavier_normal((6, 4), rng=0).shape
     (6, 4)
     """
@@ -443,6 +485,8 @@ def xavier_normal(shape, *, gain=1.0, rng=None, dtype=np.float32, gates=None):
 def xavier_normal_(arr, *, gain=1.0, rng=None, gates=None):
     """In-place `xavier_normal`.
 
+    Examples
+    --------
     >>> w = np.empty((6, 4))
     >>> xavier_normal_(w, rng=0) is w
     True
@@ -467,6 +511,8 @@ def kaiming_uniform(shape, a=0.0, *, mode="fan_in", nonlinearity="leaky_relu", r
 
     Reference: He et al., "Delving Deep into Rectifiers", ICCV 2015.
 
+    Examples
+    --------
     >>> w = kaiming_uniform((32, 50), rng=0)
     >>> bool(np.abs(w).max() <= np.sqrt(2) * np.sqrt(3 / 50))
     True
@@ -478,6 +524,8 @@ def kaiming_uniform(shape, a=0.0, *, mode="fan_in", nonlinearity="leaky_relu", r
 def kaiming_uniform_(arr, a=0.0, *, mode="fan_in", nonlinearity="leaky_relu", rng=None, gates=None):
     """In-place `kaiming_uniform`.
 
+    Examples
+    --------
     >>> w = np.empty((3, 3))
     >>> kaiming_uniform_(w, nonlinearity="relu", rng=0) is w
     True
@@ -491,6 +539,8 @@ def kaiming_normal(shape, a=0.0, *, mode="fan_in", nonlinearity="leaky_relu", rn
 
     Reference: He et al., ICCV 2015.
 
+    Examples
+    --------
     >>> kaiming_normal((5, 2), mode="fan_out", rng=0).shape
     (5, 2)
     """
@@ -501,6 +551,8 @@ def kaiming_normal(shape, a=0.0, *, mode="fan_in", nonlinearity="leaky_relu", rn
 def kaiming_normal_(arr, a=0.0, *, mode="fan_in", nonlinearity="leaky_relu", rng=None, gates=None):
     """In-place `kaiming_normal`.
 
+    Examples
+    --------
     >>> w = np.empty((3, 3), np.float32)
     >>> kaiming_normal_(w, rng=0) is w
     True
@@ -513,6 +565,8 @@ def lecun_uniform(shape, *, rng=None, dtype=np.float32, gates=None):
 
     Reference: LeCun et al., "Efficient BackProp", 1998.
 
+    Examples
+    --------
     >>> bool(np.abs(lecun_uniform((10, 12), rng=0)).max() <= 0.5)
     True
     """
@@ -523,6 +577,8 @@ def lecun_uniform(shape, *, rng=None, dtype=np.float32, gates=None):
 def lecun_uniform_(arr, *, rng=None, gates=None):
     """In-place `lecun_uniform`.
 
+    Examples
+    --------
     >>> w = np.empty((2, 2))
     >>> lecun_uniform_(w, rng=0) is w
     True
@@ -536,6 +592,8 @@ def lecun_normal(shape, *, rng=None, dtype=np.float32, gates=None):
 
     Reference: LeCun et al., 1998; Klambauer et al., "Self-Normalizing Neural Networks", 2017.
 
+    Examples
+    --------
     >>> lecun_normal((2, 3), rng=0).dtype
     dtype('float32')
     """
@@ -546,6 +604,8 @@ def lecun_normal(shape, *, rng=None, dtype=np.float32, gates=None):
 def lecun_normal_(arr, *, rng=None, gates=None):
     """In-place `lecun_normal`.
 
+    Examples
+    --------
     >>> w = np.empty((2, 2))
     >>> lecun_normal_(w, rng=0) is w
     True
@@ -588,6 +648,8 @@ def orthogonal(shape, *, gain=1.0, rng=None, dtype=np.float32, gates=None):
     neural networks", ICLR 2014; Mezzadri, "How to generate random matrices from the classical
     compact groups", 2007 (the sign fix).
 
+    Examples
+    --------
     >>> q = orthogonal((3, 5), rng=0, dtype=np.float64)
     >>> bool(np.allclose(q @ q.T, np.eye(3)))
     True
@@ -598,6 +660,8 @@ def orthogonal(shape, *, gain=1.0, rng=None, dtype=np.float32, gates=None):
 def orthogonal_(arr, *, gain=1.0, rng=None, gates=None):
     """In-place `orthogonal`.
 
+    Examples
+    --------
     >>> w = np.empty((8, 2))
     >>> orthogonal_(w, gates=4, rng=0) is w
     True
@@ -684,6 +748,8 @@ def forget_bias_(layer, value=1.0):
     Reference: Jozefowicz, Zaremba & Sutskever, "An Empirical Exploration of Recurrent Network
     Architectures", ICML 2015 (forget bias 1); Gers et al. 2000.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> lstm = forget_bias_(fastrnn.LSTM(3, 2, rng=0), 1.0)
     >>> (lstm.params["bias_ih_l0"] + lstm.params["bias_hh_l0"])[2:4]
@@ -718,6 +784,8 @@ def chrono_(layer, t_max, rng=None):
 
     Reference: Tallec & Ollivier, "Can recurrent neural networks warp time?", ICLR 2018.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> lstm = chrono_(fastrnn.LSTM(3, 4, rng=0), t_max=100, rng=0)
     >>> b = lstm.params["bias_ih_l0"]
@@ -754,6 +822,8 @@ def identity_(layer, scale=1.0):
     Reference: Le, Jaitly & Hinton, "A Simple Way to Initialize Recurrent Networks of Rectified
     Linear Units", 2015.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> rnn = identity_(fastrnn.RNN(2, 3, nonlinearity="relu", rng=0))
     >>> rnn.params["weight_hh_l0"]
@@ -862,6 +932,8 @@ def apply_(layer, preset, rng=None, **options):
     Reference: Glorot & Bengio 2010; Saxe et al. 2014; Jozefowicz et al. 2015; Le et al. 2015;
     Tallec & Ollivier 2018; Haste (lmnt-com/haste) and Keras defaults.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> lstm = apply_(fastrnn.LSTM(3, 4, rng=0), "keras", rng=0)
     >>> w = lstm.params["weight_hh_l0"].astype(np.float64)

@@ -1,6 +1,6 @@
 """NumPy recurrent layers with PyTorch's constructor, parameter names and semantics, and the cell
 variants (LSTMP, peepholes, LayerNorm LSTM/GRU) and in-kernel regularizers (recurrent dropout,
-zoneout, DropConnect) of docs/readme/variants.md.
+zoneout, DropConnect) of docs/variants.md.
 
 Threads: the kernels release the GIL, and eval-mode forwards of one layer may run from several
 threads at once. A layer in training mode keeps one cache (of its last training forward) and one
@@ -227,6 +227,8 @@ class _RNNBase:
 class RNN(_RNNBase):
     """Elman RNN stack, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with act = tanh or relu.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> rnn = fastrnn.RNN(3, 5, nonlinearity="relu", rng=0)
     >>> out, h_n = rnn(np.zeros((7, 2, 3), np.float32))
@@ -262,7 +264,7 @@ class LSTM(_RNNBase):
 
     ``i,f,o = σ(a)``, ``g = tanh(a)``, ``c' = f⊙c + i⊙g``, ``h' = o⊙tanh(c')`` with
     ``a = W_ih x + b_ih + W_hh h + b_hh`` (Hochreiter & Schmidhuber 1997). Options (equations in
-    `fastrnn.functional.lstm_forward` and docs/readme/variants.md):
+    `fastrnn.functional.lstm_forward` and docs/variants.md):
 
     - ``proj_size=P``: LSTMP (Sak et al. 2014), ``h' = W_hr (o⊙tanh(c'))``, parameters and
       results of ``torch.nn.LSTM(proj_size=P)`` (``weight_hr_l{k}`` ``[P, H]``; h is ``[.., P]``).
@@ -276,6 +278,8 @@ class LSTM(_RNNBase):
     Masks come from the layer's ``rng`` in training (a new draw per forward, reused by
     backward); recurrent dropout and DropConnect are off in eval mode.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> lstm = fastrnn.LSTM(3, 5, num_layers=2, bidirectional=True, rng=0)
     >>> out, (h_n, c_n) = lstm(np.zeros((7, 2, 3), np.float32))
@@ -314,6 +318,8 @@ class GRU(_RNNBase):
     Regularizers as for `LSTM`: ``recurrent_dropout`` (the recurrent GEMMs read ``h⊙m``, the
     ``z⊙h`` term keeps h; Keras), ``zoneout_h`` and ``weight_drop``.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> gru = fastrnn.GRU(3, 5, reset_after=False, rng=0)
     >>> out, h_n = gru(np.zeros((7, 3), np.float32))   # unbatched [T, C]
@@ -354,6 +360,8 @@ class LayerNormLSTM(LSTM):
     ``[H]`` (init 0). Options as `LSTM` except ``proj_size`` and ``peephole``; zoneout on c
     applies to the carried state (LN and tanh see the candidate f⊙c + i⊙g).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> ln = fastrnn.LayerNormLSTM(3, 5, rng=0)
     >>> out, (h_n, c_n) = ln(np.ones((7, 2, 3), np.float32))
@@ -383,6 +391,8 @@ class LayerNormGRU(GRU):
     ``ln_ih_weight_l{k}`` and ``ln_hh_weight_l{k}`` ``[3H]`` (init 1). Options as `GRU`
     (``reset_after`` is always True).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> ln = fastrnn.LayerNormGRU(3, 5, num_layers=2, rng=0)
     >>> out, h_n = ln(np.ones((7, 2, 3), np.float32))

@@ -5,6 +5,8 @@ Python float computed in float64; the gradient has the prediction's shape and dt
 ``model.backward(grad)``. ``reduction="mean"`` averages over elements (cross-entropy: over the
 non-ignored targets), ``"sum"`` adds them up. NaN and Inf propagate without warnings.
 
+Examples
+--------
 >>> import numpy as np, fastrnn
 >>> value, grad = fastrnn.losses.mse(np.array([1.0, 3.0]), np.array([0.0, 1.0]))
 >>> value, grad                                 # ((1 + 4) / 2, 2·(pred − target) / 2)
@@ -50,6 +52,8 @@ def mse(pred, target, reduction="mean"):
 
     ``target`` has the prediction's shape and dtype.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> fastrnn.losses.mse(np.array([0.5], np.float32), np.array([1.0], np.float32), reduction="sum")
     (0.25, array([-1.], dtype=float32))
@@ -69,6 +73,8 @@ def bce_with_logits(logits, target, reduction="mean"):
     The form above is exact and never overflows (no ``log(σ(x))`` of a saturated sigmoid).
     ``target`` holds probabilities in [0, 1] (not checked, like torch), same shape and dtype.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> value, grad = fastrnn.losses.bce_with_logits(np.array([0.0, 1000.0]), np.array([1.0, 1.0]))
     >>> round(value, 6), grad                       # (log 2 + 0) / 2; σ(0) − 1 = −0.5
@@ -96,6 +102,8 @@ def cross_entropy(logits, target, reduction="mean", ignore_index=-100):
     positions add nothing and get zero gradient, and ``"mean"`` divides by the number of
     non-ignored targets (NaN if there are none, as torch).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> logits = np.zeros((2, 4)); target = np.array([1, -100])
     >>> value, grad = fastrnn.losses.cross_entropy(logits, target)

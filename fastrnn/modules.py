@@ -14,6 +14,8 @@ Where the head goes (what a PyTorch user writes, and the fastrnn equivalent):
   ``Sequential(LSTM(C, H), LastStep(), Linear(H, K))``; `LastStep` picks ``out[len_n − 1, n]``
   for each sequence, so with ``lengths`` it is the state at each sequence's own last step.
 
+Examples
+--------
 >>> import numpy as np, fastrnn
 >>> model = fastrnn.Sequential(fastrnn.LSTM(2, 8, rng=0), fastrnn.LastStep(), fastrnn.Linear(8, 1, rng=0))
 >>> x = np.zeros((5, 3, 2), np.float32)                                  # [T, N, C]
@@ -65,6 +67,8 @@ class Linear(_Module):
     applies the head on every step); ``backward(grad_y)`` returns ``grad_x = grad_y W`` and
     accumulates ``grad_W += Σ grad_yᵀ x`` and ``grad_b += Σ grad_y`` over the leading axes.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> fc = fastrnn.Linear(3, 2, rng=0)
     >>> fc.params["weight"][...] = [[1, 0, 0], [0, 1, 1]]; fc.params["bias"][...] = [0.5, 0]
@@ -140,6 +144,8 @@ class LastStep(_Module):
     backward half of ``x[len − 1]`` has seen only the last step; use ``h_n`` for that case.
     ``backward(grad_y)`` scatters ``grad_y`` back to those steps (zeros elsewhere). No parameters.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> x = np.arange(12.0).reshape(3, 2, 2)            # T=3, N=2, F=2
     >>> last = fastrnn.LastStep()
@@ -212,6 +218,8 @@ class Sequential(_Module):
     the model updates the modules. ``save(path)`` / ``load(path)`` store the state dict in a
     NumPy ``.npz`` file.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Sequential(fastrnn.GRU(1, 4, rng=0), fastrnn.Linear(4, 1, rng=0))
     >>> x = np.ones((6, 2, 1), np.float32)

@@ -21,6 +21,8 @@ Regularization (every optimizer):
 
 Gradients are never modified by ``step()``; both terms act on a private copy.
 
+Examples
+--------
 >>> import numpy as np, fastrnn
 >>> w = np.array([1.0, -2.0]); g = np.array([0.5, 0.5])
 >>> opt = fastrnn.optim.SGD([(w, g)], lr=0.1, momentum=0.9)
@@ -230,6 +232,8 @@ class SGD(Optimizer):
     Nesterov momentum as in Sutskever et al. (2013), in torch's formulation. State buffer:
     ``momentum_buffer`` (when momentum ≠ 0).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> w = np.array([1.0]); g = np.array([1.0])
     >>> opt = fastrnn.optim.SGD([(w, g)], lr=0.1, weight_decay=0.5)
@@ -271,6 +275,8 @@ class Adam(Optimizer):
 
     State buffers: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (amsgrad).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> w = np.array([1.0, 1.0]); g = np.array([3.0, -0.01])
     >>> opt = fastrnn.optim.Adam([(w, g)], lr=0.1)
@@ -310,6 +316,8 @@ class AdamW(Adam):
     ``w ← w·(1 − lr·weight_decay)``, then the `Adam` update with ``g = ∇w + l1·sign(w)``.
     Default ``weight_decay=1e-2`` as in torch.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> w = np.array([2.0]); g = np.array([0.0])
     >>> opt = fastrnn.optim.AdamW([(w, g)], lr=0.1, weight_decay=0.5)
@@ -337,6 +345,8 @@ class RMSprop(Optimizer):
 
     State buffers: ``square_avg`` (s), ``momentum_buffer`` (b), ``grad_avg`` (ḡ).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> w = np.array([1.0]); g = np.array([2.0])
     >>> opt = fastrnn.optim.RMSprop([(w, g)], lr=0.01, alpha=0.75, eps=0.0)
@@ -374,6 +384,8 @@ class Adagrad(Optimizer):
 
     State buffer: ``sum`` (s).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> w = np.array([1.0]); g = np.array([2.0])
     >>> opt = fastrnn.optim.Adagrad([(w, g)], lr=0.5, eps=0.0)
@@ -446,6 +458,8 @@ class StepLR(LRScheduler):
     """Multiply the learning rate by ``gamma`` every ``step_size`` epochs (torch StepLR):
     ``lr_e = base_lr · gamma^⌊e / step_size⌋``.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> opt = fastrnn.optim.SGD([(np.zeros(1), np.zeros(1))], lr=1.0)
     >>> sched = fastrnn.optim.StepLR(opt, step_size=2, gamma=0.5)
@@ -467,6 +481,8 @@ class CosineAnnealingLR(LRScheduler):
     ``lr_e = eta_min + (base_lr − eta_min)·(1 + cos(π·e/T_max))/2``, computed with torch's
     recursive form (past ``T_max`` the rate rises again, as in torch).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> opt = fastrnn.optim.SGD([(np.zeros(1), np.zeros(1))], lr=1.0)
     >>> sched = fastrnn.optim.CosineAnnealingLR(opt, T_max=4)

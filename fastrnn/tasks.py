@@ -11,6 +11,8 @@ same batch) and returns arrays in fastrnn's time-major layout ``[T, N, C]``. Eac
 - `copy` — the copy/memory task, ``x [S, N, K+2]``, integer ``y [S, N]``,
   `losses.cross_entropy`; baseline `copy_baseline` (``log K`` per recalled symbol).
 
+Examples
+--------
 >>> import fastrnn
 >>> x, y = fastrnn.tasks.adding(T=50, N=4, rng=0)
 >>> x.shape, y.shape, round(fastrnn.tasks.adding_baseline(), 4)
@@ -54,6 +56,8 @@ def sine(T, N, rng=None, *, freq=(0.05, 0.25), noise=0.0, dtype=np.float32):
     ``[T, N, 1]``. A model must infer each wave's frequency and phase from its past: see
     `sine_baseline` for what copying the input or predicting 0 achieve.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> x, y = fastrnn.tasks.sine(T=20, N=3, rng=0)
     >>> x.shape, bool((x[1:] == y[:-1]).all())      # y is x shifted by one step
@@ -84,6 +88,8 @@ def sine_baseline(freq=(0.05, 0.25), noise=0.0, predictor="zero"):
       = 1 − (sin ω₁ − sin ω₀)/(ω₁ − ω₀) + 2·noise²`` for ``ω ~ U(ω₀, ω₁)``
       (≈ 0.0129 for the default frequencies). This is the bar a trained model must beat.
 
+    Examples
+    --------
     >>> import fastrnn
     >>> fastrnn.tasks.sine_baseline(), round(fastrnn.tasks.sine_baseline(predictor="last"), 5)
     (0.5, 0.01288)
@@ -112,6 +118,8 @@ def adding(T, N, rng=None, *, min_length=None, dtype=np.float32):
 
     Chance level: `adding_baseline` (1/6).
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> x, y = fastrnn.tasks.adding(T=10, N=2, rng=0)
     >>> x[:, :, 1].sum(axis=0), bool(np.allclose(y[:, 0], (x[:, :, 0] * x[:, :, 1]).sum(axis=0)))
@@ -148,6 +156,8 @@ def adding_baseline():
     Without memory the best prediction is the mean sum ``E[u₁ + u₂] = 1``, whose MSE is
     ``Var(u₁ + u₂) = 2 · Var(U(0, 1)) = 2/12 = 1/6`` (exact for this sampling, any length).
 
+    Examples
+    --------
     >>> import fastrnn
     >>> fastrnn.tasks.adding_baseline()
     0.16666666666666666
@@ -168,6 +178,8 @@ def copy(delay, N, rng=None, *, n_symbols=8, length=10, dtype=np.float32):
 
     Chance level: `copy_baseline` (``log K`` per recalled symbol).
 
+    Examples
+    --------
     >>> import fastrnn
     >>> x, y = fastrnn.tasks.copy(delay=5, N=2, rng=0, n_symbols=4, length=3)
     >>> x.shape, y.shape, bool((x[:3].argmax(-1) == y[-3:]).all()), int(x[7].argmax(-1)[0])
@@ -199,6 +211,8 @@ def copy_baseline(delay, n_symbols=8, length=10):
     probability uniformly over the K symbols: cross-entropy ``log K`` there, averaged over all
     ``S = 2·length + delay`` steps (Arjovsky, Shah & Bengio 2016: ``10 log 8 / (T + 20)``).
 
+    Examples
+    --------
     >>> import math, fastrnn
     >>> fastrnn.tasks.copy_baseline(delay=10, n_symbols=8, length=10) == 10 * math.log(8) / 30
     True

@@ -11,7 +11,7 @@ layers in training mode with masks drawn from torch's RNG). The whole stack runs
 `torch.autograd.Function`: one C++ forward that keeps the training cache and one C++ BPTT call,
 on NumPy views of the CPU tensors (no copies of contiguous inputs or weights, no per-step Python,
 no autograd graph per step; the GIL is released in the kernels). The equations and gate order are
-PyTorch's (DESIGN.md §1; LSTM: Hochreiter & Schmidhuber 1997; GRU: Cho et al. 2014).
+PyTorch's (docs/design.md, "Conventions"; LSTM: Hochreiter & Schmidhuber 1997; GRU: Cho et al. 2014).
 On CUDA tensors the same node runs on fastrnn's CUDA backend when it is built and usable
 (`fastrnn.cuda`; zero-copy, on torch's current stream; plain cells), else the call raises
 RuntimeError saying why.
@@ -19,12 +19,14 @@ RuntimeError saying why.
 `convert` swaps every ``torch.nn.LSTM/GRU/RNN`` in a model for its fastrnn twin (same weights),
 `revert` swaps back.
 
-Variants (docs/readme/variants.md): ``LSTM(proj_size=P)`` is LSTMP exactly as torch's;
+Variants (docs/variants.md): ``LSTM(proj_size=P)`` is LSTMP exactly as torch's;
 `LayerNormLSTM` and `LayerNormGRU` are the Haste-formulation LayerNorm cells (torch's
 parameters plus LayerNorm gains); the fastrnn-only keywords ``recurrent_dropout``,
 ``zoneout_h`` (``zoneout_c`` for LSTM) and ``weight_drop`` add the in-kernel regularizers, with
 masks drawn from torch's RNG in training mode.
 
+Examples
+--------
 >>> import torch, fastrnn.torch
 >>> _ = torch.manual_seed(0)
 >>> lstm = fastrnn.torch.LSTM(3, 5, num_layers=2, dropout=0.2)
@@ -429,6 +431,8 @@ class LSTM(_FastRNNBase, _VariantParams, torch.nn.LSTM):
     ``zoneout_c`` (Krueger et al. 2017) and ``weight_drop`` (DropConnect on W_hh; Wan et al.
     2013), whose masks come from torch's RNG in training mode (see `fastrnn.LSTM`).
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> ref = torch.nn.LSTM(3, 4, batch_first=True)
     >>> lstm = fastrnn.torch.LSTM(3, 4, batch_first=True)
@@ -466,6 +470,8 @@ class GRU(_FastRNNBase, torch.nn.GRU):
     default; same parameters, but no ``torch.nn.GRU`` equivalent). Regularizer keywords
     ``recurrent_dropout``, ``zoneout_h``, ``weight_drop``: as for `LSTM`.
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> gru = fastrnn.torch.GRU(3, 4, num_layers=2, bidirectional=True)
     >>> out, h_n = gru(torch.randn(5, 3))          # unbatched [T, C]
@@ -491,6 +497,8 @@ class RNN(_FastRNNBase, torch.nn.RNN):
     ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` with act = tanh or relu (``nonlinearity=``).
     Regularizer keywords ``recurrent_dropout`` and ``weight_drop``: as for `LSTM`.
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> rnn = fastrnn.torch.RNN(3, 4, nonlinearity="relu")
     >>> out, h_n = rnn(torch.randn(5, 2, 3))
@@ -516,6 +524,8 @@ class LayerNormLSTM(LSTM):
     ``ln_c_bias_l{k}`` ``[H]``; the regularizer keywords of `LSTM`. `revert` leaves it alone (torch
     has no equivalent).
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> ln = fastrnn.torch.LayerNormLSTM(3, 4, num_layers=2)
     >>> out, (h_n, c_n) = ln(torch.randn(6, 2, 3))
@@ -542,6 +552,8 @@ class LayerNormGRU(_VariantParams, GRU):
     `fastrnn.LayerNormGRU`); torch.nn.GRU's constructor and parameters plus ``ln_ih_weight_l{k}``,
     ``ln_hh_weight_l{k}`` ``[3H]``; the regularizer keywords of `GRU`.
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> ln = fastrnn.torch.LayerNormGRU(3, 4, batch_first=True)
     >>> out, h_n = ln(torch.randn(2, 6, 3))
@@ -616,6 +628,8 @@ def convert(model, inplace=False):
     becomes one shared twin. Returns the model (a converted deep copy unless ``inplace``; a bare
     ``torch.nn.LSTM`` gives a ``fastrnn.torch.LSTM``; LSTMs with ``proj_size`` included).
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> model = torch.nn.ModuleDict({"enc": torch.nn.LSTM(3, 4), "head": torch.nn.Linear(4, 1)})
     >>> fast = fastrnn.torch.convert(model)
@@ -633,6 +647,8 @@ def revert(model, inplace=False):
     A GRU with ``reset_after=False`` or a module using fastrnn's regularizers has no torch
     equivalent and raises ``ValueError``; `LayerNormLSTM` / `LayerNormGRU` are left as they are.
 
+    Examples
+    --------
     >>> import torch, fastrnn.torch
     >>> model = torch.nn.Sequential(fastrnn.torch.RNN(3, 4))
     >>> type(fastrnn.torch.revert(model)[0])

@@ -156,6 +156,8 @@ def fit(model, data, loss, optimizer, *, epochs, clip=None, callbacks=(), schedu
     val_data : optional batches like ``data``; their mean loss (model in eval mode) is
         ``history.val_loss`` and the epoch log ``val_loss``.
 
+    Examples
+    --------
     >>> import numpy as np, fastrnn
     >>> model = fastrnn.Sequential(fastrnn.LSTM(1, 16, rng=0), fastrnn.Linear(16, 1, rng=0))
     >>> batches = lambda: [fastrnn.tasks.sine(T=30, N=16, rng=i) for i in range(8)]

@@ -641,7 +641,7 @@ def test_gpu_info_and_memory():
 @needs_gpu
 def test_bench_cuda_against_cudnn(tmp_path):
     """python -m fastrnn bench --device cuda: fastrnn.torch on the GPU against torch.nn (cuDNN) on
-    the reference shapes; the results must agree (the speed ratios go in the README)."""
+    the reference shapes; the results must agree (the speed ratios go in docs/cuda.md)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA build of torch")

@@ -4,7 +4,7 @@ Hypothesis draws a *case* (a plain dict: sizes, options, layouts, one injected f
 tests/fuzz_worker.py runs it in a long-lived child process, so a segfault, an abort or a hang
 fails the example (with a one-line reproducer) instead of killing the test run. Every case must
 end in a correct result (compared against the float64 reference for a sample of cases) or in
-the error the fault calls for (ValueError/TypeError, KeyError/RuntimeError where DESIGN.md §2
+the error the fault calls for (ValueError/TypeError, KeyError/RuntimeError where docs/design.md ("The contract")
 says so), with a message naming the function; inputs are compared bitwise before and after.
 
 Deterministic (``derandomize=True``, no example database): CI runs the same examples every
@@ -164,7 +164,7 @@ ISAS = fastrnn.available_isas()
 
 @st.composite
 def recurrent_case(draw, api):
-    # Cell variants (docs/readme/variants.md) first, so each gets its share of the cases: LSTMP
+    # Cell variants (docs/variants.md) first, so each gets its share of the cases: LSTMP
     # and peepholes (LSTM), LayerNorm (LSTM, GRU reset_after); then the cell.
     variant = draw(st.sampled_from(["plain", "proj", "peephole", "proj+peephole", "layer_norm"]))
     cell = draw(st.sampled_from({"plain": CELL_NAMES, "layer_norm": ["lstm", "gru"]}.get(variant, ["lstm"])))

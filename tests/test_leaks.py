@@ -2,7 +2,7 @@
 
 Each calling thread keeps its last C++ scratch buffer (up to 64 MiB) for its next call — that is
 reuse, not a leak, and the warm-up absorbs it. Leaks inside the extension are also checked by
-LeakSanitizer and valgrind on a small run (.ci/sanitize, .ci/leaks; docs/readme/guarantees.md).
+LeakSanitizer and valgrind on a small run (.ci/sanitize, .ci/leaks; docs/guarantees.md).
 """
 import gc
 import os

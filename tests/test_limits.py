@@ -1,7 +1,7 @@
 """Limits: the largest supported sizes, exact 64-bit size arithmetic, and MemoryError/ValueError
 instead of crashes when sizes are too large.
 
-What is supported (docs/readme/guarantees.md): every GEMM extent must fit OpenBLAS's 32-bit
+What is supported (docs/guarantees.md): every GEMM extent must fit OpenBLAS's 32-bit
 indices, so T·N, T·N·C, T·N·G·H and T·N·D·H must each be at most 2^31 − 1 (ValueError naming the
 product otherwise); within that, memory is the only limit. Buffers themselves may exceed 2^31
 elements (a training cache holds ~7·T·N·H per layer-direction): every offset in the driver and the
@@ -25,7 +25,7 @@ CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 
 
 def expected_cache(cell, T, N, H, L, D, dropout):
-    """DESIGN/README: Σ_l T·N·D·H·(1 + dropout between layers) + Σ_{l,d} T·N·H·g + initial states."""
+    """docs/design.md ("Memory"): Σ_l T·N·D·H·(1 + dropout between layers) + Σ_{l,d} T·N·H·g + initial states."""
     g = {"lstm": 5, "gru": 4}.get(cell, 0)
     total = 0
     for l in range(L):

@@ -1,6 +1,6 @@
 """Numerical hygiene on long sequences (T = 100 000, small H, N = 1..2).
 
-Stated bounds (scaled error |a − b| / max(1, max|b|), docs/readme/guarantees.md):
+Stated bounds (scaled error |a − b| / max(1, max|b|), docs/guarantees.md):
 - float64 matches the float64 reference to 1e-12 (full length for LSTM; a 2000-step prefix for
   every cell; the last 500 steps of the long run restarted from its own state);
 - float32 stays within 2e-6 of float64 on outputs, states, grad_x and grad_h0, 1e-5 on the weight

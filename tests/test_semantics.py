@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md §2: modes, caches, accumulation, no mutation, layouts, NaN."""
+"""The contract of docs/design.md ("The contract"): modes, caches, accumulation, no mutation, layouts, NaN."""
 import numpy as np
 import pytest
 

@@ -262,7 +262,7 @@ def sine_setup(seed=0, dtype=np.float32, hidden=16):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fit_learns_sine(dtype):
-    """The stated result (docs/readme/training.md): LSTM(1, 16) + Linear, Adam(lr=0.02), 10 epochs of
+    """The stated result (docs/training.md): LSTM(1, 16) + Linear, Adam(lr=0.02), 10 epochs of
     20 batches (T=40, N=32) reach a validation MSE below 0.002 — under a sixth of the copy-the-input
     baseline (0.0129) and 1/250 of predicting zero (0.5)."""
     model, data, val = sine_setup(dtype=dtype)

@@ -1,6 +1,6 @@
 // The recurrent product's microkernel: C[rows, panels*nr] (+)= A[rows, K] * B, with B packed in
 // K x nr panels (nr = 2 vectors) that are streamed in order, A read in place with broadcasts.
-// Register blocking after shared/notes/build-findings.md §2: rows x panels per call chosen so
+// Register blocking: rows x panels per call chosen so
 // that 8-12 vector accumulators are live (enough independent FMA chains to hide the latency).
 // Included by each ISA's file inside its namespace and target pragma, written once against V.
 #pragma once

@@ -5,7 +5,7 @@
  * function that can fail returns a fastrnn_status and, on failure, leaves a message naming the
  * function and the offending field in fastrnn_last_error() (per thread).
  *
- * Conventions (the same as the Python API, see DESIGN.md section 1):
+ * Conventions (the same as the Python API, see docs/design.md, "Conventions"):
  *   T steps, N batch, C input features, H hidden units, L layers, D directions (1 or 2),
  *   G gates (RNN 1, GRU 3, LSTM 4). Arrays are dense, row-major (C order), time-major:
  *   x [T, N, C], y [T, N, D*H], states h0/c0/h_n/c_n [L*D, N, H] (entry l*D + d; d = 1 is the
@@ -29,7 +29,7 @@
  *     option structs, NULL meaning "not used".
  *   - This version serves the plain cells only. The cell variants and regularizers of the
  *     Python API (LSTMP, peepholes, LayerNorm LSTM/GRU, recurrent dropout, zoneout, DropConnect;
- *     docs/readme/variants.md) are not exposed here yet; the fields that will request them are
+ *     docs/variants.md) are not exposed here yet; the fields that will request them are
  *     unknown to this library, so setting them gives FASTRNN_ERR_UNSUPPORTED (rule above).
  *   - Enum values are explicit and never reused; int32 fields hold them in structs.
  *   Check at start-up that the loaded library can serve this header: FASTRNN_CHECK_VERSION().

@@ -1,14 +1,20 @@
 """Build of the fastrnn C++ core: one shared library, the pybind11 module on top of it, and the
 files C, C++ and Cython code build against.
 
-- fastrnn/lib/libfastrnn.so: the core (csrc/core, csrc/kernels, csrc/dispatch) and the C ABI
-  (csrc/capi, header csrc/include/fastrnn/fastrnn.h). It links the BLAS of the scipy-openblas32
+- fastrnn/lib/libfastrnn.so.N: the core (csrc/core, csrc/kernels, csrc/dispatch) and the C ABI
+  (csrc/capi, header csrc/include/fastrnn/fastrnn.h), soname libfastrnn.so.N with N =
+  FASTRNN_ABI_VERSION. No development symlink libfastrnn.so: a wheel cannot carry one, so
+  everything links the versioned file (-l:libfastrnn.so.N). Exports follow
+  csrc/capi/libfastrnn.map: the C ABI under FASTRNN_1, the C++ entry points of fastrnn's own
+  modules under the internal node FASTRNN_PRIVATE, nothing else. It links the BLAS of the scipy-openblas32
   wheel (cblas symbols with the scipy_ prefix) and finds it at run time through its run path
   $ORIGIN/../../scipy_openblas32/lib (the wheel installed in the same site-packages); an in-place
   build adds the absolute lib dir of the scipy-openblas32 it was built with. Python never needs
   either: fastrnn/__init__.py imports scipy_openblas32 first, which loads it globally.
-- fastrnn._C (csrc/bindings): the pybind11 module, linked against libfastrnn.so (run path
+- fastrnn._C (csrc/bindings): the pybind11 module, linked against libfastrnn.so.N (run path
   $ORIGIN/lib), so Python and C callers in one process share one core (thread count, ISA).
+- The version: the one source is the FASTRNN_VERSION_* macros of fastrnn.h; the package
+  metadata, fastrnn.__version__ (through _C), pkg-config and CMake files all come from them.
 - Package data: fastrnn/include/fastrnn/*.h, fastrnn/lib/pkgconfig/fastrnn.pc and
   fastrnn/lib/cmake/fastrnn/fastrnnConfig*.cmake (from csrc/capi/*.in, version from fastrnn.h),
   fastrnn/cython/*.pxd.
@@ -36,6 +42,19 @@ ParallelCompile("FASTRNN_BUILD_JOBS", default=2).install()
 
 CORE = "fastrnn.lib.libfastrnn"  # extension name of the shared core; file name fixed in BuildExt
 HEADER_DIR = "csrc/include/fastrnn"
+
+
+def header_macros():
+    """The version macros of fastrnn.h: the one source of every version number."""
+    with open(os.path.join(HEADER_DIR, "fastrnn.h")) as f:
+        text = f.read()
+    return {k: re.search(rf"#define FASTRNN_{k} (\d+)", text).group(1)
+            for k in ("VERSION_MAJOR", "VERSION_MINOR", "VERSION_PATCH", "ABI_VERSION")}
+
+
+MACROS = header_macros()
+VERSION = "{VERSION_MAJOR}.{VERSION_MINOR}.{VERSION_PATCH}".format(**MACROS)
+LIBRARY = f"libfastrnn.so.{MACROS['ABI_VERSION']}"  # file name and soname of the core
 
 core_sources = sorted(
     glob.glob("csrc/core/*.cpp")
@@ -73,7 +92,7 @@ core = Extension(
     extra_compile_args=["-std=c++17", "-g0", "-fno-semantic-interposition", "-DFASTRNN_BUILDING"] + optimize,
     extra_link_args=[
         "-pthread",
-        "-Wl,-soname,libfastrnn.so",
+        "-Wl,-soname," + LIBRARY,
         "-Wl,--version-script=csrc/capi/libfastrnn.map",
         "-Wl,--no-undefined",
         "-Wl,-Bsymbolic-functions",  # calls inside the library bind directly, never through the PLT
@@ -84,9 +103,9 @@ core = Extension(
 binding = Pybind11Extension(
     "fastrnn._C",
     binding_sources,
-    include_dirs=["csrc", sob.get_include_dir()],
+    include_dirs=["csrc", "csrc/include", sob.get_include_dir()],
     library_dirs=[sob.get_lib_dir()],
-    libraries=[sob.get_library()],  # + fastrnn, from the build directory (BuildExt)
+    libraries=[sob.get_library()],  # + the core, from the build directory (BuildExt)
     depends=headers,
     cxx_std=17,
     extra_compile_args=optimize,
@@ -143,35 +162,29 @@ def nvcc_flags():
     return ["-std=c++17", "-O3", "-Xcompiler", "-fPIC", "-Icsrc"] + host + flags
 
 
-def header_version():
-    with open(os.path.join(HEADER_DIR, "fastrnn.h")) as f:
-        text = f.read()
-    return [re.search(rf"#define FASTRNN_VERSION_{k} (\d+)", text).group(1) for k in ("MAJOR", "MINOR", "PATCH")]
-
-
 class BuildExt(build_ext):
-    """Builds libfastrnn.so first (fixed name, no Python suffix), then _C against it, then writes
+    """Builds libfastrnn.so.N first (fixed name, no Python suffix), then _C against it, then writes
     the headers, pkg-config and CMake files next to the library."""
 
     def finalize_options(self):
         super().finalize_options()
         self.parallel = None  # _C links against the core: keep the extensions in order
         self.in_place = self.inplace  # setuptools builds in build_lib, then copies when in place
-        if self.in_place:  # its libfastrnn.so has an absolute run path: never let a wheel reuse it
+        if self.in_place:  # its core has an absolute run path: never let a wheel reuse it
             self.build_lib += "-inplace"
             self.build_temp += "-inplace"
 
     def get_ext_filename(self, fullname):
         if fullname.split(".")[-1] == CORE.split(".")[-1]:  # called with the full or the last name
-            return os.path.join(*fullname.split(".")[:-1], "libfastrnn.so")
+            return os.path.join(*fullname.split(".")[:-1], LIBRARY)
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
         if ext.name == CORE and self.in_place and sob.get_lib_dir() not in " ".join(ext.extra_link_args):
             ext.extra_link_args.append("-Wl,-rpath," + sob.get_lib_dir())
-        if ext.name == binding.name and "fastrnn" not in ext.libraries:
+        if ext.name == binding.name and ":" + LIBRARY not in ext.libraries:
             ext.library_dirs.insert(0, os.path.dirname(self.get_ext_fullpath(CORE)))
-            ext.libraries.insert(0, "fastrnn")
+            ext.libraries.insert(0, ":" + LIBRARY)  # -l:libfastrnn.so.N (no unversioned symlink)
         super().build_extension(ext)
 
     def build_extensions(self):
@@ -216,7 +229,7 @@ class BuildExt(build_ext):
                             raise RuntimeError(f"nvcc failed on {cmd[2]}:\n{res.stdout}{res.stderr}")
             if "cudart_static" not in ext.libraries:
                 ext.library_dirs += [os.path.dirname(self.get_ext_fullpath(CORE)), cuda_lib_dir(nvcc)]
-                ext.libraries += ["fastrnn", "cudart_static", "rt", "pthread", "dl"]
+                ext.libraries += [":" + LIBRARY, "cudart_static", "rt", "pthread", "dl"]
             super().build_extension(ext)
             return True
         except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
@@ -243,8 +256,7 @@ class BuildExt(build_ext):
         os.makedirs(include, exist_ok=True)
         for h in glob.glob(os.path.join(HEADER_DIR, "*.h")):
             shutil.copy2(h, include)
-        major, minor, patch = header_version()
-        values = {"@VERSION@": f"{major}.{minor}.{patch}", "@VERSION_MAJOR@": major}
+        values = {"@VERSION@": VERSION, "@VERSION_MAJOR@": MACROS["VERSION_MAJOR"], "@LIBRARY@": LIBRARY}
         for template, dest in [("fastrnn.pc.in", "lib/pkgconfig/fastrnn.pc"),
                                ("fastrnnConfig.cmake.in", "lib/cmake/fastrnn/fastrnnConfig.cmake"),
                                ("fastrnnConfigVersion.cmake.in", "lib/cmake/fastrnn/fastrnnConfigVersion.cmake")]:
@@ -259,7 +271,7 @@ class BuildExt(build_ext):
 
 
 setup(
+    version=VERSION,
     ext_modules=[core, binding] + ([cuda] if CUDA_MODE != "0" else []),
     cmdclass={"build_ext": BuildExt},
-    package_data={"fastrnn": ["cython/*.pxd"]},
 )

@@ -44,7 +44,7 @@ else:
 
     from . import _C
     from . import clip, cuda, functional, init
-    from ._embed import get_include, get_library_dir
+    from ._embed import get_include, get_library, get_library_dir
     from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
     from . import callbacks, losses, optim, tasks
     from . import diagnostics
@@ -52,10 +52,10 @@ else:
     from .modules import LastStep, Linear, Sequential
     from .training import History, fit
 
-    __version__ = "0.1.0"
+    __version__ = _C.version  # from the FASTRNN_VERSION_* macros of fastrnn.h, the one source
 
     __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
-               "set_num_threads", "get_num_threads", "get_include", "get_library_dir", "__version__",
+               "set_num_threads", "get_num_threads", "get_include", "get_library", "get_library_dir", "__version__",
                "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
                "diagnostics", "gradcheck", "cuda"]
 

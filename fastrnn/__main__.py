@@ -24,7 +24,7 @@ def info(_args):
     print(f"threads: {fastrnn.get_num_threads()} (FASTRNN_NUM_THREADS / fastrnn.set_num_threads)")
     print(f"blas: scipy-openblas32 {sob.__version__} ({sob.get_openblas_config().strip()})")
     print("dtypes: float32, float64")
-    print(f"C ABI: {fastrnn.get_library_dir()}/libfastrnn.so, headers in {fastrnn.get_include()}")
+    print(f"C ABI: {fastrnn.get_library()}, headers in {fastrnn.get_include()}")
     try:
         import torch
         print(f"torch: {torch.__version__} (fastrnn.torch usable)")
@@ -52,6 +52,7 @@ def config(args):
 
     values = {"cflags": " ".join(_embed.compile_flags()), "libs": " ".join(_embed.link_flags()),
               "include_dir": _embed.get_include(), "library_dir": _embed.get_library_dir(),
+              "library": _embed.get_library(),
               "pkgconfig_dir": _embed.get_pkgconfig_dir(), "cmake_dir": _embed.get_cmake_dir()}
     for key in args.items:
         print(values[key])
@@ -70,12 +71,13 @@ def main(argv=None):
     i = sub.add_parser("info", help="version, ISA, threads, BLAS")
     i.set_defaults(func=info)
     c = sub.add_parser("config", help="compiler/linker flags and paths for embedding fastrnn (C ABI)")
-    for opt in ("cflags", "libs", "include-dir", "library-dir", "pkgconfig-dir", "cmake-dir"):
+    for opt in ("cflags", "libs", "include-dir", "library-dir", "library", "pkgconfig-dir", "cmake-dir"):
         c.add_argument(f"--{opt}", dest="items", action="append_const", const=opt.replace("-", "_"))
     c.set_defaults(func=config, items=None)
     args = p.parse_args(argv)
     if args.cmd == "config" and not args.items:
-        p.error("config: give at least one of --cflags --libs --include-dir --library-dir --pkgconfig-dir --cmake-dir")
+        p.error("config: give at least one of --cflags --libs --include-dir --library-dir --library --pkgconfig-dir "
+                "--cmake-dir")
     if args.cmd == "demo":
         _demo.check_arguments(d, args)
     return args.func(args)

@@ -66,7 +66,7 @@ def build():
     with ThreadPoolExecutor(2) as pool:
         objects = list(pool.map(compile_one, sources))
     tmp = out / f"{NAME}.{os.getpid()}.tmp"
-    r = subprocess.run([cxx, "-shared", *objects, "-o", str(tmp), f"-L{libdir}", "-lfastrnn", f"-Wl,-rpath,{libdir}"],
+    r = subprocess.run([cxx, "-shared", *objects, "-o", str(tmp), f"-L{libdir}", "-l:" + os.path.basename(fastrnn.get_library()), f"-Wl,-rpath,{libdir}"],
                        capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"linking the CUDA emulator failed:\n{r.stderr}")

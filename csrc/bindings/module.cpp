@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "fastrnn/fastrnn.h"  // the version macros only
+
 #include "../core/driver.h"
 #include "../core/threads.h"
 #include "../dispatch/dispatch.h"
@@ -241,6 +243,9 @@ bool is_double(const py::object& x) {
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "fastrnn C++ core (internal; use the fastrnn package)";
+    m.attr("version") = std::to_string(FASTRNN_VERSION_MAJOR) + "." + std::to_string(FASTRNN_VERSION_MINOR) + "." +
+                        std::to_string(FASTRNN_VERSION_PATCH);
+    m.attr("abi_version") = FASTRNN_ABI_VERSION;
 
     // `variant` = (proj_size, peephole, layer_norm, zoneout_c); `noise` = (rec_mask, zh_mask,
     // zc_mask, zh_rate, zc_rate, w_mask) or None.

@@ -2,9 +2,11 @@
 
     python setup.py build_ext --inplace
 
-Needs Cython, a C compiler with OpenMP (for prange) and fastrnn (headers, libfastrnn.so and
+Needs Cython, a C compiler with OpenMP (for prange) and fastrnn (headers, libfastrnn.so.1 and
 fastrnn/cython/fastrnn.pxd all come with it).
 """
+import os
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -14,7 +16,7 @@ ext = Extension(
     "stream_lstm",
     ["stream_lstm.pyx"],
     include_dirs=[fastrnn.get_include()],
-    libraries=["fastrnn"],
+    libraries=[":" + os.path.basename(fastrnn.get_library())],  # -l:libfastrnn.so.1
     library_dirs=[fastrnn.get_library_dir()],
     runtime_library_dirs=[fastrnn.get_library_dir()],
     extra_compile_args=["-fopenmp"],

@@ -7,7 +7,7 @@
 #     with nogil:
 #         status = fr.lstm_forward_f32(params, x, y, h_n, c_n)        # inside prange too
 #
-# Build the extension with include_dirs=[fastrnn.get_include()], libraries=["fastrnn"],
+# Build the extension with include_dirs=[fastrnn.get_include()], libraries=[":libfastrnn.so.1"],
 # library_dirs and runtime_library_dirs=[fastrnn.get_library_dir()] (docs/embed.md).
 # See fastrnn.h for the meaning of every field and argument; this file only mirrors it.
 # No bounds checks (header directives): the helpers check every shape before taking an address.

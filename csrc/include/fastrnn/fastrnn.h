@@ -40,7 +40,10 @@
  * fastrnn thread (Python's `import fastrnn` sets FASTRNN_NUM_THREADS or all cores); thread
  * count and ISA are process-wide and shared with the Python module.
  *
- * Linking: -lfastrnn (pkg-config fastrnn, or CMake find_package(fastrnn)). libfastrnn.so finds
+ * Linking: pkg-config fastrnn, or CMake find_package(fastrnn) (target fastrnn::fastrnn); by
+ * hand -l:libfastrnn.so.1 (soname libfastrnn.so.<FASTRNN_ABI_VERSION>; the installed package has
+ * no unversioned libfastrnn.so). The fastrnn_* functions carry the symbol version FASTRNN_1;
+ * the library exports nothing else for callers (FASTRNN_PRIVATE is fastrnn's own). It finds
  * the BLAS of the scipy-openblas32 wheel through its run path $ORIGIN/../../scipy_openblas32/lib
  * (both installed in the same site-packages).
  */

@@ -45,7 +45,7 @@ else:
     from . import _C
     from . import clip, cuda, functional, init
     from ._embed import get_include, get_library, get_library_dir
-    from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
+    from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, LiGRU, SLiGRU
     from . import callbacks, losses, optim, tasks
     from . import diagnostics
     from .diagnostics import gradcheck
@@ -54,7 +54,7 @@ else:
 
     __version__ = _C.version  # from the FASTRNN_VERSION_* macros of fastrnn.h, the one source
 
-    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
+    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
                "set_num_threads", "get_num_threads", "get_include", "get_library", "get_library_dir", "__version__",
                "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
                "diagnostics", "gradcheck", "cuda"]

@@ -49,10 +49,12 @@ import fastrnn
 
 from . import _validation as V
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn")  # the default rows
+LIGRU_CELLS = ("ligru", "sligru")  # SpeechBrain's defaults: 1 layer, batch norm, ReLU
+ALL_CELLS = CELLS + LIGRU_CELLS
 MODES = ("inference", "training")
-PEERS = ("torch", "onnxruntime", "numpy")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+PEERS = ("torch", "onnxruntime", "numpy", "speechbrain")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "ligru": 2, "sligru": 2}
 RTOL = 1e-3  # largest accepted |impl - oracle| / max|oracle|
 _RETAKES = 2  # extra attempts for a sample disturbed by other processes
 
@@ -122,8 +124,8 @@ def parse_shape(text):
 def flops(cell, shape, mode):
     """Effective floating-point operations of one call (docs/design.md, "Performance method").
 
-    Forward = ``2·T·N·(C+H)·G·H`` with G = 4 (LSTM), 3 (GRU), 1 (RNN) gate blocks — the two
-    matrix products per step, pointwise work not counted; training (forward + backward to every
+    Forward = ``2·T·N·(C+H)·G·H`` with G = 4 (LSTM), 3 (GRU), 2 (Li-GRU, SLi-GRU), 1 (RNN) gate
+    blocks — the two matrix products per step, pointwise work (and normalization) not counted; training (forward + backward to every
     parameter and the input) = 3× forward, the usual GEMM count of backpropagation.
 
     Examples
@@ -134,7 +136,7 @@ def flops(cell, shape, mode):
     36
     """
     if cell not in GATES:
-        raise ValueError(f"flops: cell {cell!r} is not one of {CELLS}")
+        raise ValueError(f"flops: cell {cell!r} is not one of {ALL_CELLS}")
     if mode not in MODES:
         raise ValueError(f"flops: mode {mode!r} is not one of {MODES}")
     s = parse_shape(shape)
@@ -209,10 +211,11 @@ def numpy_forward(cell, weights, x):
 # ----------------------------------------------------------------------------------------------
 # Implementations. Each is a class built as ``cls(cell, mode, weights, x, threads)`` (raising
 # Unavailable when it cannot run) with ``step()`` (one timed call) and ``result()`` (a dict of
-# arrays: "output", and in training "grad_x" and "grad_<param name>"). ``modes`` lists the modes
-# it supports.
+# arrays: "output", and in training "grad_x" and "grad_<param name>"). ``modes`` and ``cells`` list
+# the modes and cells it supports.
 
-_LAYERS = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}
+_LAYERS = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN, "ligru": fastrnn.LiGRU,
+           "sligru": fastrnn.SLiGRU}
 
 
 def _optional_import(name):
@@ -228,6 +231,7 @@ class FastrnnImpl:
 
     name = "fastrnn"
     modes = MODES
+    cells = ALL_CELLS
     device = "cpu"
 
     def __init__(self, cell, mode, weights, x, threads):
@@ -264,6 +268,7 @@ class TorchImpl:
 
     name = "torch"
     modes = MODES
+    cells = CELLS
     full_step = False
     device = "cpu"
 
@@ -278,18 +283,28 @@ class TorchImpl:
         self.module = self._module_class(torch, cell)(C, H).to(tdtype)
         self.module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         self.module.to(self.device)
+        self._set_input(mode, torch.from_numpy(x.copy()).to(self.device))
+        if self.training:
+            if self.full_step:
+                self.target = torch.zeros((x.shape[0], x.shape[1], H), dtype=tdtype, device=self.device)
+                self.optimizer = torch.optim.SGD(self.module.parameters(), lr=1e-4)
+
+    def _set_input(self, mode, x):
         self.training = mode == "training"
         self.module.train(self.training)
-        self.x = torch.from_numpy(x.copy()).to(self.device)
+        self.x = x
         if self.training:
             # Gradients preallocated and zeroed in place, like fastrnn's .grads, so both sides
             # do the same work per step and allocate the same buffers before a memory baseline.
             self.x.requires_grad_(True)
             for p in [self.x, *self.module.parameters()]:
-                p.grad = torch.zeros_like(p)
-            if self.full_step:
-                self.target = torch.zeros((x.shape[0], x.shape[1], H), dtype=tdtype, device=self.device)
-                self.optimizer = torch.optim.SGD(self.module.parameters(), lr=1e-4)
+                p.grad = self.torch.zeros_like(p)
+
+    def _host(self, t):
+        return t.detach().cpu().numpy().copy()
+
+    def _param_grads(self):
+        return ((k, p.grad) for k, p in self.module.named_parameters())
 
     def step(self):
         self._step()
@@ -313,16 +328,15 @@ class TorchImpl:
         self.module(self.x)[0].sum().backward()
 
     def result(self):
-        host = lambda t: t.detach().cpu().numpy().copy()  # noqa: E731
         if not self.training:
             with self.torch.no_grad():
-                return {"output": host(self.module(self.x)[0])}
+                return {"output": self._host(self.module(self.x)[0])}
         self.module.zero_grad(set_to_none=False)
         self.x.grad.zero_()
         out = self.module(self.x)[0]
         out.sum().backward()
-        res = {"output": host(out), "grad_x": host(self.x.grad)}
-        res.update((f"grad_{k}", host(p.grad)) for k, p in self.module.named_parameters())
+        res = {"output": self._host(out), "grad_x": self._host(self.x.grad)}
+        res.update((f"grad_{k}", self._host(g)) for k, g in self._param_grads())
         return res
 
 
@@ -362,6 +376,7 @@ class OnnxRuntimeImpl:
 
     name = "onnxruntime"
     modes = ("inference",)
+    cells = CELLS
     # ONNX gate order from torch's: LSTM i,f,g,o -> i,o,f,c ; GRU r,z,n -> z,r,h.
     _ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
 
@@ -420,6 +435,7 @@ class NumpyImpl:
 
     name = "numpy"
     modes = ("inference",)
+    cells = CELLS
 
     def __init__(self, cell, mode, weights, x, threads):
         self.cell, self.weights, self.x = cell, dict(weights), x
@@ -431,7 +447,47 @@ class NumpyImpl:
         return {"output": numpy_forward(self.cell, self.weights, self.x)}
 
 
-IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "numpy": NumpyImpl}
+class SpeechBrainImpl(TorchImpl):
+    """SpeechBrain's ``LiGRU`` / ``SLiGRU`` (``speechbrain.nnet.RNN``) at its defaults (1 layer,
+    unidirectional, batch norm of the input projection, ReLU, no dropout), batch-first input;
+    inference and training as `TorchImpl`. SpeechBrain runs the time loop in Python (its
+    ``LiGRU_Layer._ligru_cell``)."""
+
+    name = "speechbrain"
+    cells = LIGRU_CELLS
+    # fastrnn's parameter / buffer names -> SpeechBrain's (layer 0; SLi-GRU adds nothing at its defaults)
+    NAMES = {"weight_ih_l0": "rnn.0.w.weight", "weight_hh_l0": "rnn.0.u.weight", "norm_weight_l0": "rnn.0.norm.weight",
+             "norm_bias_l0": "rnn.0.norm.bias", "norm_running_mean_l0": "rnn.0.norm.running_mean",
+             "norm_running_var_l0": "rnn.0.norm.running_var"}
+
+    def __init__(self, cell, mode, weights, x, threads):
+        torch = self.torch = _optional_import("torch")
+        from . import _speechbrain
+
+        sb = _speechbrain.load()
+        if sb is None:
+            raise Unavailable("SpeechBrain is not installed (pip install --no-deps speechbrain==1.1.2)")
+        torch.set_num_threads(threads)
+        tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[x.dtype]
+        T, N, C = x.shape
+        H = weights["weight_hh_l0"].shape[1]
+        self.module = (sb.SLiGRU if cell == "sligru" else sb.LiGRU)(hidden_size=H, input_shape=(N, T, C)).to(tdtype)
+        state = self.module.state_dict()
+        state.update({sb_name: torch.from_numpy(np.array(weights[name])) for name, sb_name in self.NAMES.items()})
+        self.module.load_state_dict(state)
+        self._set_input(mode, torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2))))
+
+    def _host(self, t):  # batch-first [N, T, H] -> time-major
+        a = t.detach().numpy()
+        return (a.transpose(1, 0, 2) if a.ndim == 3 else a).copy()
+
+    def _param_grads(self):
+        params = dict(self.module.named_parameters())
+        return ((name, params[sb_name].grad) for name, sb_name in self.NAMES.items() if sb_name in params)
+
+
+IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "numpy": NumpyImpl,
+         "speechbrain": SpeechBrainImpl}
 FRONTEND_IMPLS = {"fastrnn.torch": FastrnnTorchImpl, "torch": TorchStepImpl}
 # --device cuda: fastrnn's CUDA backend against torch on the GPU (cuDNN); the NumPy layer copies
 # its arrays to the GPU and back in every call, fastrnn.torch runs zero-copy.
@@ -517,6 +573,10 @@ def _versions(modules):
     for name in modules:
         mod = sys.modules.get(name)
         versions[name] = getattr(mod, "__version__", "?") if mod else None
+    if "speechbrain" in modules:  # loaded as its RNN file alone (fastrnn._speechbrain): no module to ask
+        from . import _speechbrain
+
+        versions["speechbrain"] = _speechbrain.version()
     return versions
 
 
@@ -619,9 +679,12 @@ def _agreement(res, oracle):
 
 
 def _oracles(cell, weights, x, want_grads, notes):
-    """float64 outputs (NumPy forward) and, when torch is installed, float64 gradients."""
+    """float64 outputs (NumPy forward) and, when torch is installed, float64 gradients; for the
+    Li-GRU cells the float64 reference of ``fastrnn._reference`` gives both."""
     w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     x64 = x.astype(np.float64)
+    if cell in LIGRU_CELLS:
+        return _ligru_oracles(cell, w64, x64)
     forward = {"output": numpy_forward(cell, w64, x64)}
     training = dict(forward)
     if want_grads:
@@ -633,6 +696,17 @@ def _oracles(cell, weights, x, want_grads, notes):
             if note not in notes:
                 notes.append(note)
     return {"inference": forward, "training": training}
+
+
+def _ligru_oracles(cell, w64, x64):
+    from . import _reference
+
+    running = {k: v.copy() for k, v in w64.items() if "running" in k}
+    infer = _reference.ligru_forward(cell, x64, w64, training=False, running=running)[0]
+    out, _, cache = _reference.ligru_forward(cell, x64, w64, training=True, running=running)
+    grad_x, _, grads = _reference.ligru_backward(cache, np.ones_like(out))
+    training = {"output": out, "grad_x": grad_x, **{f"grad_{k}": v for k, v in grads.items()}}
+    return {"inference": {"output": infer}, "training": training}
 
 
 def _rss_mb():
@@ -744,7 +818,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
             raise BenchError("--device cuda compares with torch on the GPU, but torch with CUDA is not available")
     dtype = V.as_dtype(dtype, "bench: dtype")
     shapes = [parse_shape(s) for s in shapes]
-    for what, given, allowed in (("cell", cells, CELLS), ("mode", modes, MODES), ("peer", peers, PEERS)):
+    for what, given, allowed in (("cell", cells, ALL_CELLS), ("mode", modes, MODES), ("peer", peers, PEERS)):
         bad = [g for g in given if g not in allowed]
         if bad:
             raise ValueError(f"bench: unknown {what} {bad[0]!r}; expected one of {', '.join(allowed)}")
@@ -755,6 +829,10 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
 
     notes = []
     if frontend == "torch":
+        ligru = [c for c in cells if c in LIGRU_CELLS]
+        if ligru:
+            raise BenchError(f"--frontend torch compares with torch.nn, which has no {ligru[0]}; the Li-GRU rows "
+                             "compare fastrnn with SpeechBrain under the default --frontend numpy")
         _fastrnn_torch()
         subject, factories = "fastrnn.torch", dict(FRONTEND_IMPLS)
         dropped = [p for p in peers if p != "torch"]
@@ -779,7 +857,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     factories.update(impls or {})
     # Imported up front so the header has their versions and _threads controls torch's pool;
     # torch is also the gradient oracle of training mode.
-    wanted = ["torch"] if "torch" in factories or "training" in modes else []
+    wanted = ["torch"] if {"torch", "speechbrain"} & set(factories) or "training" in modes else []
     wanted += ["onnx", "onnxruntime"] if "onnxruntime" in factories else []
     for name in wanted:
         with contextlib.suppress(ImportError):
@@ -798,7 +876,8 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
                    "gemm_size": gemm_size},
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": {**_cpu_info(), "system": f"{platform.system()} {platform.release()}"},
-        "versions": _versions(["torch", "onnxruntime", "onnx", "threadpoolctl"]),
+        "versions": _versions(["torch", "onnxruntime", "onnx", "threadpoolctl"]
+                              + (["speechbrain"] if "speechbrain" in factories else [])),
         "isa": fastrnn.get_isa(), "available_isas": fastrnn.available_isas(),
         "numpy_blas": _numpy_blas(), "gemm_gflops": {}, "notes": notes, "rows": [],
     }
@@ -830,7 +909,7 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
     row = {"cell": cell, "shape": asdict(shape), "threads": threads, "mode": mode, "flop": flop, "impls": {}}
     steps = {}
     for name, cls in factories.items():
-        if mode not in cls.modes:
+        if mode not in cls.modes or cell not in getattr(cls, "cells", ALL_CELLS):
             continue
         entry = row["impls"][name] = {"status": "timed"}
         try:
@@ -898,7 +977,7 @@ def _fmt_ms(v):
     return f"{v:.{digits}f}"
 
 
-_SHORT = {"onnxruntime": "ORT"}  # column titles
+_SHORT = {"onnxruntime": "ORT", "speechbrain": "SB"}  # column titles
 
 
 def format_table(result, markdown=False):
@@ -908,7 +987,8 @@ def format_table(result, markdown=False):
     for each peer its ms and speedup (peer time / fastrnn time, median of per-round ratios;
     > 1 means fastrnn is faster), then the training peak memory (MiB over the baseline) when
     measured. "wrong": output disagreed with the oracle (not timed); "skip": not available;
-    "–": not applicable (ONNX Runtime and NumPy are inference only).
+    "–": not applicable (ONNX Runtime and NumPy are inference only; torch.nn, ONNX Runtime and NumPy
+    have no Li-GRU, SpeechBrain has only the Li-GRU cells).
 
     Examples
     --------
@@ -918,7 +998,8 @@ def format_table(result, markdown=False):
     | cell | shape | thr | mode | fastrnn ms | GFLOP/s | % GEMM |
     """
     cfg = result["config"]
-    subject, peers = cfg["subject"], cfg["peers"]
+    subject = cfg["subject"]
+    peers = [p for p in cfg["peers"] if any(p in row["impls"] for row in result["rows"])]  # with a row
     gemm_name = "SGEMM" if cfg["dtype"] == "float32" else "DGEMM"
     mem = cfg["memory"]
     head = ["cell", "shape", "thr", "mode", f"{subject} ms", "GFLOP/s", "% GEMM"]
@@ -952,7 +1033,8 @@ def format_table(result, markdown=False):
 
     m, v = result["machine"], result["versions"]
     gemm = ", ".join(f"{g:.1f} GFLOP/s at {t} thread{'s' * (t != '1')}" for t, g in result["gemm_gflops"].items())
-    others = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "onnx", "threadpoolctl") if v.get(k))
+    others = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "onnx", "threadpoolctl", "speechbrain")
+                       if v.get(k))
     header = [
         f"fastrnn bench, {result['date']}",
         f"machine: {m['model']} (family/model/stepping {m['family_model_stepping']}), "
@@ -1028,7 +1110,9 @@ def _shape_arg(text):
 
 def add_arguments(p):
     """Add the bench options to an argparse parser (``python -m fastrnn bench`` and compare.py)."""
-    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS))
+    p.add_argument("--cells", nargs="+", choices=ALL_CELLS, default=list(CELLS),
+                   help="default: lstm gru rnn; ligru and sligru run at SpeechBrain's defaults "
+                        "(1 layer, batch norm, ReLU) against SpeechBrain's modules")
     p.add_argument("--shapes", nargs="+", type=_shape_arg, default=None, metavar="SHAPE",
                    help=f"reference shapes {' '.join(SHAPES)} (T,N,C=H: "
                         + ", ".join(f"{k} {s.T},{s.N},{s.C}" for k, s in SHAPES.items())

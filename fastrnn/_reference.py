@@ -440,3 +440,188 @@ def backward(cache, grad_out, grad_h_n=None, grad_c_n=None, bptt_clip=None):
     prop[~np.isfinite(prop)] = np.nan
     cache["propagation"] = prop
     return grad_x, grad_h0, (grad_c0 if lstm else None), grads
+
+
+# --- Li-GRU and SLi-GRU (SpeechBrain's LiGRU / SLiGRU; csrc/cells/ligru.h) -------------------
+# Gates a (candidate), z. The input projection of all steps is normalized before the recurrence:
+# batch norm over the valid rows (training; running statistics in eval), LayerNorm per row, or
+# none (then an optional bias). SLi-GRU adds a LayerNorm of the recurrent product (affine or not).
+
+LIGRU_ACTIVATIONS = {
+    "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64)),
+    "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
+    "sin": (np.sin, np.cos),
+    "leaky_relu": (lambda a: np.where(a > 0, a, 0.01 * a), lambda a: np.where(a > 0, 1.0, 0.01)),
+}
+
+
+def _ligru_norm_fwd(u, valid, w, norm, training, running, momentum):
+    """The input projection u [T, N, G] normalized: (w, saved); updates `running` in training."""
+    if norm == "batchnorm":
+        rows = u[valid]
+        if training:
+            mu, var = rows.mean(0), rows.var(0)
+            m = rows.shape[0]
+            running["mean"][...] = (1 - momentum) * running["mean"] + momentum * mu
+            running["var"][...] = (1 - momentum) * running["var"] + momentum * var * m / max(m - 1, 1)
+        else:
+            mu, var = running["mean"], running["var"]
+        rstd = 1.0 / np.sqrt(var + LN_EPS)
+        xh = (u - mu) * rstd
+        out = w["norm_w"] * xh + w.get("norm_b", 0.0)
+        return out, dict(xh=xh, rstd=rstd, training=training)
+    if norm == "layernorm":
+        shape = u.shape
+        out, saved = _ln(u.reshape(-1, shape[2]), w["norm_w"], w.get("norm_b"))
+        return out.reshape(shape), dict(ln=saved, shape=shape)
+    return u + w.get("bias", 0.0), {}
+
+
+def _ligru_norm_bwd(dw, valid, w, g, norm, saved):
+    """dL/du from dL/dw of _ligru_norm_fwd; accumulates the normalization's parameter gradients."""
+    if norm == "batchnorm":
+        xh, rstd = saved["xh"], saved["rstd"]
+        dwv, xv = dw[valid], xh[valid]
+        g["norm_w"] += (dwv * xv).sum(0)
+        if "norm_b" in g:
+            g["norm_b"] += dwv.sum(0)
+        du = np.zeros_like(dw)
+        a = dwv * w["norm_w"]
+        if saved["training"]:
+            du[valid] = rstd * (a - a.mean(0) - xv * (a * xv).mean(0))
+        else:
+            du[valid] = rstd * a
+        return du
+    if norm == "layernorm":
+        shape = saved["shape"]
+        flat = dw.reshape(-1, shape[2])
+        du, g_w = _ln_bwd(flat, w["norm_w"], saved["ln"])
+        g["norm_w"] += g_w
+        if "norm_b" in g:
+            g["norm_b"] += flat.sum(0)
+        return du.reshape(shape)
+    if "bias" in g:
+        g["bias"] += dw[valid].sum(0)
+    return dw
+
+
+LIGRU_PARAMS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "norm_weight": "norm_w", "norm_bias": "norm_b",
+                "bias_ih": "bias", "ln_hh_weight": "ln_hh_w", "ln_hh_bias": "ln_hh_b"}
+
+
+def ligru_forward(kind, x, params, h0=None, lengths=None, *, num_layers=1, bidirectional=False,
+                  nonlinearity="relu", normalization="batchnorm", training=True, running=None, momentum=0.05,
+                  cand_masks=None, dropout_masks=None):
+    """Li-GRU (``kind="ligru"``) or SLi-GRU (``"sligru"``) stack on time-major ``x [T, N, C]`` (float64).
+
+    ``params`` under fastrnn's names (suffix ``_l{k}[_reverse]``): ``weight_ih [2H, C_k]``,
+    ``weight_hh [2H, H]``, ``norm_weight``/``norm_bias [2H]`` (batchnorm, layernorm),
+    ``bias_ih [2H]`` (no normalization), ``ln_hh_weight``/``ln_hh_bias [2H]`` (SLi-GRU affine);
+    ``running`` maps ``norm_running_mean``/``norm_running_var`` names to arrays, updated in place in
+    training (batchnorm). ``cand_masks [L*D, N, H]``: scaled dropout masks of the candidate.
+    Returns ``(out [T, N, D*H], h_n [L*D, N, H], cache)``.
+    """
+    x = np.asarray(x, np.float64)
+    T, N, _ = x.shape
+    L, D = num_layers, (2 if bidirectional else 1)
+    H = np.asarray(params["weight_hh_l0"]).shape[1]
+    act, _ = LIGRU_ACTIVATIONS[nonlinearity]
+    h0 = np.zeros((L * D, N, H)) if h0 is None else np.asarray(h0, np.float64)
+    lens = np.full(N, T) if lengths is None else np.asarray(lengths)
+    valid_tn = np.arange(T)[:, None] < lens[None, :]
+    h_n = np.zeros((L * D, N, H))
+    inp, layers = x, []
+    for l in range(L):
+        out = np.zeros((T, N, D * H))
+        dirs = []
+        for d in range(D):
+            s_idx, sfx = l * D + d, _suffix(l, d)
+            w = {key: np.asarray(params[name + sfx], np.float64) for name, key in LIGRU_PARAMS.items()
+                 if name + sfx in params}
+            run = None
+            if normalization == "batchnorm":
+                run = {"mean": running["norm_running_mean" + sfx], "var": running["norm_running_var" + sfx]}
+            u = inp @ w["w_ih"].T
+            wx, norm_saved = _ligru_norm_fwd(u, valid_tn, w, normalization, training, run, momentum)
+            m = np.ones((N, H)) if cand_masks is None else np.asarray(cand_masks[s_idx], np.float64)
+            h = h0[s_idx].copy()
+            steps = []
+            for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+                hp = h @ w["w_hh"].T
+                ln_saved = None
+                if kind == "sligru":
+                    hp, ln_saved = _ln(hp, w.get("ln_hh_w", np.ones(2 * H)), w.get("ln_hh_b"))
+                g = wx[t] + hp
+                a, z = g[:, :H], sigmoid(g[:, H:])
+                c = act(a)
+                h_new = z * h + (1 - z) * m * c
+                valid = valid_tn[t][:, None]
+                steps.append((t, dict(h=h, a=a, z=z, c=c, m=m, ln=ln_saved, valid=valid)))
+                h = np.where(valid, h_new, h)
+                out[t, :, d * H:(d + 1) * H] = np.where(valid, h_new, 0.0)
+            h_n[s_idx] = h
+            dirs.append(dict(w=w, steps=steps, norm=norm_saved))
+        layers.append(dict(inp=inp, dirs=dirs))
+        inp = out if (dropout_masks is None or l == L - 1) else out * np.asarray(dropout_masks[l], np.float64)
+    cache = dict(kind=kind, layers=layers, T=T, N=N, H=H, L=L, D=D, lens=lens, valid=valid_tn,
+                 nonlinearity=nonlinearity, normalization=normalization, masks=dropout_masks)
+    return out, h_n, cache
+
+
+def ligru_backward(cache, grad_out, grad_h_n=None, bptt_clip=None):
+    """BPTT of ``sum(out*grad_out) + sum(h_n*grad_h_n)`` of `ligru_forward`: ``(grad_x, grad_h0, grads)``."""
+    T, N, H, L, D = cache["T"], cache["N"], cache["H"], cache["L"], cache["D"]
+    _, dact = LIGRU_ACTIVATIONS[cache["nonlinearity"]]
+    clip = (lambda v: v) if not bptt_clip else (lambda v: np.clip(v, -bptt_clip, bptt_clip))
+    valid_tn = cache["valid"]
+    d_out = np.zeros((T, N, D * H)) if grad_out is None else np.asarray(grad_out, np.float64) * valid_tn[:, :, None]
+    ghn = np.zeros((L * D, N, H)) if grad_h_n is None else np.asarray(grad_h_n, np.float64)
+    grads, grad_h0 = {}, np.zeros((L * D, N, H))
+    names = {v: k for k, v in LIGRU_PARAMS.items()}
+    for l in range(L - 1, -1, -1):
+        layer = cache["layers"][l]
+        inp = layer["inp"]
+        d_inp = np.zeros_like(inp)
+        for d in range(D):
+            entry = layer["dirs"][d]
+            w = entry["w"]
+            g = {k: np.zeros_like(v) for k, v in w.items()}
+            if cache["kind"] == "sligru":
+                g.setdefault("_ln_w", np.zeros(2 * H))
+            dh = ghn[l * D + d].copy()
+            dwx = np.zeros((T, N, 2 * H))
+            for t, s in reversed(entry["steps"]):
+                valid = s["valid"]
+                dh = dh + d_out[t, :, d * H:(d + 1) * H]
+                dhv = np.where(valid, dh, 0.0)
+                z, c, m = s["z"], s["c"], s["m"]
+                da = clip(dhv * (1 - z) * m * dact(s["a"]))
+                dz = clip(dhv * (s["h"] - m * c) * z * (1 - z))
+                dgate = np.concatenate([da, dz], axis=1)
+                dwx[t] = dgate
+                dhp = dgate
+                if s["ln"] is not None:
+                    dhp, g_ln = _ln_bwd(dgate, w.get("ln_hh_w", np.ones(2 * H)), s["ln"])
+                    g["_ln_w"] += g_ln
+                    if "ln_hh_b" in g:
+                        g["ln_hh_b"] += dgate.sum(0)
+                g["w_hh"] += dhp.T @ s["h"]
+                dh_prev = dhv * z + dhp @ w["w_hh"]
+                dh = np.where(valid, dh_prev, dh)
+            grad_h0[l * D + d] = dh
+            du = _ligru_norm_bwd(dwx, valid_tn, w, g, cache["normalization"], entry["norm"])
+            g["w_ih"] += np.einsum("tng,tnc->gc", du, inp)
+            d_inp += du @ w["w_ih"]
+            if "ln_hh_w" in g:
+                g["ln_hh_w"] = g["_ln_w"]
+            sfx = _suffix(l, d)
+            for key, val in g.items():
+                if key in names:
+                    grads[names[key] + sfx] = val
+        if l > 0:
+            masks = cache["masks"]
+            d_out = d_inp if masks is None else d_inp * np.asarray(masks[l - 1], np.float64)
+            d_out = d_out * valid_tn[:, :, None]
+        else:
+            grad_x = d_inp
+    return grad_x, grad_h0, grads

@@ -44,11 +44,9 @@ class _Call:
         self.masks = None if masks is None else masks.to(self.dev).contiguous()
         self.lengths = None if spec.lengths is None else torch.as_tensor(spec.lengths, dtype=torch.int64).to(self.dev)
         self.lstm = spec.cell == "lstm"
-
-    @property
-    def desc(self):
-        s = self.spec
-        return (F._CELL_CODE[s.cell], s.reset_after, s.bias, self.T, self.N, self.C, self.H, self.L, self.D)
+        # The core's plan of the stack (its layout and sizes); the weights go with each call.
+        self.plan = F._config(spec.cell, self.C, self.H, self.L, spec.bidirectional, spec.bias,
+                              str(self.dtype).replace("torch.", ""), reset_after=spec.reset_after)
 
     @property
     def double(self):
@@ -57,9 +55,10 @@ class _Call:
     def new(self, *shape, dtype=None):
         return torch.empty(shape, dtype=dtype or self.dtype, device=self.dev)
 
-    def pointers(self, tensors):
-        """Per layer-direction (w_ih, w_hh, b_ih, b_hh) addresses, 0 for absent biases."""
-        return [tuple(_ptr(t) for t in group) for group in F._group(list(tensors), self.spec.bias)]
+    @staticmethod
+    def pointers(tensors):
+        """Device addresses in the plan's order (torch's flat weight order)."""
+        return [_ptr(t) for t in tensors]
 
     def forward(self, h0, c0, training):
         """out [T, N, D*H], h_n, c_n (LSTM) and the cache (training) as new tensors."""
@@ -67,11 +66,11 @@ class _Call:
         out, h_n = self.new(T, N, D * H), self.new(L * D, N, H)
         c_n = self.new(L * D, N, H) if self.lstm else None
         dropout = training and self.masks is not None
-        cache = self.new(_C.cache_size(*self.desc, dropout)) if training else None
-        nbytes = self.mod.forward_workspace_bytes(*self.desc, training, self.double)
+        cache = self.new(self.plan.cache_size(T, N, dropout)) if training else None
+        nbytes = self.mod.forward_workspace_bytes(self.plan, T, N, training)
         work = self.new(nbytes, dtype=torch.uint8)
         h0, c0 = (None if s is None else s.contiguous() for s in (h0, c0))
-        self.mod.forward(*self.desc, dropout, self.double, _ptr(self.x), self.pointers(self.weights), _ptr(h0),
+        self.mod.forward(self.plan, T, N, dropout, _ptr(self.x), self.pointers(self.weights), _ptr(h0),
                          _ptr(c0), _ptr(self.lengths), _ptr(self.masks) if dropout else 0, _ptr(out), _ptr(h_n),
                          _ptr(c_n), _ptr(cache), _ptr(work), nbytes, self.stream)
         return out, h_n, c_n, cache
@@ -87,10 +86,10 @@ class _Call:
         dtype = np.dtype(str(self.dtype).replace("torch.", ""))
         s = self.spec
         return F.Context(cell=s.cell, reset_after=s.reset_after, bias=s.bias, T=self.T, N=self.N, C=self.C, H=self.H,
-                         K=self.H, L=self.L, D=self.D, dtype=dtype, x=self.x.detach().cpu().numpy(), weights=None,
+                         K=self.H, L=self.L, D=self.D, dtype=dtype, x=self.x.detach().cpu().numpy(), plan=self.plan,
                          names=s.names, lengths=s.lengths, masks=self.masks, batch_first=s.batch_first,
                          cache=cuda.DeviceArray(cache.data_ptr(), cache.shape, dtype, owner=cache),
-                         unbatched=False, where=s.where, variant=F._PLAIN, noise=None, device="cuda")
+                         unbatched=False, where=s.where, device="cuda")
 
 
 class _CudaRNNFunction(torch.autograd.Function):
@@ -126,11 +125,11 @@ class _CudaRNNFunction(torch.autograd.Function):
         record = ctx.fctx is not None
         diag = [torch.zeros((L, D, T), dtype=torch.float64, device=call.dev) if record and (i != 1 or call.lstm)
                 else None for i in range(4)]
-        nbytes = call.mod.backward_workspace_bytes(*call.desc, True, record, call.double)
+        nbytes = call.mod.backward_workspace_bytes(call.plan, T, N, True, record)
         work = call.new(nbytes, dtype=torch.uint8)
         clip = call.spec.bptt_clip or 0.0
         # retain=True: autograd may run this node again (retain_graph=True, gradcheck).
-        call.mod.backward(*call.desc, masks is not None, call.double, _ptr(x), call.pointers(weights), _ptr(lengths),
+        call.mod.backward(call.plan, T, N, masks is not None, _ptr(x), call.pointers(weights), _ptr(lengths),
                           _ptr(masks), _ptr(cache), _ptr(go), _ptr(ghn), _ptr(gcn), _ptr(grad_x), _ptr(grad_h0),
                           _ptr(grad_c0), call.pointers(grads), True, clip, *map(_ptr, diag), _ptr(work), nbytes,
                           call.stream)

@@ -144,11 +144,17 @@ def check_device(device, where):
     return device
 
 
-def check_plain(where, **options):
+# Cells the CUDA driver does not run (csrc/cuda/driver_impl.cuh refuses them too).
+_CPU_ONLY_CELLS = ("ligru", "sligru")
+
+
+def check_plain(where, cell=None, **options):
     """NotImplementedError naming the cell variants and regularizers set in `options` (the CUDA
     backend runs the plain cells: LSTM, GRU both ways, RNN tanh/relu, with every option of the
     stack: layers, directions, lengths, dropout between layers, bptt_clip, diagnostics)."""
     on = [name for name, value in options.items() if value is not None and value is not False and value != 0]
+    if cell in _CPU_ONLY_CELLS:
+        on.insert(0, f"the {cell} cell")
     if on:
         raise NotImplementedError(f"{where}: device='cuda' runs the plain cells only; {', '.join(on)} "
                                   "run on the CPU for now (device='cpu')")
@@ -379,9 +385,6 @@ class _Device:
         self.keep.append(a)
         return a.ptr
 
-    def group(self, weights):
-        return [tuple(self(w) for w in t) for t in weights]
-
 
 def _zeros(shape, dtype):
     a = empty(shape, dtype)
@@ -400,23 +403,22 @@ def _host_into(dst, src, add=False):
 
 
 class _NumpyCore:
-    """What `fastrnn.functional` calls for ``device="cuda"``: the signatures of ``fastrnn._C``'s
-    forward / backward / forward_stats, with host arrays copied to the GPU (device arrays used in
-    place), results copied back, and the training cache kept on the GPU as a `DeviceArray`."""
+    """What `fastrnn.functional` calls for ``device="cuda"``: the plan's forward and backward
+    with host arrays copied to the GPU (device arrays used in place), results copied back, and the
+    training cache kept on the GPU as a `DeviceArray`. ``weights`` are the arrays in the plan's
+    order; ``grads`` the same, None for the buffers."""
 
     @staticmethod
-    def forward(code, reset_after, bias, T, N, C, H, L, D, dropout, x, weights, h0, c0, lengths, masks, out, h_n,
-                c_n, cache, variant=None, noise=None):
-        check_plain("fastrnn forward", variant=bool(variant and any(variant)), noise=noise)
+    def forward(plan, weights, x, out, h_n, c_n, h0, c0, lengths, cache, masks):
         mod = _require("fastrnn forward")
-        dbl = out.dtype == np.float64
+        T, N = x.shape[:2]
         dev = _Device()
-        nbytes = mod.forward_workspace_bytes(code, reset_after, bias, T, N, C, H, L, D, cache is not None, dbl)
+        nbytes = mod.forward_workspace_bytes(plan, T, N, cache is not None)
         work = empty((nbytes,), np.uint8)
         d_out, d_hn = empty(out.shape, out.dtype), empty(h_n.shape, h_n.dtype)
         d_cn = None if c_n is None else empty(c_n.shape, c_n.dtype)
-        mod.forward(code, reset_after, bias, T, N, C, H, L, D, dropout, dbl, dev(x), dev.group(weights), dev(h0),
-                    dev(c0), dev(lengths), dev(masks), d_out.ptr, d_hn.ptr, 0 if d_cn is None else d_cn.ptr,
+        mod.forward(plan, T, N, masks is not None, dev(x), [dev(w) for w in weights], dev(h0), dev(c0), dev(lengths),
+                    dev(masks), d_out.ptr, d_hn.ptr, 0 if d_cn is None else d_cn.ptr,
                     0 if cache is None else cache.ptr, work.ptr, nbytes, 0)
         _host_into(out, d_out)
         _host_into(h_n, d_hn)
@@ -424,39 +426,30 @@ class _NumpyCore:
             _host_into(c_n, d_cn)
 
     @staticmethod
-    def backward(code, reset_after, bias, T, N, C, H, L, D, dropout, x, weights, lengths, masks, cache, grad_out,
-                 grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, gs, retain=False, bptt_clip=0.0, grad_h_sq=None,
-                 grad_c_sq=None, carried_sq=None, prev_state_sq=None, variant=None, noise=None):
-        check_plain("fastrnn backward", variant=bool(variant and any(variant)), noise=noise)
+    def backward(plan, weights, x, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, grads, lengths,
+                 masks, retain=False, bptt_clip=0.0, grad_h_sq=None, grad_c_sq=None, carried_sq=None,
+                 prev_state_sq=None):
         mod = _require("fastrnn backward")
-        dbl = grad_x.dtype == np.float64
+        T, N = x.shape[:2]
         dev = _Device()
-        d_gs = [tuple(None if g is None else _zeros(g.shape, g.dtype) for g in t) for t in gs]
+        d_gs = [None if g is None else _zeros(g.shape, g.dtype) for g in grads]
         d_diag = [None if a is None else _zeros(a.shape, np.float64) for a in (grad_h_sq, grad_c_sq, carried_sq,
                                                                               prev_state_sq)]
         d_gx, d_gh0 = empty(grad_x.shape, grad_x.dtype), empty(grad_h0.shape, grad_h0.dtype)
         d_gc0 = None if grad_c0 is None else empty(grad_c0.shape, grad_c0.dtype)
-        nbytes = mod.backward_workspace_bytes(code, reset_after, bias, T, N, C, H, L, D, retain,
-                                              grad_h_sq is not None, dbl)
+        nbytes = mod.backward_workspace_bytes(plan, T, N, retain, grad_h_sq is not None)
         work = empty((nbytes,), np.uint8)
-        mod.backward(code, reset_after, bias, T, N, C, H, L, D, dropout, dbl, dev(x), dev.group(weights),
-                     dev(lengths), dev(masks), cache.ptr, dev(grad_out), dev(grad_h_n), dev(grad_c_n), d_gx.ptr,
-                     d_gh0.ptr, 0 if d_gc0 is None else d_gc0.ptr, [tuple(0 if g is None else g.ptr for g in t)
-                                                                    for t in d_gs],
-                     retain, bptt_clip, *(0 if a is None else a.ptr for a in d_diag), work.ptr, nbytes, 0)
+        mod.backward(plan, T, N, masks is not None, dev(x), [dev(w) for w in weights], dev(lengths), dev(masks),
+                     cache.ptr, dev(grad_out), dev(grad_h_n), dev(grad_c_n), d_gx.ptr, d_gh0.ptr,
+                     0 if d_gc0 is None else d_gc0.ptr, [0 if g is None else g.ptr for g in d_gs], retain, bptt_clip,
+                     *(0 if a is None else a.ptr for a in d_diag), work.ptr, nbytes, 0)
         _host_into(grad_x, d_gx)
         _host_into(grad_h0, d_gh0)
         _host_into(grad_c0, d_gc0)
-        for host, device in zip(gs, d_gs):  # parameter gradients accumulate, like the CPU core's
-            for h, d in zip(host, device):
-                _host_into(h, d, add=True)
+        for host, device in zip(grads, d_gs):  # parameter gradients accumulate, like the CPU core's
+            _host_into(host, device, add=True)
         for h, d in zip((grad_h_sq, grad_c_sq, carried_sq, prev_state_sq), d_diag):
             _host_into(h, d, add=True)
-
-    @staticmethod
-    def forward_stats(code, reset_after, bias, T, N, C, H, L, D, dropout, cache, lengths, saturation, variant):
-        return _C.forward_stats(code, reset_after, bias, T, N, C, H, L, D, dropout, cache.get(), lengths, saturation,
-                                variant)
 
 
 numpy_core = _NumpyCore()

@@ -54,14 +54,14 @@ from typing import Optional
 
 import numpy as np
 
+from . import _cells
 from . import functional as F
 
 __all__ = ["record", "GradientReport", "Monitor", "gradcheck", "GradcheckResult", "spectral_radius",
            "largest_singular_value", "GATE_NAMES", "VANISHING_DECADES", "EXPLODING_DECADES"]
 
-# Saturation statistics per cell, in the order the kernels record them.
-GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"),
-              "rnn_tanh": ("tanh",), "rnn_relu": ("dead",)}
+# Saturation statistics per cell, in the order the kernels record them (the cell table).
+GATE_NAMES = {name: _cells.info(name).saturation for name in _cells.names()}
 VANISHING_DECADES = 3.0
 EXPLODING_DECADES = 3.0
 
@@ -250,7 +250,7 @@ class GradientReport:
         if self._spectra_cache is None:
             L, D, H = self.num_layers, self.num_directions, self.hidden_size
             if self.weights_hh is None:
-                G = {"lstm": 4, "gru": 3}.get(self.cell, 1)
+                G = _cells.gates(self.cell)
                 self._spectra_cache = (np.full((L, D, G), np.nan), np.full((L, D), np.nan))
             else:
                 self._spectra_cache = _spectra(self.weights_hh, L, D, H)

@@ -38,30 +38,40 @@ import numbers
 
 import numpy as np
 
-from . import _C
+from . import _C, _cells
 from . import _validation as V
 from . import cuda as _cuda
 
-# Cell codes of the C++ core and gate counts (row blocks of W_ih / W_hh).
-_CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-# The variant tensors of a layer-direction in the core's order (after w_ih, w_hh, b_ih, b_hh).
-_VARIANT_NAMES = ("weight_hr", "weight_peephole", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias")
-_PLAIN = (0, False, False, False)  # (proj_size, peephole, layer_norm, zoneout on c): the plain cells
+__all__ = ["rnn_forward", "lstm_forward", "gru_forward", "ligru_forward", "sligru_forward", "backward",
+           "forward_stats", "param_shapes", "Context"]
 
-__all__ = ["rnn_forward", "lstm_forward", "gru_forward", "backward", "forward_stats", "param_shapes", "Context"]
+
+def _config(cell, C, H, num_layers, bidirectional, bias, dtype, *, reset_after=True, proj_size=0, peephole=False,
+            layer_norm=False, zoneout_c=False, nonlinearity="relu", normalization=None, momentum=0.05,
+            recurrent_affine=False):
+    """The core's plan of a layer stack (csrc/core/plan.h): its settings, validated once."""
+    return _C.Plan(_cells.code(cell), bool(reset_after), bool(bias), C, H, num_layers, 2 if bidirectional else 1,
+                   np.dtype(dtype).name, int(proj_size), bool(peephole), bool(layer_norm), bool(zoneout_c),
+                   _cells.ACTIVATIONS[nonlinearity], _cells.NORMALIZATIONS[normalization], float(momentum),
+                   bool(recurrent_affine))
 
 
 def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True, *, proj_size=0,
-                 peephole=False, layer_norm=False):
+                 peephole=False, layer_norm=False, normalization=None, recurrent_affine=False, buffers=False):
     """Ordered list of (name, shape), as torch.nn.RNN/LSTM/GRU register them, then the variants'.
 
-    `cell` is "rnn_tanh", "rnn_relu", "lstm" or "gru". Per layer k and direction (suffix
-    ``_l{k}`` / ``_l{k}_reverse``): ``weight_ih`` ``[G*H, C_k]``, ``weight_hh`` ``[G*H, K]``,
+    `cell` is "rnn_tanh", "rnn_relu", "lstm", "gru", "ligru" or "sligru". Per layer k and direction
+    (suffix ``_l{k}`` / ``_l{k}_reverse``): ``weight_ih`` ``[G*H, C_k]``, ``weight_hh`` ``[G*H, K]``,
     ``bias_ih``/``bias_hh`` ``[G*H]``, with K = ``proj_size`` (LSTMP) or H and C_k = input_size
     for k = 0 else D*K; then ``weight_hr`` ``[P, H]`` (LSTMP, torch's name and place),
     ``weight_peephole`` ``[3, H]`` (p_i, p_f, p_o), and for ``layer_norm`` the gains
     ``ln_ih_weight``/``ln_hh_weight`` ``[G*H]`` and, for LSTM, ``ln_c_weight``/``ln_c_bias`` ``[H]``.
+    Li-GRU and SLi-GRU: ``weight_ih``, ``weight_hh``, then the input normalization's
+    ``norm_weight``/``norm_bias`` ``[2H]`` (``normalization`` "batchnorm" or "layernorm"; the bias
+    with ``bias``) or, without one, ``bias_ih`` (with ``bias``); SLi-GRU with ``recurrent_affine``
+    adds ``ln_hh_weight``/``ln_hh_bias`` ``[2H]``. ``buffers=True`` lists the batch norm's running
+    statistics (``norm_running_mean``/``norm_running_var``) instead of the parameters. The list
+    comes from the core (the cell table and the plan's parameter layout).
 
     Examples
     --------
@@ -69,48 +79,33 @@ def param_shapes(cell, input_size, hidden_size, num_layers=1, bidirectional=Fals
     >>> param_shapes("lstm", 3, 4, proj_size=2)
     [('weight_ih_l0', (16, 3)), ('weight_hh_l0', (16, 2)), ('bias_ih_l0', (16,)), ('bias_hh_l0', (16,)), \
 ('weight_hr_l0', (2, 4))]
+    >>> param_shapes("ligru", 3, 4, normalization="batchnorm", buffers=True)
+    [('norm_running_mean_l0', (8,)), ('norm_running_var_l0', (8,))]
     """
-    G = _GATES[cell]
-    D = 2 if bidirectional else 1
-    H = hidden_size
-    K = proj_size if proj_size else H
-    shapes = []
-    for k in range(num_layers):
-        C_k = input_size if k == 0 else D * K
-        for d in range(D):
-            sfx = f"_l{k}" + ("_reverse" if d else "")
-            shapes.append((f"weight_ih{sfx}", (G * H, C_k)))
-            shapes.append((f"weight_hh{sfx}", (G * H, K)))
-            if bias:
-                shapes.append((f"bias_ih{sfx}", (G * H,)))
-                shapes.append((f"bias_hh{sfx}", (G * H,)))
-            if proj_size:
-                shapes.append((f"weight_hr{sfx}", (proj_size, H)))
-            if peephole:
-                shapes.append((f"weight_peephole{sfx}", (3, H)))
-            if layer_norm:
-                shapes.append((f"ln_ih_weight{sfx}", (G * H,)))
-                shapes.append((f"ln_hh_weight{sfx}", (G * H,)))
-                if cell == "lstm":
-                    shapes.append((f"ln_c_weight{sfx}", (H,)))
-                    shapes.append((f"ln_c_bias{sfx}", (H,)))
-    return shapes
+    plan = _config(cell, input_size, hidden_size, num_layers, bidirectional, bias, np.float32, proj_size=proj_size,
+                   peephole=peephole, layer_norm=layer_norm, normalization=normalization,
+                   recurrent_affine=recurrent_affine)
+    return [(name, tuple(shape)) for name, shape, buffer in plan.parameters if buffer == bool(buffers)]
 
 
 class Context:
     """What a training forward keeps for `backward`: the core's cache and the call's layout.
 
-    A context is consumed by `backward`; a second backward on it raises RuntimeError.
-    ``variant`` is (proj_size, peephole, layer_norm, zoneout on c); ``noise`` holds the
-    regularizers' masks of the forward (reused by backward), or None.
+    A context is consumed by `backward`; a second backward on it raises RuntimeError. ``plan`` is
+    the core's plan the forward ran on (its settings and the weight arrays it read), ``names`` the
+    parameter names in its order; ``noise`` holds the regularizers' masks of the forward (reused by
+    backward), or None: ``(rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask, cand_mask)``.
     """
 
-    __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "K", "L", "D", "dtype", "x", "weights",
-                 "names", "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed",
-                 "grad_h_norm", "grad_c_norm", "propagation", "variant", "noise", "device")
+    __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "K", "L", "D", "dtype", "x", "plan", "names",
+                 "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed", "grad_h_norm",
+                 "grad_c_norm", "propagation", "noise", "device", "weights", "bn_frozen")
 
     def __init__(self, **kw):
         self.device = "cpu"  # "cuda": the cache is a fastrnn.cuda.DeviceArray
+        self.weights = None  # the arrays the plan reads, in its order (CUDA: passed again to backward)
+        self.noise = None
+        self.bn_frozen = False  # batch norm with the running statistics in a training call
         for k, v in kw.items():
             setattr(self, k, v)
         self.consumed = False
@@ -134,9 +129,20 @@ class Context:
         return (S, self.H) if self.unbatched else (S, self.N, self.H)
 
 
-def _check_params(where, cell, params, num_layers, bidirectional, bias, proj_size=0, peephole=False,
-                  layer_norm=False):
-    """Validate the weight dict; returns (dtype, C, H, names in torch order, arrays)."""
+class _Weights:
+    """A validated weight set on its plan: what a layer keeps between calls (`prepare`)."""
+
+    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names")
+
+    def __init__(self, plan, dtype, C, H, names, sources, arrays, key):
+        # names: the parameters' (buffers excluded); sources: every array as given, in the plan's
+        # order; arrays: what the plan reads (contiguous copies where a source was not).
+        self.plan, self.dtype, self.C, self.H = plan, dtype, C, H
+        self.names, self.sources, self.arrays, self.key = names, sources, arrays, key
+
+
+def _shape_of(params, where, cell, proj_size):
+    """(dtype, C, H) from weight_ih_l0 and weight_hh_l0."""
     if not isinstance(params, dict):
         raise TypeError(f"{where}: params must be a dict of name -> array, got {type(params).__name__}")
     if "weight_hh_l0" not in params or "weight_ih_l0" not in params:
@@ -147,45 +153,52 @@ def _check_params(where, cell, params, num_layers, bidirectional, bias, proj_siz
     if w_hh.ndim != 2 or w_ih.ndim != 2:
         raise ValueError(f"{where}: weights must be 2-D, got weight_ih_l0 {w_ih.shape}, weight_hh_l0 {w_hh.shape}")
     # H from W_hh: its columns, or with a projection its gate rows (its columns are P).
-    H, C = (w_hh.shape[0] // _GATES[cell] if proj_size else w_hh.shape[1]), w_ih.shape[1]
+    H, C = (w_hh.shape[0] // _cells.gates(cell) if proj_size else w_hh.shape[1]), w_ih.shape[1]
     if proj_size and not 0 < proj_size < H:
         raise ValueError(f"{where}: proj_size={proj_size} must be in (0, hidden_size={H}) (torch's rule)")
-    shapes = param_shapes(cell, C, H, num_layers, bidirectional, bias, proj_size=proj_size, peephole=peephole,
-                          layer_norm=layer_norm)
-    arrays = []
-    for name, shape in shapes:
-        if name not in params:
-            raise KeyError(f"{where}: params is missing {name!r} (expected shape {shape})")
-        a = V.to_numpy(params[name])
+    return dtype, C, H
+
+
+def prepare(where, cell, params, num_layers, bidirectional, bias, *, buffers=None, **config):
+    """Validate a weight dict (and a Li-GRU's running statistics) against the plan of `config`;
+    returns the `_Weights` a call runs on. Layers keep it while their arrays stay the same."""
+    dtype, C, H = _shape_of(params, where, cell, config.get("proj_size", 0))
+    plan = _config(cell, C, H, num_layers, bidirectional, bias, dtype, **config)
+    names, sources, arrays = [], [], []
+    for name, shape, is_buffer in plan.parameters:
+        source = (buffers or {}) if is_buffer else params
+        if name not in source:
+            what = "buffers" if is_buffer else "params"
+            raise KeyError(f"{where}: {what} is missing {name!r} (expected shape {tuple(shape)})")
+        sources.append(source[name])
+        a = V.to_numpy(source[name])
         if a.dtype != dtype:
             raise TypeError(f"{where}: {name} has dtype {a.dtype}, expected {dtype} like weight_hh_l0")
-        if a.shape != shape:
-            raise ValueError(f"{where}: {name} has shape {a.shape}, expected {shape}")
-        arrays.append(V.contiguous(a))
-    return dtype, C, H, [n for n, _ in shapes], arrays
+        if a.shape != tuple(shape):
+            raise ValueError(f"{where}: {name} has shape {a.shape}, expected {tuple(shape)}")
+        if is_buffer:  # updated in place by training calls: never a copy
+            if not (a.flags.c_contiguous and a.flags.writeable):
+                raise ValueError(f"{where}: buffer {name} must be a writable C-contiguous array")
+        else:
+            a = V.contiguous(a)
+            names.append(name)
+        arrays.append(a)
+    plan.set_weights(arrays)
+    return _Weights(plan, dtype, C, H, names, sources, arrays, None)
 
 
-def _group(arrays, bias, names=None):
-    """Per layer-direction tuples in the core's order: (w_ih, w_hh, b_ih, b_hh), then, when a
-    variant is on (`names` given), its tensors (``_VARIANT_NAMES`` order; None for the absent
-    ones). Without `names`, `arrays` is the plain cells' torch-ordered list."""
-    if names is None:
-        step = 4 if bias else 2
-        return [tuple(arrays[i:i + 4]) if bias else (arrays[i], arrays[i + 1], None, None)
-                for i in range(0, len(arrays), step)]
-    out = []
-    for name, a in zip(names, arrays):
-        base = name.rpartition("_l")[0]
-        if base == "weight_ih":
-            out.append({})
-        out[-1][base] = a
-    groups = []
-    for g in out:
-        entry = (g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"))
-        if any(n in g for n in _VARIANT_NAMES):
-            entry += tuple(g.get(n) for n in _VARIANT_NAMES)
-        groups.append(entry)
-    return groups
+_NOISE_KEYS = ("rec_mask", "zh_mask", "zc_mask", "zh_rate", "zc_rate", "w_mask", "cand_mask")
+
+
+def _noise_tuple(noise):
+    """The noise dict of a call as `Context.noise` keeps it (None when empty)."""
+    if not noise:
+        return None
+    return tuple(noise.get(k, 0.0 if k.endswith("rate") else None) for k in _NOISE_KEYS)
+
+
+def _noise_kwargs(noise):
+    return {} if noise is None else {k: v for k, v in zip(_NOISE_KEYS, noise) if v is not None}
 
 
 def _check_rate(p, name, where):
@@ -199,92 +212,100 @@ def _check_rate(p, name, where):
     return float(p)
 
 
-def _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c):
-    if type(proj_size) is int and not (proj_size or peephole or layer_norm or zoneout_h or zoneout_c):
+def _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c,
+                    recurrent_dropout=0.0, weight_drop=0.0):
+    """Each variant against what the cell takes (the cell table)."""
+    if type(proj_size) is int and not (proj_size or peephole or layer_norm or zoneout_h or zoneout_c
+                                       or recurrent_dropout or weight_drop):
         return  # the plain cells
-    lstm = cell == "lstm"
     if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
         raise TypeError(f"{where}: proj_size must be an int, got {type(proj_size).__name__}")
     if proj_size < 0:
         raise ValueError(f"{where}: proj_size must be >= 0, got {proj_size}")
-    if proj_size and not lstm:
-        raise ValueError(f"{where}: proj_size is for LSTM only (got cell {cell!r})")
-    if peephole and not lstm:
-        raise ValueError(f"{where}: peephole is for LSTM only (got cell {cell!r})")
-    if layer_norm and not (lstm or (cell == "gru" and reset_after)):
-        raise ValueError(f"{where}: layer_norm is for LSTM and GRU with reset_after=True (got cell {cell!r}, "
-                         f"reset_after={reset_after})")
+    info = _cells.info(cell, reset_after)
+    for name, value in (("proj_size", proj_size), ("peephole", peephole), ("layer_norm", layer_norm),
+                        ("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c),
+                        ("recurrent_dropout", recurrent_dropout), ("weight_drop", weight_drop)):
+        if value and not info.variants[name]:
+            raise ValueError(f"{where}: {_cells.variant_rule(name)} (got cell {cell!r}"
+                             + (f", reset_after={reset_after})" if name == "layer_norm" and cell == "gru" else ")"))
     if layer_norm and (proj_size or peephole):
         raise ValueError(f"{where}: layer_norm cannot be combined with proj_size or peephole")
-    if zoneout_h and cell not in ("lstm", "gru"):
-        raise ValueError(f"{where}: zoneout is for LSTM and GRU (got cell {cell!r})")
-    if zoneout_c and not lstm:
-        raise ValueError(f"{where}: zoneout_c is for LSTM only (got cell {cell!r})")
 
 
-def _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zh, zc, wd):
+def _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zh, zc, wd, cand=0.0):
     """The regularizers' masks of one training forward, drawn from `gen` in a fixed order:
-    (rec_mask [L*D, N, K] scaled, zh [L*D, T, N, K], zc [L*D, T, N, H] (1 keeps the previous
-    value), 0, 0, w_mask [L*D, G*H, K] scaled), or None when every rate is zero."""
-    if not (rec_p or zh or zc or wd):
-        return None
+    rec_mask [L*D, N, K] scaled, zh_mask [L*D, T, N, K], zc_mask [L*D, T, N, H] (1 keeps the previous
+    value), w_mask [L*D, G*H, K] scaled, cand_mask [L*D, N, H] scaled (Li-GRU); {} when every rate is
+    zero."""
     S = L * D
 
     def keep(shape, p):
         return ((gen.random(shape) >= p) / (1.0 - p)).astype(dtype)
-    rec = keep((S, N, K), rec_p) if rec_p else None
-    mh = (gen.random((S, T, N, K)) < zh).astype(dtype) if zh else None
-    mc = (gen.random((S, T, N, H)) < zc).astype(dtype) if zc else None
-    w = keep((S, G * H, K), wd) if wd else None
-    return (rec, mh, mc, 0.0, 0.0, w)
+    noise = {}
+    if rec_p:
+        noise["rec_mask"] = keep((S, N, K), rec_p)
+    if zh:
+        noise["zh_mask"] = (gen.random((S, T, N, K)) < zh).astype(dtype)
+    if zc:
+        noise["zc_mask"] = (gen.random((S, T, N, H)) < zc).astype(dtype)
+    if wd:
+        noise["w_mask"] = keep((S, G * H, K), wd)
+    if cand:
+        noise["cand_mask"] = keep((S, N, H), cand)
+    return noise
 
 
 def _check_noise(noise, where, dtype, shapes):
-    """Explicit masks (the torch front end draws them from torch's RNG): a dict with some of
-    rec_mask, zh_mask, zc_mask, w_mask, each of the expected shape."""
+    """Explicit masks (the torch front end draws them from torch's RNG): a dict with some of the
+    keys of `shapes`, each of the expected shape."""
     if not isinstance(noise, dict):
         raise TypeError(f"{where}: noise must be a dict of masks, got {type(noise).__name__}")
     unknown = set(noise) - set(shapes)
     if unknown:
         raise ValueError(f"{where}: noise has unknown keys {sorted(unknown)}; expected some of {sorted(shapes)}")
-    out = []
-    for key in ("rec_mask", "zh_mask", "zc_mask", "w_mask"):
+    out = {}
+    for key, shape in shapes.items():
         m = noise.get(key)
         if m is not None:
             m = V.float_array(m, dtype, where, f"noise[{key!r}]")
-            if m.shape != shapes[key]:
-                raise ValueError(f"{where}: noise[{key!r}] has shape {m.shape}, expected {shapes[key]}")
-            m = V.contiguous(m)
-        out.append(m)
-    return (out[0], out[1], out[2], 0.0, 0.0, out[3])
-
-
-def _core(device):
-    """What runs the kernels: the CPU core, or the CUDA backend behind the same interface."""
-    return _C if device == "cpu" else _cuda.numpy_core
+            if m.shape != shape:
+                raise ValueError(f"{where}: noise[{key!r}] has shape {m.shape}, expected {shape}")
+            out[key] = V.contiguous(m)
+    return out
 
 
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
              training, rng, reset_after, where, masks=None, proj_size=0, peephole=False, layer_norm=False,
              recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0, noise=None,
-             sample_noise=True, device="cpu"):
+             sample_noise=True, device="cpu", nonlinearity="relu", normalization=None, momentum=0.05,
+             recurrent_affine=False, candidate_dropout=0.0, buffers=None, weights=None):
     # sample_noise=False: a training forward (a cache for backward) with the regularizers in their
     # inference form (the torch front end differentiating a module in eval mode).
+    # weights: a `_Weights` a layer prepared earlier (its plan reused; W_hh stays packed in inference).
     num_layers = V.check_positive_int(num_layers, "num_layers", where)
     dropout = V.check_dropout(dropout, where)
     rec_p = _check_rate(recurrent_dropout, "recurrent_dropout", where)
     zoneout_h = _check_rate(zoneout_h, "zoneout_h", where)
     zoneout_c = _check_rate(zoneout_c, "zoneout_c", where)
     wd = _check_rate(weight_drop, "weight_drop", where)
-    _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c)
+    cand = _check_rate(candidate_dropout, "candidate_dropout", where)
+    _check_variants(where, cell, reset_after, proj_size, peephole, layer_norm, zoneout_h, zoneout_c, rec_p, wd)
+    if cand and not _cells.info(cell).variants["candidate_dropout"]:
+        raise ValueError(f"{where}: {_cells.variant_rule('candidate_dropout')} (got cell {cell!r})")
     device = _cuda.check_device(device, where)
     if device == "cuda":
         _cuda.check_plain(where, proj_size=proj_size, peephole=peephole, layer_norm=layer_norm,
                           recurrent_dropout=rec_p, zoneout_h=zoneout_h, zoneout_c=zoneout_c, weight_drop=wd,
-                          noise=noise)
+                          noise=noise, cell=cell)
     peephole, layer_norm = bool(peephole), bool(layer_norm)
-    dtype, C, H, names, arrays = _check_params(where, cell, params, num_layers, bidirectional, bias, proj_size,
-                                               peephole, layer_norm)
+    zc_layout = bool(zoneout_c) or (noise is not None and noise.get("zc_mask") is not None)
+    if weights is None:
+        weights = prepare(where, cell, params, num_layers, bidirectional, bias, buffers=buffers,
+                          reset_after=reset_after, proj_size=proj_size, peephole=peephole, layer_norm=layer_norm,
+                          zoneout_c=zc_layout, nonlinearity=nonlinearity, normalization=normalization,
+                          momentum=momentum, recurrent_affine=recurrent_affine)
+    plan, dtype, C, H = weights.plan, weights.dtype, weights.C, weights.H
     D = 2 if bidirectional else 1
     L = num_layers
     K = proj_size or H
@@ -307,7 +328,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         want = (max(T, 1), C) if unbatched else ((max(N, 1), max(T, 1), C) if batch_first else (max(T, 1), max(N, 1), C))
         want_s = ", ".join(f"{k}={v}" if k == "C" else f"{k}>0" for k, v in zip(letters, want))
         raise ValueError(f"{where}: x has shape {tuple(x.shape)}, expected ({want_s})")
-    G = _GATES[cell]
+    G = _cells.gates(cell)
     V.check_blas_sizes(where, **{"T*N": T * N, "T*N*C": T * N * C, "T*N*G*H": T * N * G * H, "T*N*D*K": T * N * D * K})
     x3 = V.contiguous(x3)
 
@@ -329,6 +350,10 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
                            ("L*D", "H") if unbatched else ("L*D", "N", "H"))
             c0 = V.contiguous(c0)
     lens = None if lengths is None else V.lengths_array(lengths, N, T, where)
+    bn_frozen = training and not sample_noise and normalization == "batchnorm"
+    if training and not bn_frozen and normalization == "batchnorm" and (T * N if lens is None else int(lens.sum())) < 2:
+        raise ValueError(f"{where}: batch norm in training needs more than one valid row (T*N = {T * N}), "
+                         "as torch.nn.BatchNorm1d")
 
     use_dropout = training and dropout > 0.0 and L > 1
     gen = None
@@ -351,35 +376,36 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         if not training:
             raise ValueError(f"{where}: noise masks given for an inference forward (training=False)")
         noise = _check_noise(noise, where, dtype, {"rec_mask": (S, N, K), "zh_mask": (S, T, N, K),
-                                                  "zc_mask": (S, T, N, H), "w_mask": (S, G * H, K)})
+                                                  "zc_mask": (S, T, N, H), "w_mask": (S, G * H, K),
+                                                  "cand_mask": (S, N, H)})
     elif training and sample_noise:
-        if rec_p or zoneout_h or zoneout_c or wd:
+        if rec_p or zoneout_h or zoneout_c or wd or cand:
             gen = gen or V.generator(rng, where)
-        noise = _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zoneout_h, zoneout_c, wd)
-    elif zoneout_h or zoneout_c:
-        noise = (None, None, None, zoneout_h, zoneout_c, None)
-    variant = (int(proj_size), peephole, layer_norm, bool(zoneout_c) or (noise is not None and noise[2] is not None))
-    # The core's variant arguments only when they differ from its defaults (saves their conversion).
-    extra = {} if variant == _PLAIN and noise is None else dict(variant=variant, noise=noise)
+        noise = _draw_noise(gen, dtype, L, D, T, N, H, K, G, rec_p, zoneout_h, zoneout_c, wd, cand)
+    else:
+        noise = {}
+        if zoneout_h or zoneout_c:
+            noise = {"zh_rate": zoneout_h, "zc_rate": zoneout_c}
 
     out = np.empty((T, N, D * K), dtype)
     h_n = np.empty((L * D, N, K), dtype)
     c_n = np.empty((L * D, N, H), dtype) if is_lstm else None
-    code = _CELL_CODE[cell]
     cache = None
     if training:
-        size = _C.cache_size(code, reset_after, bias, T, N, C, H, L, D, use_dropout, variant)
+        size = plan.cache_size(T, N, use_dropout)
         cache = np.empty(size, dtype) if device == "cpu" else _cuda.empty(size, dtype)
-    weights = _group(arrays, bias, names if (proj_size or peephole or layer_norm) else None)
-    _core(device).forward(code, reset_after, bias, T, N, C, H, L, D, use_dropout, x3, weights, h0, c0, lens, masks,
-                          out, h_n, c_n, cache, **extra)
+    if device == "cpu":
+        plan.forward(x3, out, h_n, c_n, h0, c0, lens, cache, masks, packed=weights.key is not None, bn_frozen=bn_frozen,
+                     **noise)
+    else:
+        _cuda.numpy_core.forward(plan, weights.arrays, x3, out, h_n, c_n, h0, c0, lens, cache, masks)
 
     ctx = None
     if training:
         ctx = Context(cell=cell, reset_after=reset_after, bias=bias, T=T, N=N, C=C, H=H, K=K, L=L, D=D, dtype=dtype,
-                      x=x3, weights=weights, names=names, lengths=lens, masks=masks, cache=cache,
-                      batch_first=batch_first, unbatched=unbatched, where=where, variant=variant, noise=noise,
-                      device=device)
+                      x=x3, plan=plan, names=weights.names, lengths=lens, masks=masks, cache=cache,
+                      batch_first=batch_first, unbatched=unbatched, where=where, noise=_noise_tuple(noise),
+                      device=device, weights=weights.arrays, bn_frozen=bn_frozen)
     output = _from_time_major(out, batch_first, unbatched)
     if unbatched:
         h_n = h_n[:, 0, :]
@@ -454,15 +480,17 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     clip = V.check_bptt_clip(bptt_clip, where) or 0.0
 
     dtype = ctx.dtype
+    shapes = {name: tuple(shape) for name, shape, buffer in ctx.plan.parameters if not buffer}
     if grads is None:
-        grads = {name: np.zeros(w.shape, dtype) for name, w in zip(ctx.names, _flat(ctx.weights))}
+        grads = {name: np.zeros(shapes[name], dtype) for name in ctx.names}
     else:
-        for name, w in zip(ctx.names, _flat(ctx.weights)):
+        for name in ctx.names:
             g = grads.get(name)
-            if not isinstance(g, np.ndarray) or g.shape != w.shape or g.dtype != dtype or not g.flags.c_contiguous \
-                    or not g.flags.writeable:
-                raise ValueError(f"{where}: grads[{name!r}] must be a writable C-contiguous {dtype} array of shape {w.shape}")
-    grad_list = _group([grads[n] for n in ctx.names], ctx.bias, ctx.names if any(ctx.variant[:3]) else None)
+            if not isinstance(g, np.ndarray) or g.shape != shapes[name] or g.dtype != dtype \
+                    or not g.flags.c_contiguous or not g.flags.writeable:
+                raise ValueError(f"{where}: grads[{name!r}] must be a writable C-contiguous {dtype} array of shape "
+                                 f"{shapes[name]}")
+    grad_list = [grads[name] if not buffer else None for name, _, buffer in ctx.plan.parameters]
     S = ctx.L * ctx.D
     grad_x = np.empty((ctx.T, ctx.N, ctx.C), dtype)
     grad_h0 = np.empty((S, ctx.N, ctx.K), dtype)
@@ -472,12 +500,13 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     r_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     p_sq = np.zeros((ctx.L, ctx.D, ctx.T)) if record else None
     ctx.consumed = not retain
-    core = _core(ctx.device)
-    core.backward(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N, ctx.C, ctx.H, ctx.L, ctx.D,
-                ctx.masks is not None, ctx.x, ctx.weights, ctx.lengths, ctx.masks, ctx.cache, go, ghn, gcn,
-                grad_x, grad_h0, grad_c0, grad_list, retain=retain, bptt_clip=clip, grad_h_sq=h_sq, grad_c_sq=c_sq,
-                carried_sq=r_sq, prev_state_sq=p_sq,
-                **({} if ctx.variant == _PLAIN and ctx.noise is None else dict(variant=ctx.variant, noise=ctx.noise)))
+    diag = dict(grad_h_sq=h_sq, grad_c_sq=c_sq, carried_sq=r_sq, prev_state_sq=p_sq)
+    if ctx.device == "cpu":
+        ctx.plan.backward(ctx.x, ctx.cache, go, ghn, gcn, grad_x, grad_h0, grad_c0, grad_list, ctx.lengths, ctx.masks,
+                          retain, clip, bn_frozen=ctx.bn_frozen, **diag, **_noise_kwargs(ctx.noise))
+    else:
+        _cuda.numpy_core.backward(ctx.plan, ctx.weights, ctx.x, ctx.cache, go, ghn, gcn, grad_x, grad_h0, grad_c0,
+                                  grad_list, ctx.lengths, ctx.masks, retain, clip, **diag)
     if record:
         ctx.grad_h_norm = np.sqrt(h_sq)
         ctx.grad_c_norm = None if c_sq is None else np.sqrt(c_sq)
@@ -503,32 +532,27 @@ def forward_stats(ctx):
     """Gate saturation and the first non-finite value of a training forward, read from its cache.
 
     Returns ``(saturation, first_nonfinite)``: ``saturation`` is ``[L, D, T, S]`` (float64), per
-    step the fraction of valid units whose gate is saturated — S statistics per cell: LSTM
-    i, f, g, o; GRU r, z, n; tanh RNN the fraction with |h| > 0.99; ReLU RNN the fraction of
-    dead units (h = 0); sigmoid gates count below 0.01 or above 0.99, tanh gates |v| > 0.99;
-    NaN where a step has no valid row. ``first_nonfinite`` is None or a dict ``layer``,
-    ``direction``, ``step``, ``quantity`` ("gate", "hidden state", "cell state") of the first
-    NaN/Inf in forward order. Call it before `backward`, which consumes the cache.
+    step the fraction of valid units whose gate is saturated — S statistics per cell (the cell
+    table): LSTM i, f, g, o; GRU r, z, n; Li-GRU candidate, update; tanh RNN the fraction with
+    |h| > 0.99; ReLU RNN the fraction of dead units (h <= 0); sigmoid gates count below 0.01 or
+    above 0.99, tanh gates |v| > 0.99; NaN where a step has no valid row. ``first_nonfinite`` is
+    None or a dict ``layer``, ``direction``, ``step``, ``quantity`` ("gate", "hidden state",
+    "cell state") of the first NaN/Inf in forward order. Call it before `backward`, which
+    consumes the cache.
     """
     if not isinstance(ctx, Context):
         raise TypeError(f"forward_stats: ctx must be a Context from a training forward, got {type(ctx).__name__}")
     if ctx.cache is None or ctx.consumed:
         raise RuntimeError("forward_stats: the context's cache was consumed by backward; call it before backward")
-    S = _C.saturation_stats(_CELL_CODE[ctx.cell], ctx.reset_after)
-    saturation = np.empty((ctx.L, ctx.D, ctx.T, S))
-    core = _core(ctx.device)
-    layer, direction, t, what = core.forward_stats(_CELL_CODE[ctx.cell], ctx.reset_after, ctx.bias, ctx.T, ctx.N,
-                                                 ctx.C, ctx.H, ctx.L, ctx.D, ctx.masks is not None, ctx.cache,
-                                                 ctx.lengths, saturation, ctx.variant)
+    saturation = np.empty((ctx.L, ctx.D, ctx.T, ctx.plan.saturation_stats))
+    cache = ctx.cache if ctx.device == "cpu" else ctx.cache.get()
+    layer, direction, t, what = ctx.plan.forward_stats(cache, ctx.T, ctx.N, ctx.lengths, saturation,
+                                                       ctx.masks is not None)
     first = None
     if layer >= 0:
         first = dict(layer=layer, direction=direction, step=t,
                      quantity=("gate", "hidden state", "cell state")[what])
     return saturation, first
-
-
-def _flat(weights):
-    return [w for group in weights for w in group if w is not None]
 
 
 def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="tanh", bias=True,
@@ -630,4 +654,73 @@ def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, ba
                                 reset_after=bool(reset_after), where="gru_forward", masks=masks,
                                 layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, zoneout_h=zoneout_h,
                                 weight_drop=weight_drop, noise=noise, device=device)
+    return out, h_n, ctx
+
+
+def _check_ligru(where, nonlinearity, normalization, momentum):
+    if nonlinearity not in _cells.ACTIVATIONS:
+        raise ValueError(f"{where}: unknown nonlinearity {nonlinearity!r}; expected one of "
+                         f"{', '.join(map(repr, _cells.ACTIVATIONS))}")
+    if normalization not in _cells.NORMALIZATIONS:
+        raise ValueError(f"{where}: unknown normalization {normalization!r}; expected 'batchnorm', 'layernorm' "
+                         "or None")
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+        raise ValueError(f"{where}: momentum must be a number in [0, 1], got {momentum!r}")
+    return float(momentum)
+
+
+def ligru_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="relu", normalization="batchnorm",
+                  bias=True, batch_first=False, bidirectional=False, dropout=0.0, candidate_dropout=0.0,
+                  training=False, rng=None, buffers=None, momentum=0.05, masks=None, noise=None):
+    """Li-GRU stack (Ravanelli et al. 2018; SpeechBrain's ``LiGRU``), gates a (candidate) and z::
+
+        w = norm(W_ih x)                  over the whole sequence, before the recurrence
+        z = σ(w_z + U_z h),  c = act(w_a + U_a h),  h' = z⊙h + (1 - z)⊙m⊙c
+
+    ``nonlinearity`` act: "relu" (default), "tanh", "sin" or "leaky_relu" (slope 0.01).
+    ``normalization``: "batchnorm" (default; batch statistics of the valid rows in training,
+    padded steps excluded, running statistics in ``buffers`` in inference, updated in place by
+    training calls with ``momentum``), "layernorm" (per row), or None (then ``bias`` adds
+    ``bias_ih``). m: ``candidate_dropout`` (SpeechBrain's ``dropout``): one mask per sequence
+    (and layer, direction) on the candidate, training only, from ``rng`` or ``noise``
+    (``{"cand_mask": [L*D, N, H]}``, scaled by ``1/(1-p)``). ``dropout`` is dropout between layers
+    (torch's meaning; ``masks`` as in `lstm_forward`). Parameters (`param_shapes`):
+    ``weight_ih_l{k}`` ``[2H, C_k]`` (SpeechBrain's ``w``), ``weight_hh_l{k}`` ``[2H, H]`` (``u``),
+    ``norm_weight_l{k}``/``norm_bias_l{k}`` ``[2H]``; buffers ``norm_running_mean_l{k}``,
+    ``norm_running_var_l{k}``. Time-major, separate ``_reverse`` weights and ``lengths`` as every
+    fastrnn cell (SpeechBrain's own layout is `fastrnn.torch.LiGRU`). Returns ``(output, h_n, ctx)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastrnn
+    >>> layer = fastrnn.LiGRU(3, 4, rng=0)
+    >>> out, h_n, ctx = fastrnn.functional.ligru_forward(np.ones((5, 2, 3), np.float32), layer.params,
+    ...                                                  buffers=layer.buffers, training=True)
+    >>> out.shape, h_n.shape, float(layer.buffers["norm_running_mean_l0"][0]) != 0.0
+    ((5, 2, 4), (1, 2, 4), True)
+    """
+    momentum = _check_ligru("ligru_forward", nonlinearity, normalization, momentum)
+    out, h_n, _, ctx = _forward("ligru", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
+                                bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
+                                reset_after=True, where="ligru_forward", masks=masks, noise=noise,
+                                nonlinearity=nonlinearity, normalization=normalization, momentum=momentum,
+                                candidate_dropout=candidate_dropout, buffers=buffers)
+    return out, h_n, ctx
+
+
+def sligru_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="relu", normalization="batchnorm",
+                   recurrent_affine=False, bias=True, batch_first=False, bidirectional=False, dropout=0.0,
+                   candidate_dropout=0.0, training=False, rng=None, buffers=None, momentum=0.05, masks=None,
+                   noise=None):
+    """SLi-GRU stack (Moumen & Parcollet 2023; SpeechBrain's ``SLiGRU``): `ligru_forward` with a
+    LayerNorm of the recurrent product, ``U h -> LN(U h)`` (over its 2H features, eps 1e-5), with
+    a gain and shift (``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}``) when ``recurrent_affine``
+    (SpeechBrain's ``recurrent_elementwise_affine``), else none. Returns ``(output, h_n, ctx)``."""
+    momentum = _check_ligru("sligru_forward", nonlinearity, normalization, momentum)
+    out, h_n, _, ctx = _forward("sligru", x, params, hx, lengths, num_layers=num_layers, bidirectional=bidirectional,
+                                bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
+                                reset_after=True, where="sligru_forward", masks=masks, noise=noise,
+                                nonlinearity=nonlinearity, normalization=normalization, momentum=momentum,
+                                recurrent_affine=recurrent_affine, candidate_dropout=candidate_dropout,
+                                buffers=buffers)
     return out, h_n, ctx

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from . import _cells
 from . import _validation as V
 from ._validation import array_view, choice as _choice, real as _real
 
@@ -672,7 +673,7 @@ def orthogonal_(arr, *, gain=1.0, rng=None, gates=None):
 # --------------------------------------------------------------------------- layer level
 
 _PARAM = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr|weight_peephole|ln_ih_weight|ln_hh_weight|"
-                    r"ln_c_weight|ln_c_bias)_l(\d+)(_reverse)?")
+                    r"ln_c_weight|ln_c_bias|norm_weight|norm_bias|ln_hh_bias)_l(\d+)(_reverse)?")
 _Layer = namedtuple("_Layer", "cell H G groups arrays")  # groups: one dict per layer/direction
 
 
@@ -694,15 +695,20 @@ def _layer(layer, where):
         arrays.append(arr)
     first = groups[(0, "")]
     w = first["weight_hh"]
-    G = w.shape[0] // H
-    P = first["weight_hr"].shape[0] if "weight_hr" in first else H  # LSTMP: the state h has P units
-    if w.shape != (G * H, P) or G not in (1, 3, 4):
-        raise ValueError(f"{where}: weight_hh_l0 has shape {w.shape}; expected (G·H, H) with H={H} (or "
-                         "(G·H, P) with projections) and G = 1 (RNN), 3 (GRU) or 4 (LSTM)")
     if callable(getattr(layer, "_cell", None)):
         cell = layer._cell()
-    else:
-        cell = {4: "lstm", 3: "gru"}.get(G) or f"rnn_{getattr(layer, 'nonlinearity', 'tanh')}"
+        G = _cells.gates(cell)
+    else:  # a layer that only has the protocol: the cell from its gate count (the cell table)
+        G = w.shape[0] // H
+        by_gates = {_cells.gates(n): n for n in reversed(_cells.names())}
+        cell = by_gates.get(G, "rnn_tanh")
+        if G == 1:
+            cell = f"rnn_{getattr(layer, 'nonlinearity', 'tanh')}"
+    P = first["weight_hr"].shape[0] if "weight_hr" in first else H  # LSTMP: the state h has P units
+    if w.shape != (G * H, P):
+        counts = ", ".join(f"{_cells.gates(n)} ({n})" for n in _cells.names())
+        raise ValueError(f"{where}: weight_hh_l0 has shape {w.shape}; expected (G·H, H) with H={H} (or "
+                         f"(G·H, P) with projections) and G one of {counts}")
     return _Layer(cell, H, G, list(groups.values()), arrays)
 
 

@@ -41,6 +41,8 @@ class _RNNBase:
     _mode = None  # set by subclasses
     _user = None  # thread inside a training forward/backward of this layer, or None
     _ctx_thread = None  # thread whose training forward made the cache in `_ctx`
+    _weights = None  # the core's plan and the arrays it reads (functional.prepare), see `_prepared`
+    buffers = {}  # non-trained state (Li-GRU's batch norm statistics)
 
     # Cell variants and regularizer rates (set by the subclasses that have them).
     proj_size = 0
@@ -66,7 +68,7 @@ class _RNNBase:
         self.dtype = V.as_dtype(dtype, f"{where}: dtype")
         self.bptt_clip = V.check_bptt_clip(bptt_clip, where)
         F._check_variants(where, self._cell(), getattr(self, "reset_after", True), self.proj_size, self.peephole,
-                          self.layer_norm, self.zoneout_h, self.zoneout_c)
+                          self.layer_norm, self.zoneout_h, self.zoneout_c, self.recurrent_dropout, self.weight_drop)
         self.proj_size = int(self.proj_size)
         if self.proj_size and self.proj_size >= self.hidden_size:
             raise ValueError(f"{where}: proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}")
@@ -74,11 +76,18 @@ class _RNNBase:
         self.training = True
         self._ctx = None
         shapes = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
-                                self.bidirectional, self.bias, proj_size=self.proj_size, peephole=self.peephole,
-                                layer_norm=self.layer_norm)
+                                self.bidirectional, self.bias, **self._shape_options())
         self.params = OrderedDict((name, np.empty(shape, self.dtype)) for name, shape in shapes)
         self.grads = OrderedDict((name, np.zeros(shape, self.dtype)) for name, shape in shapes)
+        buffers = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
+                                 self.bidirectional, self.bias, buffers=True, **self._shape_options())
+        if buffers:
+            self.buffers = OrderedDict((name, np.empty(shape, self.dtype)) for name, shape in buffers)
         self.reset_parameters()
+
+    def _shape_options(self):
+        """What besides the sizes decides the parameters' names and shapes."""
+        return dict(proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm)
 
     # -- the cell this layer runs ("rnn_tanh", "rnn_relu", "lstm", "gru")
     def _cell(self):
@@ -112,8 +121,12 @@ class _RNNBase:
         return self.train(False)
 
     def state_dict(self):
-        """Copies of the parameters under torch's names."""
-        return OrderedDict((k, v.copy()) for k, v in self.params.items())
+        """Copies of the parameters under torch's names (and of the buffers, Li-GRU's batch norm
+        statistics)."""
+        return OrderedDict((k, v.copy()) for k, v in self._state().items())
+
+    def _state(self):
+        return OrderedDict(list(self.params.items()) + list(self.buffers.items()))
 
     def load_state_dict(self, state_dict, strict=True):
         """Load arrays or torch tensors by torch name (values are cast to the layer dtype).
@@ -122,22 +135,23 @@ class _RNNBase:
         Returns (missing_keys, unexpected_keys).
         """
         where = f"{type(self).__name__}.load_state_dict"
-        missing = [k for k in self.params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self.params]
+        own = self._state()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"{where}: missing keys {missing}, unexpected keys {unexpected}")
         new = {}
         for k, v in state_dict.items():
-            if k not in self.params:
+            if k not in own:
                 continue
             a = V.to_numpy(v)
-            if a.shape != self.params[k].shape:
-                raise ValueError(f"{where}: {k!r} has shape {tuple(a.shape)}, expected {self.params[k].shape}")
+            if a.shape != own[k].shape:
+                raise ValueError(f"{where}: {k!r} has shape {tuple(a.shape)}, expected {own[k].shape}")
             if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
                 raise TypeError(f"{where}: {k!r} has dtype {a.dtype}, expected a real floating dtype")
             new[k] = a
         for k, a in new.items():  # all checked first: a failed load changes nothing
-            self.params[k][...] = a
+            own[k][...] = a
         return missing, unexpected
 
     @contextlib.contextmanager
@@ -163,6 +177,35 @@ class _RNNBase:
         finally:
             self._user = None
 
+    def _config(self):
+        """The settings of the core's plan (fixed at construction)."""
+        return dict(reset_after=getattr(self, "reset_after", True), proj_size=self.proj_size, peephole=self.peephole,
+                    layer_norm=self.layer_norm, zoneout_c=bool(self.zoneout_c))
+
+    def _prepared(self, where):
+        """The core's plan and the arrays it reads, kept between calls while ``params`` (and
+        ``buffers``) hold the same arrays; made again when an entry was replaced. The plan keeps
+        W_hh packed for inference and checks at every call that the weights did not change."""
+        w = self._weights
+        if w is not None:
+            current = [self.buffers.get(name, self.params.get(name)) for name in w.plan_names]
+            if all(a is b for a, b in zip(current, w.sources)):
+                return w
+        w = F.prepare(where, self._cell(), self.params, self.num_layers, self.bidirectional, self.bias,
+                      buffers=self.buffers, **self._config())
+        w.key = "layer"  # W_hh stays packed on the plan for inference calls
+        w.plan_names = [name for name, _, _ in w.plan.parameters]
+        self._weights = w
+        return w
+
+    def __getstate__(self):
+        # The plan and a training cache are rebuilt, not saved: copies and pickles hold the state.
+        state = self.__dict__.copy()
+        state.pop("_weights", None)
+        state["_ctx"] = None
+        state.pop("_user", None)
+        return state
+
     def _forward(self, x, hx, lengths):
         where = f"{type(self).__name__}.forward"
         with self._training_call(where) if self.training else contextlib.nullcontext(None) as me:
@@ -174,7 +217,8 @@ class _RNNBase:
                 reset_after=getattr(self, "reset_after", True), where=where,
                 proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
                 recurrent_dropout=self.recurrent_dropout, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c,
-                weight_drop=self.weight_drop, device=self.device)
+                weight_drop=self.weight_drop, device=self.device, weights=self._prepared(where),
+                **self._cell_options())
             self._ctx, self._ctx_thread = ctx, me
             recorders = [r for r in self._recorders if r.active]
             if recorders and ctx is not None:
@@ -201,6 +245,10 @@ class _RNNBase:
             for r in recorders:
                 r._on_backward(self, self._ctx)
         return grad_x, grad_h0, grad_c0
+
+    def _cell_options(self):
+        """Options of the cell beyond the torch ones (Li-GRU: activation, normalization...)."""
+        return {}
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -405,4 +453,125 @@ class LayerNormGRU(GRU):
     def __init__(self, input_size, hidden_size, num_layers=1, **kwargs):
         if not kwargs.pop("reset_after", True):
             raise ValueError("LayerNormGRU: reset_after=False is not supported with layer normalization")
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+
+class LiGRU(_RNNBase):
+    """Li-GRU stack (Ravanelli, Brakel, Omologo & Bengio 2018, "Light gated recurrent units for
+    speech recognition"), as SpeechBrain's ``LiGRU`` computes it, with fastrnn's conventions.
+
+    Gates a (candidate) and z, no reset gate::
+
+        w = norm(W_ih x)                  batch norm (default) or LayerNorm of the whole sequence
+        z = σ(w_z + U_z h),  c = act(w_a + U_a h),  h' = z⊙h + (1 - z)⊙m⊙c
+
+    ``nonlinearity``: "relu" (default), "tanh", "sin", "leaky_relu". ``normalization``:
+    "batchnorm" (statistics of the valid rows of the call in training, padded steps excluded; the
+    running statistics, updated with ``momentum`` = 0.05, in eval mode), "layernorm", or None
+    (no normalization; ``bias`` then adds a ``bias_ih``). ``candidate_dropout`` (SpeechBrain's
+    ``dropout``): m, one mask per sequence, training only. ``dropout``: between layers, as in
+    torch. Time-major ``[T, N, C]`` (``batch_first``), ``lengths``, ``bidirectional`` with separate
+    ``_reverse`` weights (SpeechBrain runs the flipped batch through the same weights:
+    `fastrnn.torch.LiGRU` reproduces that layout exactly).
+
+    Parameters ``weight_ih_l{k}`` ``[2H, C_k]``, ``weight_hh_l{k}`` ``[2H, H]`` (orthogonal init,
+    as SpeechBrain's ``rnn_init``), ``norm_weight_l{k}`` (1) and ``norm_bias_l{k}`` (0) ``[2H]``;
+    ``buffers`` ``norm_running_mean_l{k}`` (0), ``norm_running_var_l{k}`` (1). ``state_dict``
+    holds both.
+
+    Examples
+    --------
+    >>> import numpy as np, fastrnn
+    >>> ligru = fastrnn.LiGRU(3, 5, num_layers=2, nonlinearity="tanh", rng=0)
+    >>> out, h_n = ligru(np.random.default_rng(0).standard_normal((7, 4, 3)).astype(np.float32))
+    >>> out.shape, h_n.shape, sorted(ligru.buffers)[:1]
+    ((7, 4, 5), (2, 4, 5), ['norm_running_mean_l0'])
+    >>> grad_x, grad_h0 = ligru.backward(np.ones_like(out))
+    >>> ligru.grads["norm_weight_l1"].shape
+    (10,)
+    """
+
+    _mode = "ligru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, nonlinearity="relu", normalization="batchnorm",
+                 momentum=0.05, candidate_dropout=0.0, **kwargs):
+        where = type(self).__name__
+        self.momentum = F._check_ligru(where, nonlinearity, normalization, momentum)
+        self.nonlinearity = nonlinearity
+        self.normalization = normalization
+        self.candidate_dropout = F._check_rate(candidate_dropout, "candidate_dropout", where)
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    recurrent_affine = False
+
+    def _shape_options(self):
+        return dict(normalization=self.normalization, recurrent_affine=self.recurrent_affine)
+
+    def _config(self):
+        return dict(nonlinearity=self.nonlinearity, normalization=self.normalization, momentum=self.momentum,
+                    recurrent_affine=self.recurrent_affine)
+
+    def _cell_options(self):
+        return dict(nonlinearity=self.nonlinearity, normalization=self.normalization, momentum=self.momentum,
+                    recurrent_affine=self.recurrent_affine, candidate_dropout=self.candidate_dropout,
+                    buffers=self.buffers)
+
+    def reset_parameters(self, rng=None):
+        """SpeechBrain's initialization: ``weight_ih`` as ``torch.nn.Linear`` (U(±1/sqrt(C_k))),
+        ``weight_hh`` orthogonal (``rnn_init``), the normalizations' gains 1 and shifts 0, the
+        running statistics 0 and 1."""
+        from . import init
+        gen = self.rng if rng is None else V.generator(rng, f"{type(self).__name__}.reset_parameters")
+        for name, w in self.params.items():
+            if name.startswith("weight_ih"):
+                k = 1.0 / math.sqrt(w.shape[1])
+                w[...] = gen.uniform(-k, k, size=w.shape)
+            elif name.startswith("weight_hh"):
+                init.orthogonal_(w, rng=gen)
+            else:
+                w[...] = 1.0 if "weight" in name else 0.0
+        for name, b in self.buffers.items():
+            b[...] = 1.0 if "var" in name else 0.0
+        return self
+
+    def forward(self, x, hx=None, lengths=None):
+        """Returns ``(output, h_n)``; see `fastrnn.functional.ligru_forward`."""
+        out, h_n, _ = self._forward(x, hx, lengths)
+        return out, h_n
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Returns ``(grad_x, grad_h0)``; parameter gradients accumulate into ``.grads``."""
+        grad_x, grad_h0, _ = self._backward(grad_output, grad_h_n, None)
+        return grad_x, grad_h0
+
+    def _extra_repr(self):
+        opts = [f"nonlinearity={self.nonlinearity!r}", f"normalization={self.normalization!r}"]
+        if self.candidate_dropout:
+            opts.append(f"candidate_dropout={self.candidate_dropout}")
+        if self.recurrent_affine:
+            opts.append("recurrent_affine=True")
+        return ", " + ", ".join(opts)
+
+
+class SLiGRU(LiGRU):
+    """SLi-GRU stack (Moumen & Parcollet 2023, "Stabilising and accelerating light gated recurrent
+    units for automatic speech recognition"; SpeechBrain's ``SLiGRU``): `LiGRU` with a LayerNorm
+    of the recurrent product, ``U h -> LN(U h)`` over its 2H features, which keeps the recurrent
+    gradients from exploding. ``recurrent_affine=True`` (SpeechBrain's
+    ``recurrent_elementwise_affine``) gives that LN a gain ``ln_hh_weight_l{k}`` and a shift
+    ``ln_hh_bias_l{k}`` ``[2H]``; by default it has neither.
+
+    Examples
+    --------
+    >>> import numpy as np, fastrnn
+    >>> sligru = fastrnn.SLiGRU(3, 5, normalization="layernorm", recurrent_affine=True, rng=0)
+    >>> out, h_n = sligru(np.ones((6, 2, 3), np.float32))
+    >>> out.shape, [k for k in sligru.params if k.startswith("ln_hh")]
+    ((6, 2, 5), ['ln_hh_weight_l0', 'ln_hh_bias_l0'])
+    """
+
+    _mode = "sligru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, recurrent_affine=False, **kwargs):
+        self.recurrent_affine = bool(recurrent_affine)
         super().__init__(input_size, hidden_size, num_layers, **kwargs)

@@ -47,7 +47,13 @@ class _Module:
     eval = _RNNBase.eval
     state_dict = _RNNBase.state_dict
     load_state_dict = _RNNBase.load_state_dict
+    _state = _RNNBase._state
     __call__ = _RNNBase.__call__
+
+    @property
+    def buffers(self):
+        """Arrays of the state that are not trained (none here)."""
+        return OrderedDict()
 
     def _take_cache(self, where):
         """The cache of the last training forward, consumed (a second backward raises)."""
@@ -254,6 +260,11 @@ class Sequential(_Module):
     def grads(self):
         """``OrderedDict`` name → live gradient array, same keys as `params`."""
         return OrderedDict((f"{i}.{k}", v) for i, m in enumerate(self.modules) for k, v in m.grads.items())
+
+    @property
+    def buffers(self):
+        """``OrderedDict`` name → live buffer of every module (Li-GRU batch-norm statistics), named like `params`."""
+        return OrderedDict((f"{i}.{k}", v) for i, m in enumerate(self.modules) for k, v in getattr(m, "buffers", {}).items())
 
     def parameters(self):
         """List of the parameter arrays (live), in `params` order."""

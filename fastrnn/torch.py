@@ -50,10 +50,10 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _C
+from . import _C, _cells
 from . import functional as F
 
-__all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "convert", "revert"]
+__all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "convert", "revert"]
 
 # torch's RNNBase.mode -> fastrnn cell name.
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
@@ -226,7 +226,7 @@ class _FastRNNBase:
         """The regularizers' masks of one training forward, from torch's RNG (None: none apply)."""
         L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size
         K = self.proj_size or H
-        G = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
+        G = _cells.gates(self._cell())
         S, dtype = L * D, self._flat_weights[0].dtype
         out = {}
         if self.recurrent_dropout:
@@ -574,6 +574,289 @@ _TO_FAST = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
 _TO_TORCH = {v: k for k, v in _TO_FAST.items()}
 
 
+# --------------------------------------------------------------------------- Li-GRU, SLi-GRU
+
+_LIGRU_ACTS = {"tanh": torch.nn.Tanh, "sin": lambda: torch.sin, "leaky_relu": torch.nn.LeakyReLU,
+               "relu": torch.nn.ReLU}
+
+
+class _LiGRUFunction(torch.autograd.Function):
+    """One Li-GRU / SLi-GRU layer as one autograd node: the fused C++ forward (batch norm of the
+    hoisted input product included) and one BPTT call. Inputs ``(spec, x [T, N, C], h0 [N, H],
+    cand_mask [N, H] or None, *params)``, params in the plan's order."""
+
+    @staticmethod
+    def forward(ctx, spec, x, h0, cand_mask, *params):
+        kind, names, buffers, options, module_training = spec
+        noise = None if cand_mask is None else {"cand_mask": _numpy(cand_mask)[None]}
+        # In eval mode a differentiated call keeps SpeechBrain's inference math: the batch norm's
+        # running statistics, no dropout (sample_noise=False).
+        out, _, _, fctx = _on_torch_threads(
+            F._forward, kind, _numpy(x), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
+            num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=True, rng=None,
+            reset_after=True, where=f"fastrnn.torch.{'SLiGRU' if kind == 'sligru' else 'LiGRU'}.forward",
+            noise=noise, sample_noise=module_training, buffers=buffers, **options)
+        ctx.save_for_backward(x, *params, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache))
+        fctx.x = fctx.cache = None
+        ctx.fctx, ctx.names = fctx, names
+        ctx.set_materialize_grads(False)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        *_, x, cache = ctx.saved_tensors
+        fctx = ctx.fctx
+        fctx.x, fctx.cache = x.numpy(), cache.numpy()
+        try:  # retain: autograd may run this node again (retain_graph=True, gradcheck)
+            grad_x, grad_h0, _, grads = _on_torch_threads(F.backward, fctx, _numpy(grad_out), retain=True)
+        finally:
+            fctx.x = fctx.cache = None
+        need = ctx.needs_input_grad
+        wrap = lambda a, i: torch.from_numpy(a) if need[i] else None  # noqa: E731
+        return (None, wrap(grad_x, 1), wrap(grad_h0[0], 2), None,
+                *(wrap(grads[n], 4 + i) for i, n in enumerate(ctx.names)))
+
+
+class _LiGRULayer(torch.nn.Module):
+    """One layer with the structure, names and state of SpeechBrain's ``LiGRU_Layer`` /
+    ``SLiGRU_Layer`` (``w``, ``u``, ``norm``, ``layer_norm``, ``h_init``, ``drop_masks``), run by
+    fastrnn's kernel."""
+
+    def __init__(self, input_size, hidden_size, num_layers, batch_size, dropout=0.0, nonlinearity="relu",
+                 normalization="batchnorm", bias=True, bidirectional=False, stabilised=False,
+                 recurrent_elementwise_affine=False):
+        super().__init__()
+        self.hidden_size, self.input_size = int(hidden_size), int(input_size)
+        self.batch_size, self.bidirectional, self.dropout, self.bias = batch_size, bidirectional, dropout, bias
+        self.nonlinearity, self.stabilised = nonlinearity, stabilised
+        H2 = 2 * self.hidden_size
+        self.w = torch.nn.Linear(self.input_size, H2, bias=False)
+        self.u = torch.nn.Linear(self.hidden_size, H2, bias=False)
+        if stabilised:
+            self.layer_norm = torch.nn.LayerNorm(H2, elementwise_affine=recurrent_elementwise_affine)
+        if self.bidirectional:
+            self.batch_size = self.batch_size * 2
+        # SpeechBrain's rule: batchnorm, else a LayerNorm (also for any other string).
+        self.norm = torch.nn.BatchNorm1d(H2, momentum=0.05) if normalization == "batchnorm" else \
+            torch.nn.LayerNorm(H2)
+        self.normalize = True
+        if not self.bias:  # SpeechBrain freezes the normalization's shift at zero
+            self.norm.bias.data.fill_(0)
+            self.norm.bias.requires_grad = False
+        self.register_buffer("h_init", torch.zeros(1, self.hidden_size))
+        self.drop = torch.nn.Dropout(p=self.dropout, inplace=False)
+        self.N_drop_masks = 16000
+        self.drop_mask_cnt = 0
+        # SpeechBrain saves LiGRU's bank with the state, not SLiGRU's.
+        self.register_buffer("drop_masks", self.drop(torch.ones(self.N_drop_masks, self.hidden_size)).data,
+                             persistent=not stabilised)
+        self.register_buffer("drop_mask_te", torch.tensor([1.0]).float())
+        self.act = _LIGRU_ACTS.get(nonlinearity, torch.nn.ReLU)()
+
+    # SpeechBrain's recurrent-dropout masks: a bank drawn ahead, consumed batch by batch.
+    def _sample_drop_mask(self, w):
+        if not self.training:
+            return None
+        if self.drop_mask_cnt + self.batch_size > self.N_drop_masks:
+            self.drop_mask_cnt = 0
+            self.drop_masks = self.drop(torch.ones(self.N_drop_masks, self.hidden_size, device=w.device)).data
+        mask = self.drop_masks[self.drop_mask_cnt:self.drop_mask_cnt + self.batch_size]
+        self.drop_mask_cnt = self.drop_mask_cnt + self.batch_size
+        return mask
+
+    def _change_batch_size(self, x):
+        if self.batch_size != x.shape[0]:
+            self.batch_size = x.shape[0]
+            if self.training:
+                self.drop_masks = self.drop(torch.ones(self.N_drop_masks, self.hidden_size, device=x.device)).data
+
+    def _spec(self):
+        """The fastrnn view of this layer: parameter names, buffers and options."""
+        batch_norm = isinstance(self.norm, torch.nn.BatchNorm1d)
+        names, params = ["weight_ih_l0", "weight_hh_l0", "norm_weight_l0"], [self.w.weight, self.u.weight,
+                                                                              self.norm.weight]
+        if self.bias:
+            names.append("norm_bias_l0")
+            params.append(self.norm.bias)
+        affine = self.stabilised and self.layer_norm.elementwise_affine
+        if affine:
+            names += ["ln_hh_weight_l0", "ln_hh_bias_l0"]
+            params += [self.layer_norm.weight, self.layer_norm.bias]
+        buffers = None
+        options = dict(nonlinearity=self.nonlinearity, normalization="batchnorm" if batch_norm else "layernorm",
+                       bias=self.bias)
+        if batch_norm:
+            buffers = {"norm_running_mean_l0": _numpy(self.norm.running_mean),
+                       "norm_running_var_l0": _numpy(self.norm.running_var)}
+            options["momentum"] = self.norm.momentum
+            if self.training and self.norm.num_batches_tracked is not None:
+                self.norm.num_batches_tracked.add_(1)
+        if self.stabilised:
+            options["recurrent_affine"] = affine
+        return ("sligru" if self.stabilised else "ligru"), names, params, buffers, options
+
+    def forward(self, x, hx=None):
+        if self.bidirectional:
+            x = torch.cat([x, x.flip(1)], dim=0)
+        self._change_batch_size(x)
+        mask = self._sample_drop_mask(x)
+        h0 = hx if hx is not None else self.h_init.broadcast_to(x.shape[0], self.hidden_size)
+        kind, names, params, buffers, options = self._spec()
+        xt = x.transpose(0, 1).contiguous()  # fastrnn's time-major layout
+        h0 = h0.contiguous()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
+            h = _LiGRUFunction.apply((kind, names, buffers, options, self.training), xt, h0, mask, *params)
+        else:
+            fn = F.sligru_forward if kind == "sligru" else F.ligru_forward
+            noise = None if mask is None else {"cand_mask": _numpy(mask.contiguous())[None]}
+            out, _, _ = _on_torch_threads(fn, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None],
+                                          training=self.training, buffers=buffers, noise=noise, **options)
+            h = torch.from_numpy(out)
+        h = h.transpose(0, 1)
+        if self.bidirectional:
+            h_f, h_b = h.chunk(2, dim=0)
+            h = torch.cat([h_f, h_b.flip(1)], dim=2)
+        return h
+
+
+class LiGRU(torch.nn.Module):
+    """SpeechBrain's ``speechbrain.nnet.RNN.LiGRU`` (1.1), run by fastrnn's fused kernels: the same
+    constructor, ``forward(x, hx=None) -> (output, hh)`` on batch-first ``[N, T, C]`` input (4-D
+    input flattened), module structure and ``state_dict`` (so SpeechBrain checkpoints load
+    unchanged, and back), initialization (orthogonal ``u`` with ``re_init``), recurrent-dropout
+    masks (the same pre-drawn bank, consumed the same way) and bidirectional form (the flipped batch
+    through the same weights and the same batch-norm statistics).
+
+    Where SpeechBrain loops over time in Python (autograd per step), this is one C++ forward and
+    one BPTT call per layer, with the batch norm of the hoisted input product inside the kernel.
+    `convert` swaps SpeechBrain's modules for these. fastrnn's own NumPy layers with fastrnn's
+    conventions (time-major, lengths, separate reverse weights): `fastrnn.LiGRU`.
+
+    Examples
+    --------
+    >>> import torch, fastrnn.torch
+    >>> _ = torch.manual_seed(0)
+    >>> net = fastrnn.torch.LiGRU(hidden_size=5, input_shape=(4, 10, 20))
+    >>> out, hh = net(torch.rand(4, 10, 20))
+    >>> out.shape, hh.shape
+    (torch.Size([4, 10, 5]), torch.Size([1, 4, 5]))
+    >>> out.sum().backward(); net.rnn[0].u.weight.grad.shape
+    torch.Size([10, 5])
+    """
+
+    _stabilised = False
+
+    def __init__(self, hidden_size, input_shape, nonlinearity="relu", normalization="batchnorm", num_layers=1,
+                 bias=True, dropout=0.0, re_init=True, bidirectional=False, **stabilised):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.nonlinearity = nonlinearity
+        self.num_layers = num_layers
+        self.bias = bias
+        self.dropout = dropout
+        self.re_init = re_init
+        self.bidirectional = bidirectional
+        self.reshape = len(input_shape) > 3
+        self.fea_dim = float(torch.prod(torch.tensor(input_shape[2:])))
+        self.batch_size = input_shape[0]
+        if self._stabilised:
+            self.ff_normalization = normalization
+            self.recurrent_elementwise_affine = stabilised.get("recurrent_elementwise_affine", False)
+        else:
+            self.normalization = normalization
+        self.rnn = torch.nn.ModuleList()
+        dim = self.fea_dim
+        for _ in range(num_layers):
+            self.rnn.append(_LiGRULayer(dim, hidden_size, num_layers, self.batch_size, dropout=dropout,
+                                        nonlinearity=nonlinearity, normalization=normalization, bias=bias,
+                                        bidirectional=bidirectional, stabilised=self._stabilised,
+                                        recurrent_elementwise_affine=stabilised.get("recurrent_elementwise_affine",
+                                                                                    False)))
+            dim = hidden_size * 2 if bidirectional else hidden_size
+        if re_init:
+            for name, param in self.rnn.named_parameters():
+                if ".u.weight" in name or name.startswith("u.weight") or "weight_hh" in name:
+                    torch.nn.init.orthogonal_(param)
+
+    def forward(self, x, hx=None):
+        """SpeechBrain's forward: ``(output [N, T, D*H], hh)``."""
+        if self.reshape and x.ndim == 4:
+            x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+        h = []
+        if hx is not None and self.bidirectional:
+            hx = hx.reshape(self.num_layers, self.batch_size * 2, self.hidden_size)
+        for i, layer in enumerate(self.rnn):
+            x = layer(x, hx=None if hx is None else hx[i])
+            h.append(x[:, -1, :])
+        h = torch.stack(h, dim=1)
+        if self.bidirectional:
+            h = h.reshape(h.shape[1] * 2, h.shape[0], self.hidden_size)
+        else:
+            h = h.transpose(0, 1)
+        return x, h
+
+
+class SLiGRU(LiGRU):
+    """SpeechBrain's ``speechbrain.nnet.RNN.SLiGRU`` (1.1), run by fastrnn's fused kernels: `LiGRU`
+    with a LayerNorm of the recurrent product (``layer_norm``, affine with
+    ``recurrent_elementwise_affine``); the constructor takes ``ff_normalization``.
+
+    Examples
+    --------
+    >>> import torch, fastrnn.torch
+    >>> net = fastrnn.torch.SLiGRU(hidden_size=5, input_shape=(4, 10, 20), bidirectional=True)
+    >>> out, hh = net(torch.rand(4, 10, 20))
+    >>> out.shape
+    torch.Size([4, 10, 10])
+    """
+
+    _stabilised = True
+
+    def __init__(self, hidden_size, input_shape, nonlinearity="relu", ff_normalization="batchnorm",
+                 recurrent_elementwise_affine=False, num_layers=1, bias=True, dropout=0.0, re_init=True,
+                 bidirectional=False):
+        super().__init__(hidden_size, input_shape, nonlinearity, ff_normalization, num_layers, bias, dropout, re_init,
+                         bidirectional, recurrent_elementwise_affine=recurrent_elementwise_affine)
+
+
+def _speechbrain_kind(module):
+    """"ligru"/"sligru" for SpeechBrain's LiGRU / SLiGRU modules (recognized by their class name
+    and methods: importing SpeechBrain is not needed), else None."""
+    cls = type(module)
+    if cls.__name__ == "LiGRU" and hasattr(cls, "_forward_ligru"):
+        return "ligru"
+    if cls.__name__ == "SLiGRU" and hasattr(cls, "_forward_sligru"):
+        return "sligru"
+    return None
+
+
+def _from_speechbrain(module):
+    """The fastrnn twin of a SpeechBrain LiGRU / SLiGRU: the same submodules, parameters and buffers."""
+    kind = _speechbrain_kind(module)
+    new = (SLiGRU if kind == "sligru" else LiGRU).__new__(SLiGRU if kind == "sligru" else LiGRU)
+    new.__dict__.update({k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()})
+    new._speechbrain_types = (type(module), type(module.rnn[0]))
+    for layer in new.rnn:
+        layer.__class__ = _LiGRULayer
+        layer.nonlinearity = module.nonlinearity
+        layer.stabilised = kind == "sligru"
+    return new
+
+
+def _to_speechbrain(module, where, path):
+    types = getattr(module, "_speechbrain_types", None)
+    if types is None:
+        raise ValueError(f"{where}: {path} is a fastrnn.torch {type(module).__name__} made by fastrnn, not converted "
+                         "from SpeechBrain: there is no SpeechBrain class to return to")
+    new = types[0].__new__(types[0])
+    new.__dict__.update({k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in module.__dict__.items()})
+    new.__dict__.pop("_speechbrain_types", None)
+    for layer in new.rnn:
+        layer.__class__ = types[1]
+    return new
+
+
 def _retype(module, cls, where, path):
     """A `cls` module with `module`'s parameters (the same Parameter objects), buffers, hooks and
     settings: no re-initialisation, no use of the RNG."""
@@ -597,7 +880,25 @@ def _retype(module, cls, where, path):
     return new
 
 
-def _swap(model, table, inplace, where):
+def _to_fast(module):
+    """How `convert` replaces `module`, or None."""
+    if type(module) in _TO_FAST:  # exact types: a subclass of torch.nn.LSTM may change its behaviour
+        return lambda where, path: _retype(module, _TO_FAST[type(module)], where, path)
+    if _speechbrain_kind(module):
+        return lambda where, path: _from_speechbrain(module)
+    return None
+
+
+def _to_torch(module):
+    """How `revert` replaces `module`, or None."""
+    if type(module) in _TO_TORCH:
+        return lambda where, path: _retype(module, _TO_TORCH[type(module)], where, path)
+    if type(module) in (LiGRU, SLiGRU):
+        return lambda where, path: _to_speechbrain(module, where, path)
+    return None
+
+
+def _swap(model, replacement, inplace, where):
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
@@ -606,21 +907,22 @@ def _swap(model, table, inplace, where):
 
     def twin(module, path):
         if id(module) not in done:
-            done[id(module)] = _retype(module, table[type(module)], where, path)
+            done[id(module)] = replacement(module)(where, path)
         return done[id(module)]
 
-    if type(model) in table:  # exact types: a subclass of torch.nn.LSTM may change its behaviour
+    if replacement(model):
         return twin(model, "the model")
     found = [(parent, name, child, f"{prefix}.{name}" if prefix else name)
              for prefix, parent in model.named_modules()
-             for name, child in parent.named_children() if type(child) in table]
+             for name, child in parent.named_children() if replacement(child)]
     for parent, name, child, path in found:
         setattr(parent, name, twin(child, repr(path)))
     return model
 
 
 def convert(model, inplace=False):
-    """Replace every ``torch.nn.LSTM/GRU/RNN`` (exact types) in `model` by its fastrnn twin.
+    """Replace every ``torch.nn.LSTM/GRU/RNN`` (exact types) in `model` by its fastrnn twin, and
+    every SpeechBrain ``LiGRU`` / ``SLiGRU`` (``speechbrain.nnet.RNN``) by `LiGRU` / `SLiGRU`.
 
     The twins have the same settings and weights (the very Parameter objects, so with
     ``inplace=True`` an optimizer built before still works). Nested modules and containers
@@ -638,14 +940,16 @@ def convert(model, inplace=False):
     >>> torch.equal(fast["enc"].weight_ih_l0, model["enc"].weight_ih_l0)
     True
     """
-    return _swap(model, _TO_FAST, inplace, "fastrnn.torch.convert")
+    return _swap(model, _to_fast, inplace, "fastrnn.torch.convert")
 
 
 def revert(model, inplace=False):
-    """The inverse of `convert`: every ``fastrnn.torch.LSTM/GRU/RNN`` becomes its ``torch.nn`` twin.
+    """The inverse of `convert`: every ``fastrnn.torch.LSTM/GRU/RNN`` becomes its ``torch.nn`` twin,
+    and every `LiGRU` / `SLiGRU` that `convert` made from SpeechBrain's module becomes that again.
 
     A GRU with ``reset_after=False`` or a module using fastrnn's regularizers has no torch
-    equivalent and raises ``ValueError``; `LayerNormLSTM` / `LayerNormGRU` are left as they are.
+    equivalent and raises ``ValueError``, so does a `LiGRU` built by fastrnn (no SpeechBrain class
+    to return to); `LayerNormLSTM` / `LayerNormGRU` are left as they are.
 
     Examples
     --------
@@ -654,4 +958,4 @@ def revert(model, inplace=False):
     >>> type(fastrnn.torch.revert(model)[0])
     <class 'torch.nn.modules.rnn.RNN'>
     """
-    return _swap(model, _TO_TORCH, inplace, "fastrnn.torch.revert")
+    return _swap(model, _to_torch, inplace, "fastrnn.torch.revert")

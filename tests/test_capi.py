@@ -231,10 +231,10 @@ def test_header_is_plain_c_and_cpp(tmp_path, compiler, std):
     assert r.returncode == 0, r.stderr
 
 
-@needs_cc
-def test_struct_layouts_match_ctypes_mirror(tmp_path):
+def check_struct_layouts(tmp_path, structs):
+    """sizeof and every field's offset, compiled from fastrnn.h, against the ctypes mirrors."""
     lines = []
-    for struct, cls in STRUCTS.items():
+    for struct, cls in structs.items():
         lines.append(f'printf("{struct} %zu\\n", sizeof({struct}));')
         lines += [f'printf("{struct}.{f} %zu\\n", offsetof({struct}, {f}));' for f, _ in cls._fields_]
     src = tmp_path / "layout.c"
@@ -244,20 +244,25 @@ def test_struct_layouts_match_ctypes_mirror(tmp_path):
     subprocess.run([CC, "-std=c99", *_embed.compile_flags(), str(src), "-o", str(exe)], check=True)
     got = dict(line.split() for line in subprocess.run([str(exe)], capture_output=True, text=True,
                                                        check=True).stdout.splitlines())
-    for struct, cls in STRUCTS.items():
-        assert int(got[struct]) == ctypes.sizeof(cls)
+    for struct, cls in structs.items():
+        assert int(got[struct]) == ctypes.sizeof(cls), struct
         for f, _ in cls._fields_:
-            assert int(got[f"{struct}.{f}"]) == getattr(cls, f).offset
+            assert int(got[f"{struct}.{f}"]) == getattr(cls, f).offset, f"{struct}.{f}"
+
+
+@needs_cc
+def test_struct_layouts_match_ctypes_mirror(tmp_path):
+    check_struct_layouts(tmp_path, STRUCTS)
     assert ctypes.sizeof(Desc) == 72  # frozen: growing it is the struct_size mechanism's job
 
 
 def test_pxd_declares_every_function():
     pxd = read(os.path.join(os.path.dirname(fastrnn.__file__), "cython", "fastrnn.pxd"))
     functions = re.findall(r"FASTRNN_API [^;]*?\b(fastrnn_\w+)\(", read(HEADER))
-    assert len(functions) == 20
+    assert len(functions) == 31
     for name in functions:
-        if name == "fastrnn_desc_init_":
-            name = "fastrnn_desc_init"  # the macro is what code calls
+        if name in ("fastrnn_desc_init_", "fastrnn_plan_options_init_"):
+            name = name[:-1]  # the macro is what code calls
         assert re.search(rf"\b{name}\(", pxd), name
     assert os.path.isfile(os.path.join(os.path.dirname(fastrnn.__file__), "cython", "__init__.pxd"))
 
@@ -378,9 +383,8 @@ def test_backward_retain_clip_and_diagnostics_match_binding(cell):
         gx, gh0 = np.empty_like(p.x), np.empty((L * D, N, H))
         gc0 = np.empty((L * D, N, H)) if lstm else None
         hsq, csq = np.zeros(L * D * T), (np.zeros(L * D * T) if lstm else None)
-        fastrnn._C.backward(CELL_CODE[cell], True, True, T, N, C, H, L, D, False, ctx.x, ctx.weights, None, None,
-                            ctx.cache, go, None, None, gx, gh0, gc0, F._group(grads, True), retain=False,
-                            bptt_clip=clip, grad_h_sq=hsq, grad_c_sq=csq)
+        ctx.plan.backward(ctx.x, ctx.cache, go, None, None, gx, gh0, gc0, grads, retain=False, bptt_clip=clip,
+                          grad_h_sq=hsq, grad_c_sq=csq)
         return gx, grads, hsq.reshape(L, D, T), (csq.reshape(L, D, T) if lstm else None)
 
     first, again, plain = c_backward(0.5, retain=1), c_backward(0.5, retain=1), c_backward(0.0, retain=0)
@@ -422,7 +426,8 @@ def test_flat_weights_and_grads_layout():
 def test_sizes():
     p = Problem("lstm", np.float32, T=9, N=2, C=3, H=4, L=2, D=2)
     cache, dropped = cache_for(p.d), cache_for(p.d, dropout=True)
-    core = fastrnn._C.cache_size(2, True, True, 9, 2, 3, 4, 2, 2, False)
+    from fastrnn import functional as F
+    core = F._config("lstm", 3, 4, 2, True, True, np.float32).cache_size(9, 2, False)
     assert core * 4 < cache.nbytes <= core * 4 + 256 and dropped.nbytes > cache.nbytes
     assert p.forward(cache=cache) == OK
     expect_error(p.forward(cache=cache, cache_bytes=cache.nbytes - 1), INVALID,
@@ -445,6 +450,7 @@ def test_sizes():
     ("struct_size", 0, "desc->struct_size = 0, expected sizeof = 72"),
     ("struct_size", 1 << 20, "desc->struct_size = 1048576"),
     ("cell", 4, "desc->cell = 4"),
+    ("cell", 6, "desc->cell = 6, expected FASTRNN_RNN_TANH (0)"),
     ("dtype", 0, "desc->dtype = 0, expected FASTRNN_FLOAT32 (1) or FASTRNN_FLOAT64 (2)"),
     ("bias", 2, "desc->bias = 2, expected 0 or 1"),
     ("reset_after", -1, "desc->reset_after = -1"),

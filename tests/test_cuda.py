@@ -446,7 +446,9 @@ def test_cell_variants_are_refused_clearly(backend):
 
 # ---------------------------------------------------------------- host-side pieces (emulator)
 
-CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "gru_v1": 3}
+def plan_of(cell, C, H, L, D, dtype=np.float32):
+    """The core's plan of a stack (what the CUDA module takes with each call)."""
+    return F._config("gru" if cell == "gru_v1" else cell, C, H, L, D == 2, True, dtype, reset_after=cell != "gru_v1")
 
 
 def test_workspace_is_exactly_what_the_driver_uses(emulator):
@@ -457,56 +459,69 @@ def test_workspace_is_exactly_what_the_driver_uses(emulator):
         for training in (True, False):
             T, N, C, H, L, D = 5, 3, 4, 7, 2, 2
             layer = make_layer(cell, C, H, dtype=np.float32, num_layers=L, bidirectional=True)
-            ra = cell != "gru_v1"
-            args = (CODE[cell], ra, True, T, N, C, H, L, D)
+            plan = plan_of(cell, C, H, L, D)
             ptr = lambda a: 0 if a is None else a.ctypes.data  # noqa: E731 (host memory is device memory here)
             x = rng.standard_normal((T, N, C)).astype(np.float32)
-            ws = [tuple(ptr(w) for w in group) for group in F._group(list(layer.params.values()), True)]
+            ws = [ptr(w) for w in layer.params.values()]
             out, h_n, c_n = (np.empty((T, N, D * H), np.float32), np.empty((L * D, N, H), np.float32),
                              np.empty((L * D, N, H), np.float32))
-            cache = np.empty(fastrnn._C.cache_size(*args, False), np.float32) if training else None
-            need = emulator.forward_workspace_bytes(*args, training, False)
+            cache = np.empty(plan.cache_size(T, N, False), np.float32) if training else None
+            need = emulator.forward_workspace_bytes(plan, T, N, training)
             work = np.full(need + 4096, 0x5A, np.uint8)
-            emulator.forward(*args, False, False, ptr(x), ws, 0, 0, 0, 0, ptr(out), ptr(h_n), ptr(c_n), ptr(cache),
+            emulator.forward(plan, T, N, False, ptr(x), ws, 0, 0, 0, 0, ptr(out), ptr(h_n), ptr(c_n), ptr(cache),
                              ptr(work), need, 0)
             assert (work[need:] == 0x5A).all(), f"{cell}: forward wrote past its workspace"
             assert np.isfinite(out).all()
             with pytest.raises(ValueError, match=f"forward: workspace has {need - 1} bytes, needs {need}"):
-                emulator.forward(*args, False, False, ptr(x), ws, 0, 0, 0, 0, ptr(out), ptr(h_n), ptr(c_n),
+                emulator.forward(plan, T, N, False, ptr(x), ws, 0, 0, 0, 0, ptr(out), ptr(h_n), ptr(c_n),
                                  ptr(cache), ptr(work), need - 1, 0)
             if not training:
                 continue
             for retain, diag in ((False, False), (True, True)):
-                need_b = emulator.backward_workspace_bytes(*args, retain, diag, False)
+                need_b = emulator.backward_workspace_bytes(plan, T, N, retain, diag)
                 work_b = np.full(need_b + 4096, 0x5A, np.uint8)
                 gx, gh0, gc0, go, cache_b = (np.empty_like(x), np.empty_like(h_n), np.empty_like(h_n),
                                              np.ones_like(out), cache.copy())
                 grads = [np.zeros_like(w) for w in layer.params.values()]  # kept alive: the kernels write them
                 recs = [np.zeros((L, D, T)) for _ in range(4)]
-                emulator.backward(*args, False, False, ptr(x), ws, 0, 0, ptr(cache_b), ptr(go), 0, 0, ptr(gx),
-                                  ptr(gh0), ptr(gc0), [tuple(map(ptr, g)) for g in F._group(grads, True)], retain,
+                emulator.backward(plan, T, N, False, ptr(x), ws, 0, 0, ptr(cache_b), ptr(go), 0, 0, ptr(gx),
+                                  ptr(gh0), ptr(gc0), [ptr(g) for g in grads], retain,
                                   0.0, *(ptr(r) if diag else 0 for r in recs), ptr(work_b), need_b, 0)
                 assert (work_b[need_b:] == 0x5A).all(), f"{cell}: backward wrote past its workspace"
                 assert np.isfinite(gx).all()
 
 
+def test_the_cuda_driver_refuses_the_li_gru_cells(emulator):
+    """Cells the CUDA kernels do not implement are refused by name, never run as another cell."""
+    for cell in ("ligru", "sligru"):
+        plan = F._config(cell, 4, 6, 1, False, True, np.float32, normalization="batchnorm")
+        work = np.zeros(1 << 16, np.uint8)
+        fake = [work.ctypes.data] * len(plan.parameters)  # refused before any is read
+        with pytest.raises(ValueError, match=f"the CUDA backend runs the plain cells only|does not run {cell}"):
+            emulator.forward(plan, 3, 2, False, work.ctypes.data, fake, 0, 0, 0, 0, work.ctypes.data,
+                             work.ctypes.data, 0, 0, work.ctypes.data, work.nbytes, 0)
+
+
 def test_workspace_grows_with_the_problem(emulator):
-    base = (2, True, True, 10, 4, 8, 16, 1, 1)
-    f = lambda *a: emulator.forward_workspace_bytes(*a)  # noqa: E731
-    assert f(*base, True, False) < f(*base, False, False)  # training: the projection lives in the cache
-    assert f(*base, True, False) < f(*base, True, True)    # float64
-    bigger = (2, True, True, 20, 4, 8, 16, 1, 1)
-    assert f(*base, False, False) < f(*bigger, False, False)
+    f32, f64 = plan_of("lstm", 8, 16, 1, 1), plan_of("lstm", 8, 16, 1, 1, np.float64)
+    f = emulator.forward_workspace_bytes
+    assert f(f32, 10, 4, True) < f(f32, 10, 4, False)  # training: the projection lives in the cache
+    assert f(f32, 10, 4, True) < f(f64, 10, 4, True)    # float64
+    assert f(f32, 10, 4, False) < f(f32, 20, 4, False)
     b = emulator.backward_workspace_bytes
-    assert b(*base, False, False, False) < b(*base, True, False, False) < b(*base, True, True, False)
-    assert all(x % 256 == 0 for x in (f(*base, True, False), b(*base, True, True, True)))
+    assert b(f32, 10, 4, False, False) < b(f32, 10, 4, True, False) < b(f32, 10, 4, True, True)
+    assert all(x % 256 == 0 for x in (f(f32, 10, 4, True), b(f64, 10, 4, True, True)))
 
 
 def test_persistent_kernel_plan(emulator, monkeypatch):
     """The emulated device has 4 SMs with 96 KiB of shared memory each: the persistent kernel is
     used when asked for (1) or at small batch (auto) and only if its W_hh slices fit."""
-    lstm = lambda N, H, D=1: (2, True, True, 10, N, 8, H, 1, D)  # noqa: E731
-    plan = lambda desc, fwd=True, diag=False, dbl=False: emulator.uses_persistent(*desc, fwd, diag, dbl)  # noqa: E731
+    lstm = lambda N, H, D=1: (N, H, D)  # noqa: E731
+
+    def plan(desc, fwd=True, diag=False, dbl=False):
+        N, H, D = desc
+        return emulator.uses_persistent(plan_of("lstm", 8, H, 1, D, np.float64 if dbl else np.float32), 10, N, fwd,
+                                        diag)
     monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", "0")
     assert not plan(lstm(1, 16))
     monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", "1")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _C
+from fastrnn import functional as F
 from fastrnn import _validation as V
 
 BLAS_MAX = 2**31 - 1
@@ -42,7 +42,7 @@ def expected_cache(cell, T, N, H, L, D, dropout):
 ])
 @pytest.mark.parametrize("dropout", [False, True])
 def test_cache_size_is_exact_beyond_32_bits(cell, T, N, H, L, D, dropout):
-    got = _C.cache_size(CELL_CODE[cell], True, True, T, N, 3, H, L, D, dropout)
+    got = F._config(cell, 3, H, L, D == 2, True, np.float32).cache_size(T, N, dropout)
     assert got == expected_cache(cell, T, N, H, L, D, dropout)
 
 
@@ -55,7 +55,7 @@ def test_scratch_size_does_not_wrap_beyond_32_bits(cell, training):
     G = {"lstm": 4, "gru": 3}.get(cell, 1)
     for T, N, H in [(2**20, 2**10, 2**4), (2**24, 2**12, 2**6)]:
         L, D = 2, 2
-        got = _C.scratch_size(CELL_CODE[cell], True, True, T, N, 3, H, L, D, training)
+        got = F._config(cell, 3, H, L, D == 2, True, np.float32).scratch_size(T, N, training, False)
         low = (2 * T * N * D * H if training else D * T * N * G * H + 2 * T * N * D * H)
         assert low > 2**31
         assert low <= got < 2 * low + 2**30

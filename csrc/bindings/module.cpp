@@ -15,6 +15,9 @@
 #include "fastrnn/fastrnn.h"  // the version macros only
 
 #include "../core/driver.h"
+#include "../core/plan.h"
+#include "arrays.h"
+#include "plan_object.h"
 #include "../core/threads.h"
 #include "../dispatch/dispatch.h"
 
@@ -26,133 +29,67 @@ void register_optim(py::module_& m);  // csrc/bindings/optim.cpp
 
 namespace {
 
-// Cell variants as Python passes them: (proj_size, peephole, layer_norm, zoneout_c).
-using Variant = std::tuple<i64, bool, bool, bool>;
+using fastrnn::Plan;
+using fastrnn::bindings::PyPlan;
+using fastrnn::Role;
 
-Desc make_desc(int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
-               const Variant& v = Variant{0, false, false, false}) {
-    if (cell < 0 || cell > 3) throw std::invalid_argument("cell: unknown cell kind " + std::to_string(cell));
-    if (T <= 0 || N <= 0 || C <= 0 || H <= 0 || L <= 0 || (D != 1 && D != 2))
-        throw std::invalid_argument("sizes must be positive and D in {1, 2}");
-    Desc d;
-    d.cell = fastrnn::CellKind(cell);
-    d.reset_after = reset_after;
-    d.bias = bias;
-    d.T = T; d.N = N; d.C = C; d.H = H; d.L = L; d.D = D;
-    std::tie(d.P, d.peephole, d.layer_norm, d.zoneout_c) = v;
-    const bool lstm = d.cell == fastrnn::CellKind::LSTM, gru = d.cell == fastrnn::CellKind::GRU;
-    if (d.P < 0 || (d.P > 0 && !lstm)) throw std::invalid_argument("proj_size: only LSTM has a projection");
-    if ((d.peephole || d.zoneout_c) && !lstm) throw std::invalid_argument("peephole/zoneout_c: LSTM only");
-    if (d.layer_norm && !(lstm || (gru && reset_after)))
-        throw std::invalid_argument("layer_norm: LSTM and GRU (reset_after) only");
-    if (d.layer_norm && (d.P > 0 || d.peephole))
-        throw std::invalid_argument("layer_norm: not combined with a projection or peepholes");
-    return d;
-}
+using fastrnn::bindings::holds;
 
 // Checks dtype, C-contiguity and element count of an array handed over by Python; null for None.
 template <class T>
-T* data_of(const py::object& obj, const char* name, i64 size, bool writable, bool required = true) {
+T* data_of(const py::object& obj, const std::string& name, i64 size, bool writable, bool required = true) {
     if (obj.is_none()) {
-        if (required) throw std::invalid_argument(std::string(name) + " is required");
+        if (required) throw std::invalid_argument(name + " is required");
         return nullptr;
     }
     auto a = py::cast<py::array>(obj);
-    if (!a.dtype().is(py::dtype::of<T>()))
-        throw py::type_error(std::string(name) + ": dtype " + std::string(py::str(a.dtype())) + ", expected " +
+    if (!holds<T>(a))
+        throw py::type_error(name + ": dtype " + std::string(py::str(a.dtype())) + ", expected " +
                              std::string(py::str(py::dtype::of<T>())));
-    if (!(a.flags() & py::array::c_style))
-        throw std::invalid_argument(std::string(name) + ": must be C-contiguous");
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + ": must be C-contiguous");
     if (a.size() != size)
-        throw std::invalid_argument(std::string(name) + ": has " + std::to_string(a.size()) + " elements, expected " +
+        throw std::invalid_argument(name + ": has " + std::to_string(a.size()) + " elements, expected " +
                                     std::to_string(size));
-    if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": must be writable");
+    if (writable && !a.writeable()) throw std::invalid_argument(name + ": must be writable");
     return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// One tuple per layer-direction: (w_ih, w_hh, b_ih, b_hh[, w_hr, w_peep, ln_ih, ln_hh, ln_c_w,
-// ln_c_b]); the variant entries are None when the variant is off.
-template <class P>
-struct Entries {
-    P w_ih, w_hh, b_ih, b_hh, w_hr = nullptr, w_peep = nullptr, ln_ih = nullptr, ln_hh = nullptr, ln_c_w = nullptr,
-                                ln_c_b = nullptr;
-};
-
-template <class T, class P>
-Entries<P> entries_of(const Desc& d, const py::handle& item, i64 i, bool writable, const char* what) {
-    const i64 G = fastrnn::cell_gates(d), GH = G * d.H, K = fastrnn::state_size(d);
-    const i64 C_l = i < d.D ? d.C : d.D * K;
-    auto t = py::cast<py::tuple>(item);
-    const bool lstm = fastrnn::cell_has_c(d);
-    if (t.size() != 4 && t.size() != 10)
-        throw std::invalid_argument(std::string(what) + ": expected tuples of 4 or 10 entries");
-    auto get = [&](std::size_t k) -> py::object { return k < t.size() ? py::object(t[k]) : py::object(py::none()); };
-    auto arr = [&](std::size_t k, const char* name, i64 n, bool required) {
-        return static_cast<P>(data_of<T>(get(k), name, n, writable, required));
-    };
-    Entries<P> e{arr(0, "weight_ih", GH * C_l, true), arr(1, "weight_hh", GH * K, true),
-                 arr(2, "bias_ih", GH, d.bias), arr(3, "bias_hh", GH, d.bias)};
-    if (d.P > 0) e.w_hr = arr(4, "weight_hr", d.P * d.H, true);
-    if (d.peephole) e.w_peep = arr(5, "weight_peephole", 3 * d.H, true);
-    if (d.layer_norm) {
-        e.ln_ih = arr(6, "ln_ih_weight", GH, true);
-        e.ln_hh = arr(7, "ln_hh_weight", GH, true);
-        if (lstm) {
-            e.ln_c_w = arr(8, "ln_c_weight", d.H, true);
-            e.ln_c_b = arr(9, "ln_c_bias", d.H, true);
-        }
-    }
-    return e;
+i64 elements(const fastrnn::ParamInfo& p) {
+    i64 n = 1;
+    for (i64 s : p.shape) n *= s;
+    return n;
 }
 
+// The regularizers' noise of one call (training masks, or zoneout's inference rates).
 template <class T>
-std::vector<fastrnn::LayerWeights<T>> weights_of(const Desc& d, const py::list& ws) {
-    if (i64(ws.size()) != d.L * d.D) throw std::invalid_argument("weights: expected one entry per layer-direction");
-    std::vector<fastrnn::LayerWeights<T>> out;
-    for (i64 i = 0; i < d.L * d.D; ++i) {
-        auto e = entries_of<T, const T*>(d, ws[i], i, false, "weights");
-        out.push_back({e.w_ih, e.w_hh, e.b_ih, e.b_hh, e.w_hr, e.w_peep, e.ln_ih, e.ln_hh, e.ln_c_w, e.ln_c_b});
-    }
-    return out;
-}
-
-template <class T>
-std::vector<fastrnn::LayerGrads<T>> grads_of(const Desc& d, const py::list& gs) {
-    if (i64(gs.size()) != d.L * d.D) throw std::invalid_argument("grads: expected one entry per layer-direction");
-    std::vector<fastrnn::LayerGrads<T>> out;
-    for (i64 i = 0; i < d.L * d.D; ++i) {
-        auto e = entries_of<T, T*>(d, gs[i], i, true, "grads");
-        out.push_back({e.w_ih, e.w_hh, e.b_ih, e.b_hh, e.w_hr, e.w_peep, e.ln_ih, e.ln_hh, e.ln_c_w, e.ln_c_b});
-    }
-    return out;
-}
-
-// Regularizer noise: (rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask), or None.
-template <class T>
-fastrnn::Noise<T> noise_of(const Desc& d, const py::object& obj) {
+fastrnn::Noise<T> noise_of(const fastrnn::Desc& d, const py::object& rec_mask, const py::object& zh_mask,
+                           const py::object& zc_mask, double zh_rate, double zc_rate, const py::object& w_mask,
+                           const py::object& cand_mask) {
+    const fastrnn::CellInfo& c = fastrnn::cell_info(d);
+    const i64 S = d.L * d.D, K = fastrnn::state_size(d), GH = c.gates * d.H;
     fastrnn::Noise<T> nz;
-    if (obj.is_none()) return nz;
-    auto t = py::cast<py::tuple>(obj);
-    if (t.size() != 6) throw std::invalid_argument("noise: expected a tuple of 6 entries");
-    const i64 S = d.L * d.D, K = fastrnn::state_size(d), GH = fastrnn::cell_gates(d) * d.H;
-    nz.rec_mask = data_of<T>(t[0], "rec_mask", S * d.N * K, false, false);
-    nz.zh_mask = data_of<T>(t[1], "zoneout_h mask", S * d.T * d.N * K, false, false);
-    nz.zc_mask = data_of<T>(t[2], "zoneout_c mask", S * d.T * d.N * d.H, false, false);
-    nz.zh_rate = T(py::cast<double>(t[3]));
-    nz.zc_rate = T(py::cast<double>(t[4]));
-    nz.w_mask = data_of<T>(t[5], "weight_drop mask", S * GH * K, false, false);
-    if ((nz.zc_mask || nz.zc_rate > T(0)) && !d.zoneout_c)
-        throw std::invalid_argument("noise: zoneout on c needs the zoneout_c variant (its cache layout)");
-    if ((nz.zh_mask || nz.zc_mask) && (nz.zh_rate > T(0) || nz.zc_rate > T(0)))
-        throw std::invalid_argument("noise: zoneout takes masks (training) or rates (inference), not both");
-    if (nz.zc_rate > T(0) && d.cell != fastrnn::CellKind::LSTM)
-        throw std::invalid_argument("noise: zoneout on c is for LSTM");
-    const bool rnn = d.cell == fastrnn::CellKind::RNN_TANH || d.cell == fastrnn::CellKind::RNN_RELU;
-    if (rnn && (nz.zh_mask || nz.zh_rate > T(0))) throw std::invalid_argument("noise: zoneout is for LSTM and GRU");
+    nz.rec_mask = data_of<T>(rec_mask, "rec_mask", S * d.N * K, false, false);
+    nz.zh_mask = data_of<T>(zh_mask, "zoneout_h mask", S * d.T * d.N * K, false, false);
+    nz.zc_mask = data_of<T>(zc_mask, "zoneout_c mask", S * d.T * d.N * d.H, false, false);
+    nz.zh_rate = T(zh_rate);
+    nz.zc_rate = T(zc_rate);
+    nz.w_mask = data_of<T>(w_mask, "weight_drop mask", S * GH * K, false, false);
+    nz.cand_mask = data_of<T>(cand_mask, "candidate mask", S * d.N * d.H, false, false);
+    const std::string cell = c.name;
+    if (nz.rec_mask && !(c.variants & fastrnn::kRecurrentDropout)) throw std::invalid_argument("rec_mask: not for " + cell);
+    if ((nz.zh_mask || zh_rate > 0) && !(c.variants & fastrnn::kZoneout))
+        throw std::invalid_argument("zoneout: not for " + cell);
+    if ((nz.zc_mask || zc_rate > 0) && !d.zoneout_c)
+        throw std::invalid_argument("zoneout on c needs the zoneout_c variant (its cache layout)");
+    if ((nz.zh_mask || nz.zc_mask) && (zh_rate > 0 || zc_rate > 0))
+        throw std::invalid_argument("zoneout takes masks (training) or rates (inference), not both");
+    if (nz.w_mask && !(c.variants & fastrnn::kWeightDrop)) throw std::invalid_argument("w_mask: not for " + cell);
+    if (nz.cand_mask && !(c.variants & fastrnn::kCandidateDropout))
+        throw std::invalid_argument("cand_mask: not for " + cell);
     return nz;
 }
 
-const i64* lengths_of(const Desc& d, const py::object& obj) {
+const i64* lengths_of(const fastrnn::Desc& d, const py::object& obj) {
     const i64* p = data_of<i64>(obj, "lengths", d.N, false, false);
     if (p)
         for (i64 n = 0; n < d.N; ++n)
@@ -160,42 +97,95 @@ const i64* lengths_of(const Desc& d, const py::object& obj) {
     return p;
 }
 
+// T, N of a call from x [T, N, C].
+std::pair<i64, i64> sizes_of(const Plan& p, const py::object& x) {
+    auto a = py::cast<py::array>(x);
+    if (a.ndim() != 3 || a.shape(2) != p.config().C)
+        throw std::invalid_argument("x: expected shape (T, N, C=" + std::to_string(p.config().C) + ")");
+    return {i64(a.shape(0)), i64(a.shape(1))};
+}
+
 template <class T>
-void forward_impl(const Desc& d, bool dropout, const py::object& x, const py::list& ws, const py::object& h0,
-                  const py::object& c0, const py::object& lengths, const py::object& masks, const py::object& out,
-                  const py::object& h_n, const py::object& c_n, const py::object& cache, const py::object& noise) {
-    const bool lstm = fastrnn::cell_has_c(d);
+void set_weights_impl(PyPlan& self, const py::list& arrays) {
+    const auto& layout = self.plan->layout();
+    if (arrays.size() != layout.size())
+        throw std::invalid_argument("set_weights: " + std::to_string(arrays.size()) + " arrays, expected " +
+                                    std::to_string(layout.size()));
+    std::vector<T*> ptrs;
+    for (std::size_t i = 0; i < layout.size(); ++i)
+        ptrs.push_back(data_of<T>(arrays[i], layout[i].name, elements(layout[i]), layout[i].buffer));
+    self.plan->set_weights<T>(ptrs);
+    self.arrays = arrays;
+}
+
+template <class T>
+void forward_impl(PyPlan& self, const py::object& x, const py::object& out, const py::object& h_n,
+                  const py::object& c_n, const py::object& h0, const py::object& c0, const py::object& lengths,
+                  const py::object& cache, const py::object& masks, const py::object& rec_mask,
+                  const py::object& zh_mask, const py::object& zc_mask, double zh_rate, double zc_rate,
+                  const py::object& w_mask, const py::object& cand_mask, bool use_packed, bool bn_frozen) {
+    const Plan& p = *self.plan;
+    const auto [T_, N] = sizes_of(p, x);
+    fastrnn::Desc d = p.call(T_, N);
+    d.bn_frozen = bn_frozen;
+    const bool lstm = fastrnn::cell_has_c(d), dropout = !masks.is_none();
     const i64 K = fastrnn::state_size(d), S = d.L * d.D * d.N * K, SC = d.L * d.D * d.N * d.H, TN = d.T * d.N;
-    auto W = weights_of<T>(d, ws);
-    const auto nz = noise_of<T>(d, noise);
+    auto W = p.weights<T>();  // a copy: another thread may set new weights while this call runs
+    if (W.empty()) throw std::invalid_argument("forward: the plan has no weights (set_weights)");
+    py::object keep = self.arrays;  // released after the GIL is back (declared before `release`)
+    const auto nz = noise_of<T>(d, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask, cand_mask);
     const T* px = data_of<T>(x, "x", TN * d.C, false);
     const T* ph0 = data_of<T>(h0, "h0", S, false, false);
     const T* pc0 = lstm ? data_of<T>(c0, "c0", SC, false, false) : nullptr;
     const i64* plen = lengths_of(d, lengths);
     T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), true, false);
-    const T* pm = (pcache && dropout) ? data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * K, false) : nullptr;
+    const T* pm = data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * K, false, false);
+    if (pm && !pcache) throw std::invalid_argument("masks: dropout masks are for training calls (with a cache)");
     T* pout = data_of<T>(out, "out", TN * d.D * K, true);
     T* phn = data_of<T>(h_n, "h_n", S, true);
     T* pcn = lstm ? data_of<T>(c_n, "c_n", SC, true) : nullptr;
-    py::gil_scoped_release release;
-    fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz);
+    std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
+    {
+        py::gil_scoped_release release;
+        if (use_packed && !pcache && !nz.w_mask) {  // inference: W_hh packed once while unchanged
+            const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
+            packed = self.plan->packed<T>(ks.nr, ks.pack_forward);
+        }
+        fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz, packed.get());
+    }
 }
 
 template <class T>
-void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::list& ws, const py::object& lengths,
-                   const py::object& masks, const py::object& cache, const py::object& grad_out,
+void backward_impl(PyPlan& self, const py::object& x, const py::object& cache, const py::object& grad_out,
                    const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
-                   const py::object& grad_h0, const py::object& grad_c0, const py::list& gs, bool retain,
-                   double bptt_clip, const py::object& grad_h_sq, const py::object& grad_c_sq,
-                   const py::object& carried_sq, const py::object& prev_state_sq, const py::object& noise) {
-    const bool lstm = fastrnn::cell_has_c(d);
+                   const py::object& grad_h0, const py::object& grad_c0, const py::list& grads,
+                   const py::object& lengths, const py::object& masks, bool retain, double bptt_clip,
+                   const py::object& grad_h_sq, const py::object& grad_c_sq, const py::object& carried_sq,
+                   const py::object& prev_state_sq, const py::object& rec_mask, const py::object& zh_mask,
+                   const py::object& zc_mask, double zh_rate, double zc_rate, const py::object& w_mask,
+                   const py::object& cand_mask, bool bn_frozen) {
+    const Plan& p = *self.plan;
+    const auto [T_, N] = sizes_of(p, x);
+    fastrnn::Desc d = p.call(T_, N);
+    d.bn_frozen = bn_frozen;
+    const bool lstm = fastrnn::cell_has_c(d), dropout = !masks.is_none();
     const i64 K = fastrnn::state_size(d), S = d.L * d.D * d.N * K, SC = d.L * d.D * d.N * d.H, TN = d.T * d.N;
     const i64 steps = d.L * d.D * d.T;
-    auto W = weights_of<T>(d, ws);
-    auto G = grads_of<T>(d, gs);
+    auto W = p.weights<T>();
+    if (W.empty()) throw std::invalid_argument("backward: the plan has no weights (set_weights)");
+    py::object keep = self.arrays;
+    const auto& layout = p.layout();
+    if (grads.size() != layout.size())
+        throw std::invalid_argument("grads: " + std::to_string(grads.size()) + " arrays, expected " +
+                                    std::to_string(layout.size()));
+    std::vector<T*> gptrs;
+    for (std::size_t i = 0; i < layout.size(); ++i)
+        gptrs.push_back(layout[i].buffer ? nullptr
+                                         : data_of<T>(grads[i], "grads[" + layout[i].name + "]", elements(layout[i]), true));
+    const auto G = p.grads<T>(gptrs);
     const T* px = data_of<T>(x, "x", TN * d.C, false);
     const i64* plen = lengths_of(d, lengths);
-    const T* pm = dropout ? data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * K, false) : nullptr;
+    const T* pm = data_of<T>(masks, "masks", (d.L - 1) * TN * d.D * K, false, false);
     T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), !retain);
     const T* pgo = data_of<T>(grad_out, "grad_output", TN * d.D * K, false, false);
     const T* pghn = data_of<T>(grad_h_n, "grad_h_n", S, false, false);
@@ -212,13 +202,13 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
     opt.diag.prev_state_sq = data_of<double>(prev_state_sq, "prev_state_sq", steps, true, false);
     if (!opt.diag.carried_sq != !opt.diag.prev_state_sq)
         throw std::invalid_argument("carried_sq and prev_state_sq go together");
-    opt.noise = noise_of<T>(d, noise);
+    opt.noise = noise_of<T>(d, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask, cand_mask);
     py::gil_scoped_release release;
     fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
 }
 
 template <class T>
-py::tuple forward_stats_impl(const Desc& d, bool dropout, const py::object& cache, const py::object& lengths,
+py::tuple forward_stats_impl(const fastrnn::Desc& d, bool dropout, const py::object& cache, const py::object& lengths,
                              const py::object& saturation) {
     const T* pcache = data_of<T>(cache, "cache", fastrnn::cache_elements(d, dropout), false);
     const i64* plen = lengths_of(d, lengths);
@@ -232,11 +222,47 @@ py::tuple forward_stats_impl(const Desc& d, bool dropout, const py::object& cach
     return py::make_tuple(f.layer, f.direction, f.t, f.what);
 }
 
-bool is_double(const py::object& x) {
-    auto a = py::cast<py::array>(x);
-    if (a.dtype().is(py::dtype::of<double>())) return true;
-    if (a.dtype().is(py::dtype::of<float>())) return false;
-    throw py::type_error("x: dtype " + std::string(py::str(a.dtype())) + ", expected float32 or float64");
+const char* saturation_kind(fastrnn::Saturation s) {
+    switch (s) {
+        case fastrnn::Saturation::Sigmoid: return "sigmoid";
+        case fastrnn::Saturation::Tanh: return "tanh";
+        case fastrnn::Saturation::Dead: return "dead";
+        case fastrnn::Saturation::Activation: return "activation";
+    }
+    return "";
+}
+
+// The cell table as Python sees it (fastrnn/cells.py).
+py::list cell_table() {
+    py::list rows;
+    for (const fastrnn::CellInfo& c : fastrnn::kCellTable) {
+        py::dict r;
+        r["name"] = c.name;
+        r["code"] = int(c.kind);
+        r["reset_after"] = c.reset_after;
+        r["gates"] = c.gates;
+        py::list gates, sat, kinds;
+        for (int q = 0; q < c.gates; ++q) gates.append(c.gate_names[q]);
+        for (int q = 0; q < c.n_saturation; ++q) {
+            sat.append(c.saturation_names[q]);
+            kinds.append(saturation_kind(c.saturation[q]));
+        }
+        r["gate_names"] = py::tuple(gates);
+        r["has_c"] = c.has_c;
+        r["saturation"] = py::tuple(sat);
+        r["saturation_kinds"] = py::tuple(kinds);
+        py::dict v;
+        const std::pair<const char*, unsigned> bits[] = {
+            {"proj_size", fastrnn::kProjection}, {"peephole", fastrnn::kPeephole},
+            {"layer_norm", fastrnn::kLayerNorm}, {"zoneout_h", fastrnn::kZoneout},
+            {"zoneout_c", fastrnn::kZoneoutC}, {"recurrent_dropout", fastrnn::kRecurrentDropout},
+            {"weight_drop", fastrnn::kWeightDrop}, {"normalization", fastrnn::kInputNorm},
+            {"candidate_dropout", fastrnn::kCandidateDropout}};
+        for (const auto& [name, bit] : bits) v[name] = bool(c.variants & bit);
+        r["variants"] = v;
+        rows.append(r);
+    }
+    return rows;
 }
 
 }  // namespace
@@ -246,91 +272,132 @@ PYBIND11_MODULE(_C, m) {
     m.attr("version") = std::to_string(FASTRNN_VERSION_MAJOR) + "." + std::to_string(FASTRNN_VERSION_MINOR) + "." +
                         std::to_string(FASTRNN_VERSION_PATCH);
     m.attr("abi_version") = FASTRNN_ABI_VERSION;
+    m.def("cells", &cell_table);
 
-    // `variant` = (proj_size, peephole, layer_norm, zoneout_c); `noise` = (rec_mask, zh_mask,
-    // zc_mask, zh_rate, zc_rate, w_mask) or None.
-    const Variant plain{0, false, false, false};
-    m.def("cache_size",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
-             const Variant& v) {
-              return fastrnn::cache_elements(make_desc(cell, reset_after, bias, T, N, C, H, L, D, v), dropout);
-          },
-          py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
-          py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("variant") = plain);
-    m.def("scratch_size",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool training,
-             const Variant& v, bool regularized) {
-              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D, v);
-              const int threads = fastrnn::get_num_threads(), nr = fastrnn::active_kernels<float>().nr;
-              return training ? std::max(fastrnn::forward_scratch_elements(d, true, threads, nr, regularized),
-                                         fastrnn::backward_scratch_elements(d, false, threads, nr, regularized))
-                              : fastrnn::forward_scratch_elements(d, false, threads, nr, regularized);
-          },
-          py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
-          py::arg("H"), py::arg("L"), py::arg("D"), py::arg("training"), py::arg("variant") = plain,
-          py::arg("regularized") = false);
-    m.def("forward",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
-             py::object x, py::list ws, py::object h0, py::object c0, py::object lengths, py::object masks,
-             py::object out, py::object h_n, py::object c_n, py::object cache, const Variant& v, py::object noise) {
-              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D, v);
-              if (is_double(x))
-                  forward_impl<double>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, noise);
-              else
-                  forward_impl<float>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, noise);
-          },
-          py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
-          py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("x"), py::arg("ws"), py::arg("h0"),
-          py::arg("c0"), py::arg("lengths"), py::arg("masks"), py::arg("out"), py::arg("h_n"), py::arg("c_n"),
-          py::arg("cache"), py::arg("variant") = plain, py::arg("noise") = py::none());
-    m.def("backward",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
-             py::object x, py::list ws, py::object lengths, py::object masks, py::object cache, py::object grad_out,
-             py::object grad_h_n, py::object grad_c_n, py::object grad_x, py::object grad_h0, py::object grad_c0,
-             py::list gs, bool retain, double bptt_clip, py::object grad_h_sq, py::object grad_c_sq,
-             py::object carried_sq, py::object prev_state_sq, const Variant& v, py::object noise) {
-              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D, v);
-              if (is_double(x))
-                  backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
-                                        grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
-                                        carried_sq, prev_state_sq, noise);
-              else
-                  backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
-                                       grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
-                                       carried_sq, prev_state_sq, noise);
-          },
-          py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
-          py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("x"), py::arg("ws"),
-          py::arg("lengths"), py::arg("masks"), py::arg("cache"), py::arg("grad_out"), py::arg("grad_h_n"),
-          py::arg("grad_c_n"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("gs"),
-          py::arg("retain") = false, py::arg("bptt_clip") = 0.0, py::arg("grad_h_sq") = py::none(),
-          py::arg("grad_c_sq") = py::none(), py::arg("carried_sq") = py::none(), py::arg("prev_state_sq") = py::none(),
-          py::arg("variant") = plain, py::arg("noise") = py::none());
-    m.def("saturation_stats", [](int cell, bool reset_after) {
-        return fastrnn::saturation_stats(make_desc(cell, reset_after, true, 1, 1, 1, 1, 1, 1));
-    });
-    m.def("forward_stats",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
-             py::object cache, py::object lengths, py::object saturation, const Variant& v) {
-              Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D, v);
-              return is_double(cache) ? forward_stats_impl<double>(d, dropout, cache, lengths, saturation)
-                                      : forward_stats_impl<float>(d, dropout, cache, lengths, saturation);
-          },
-          py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("T"), py::arg("N"), py::arg("C"),
-          py::arg("H"), py::arg("L"), py::arg("D"), py::arg("dropout"), py::arg("cache"), py::arg("lengths"),
-          py::arg("saturation"), py::arg("variant") = plain);
+    // A configured layer stack (csrc/core/plan.h): settings validated once, the weights it reads,
+    // then per-call data only. Noise: recurrent dropout / zoneout / DropConnect / candidate masks
+    // (training) or zoneout rates (inference).
+    py::class_<PyPlan>(m, "Plan")
+        .def(py::init([](int cell, bool reset_after, bool bias, i64 input_size, i64 hidden_size, i64 num_layers,
+                         i64 num_directions, const std::string& dtype, i64 proj_size, bool peephole, bool layer_norm,
+                         bool zoneout_c, int activation, int input_norm, double momentum, bool recurrent_affine) {
+                 if (dtype != "float32" && dtype != "float64")
+                     throw py::type_error("dtype: " + dtype + ", expected float32 or float64");
+                 if (cell < 0 || cell >= fastrnn::kCellKinds)
+                     throw std::invalid_argument("cell: unknown cell kind " + std::to_string(cell));
+                 fastrnn::Desc d;
+                 d.cell = fastrnn::CellKind(cell);
+                 d.reset_after = reset_after;
+                 d.bias = bias;
+                 d.C = input_size; d.H = hidden_size; d.L = num_layers; d.D = num_directions;
+                 d.P = proj_size; d.peephole = peephole; d.layer_norm = layer_norm; d.zoneout_c = zoneout_c;
+                 d.activation = fastrnn::Activation(activation);
+                 d.input_norm = fastrnn::InputNorm(input_norm);
+                 d.bn_momentum = momentum;
+                 d.recurrent_affine = recurrent_affine;
+                 return PyPlan{std::make_shared<Plan>(d, dtype == "float64"), py::list()};
+             }),
+             py::arg("cell"), py::arg("reset_after"), py::arg("bias"), py::arg("input_size"), py::arg("hidden_size"),
+             py::arg("num_layers"), py::arg("num_directions"), py::arg("dtype"), py::arg("proj_size") = 0,
+             py::arg("peephole") = false, py::arg("layer_norm") = false, py::arg("zoneout_c") = false,
+             py::arg("activation") = 0, py::arg("input_norm") = 0, py::arg("momentum") = 0.05,
+             py::arg("recurrent_affine") = false)
+        .def_property_readonly("parameters",
+                               [](const PyPlan& s) {
+                                   py::list out;
+                                   for (const auto& p : s.plan->layout())
+                                       out.append(py::make_tuple(p.name, py::tuple(py::cast(p.shape)), p.buffer));
+                                   return out;
+                               })
+        .def("set_weights",
+             [](PyPlan& s, const py::list& arrays) {
+                 if (s.plan->is_double())
+                     set_weights_impl<double>(s, arrays);
+                 else
+                     set_weights_impl<float>(s, arrays);
+             })
+        .def("cache_size",
+             [](const PyPlan& s, i64 T, i64 N, bool dropout) {
+                 return fastrnn::cache_elements(s.plan->call(T, N), dropout);
+             })
+        .def("scratch_size",
+             [](const PyPlan& s, i64 T, i64 N, bool training, bool regularized) {
+                 const fastrnn::Desc d = s.plan->call(T, N);
+                 const int threads = fastrnn::get_num_threads(), nr = fastrnn::active_kernels<float>().nr;
+                 return training ? std::max(fastrnn::forward_scratch_elements(d, true, threads, nr, regularized),
+                                            fastrnn::backward_scratch_elements(d, false, threads, nr, regularized))
+                                 : fastrnn::forward_scratch_elements(d, false, threads, nr, regularized);
+             })
+        .def_property_readonly("saturation_stats",
+                               [](const PyPlan& s) { return fastrnn::saturation_stats(s.plan->call(1, 1)); })
+        .def_property_readonly("packed_bytes", [](const PyPlan& s) { return s.plan->packed_bytes(); })
+        .def("forward",
+             [](PyPlan& s, const py::object& x, const py::object& out, const py::object& h_n, const py::object& c_n,
+                const py::object& h0, const py::object& c0, const py::object& lengths, const py::object& cache,
+                const py::object& masks, const py::object& rec_mask, const py::object& zh_mask,
+                const py::object& zc_mask, double zh_rate, double zc_rate, const py::object& w_mask,
+                const py::object& cand_mask, bool packed, bool bn_frozen) {
+                 if (s.plan->is_double())
+                     forward_impl<double>(s, x, out, h_n, c_n, h0, c0, lengths, cache, masks, rec_mask, zh_mask,
+                                          zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen);
+                 else
+                     forward_impl<float>(s, x, out, h_n, c_n, h0, c0, lengths, cache, masks, rec_mask, zh_mask,
+                                         zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen);
+             },
+             py::arg("x"), py::arg("out"), py::arg("h_n"), py::arg("c_n") = py::none(), py::arg("h0") = py::none(),
+             py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("cache") = py::none(),
+             py::arg("masks") = py::none(), py::arg("rec_mask") = py::none(), py::arg("zh_mask") = py::none(),
+             py::arg("zc_mask") = py::none(), py::arg("zh_rate") = 0.0, py::arg("zc_rate") = 0.0,
+             py::arg("w_mask") = py::none(), py::arg("cand_mask") = py::none(), py::arg("packed") = false,
+             py::arg("bn_frozen") = false)
+        .def("backward",
+             [](PyPlan& s, const py::object& x, const py::object& cache, const py::object& grad_out,
+                const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
+                const py::object& grad_h0, const py::object& grad_c0, const py::list& grads, const py::object& lengths,
+                const py::object& masks, bool retain, double bptt_clip, const py::object& grad_h_sq,
+                const py::object& grad_c_sq, const py::object& carried_sq, const py::object& prev_state_sq,
+                const py::object& rec_mask, const py::object& zh_mask, const py::object& zc_mask, double zh_rate,
+                double zc_rate, const py::object& w_mask, const py::object& cand_mask, bool bn_frozen) {
+                 if (s.plan->is_double())
+                     backward_impl<double>(s, x, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, grads,
+                                           lengths, masks, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
+                                           prev_state_sq, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask,
+                                           cand_mask, bn_frozen);
+                 else
+                     backward_impl<float>(s, x, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, grads,
+                                          lengths, masks, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
+                                          prev_state_sq, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask,
+                                          cand_mask, bn_frozen);
+             },
+             py::arg("x"), py::arg("cache"), py::arg("grad_out"), py::arg("grad_h_n"), py::arg("grad_c_n"),
+             py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("grads"),
+             py::arg("lengths") = py::none(), py::arg("masks") = py::none(), py::arg("retain") = false,
+             py::arg("bptt_clip") = 0.0, py::arg("grad_h_sq") = py::none(), py::arg("grad_c_sq") = py::none(),
+             py::arg("carried_sq") = py::none(), py::arg("prev_state_sq") = py::none(),
+             py::arg("rec_mask") = py::none(), py::arg("zh_mask") = py::none(), py::arg("zc_mask") = py::none(),
+             py::arg("zh_rate") = 0.0, py::arg("zc_rate") = 0.0, py::arg("w_mask") = py::none(),
+             py::arg("cand_mask") = py::none(), py::arg("bn_frozen") = false)
+        .def("forward_stats",
+             [](const PyPlan& s, const py::object& cache, i64 T, i64 N, const py::object& lengths,
+                const py::object& saturation, bool dropout) {
+                 const fastrnn::Desc d = s.plan->call(T, N);
+                 return s.plan->is_double() ? forward_stats_impl<double>(d, dropout, cache, lengths, saturation)
+                                            : forward_stats_impl<float>(d, dropout, cache, lengths, saturation);
+             },
+             py::arg("cache"), py::arg("T"), py::arg("N"), py::arg("lengths"), py::arg("saturation"),
+             py::arg("dropout"));
     m.def("_activation", [](const std::string& name, py::array x) {
         // Test hook: the active ISA's activation function, elementwise on a contiguous array.
         const int fn = name == "sigmoid" ? 0 : name == "tanh" ? 1 : name == "relu" ? 2 : -1;
         if (fn < 0) throw std::invalid_argument("_activation: unknown function " + name);
         if (!(x.flags() & py::array::c_style)) throw std::invalid_argument("_activation: x must be C-contiguous");
-        if (x.dtype().is(py::dtype::of<float>())) {
+        if (holds<float>(x)) {
             py::array_t<float> y(x.size());
             fastrnn::active_kernels<float>().activation(fn, static_cast<const float*>(x.data()), y.mutable_data(),
                                                         x.size());
             return py::array(y);
         }
-        if (x.dtype().is(py::dtype::of<double>())) {
+        if (holds<double>(x)) {
             py::array_t<double> y(x.size());
             fastrnn::active_kernels<double>().activation(fn, static_cast<const double*>(x.data()), y.mutable_data(),
                                                          x.size());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../optim/optim.h"
+#include "arrays.h"
 
 namespace py = pybind11;
 namespace opt = fastrnn::optim;
@@ -36,7 +37,7 @@ public:
         for (size_t i = 0; i < n; ++i) {
             py::array p = checked(params[i], "param", i, true);
             py::array g = checked(grads[i], "grad", i, false);
-            const bool f64 = p.dtype().is(py::dtype::of<double>());
+            const bool f64 = fastrnn::bindings::holds<double>(p);
             same(p, g, "grad", i);
             void* s[3] = {nullptr, nullptr, nullptr};
             for (size_t k = 0; k < st.size(); ++k) {
@@ -77,7 +78,7 @@ private:
         if (!py::isinstance<py::array>(obj))
             throw py::type_error(std::string("OptimTensors: ") + what + " " + std::to_string(i) + " is not an ndarray");
         auto a = py::reinterpret_borrow<py::array>(obj);
-        if (!a.dtype().is(py::dtype::of<float>()) && !a.dtype().is(py::dtype::of<double>()))
+        if (!fastrnn::bindings::holds<float>(a) && !fastrnn::bindings::holds<double>(a))
             throw py::type_error(std::string("OptimTensors: ") + what + " " + std::to_string(i) +
                                  " has dtype " + std::string(py::str(a.dtype())) + ", expected float32 or float64");
         if (!(a.flags() & py::array::c_style))
@@ -91,7 +92,7 @@ private:
     }
 
     static void same(const py::array& p, const py::array& a, const char* what, size_t i) {
-        if (!a.dtype().is(p.dtype()) || a.size() != p.size())
+        if (fastrnn::bindings::holds<double>(a) != fastrnn::bindings::holds<double>(p) || a.size() != p.size())
             throw std::invalid_argument(std::string("OptimTensors: ") + what + " " + std::to_string(i) +
                                         " differs from its parameter in dtype or size");
     }

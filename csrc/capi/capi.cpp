@@ -6,6 +6,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -15,10 +16,12 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "../core/driver.h"
+#include "../core/plan.h"
 #include "../core/threads.h"
 #include "../dispatch/dispatch.h"
 
@@ -150,7 +153,8 @@ S read_struct(const S* p, const char* name) {
 // ---- descriptor ------------------------------------------------------------------------------
 
 const char* cell_name(int cell) {
-    static const char* names[] = {"FASTRNN_RNN_TANH", "FASTRNN_RNN_RELU", "FASTRNN_LSTM", "FASTRNN_GRU"};
+    static const char* names[] = {"FASTRNN_RNN_TANH", "FASTRNN_RNN_RELU", "FASTRNN_LSTM",
+                                  "FASTRNN_GRU",      "FASTRNN_LIGRU",    "FASTRNN_SLIGRU"};
     return names[cell];
 }
 
@@ -171,12 +175,22 @@ void expect_bool(const char* field, std::int32_t v) {
     if (v != 0 && v != 1) invalid(std::string("desc->") + field + " = " + to_string(v) + ", expected 0 or 1");
 }
 
-Problem check_desc(const fastrnn_desc* p) {
+// `plan`: the descriptor of a plan, which takes every cell and whose T and N come with each call
+// (seq_len and batch replaced by T and N, or by 1 to check the sizes fixed at creation).
+Problem check_desc(const fastrnn_desc* p, bool plan = false, i64 call_T = 1, i64 call_N = 1) {
     if (!p) invalid("desc: NULL");
-    const fastrnn_desc s = read_struct(p, "desc");
-    if (s.cell < FASTRNN_RNN_TANH || s.cell > FASTRNN_GRU)
+    fastrnn_desc s = read_struct(p, "desc");
+    if (s.cell < FASTRNN_RNN_TANH || s.cell > FASTRNN_SLIGRU)
         invalid("desc->cell = " + to_string(s.cell) +
-                ", expected FASTRNN_RNN_TANH (0), FASTRNN_RNN_RELU (1), FASTRNN_LSTM (2) or FASTRNN_GRU (3)");
+                ", expected FASTRNN_RNN_TANH (0), FASTRNN_RNN_RELU (1), FASTRNN_LSTM (2), FASTRNN_GRU (3), "
+                "FASTRNN_LIGRU (4) or FASTRNN_SLIGRU (5)");
+    if (!plan && s.cell > FASTRNN_GRU)
+        invalid("desc->cell = " + to_string(s.cell) + " (" + cell_name(s.cell) +
+                "): the Li-GRU cells are served by plans (fastrnn_plan_create), not by this function");
+    if (plan) {
+        s.seq_len = call_T;
+        s.batch = call_N;
+    }
     if (s.dtype != FASTRNN_FLOAT32 && s.dtype != FASTRNN_FLOAT64)
         invalid("desc->dtype = " + to_string(s.dtype) + ", expected FASTRNN_FLOAT32 (1) or FASTRNN_FLOAT64 (2)");
     expect_bool("bias", s.bias);
@@ -472,6 +486,253 @@ void run_backward(const Problem& P, const BackwardArgs& a) {
                          static_cast<const T*>(a.grad_c_n), gx, gh0, gc0, G.data(), opt);
 }
 
+// ---- plans -----------------------------------------------------------------------------------
+
+constexpr char kPlanCacheMagic[8] = {'f', 'a', 's', 't', 'r', 'n', 'n', 'P'};
+
+// What a plan call carries besides x and the states: which regularizers (a bit each) and whether
+// its batch norm is frozen, recorded in the cache so the backward can check it gets the same.
+enum CallBits : std::uint32_t {
+    kInterLayerDropout = 1, kRecurrentDropout = 2, kZoneoutH = 4, kZoneoutC = 8, kWeightDrop = 16,
+    kCandidateDropout = 32, kBnFrozen = 64
+};
+
+struct PlanCacheHeader {
+    char magic[8];
+    std::uint32_t abi, state;
+    std::uint64_t plan_id;
+    std::uint32_t call_bits, has_lengths;
+    std::int64_t T, N;
+};
+static_assert(sizeof(PlanCacheHeader) <= kCacheHeaderBytes, "plan cache header too large");
+
+}  // namespace
+
+struct fastrnn_plan {
+    Problem problem;               // the checked descriptor (T = N = 1)
+    fastrnn_desc desc;             // as the caller gave it
+    fastrnn::Plan core;            // settings, parameter layout, weights, packed weights
+    std::uint64_t id;              // caches filled through this plan carry it
+    i64 params = 0, buffers = 0;   // elements of the two flat arrays
+    std::vector<i64> offsets;      // of each tensor of core.layout() in its flat array
+    const void* param_data = nullptr;
+    void* buffer_data = nullptr;
+
+    fastrnn_plan(const Problem& P, const fastrnn_desc& d, const fastrnn::Desc& config)
+        : problem(P), desc(d), core(config, P.dtype == FASTRNN_FLOAT64) {
+        static std::atomic<std::uint64_t> next{1};
+        id = next++;
+        for (const fastrnn::ParamInfo& t : core.layout()) {
+            i64 n = 1;
+            for (i64 e : t.shape) n = product("a parameter's size", {n, e});
+            i64& total = t.buffer ? buffers : params;
+            offsets.push_back(total);
+            total = sum("the parameter count", {total, n});
+        }
+        blas_limit("the parameter count", params);
+    }
+};
+
+namespace {
+
+const fastrnn_plan& need_plan(const fastrnn_plan* plan) {
+    if (!plan) invalid("plan: NULL");
+    return *plan;
+}
+
+bool need_flag(const char* field, std::int32_t v) {
+    if (v != 0 && v != 1) invalid(std::string(field) + " = " + to_string(v) + ", expected 0 or 1");
+    return v != 0;
+}
+
+fastrnn_plan_options default_plan_options() {
+    fastrnn_plan_options o;
+    std::memset(&o, 0, sizeof o);
+    o.struct_size = sizeof o;
+    o.activation = FASTRNN_ACT_RELU;
+    o.normalization = FASTRNN_NORM_BATCH;
+    o.bn_momentum = 0.05;
+    return o;
+}
+
+// The core's configuration of a plan: the descriptor and the options, every field checked.
+fastrnn::Desc plan_config(const Problem& P, const fastrnn_plan_options& o) {
+    fastrnn::Desc d = P.d;
+    const bool ligru = d.cell == fastrnn::CellKind::LIGRU || d.cell == fastrnn::CellKind::SLIGRU;
+    if (o.reserved0 != 0) invalid("options->reserved0 = " + to_string(o.reserved0) + ", expected 0");
+    d.peephole = need_flag("options->peephole", o.peephole);
+    d.layer_norm = need_flag("options->layer_norm", o.layer_norm);
+    d.zoneout_c = need_flag("options->zoneout_c", o.zoneout_c);
+    d.recurrent_affine = need_flag("options->recurrent_affine", o.recurrent_affine);
+    if (o.proj_size < 0) invalid("options->proj_size = " + to_string(o.proj_size) + ", expected >= 0 (0: none)");
+    d.P = o.proj_size;
+    if (o.activation < FASTRNN_ACT_RELU || o.activation > FASTRNN_ACT_LEAKY_RELU)
+        invalid("options->activation = " + to_string(o.activation) + ", expected a fastrnn_activation (0 to 3)");
+    if (o.normalization < FASTRNN_NORM_NONE || o.normalization > FASTRNN_NORM_LAYER)
+        invalid("options->normalization = " + to_string(o.normalization) +
+                ", expected a fastrnn_normalization (0 to 2)");
+    if (!(o.bn_momentum >= 0.0 && o.bn_momentum <= 1.0))  // also NaN
+        invalid("options->bn_momentum = " + to_string(o.bn_momentum) + ", expected 0 <= m <= 1");
+    // Li-GRU settings are the Li-GRU's: other cells leave them at their defaults.
+    const fastrnn_plan_options def = default_plan_options();
+    if (!ligru && (o.activation != def.activation || o.normalization != def.normalization ||
+                   o.bn_momentum != def.bn_momentum))
+        invalid(std::string("options: activation, normalization and bn_momentum are Li-GRU settings; leave them "
+                            "at fastrnn_plan_options_init's values for ") + cell_name(int(d.cell)));
+    if (ligru) {
+        d.activation = fastrnn::Activation(o.activation);
+        d.input_norm = fastrnn::InputNorm(o.normalization);
+        d.bn_momentum = o.bn_momentum;
+    }
+    try {
+        fastrnn::validate_config(d);
+    } catch (const std::invalid_argument& e) {
+        invalid(std::string("options: ") + e.what() + " (desc->cell = " + cell_name(int(d.cell)) + ")");
+    }
+    return d;
+}
+
+// The per-call pointers of `call` as the core's Noise, checked against the plan and the pass.
+template <class T>
+fastrnn::Noise<T> plan_noise(const fastrnn_plan& plan, const fastrnn_plan_call_options& c, bool training,
+                             std::uint32_t* bits) {
+    const fastrnn::Desc& d = plan.core.config();
+    const unsigned variants = fastrnn::cell_info(d).variants;
+    const std::string cell = cell_name(int(d.cell));
+    const std::size_t es = sizeof(T);
+    struct Mask {
+        const void* p;
+        const char* field;
+        unsigned variant;
+        std::uint32_t bit;
+    } masks[] = {{c.recurrent_dropout, "recurrent_dropout", fastrnn::kRecurrentDropout, kRecurrentDropout},
+                 {c.zoneout_h, "zoneout_h", fastrnn::kZoneout, kZoneoutH},
+                 {c.zoneout_c, "zoneout_c", fastrnn::kZoneoutC, kZoneoutC},
+                 {c.weight_drop, "weight_drop", fastrnn::kWeightDrop, kWeightDrop},
+                 {c.candidate_dropout, "candidate_dropout", fastrnn::kCandidateDropout, kCandidateDropout}};
+    std::uint32_t b = 0;
+    for (const Mask& m : masks) {
+        if (!m.p) continue;
+        const std::string field = std::string("call->") + m.field;
+        if (!(variants & m.variant)) invalid(field + ": not a regularizer of " + cell);
+        if (!training) invalid(field + ": masks are for training calls (cache != NULL)");
+        check_aligned(m.p, field, es);
+        b |= m.bit;
+    }
+    if (c.zoneout_c && !d.zoneout_c)
+        invalid("call->zoneout_c: the plan was made without options->zoneout_c = 1 (its cache has no room for it)");
+    for (const auto& [rate, field, variant] :
+         {std::tuple<double, const char*, unsigned>{c.zoneout_h_rate, "zoneout_h_rate", fastrnn::kZoneout},
+          std::tuple<double, const char*, unsigned>{c.zoneout_c_rate, "zoneout_c_rate", fastrnn::kZoneoutC}}) {
+        if (!(rate >= 0.0 && rate < 1.0))
+            invalid(std::string("call->") + field + " = " + to_string(rate) + ", expected 0 <= rate < 1");
+        if (rate > 0.0 && !(variants & variant)) invalid(std::string("call->") + field + ": not a regularizer of " + cell);
+        if (rate > 0.0 && training)
+            invalid(std::string("call->") + field + ": rates are for inference calls; training calls pass masks");
+    }
+    if (need_flag("call->bn_frozen", c.bn_frozen)) {
+        if (!fastrnn::bn_ih(d)) invalid("call->bn_frozen: the plan has no batch norm (a Li-GRU with FASTRNN_NORM_BATCH)");
+        if (!training) invalid("call->bn_frozen: for training calls (inference always uses the running statistics)");
+        b |= kBnFrozen;
+    }
+    if (bits) *bits = b;
+    fastrnn::Noise<T> nz;
+    nz.rec_mask = static_cast<const T*>(c.recurrent_dropout);
+    nz.zh_mask = static_cast<const T*>(c.zoneout_h);
+    nz.zc_mask = static_cast<const T*>(c.zoneout_c);
+    nz.zh_rate = T(c.zoneout_h_rate);
+    nz.zc_rate = T(c.zoneout_c_rate);
+    nz.w_mask = static_cast<const T*>(c.weight_drop);
+    nz.cand_mask = static_cast<const T*>(c.candidate_dropout);
+    return nz;
+}
+
+fastrnn_plan_call_options read_call(const fastrnn_plan_call_options* call) {
+    fastrnn_plan_call_options c;
+    std::memset(&c, 0, sizeof c);
+    if (call) c = read_struct(call, "call");
+    return c;
+}
+
+std::size_t plan_cache_bytes(const fastrnn_plan& plan, i64 T, i64 N, bool dropout) {
+    const Problem P = check_desc(&plan.desc, true, T, N);
+    return to_bytes("the cache", fastrnn::cache_elements(plan.core.call(T, N), dropout), P.esize, kCacheHeaderBytes);
+}
+
+// The arrays of the plan's layout (pointers into the two flat arrays).
+template <class T, class Ptr>
+std::vector<T*> plan_arrays(const fastrnn_plan& plan, Ptr params, Ptr buffers) {
+    std::vector<T*> out;
+    const auto& layout = plan.core.layout();
+    for (std::size_t i = 0; i < layout.size(); ++i) {
+        Ptr base = layout[i].buffer ? buffers : params;
+        out.push_back(base ? const_cast<T*>(static_cast<const T*>(base)) + plan.offsets[i] : nullptr);
+    }
+    return out;
+}
+
+template <class T>
+void plan_forward(const fastrnn_plan& plan, i64 T_, i64 N, const void* x, const void* h0, const void* c0,
+                  const std::int64_t* lengths, void* y, void* h_n, void* c_n, void* cache,
+                  const fastrnn_plan_call_options& c, std::uint32_t bits) {
+    fastrnn::Desc d = plan.core.call(T_, N);
+    d.bn_frozen = c.bn_frozen != 0;
+    const auto& W = plan.core.weights<T>();
+    const fastrnn::Noise<T> nz = plan_noise<T>(plan, c, cache != nullptr, nullptr);
+    const i64 K = fastrnn::state_size(d), S = d.L * d.D * d.N * K, SC = d.L * d.D * d.N * d.H;
+    std::vector<T> hn_tmp, cn_tmp;
+    T* hn = or_scratch<T>(h_n, S, hn_tmp);
+    T* cn = fastrnn::cell_has_c(d) ? or_scratch<T>(c_n, SC, cn_tmp) : nullptr;
+    std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
+    if (!cache && !nz.w_mask) {  // inference: W_hh packed once while unchanged
+        const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
+        packed = plan.core.packed<T>(ks.nr, ks.pack_forward);
+    }
+    if (cache) set_cache_state(cache, kCacheInvalid);
+    fastrnn::forward<T>(d, W.data(), static_cast<const T*>(x), static_cast<const T*>(h0), static_cast<const T*>(c0),
+                        lengths, static_cast<const T*>(c.dropout_masks), static_cast<T*>(y), hn, cn,
+                        cache ? payload<T>(cache) : nullptr, nz, packed.get());
+    if (cache) {
+        PlanCacheHeader h;
+        std::memset(&h, 0, sizeof h);
+        std::memcpy(h.magic, kPlanCacheMagic, sizeof h.magic);
+        h.abi = FASTRNN_ABI_VERSION;
+        h.state = kCacheFilled;
+        h.plan_id = plan.id;
+        h.call_bits = bits;
+        h.has_lengths = lengths != nullptr;
+        h.T = T_;
+        h.N = N;
+        std::memcpy(cache, &h, sizeof h);
+    }
+}
+
+template <class T>
+void plan_backward(const fastrnn_plan& plan, const PlanCacheHeader& h, const void* x, const std::int64_t* lengths,
+                   void* cache, const void* grad_y, const void* grad_h_n, const void* grad_c_n, void* grad_x,
+                   void* grad_h0, void* grad_c0, void* grads, const fastrnn_plan_call_options& c,
+                   const fastrnn_backward_options& o) {
+    fastrnn::Desc d = plan.core.call(h.T, h.N);
+    d.bn_frozen = c.bn_frozen != 0;
+    const auto& W = plan.core.weights<T>();
+    const auto G = plan.core.grads<T>(plan_arrays<T>(plan, grads, static_cast<void*>(nullptr)));
+    const i64 K = fastrnn::state_size(d), S = d.L * d.D * d.N * K, SC = d.L * d.D * d.N * d.H;
+    std::vector<T> gx_tmp, gh0_tmp, gc0_tmp;
+    T* gx = or_scratch<T>(grad_x, d.T * d.N * d.C, gx_tmp);
+    T* gh0 = or_scratch<T>(grad_h0, S, gh0_tmp);
+    T* gc0 = fastrnn::cell_has_c(d) ? or_scratch<T>(grad_c0, SC, gc0_tmp) : nullptr;
+    fastrnn::BackwardOptions<T> opt;
+    opt.retain = o.retain != 0;
+    opt.bptt_clip = T(o.bptt_clip);
+    opt.diag.grad_h_sq = o.grad_h_sq;
+    opt.diag.grad_c_sq = o.grad_c_sq;
+    opt.noise = plan_noise<T>(plan, c, true, nullptr);
+    if (!opt.retain) set_cache_state(cache, kCacheConsumed);
+    fastrnn::backward<T>(d, W.data(), static_cast<const T*>(x), lengths, static_cast<const T*>(c.dropout_masks),
+                         payload<T>(cache), static_cast<const T*>(grad_y), static_cast<const T*>(grad_h_n),
+                         static_cast<const T*>(grad_c_n), gx, gh0, gc0, G.data(), opt);
+}
+
 }  // namespace
 
 // ---- exported functions ------------------------------------------------------------------------
@@ -665,6 +926,230 @@ fastrnn_status fastrnn_backward(const fastrnn_desc* desc, const fastrnn_weights*
             run_backward<float>(P, a);
         else
             run_backward<double>(P, a);
+    });
+}
+
+fastrnn_status fastrnn_plan_options_init_(fastrnn_plan_options* options, size_t struct_size) {
+    return guarded("fastrnn_plan_options_init", [&] {
+        if (!options) invalid("options: NULL");
+        if (struct_size < sizeof(fastrnn_plan_options) || struct_size > kMaxStructSize)
+            invalid("struct_size = " + to_string(struct_size) + ", expected sizeof(fastrnn_plan_options) = " +
+                    to_string(sizeof(fastrnn_plan_options)));
+        std::memset(static_cast<void*>(options), 0, struct_size);
+        *options = default_plan_options();
+        options->struct_size = std::uint32_t(struct_size);
+    });
+}
+
+fastrnn_status fastrnn_plan_create(const fastrnn_desc* desc, const fastrnn_plan_options* options,
+                                   fastrnn_plan** plan) {
+    return guarded("fastrnn_plan_create", [&] {
+        if (!plan) invalid("plan: NULL");
+        *plan = nullptr;
+        const Problem P = check_desc(desc, true);
+        const fastrnn_plan_options o = options ? read_struct(options, "options") : default_plan_options();
+        const fastrnn::Desc config = plan_config(P, o);
+        fastrnn_desc d = read_struct(desc, "desc");
+        d.seq_len = d.batch = 0;
+        *plan = new fastrnn_plan(P, d, config);
+    });
+}
+
+void fastrnn_plan_destroy(fastrnn_plan* plan) { delete plan; }
+
+fastrnn_status fastrnn_plan_param_count(const fastrnn_plan* plan, int64_t* params, int64_t* buffers) {
+    return guarded("fastrnn_plan_param_count", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        if (!params && !buffers) invalid("params and buffers: both NULL");
+        if (params) *params = p.params;
+        if (buffers) *buffers = p.buffers;
+    });
+}
+
+fastrnn_status fastrnn_plan_tensor_count(const fastrnn_plan* plan, int64_t* count) {
+    return guarded("fastrnn_plan_tensor_count", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        if (!count) invalid("count: NULL");
+        *count = i64(p.core.layout().size());
+    });
+}
+
+fastrnn_status fastrnn_plan_tensor_info(const fastrnn_plan* plan, int64_t index, fastrnn_tensor_info* info) {
+    return guarded("fastrnn_plan_tensor_info", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        const auto& layout = p.core.layout();
+        if (index < 0 || index >= i64(layout.size()))
+            invalid("index = " + to_string(index) + ", expected 0 <= index < " + to_string(layout.size()) +
+                    " (fastrnn_plan_tensor_count)");
+        if (!info) invalid("info: NULL");
+        std::uint32_t size;
+        std::memcpy(&size, info, sizeof size);
+        if (size < sizeof(fastrnn_tensor_info) || size > kMaxStructSize)
+            invalid("info->struct_size = " + to_string(size) + ", expected sizeof(fastrnn_tensor_info) = " +
+                    to_string(sizeof(fastrnn_tensor_info)));
+        const fastrnn::ParamInfo& t = layout[std::size_t(index)];
+        fastrnn_tensor_info out;
+        std::memset(&out, 0, sizeof out);
+        out.struct_size = size;
+        out.buffer = t.buffer;
+        out.name = t.name.c_str();
+        out.ndim = i64(t.shape.size());
+        out.shape[0] = t.shape[0];
+        out.shape[1] = t.shape.size() > 1 ? t.shape[1] : 1;
+        out.offset = p.offsets[std::size_t(index)];
+        out.layer = t.layer;
+        out.direction = t.direction;
+        std::memset(static_cast<void*>(info), 0, size);  // fields of a newer header: zero
+        std::memcpy(static_cast<void*>(info), &out, sizeof out);
+    });
+}
+
+fastrnn_status fastrnn_plan_set_params(fastrnn_plan* plan, const void* params, void* buffers) {
+    return guarded("fastrnn_plan_set_params", [&] {
+        if (!plan) invalid("plan: NULL");
+        const std::size_t es = plan->problem.esize;
+        need(params, "params", es);
+        if (plan->buffers > 0)
+            need(buffers, "buffers", es);
+        else
+            need_null(buffers, "buffers", "(this plan has no buffers: fastrnn_plan_param_count)");
+        if (plan->problem.dtype == FASTRNN_FLOAT32)
+            plan->core.set_weights<float>(plan_arrays<float>(*plan, params, static_cast<const void*>(buffers)));
+        else
+            plan->core.set_weights<double>(plan_arrays<double>(*plan, params, static_cast<const void*>(buffers)));
+        plan->param_data = params;
+        plan->buffer_data = buffers;
+    });
+}
+
+fastrnn_status fastrnn_plan_cache_size(const fastrnn_plan* plan, int64_t seq_len, int64_t batch, int dropout,
+                                       size_t* bytes) {
+    return guarded("fastrnn_plan_cache_size", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        expect_positive("seq_len", seq_len);
+        expect_positive("batch", batch);
+        if (dropout != 0 && dropout != 1) invalid("dropout = " + to_string(dropout) + ", expected 0 or 1");
+        if (!bytes) invalid("bytes: NULL");
+        *bytes = plan_cache_bytes(p, seq_len, batch, dropout != 0);
+    });
+}
+
+fastrnn_status fastrnn_plan_packed_bytes(const fastrnn_plan* plan, size_t* bytes) {
+    return guarded("fastrnn_plan_packed_bytes", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        if (!bytes) invalid("bytes: NULL");
+        *bytes = p.core.packed_bytes();
+    });
+}
+
+fastrnn_status fastrnn_plan_forward(const fastrnn_plan* plan, int64_t seq_len, int64_t batch, const void* x,
+                                    const void* h0, const void* c0, const int64_t* lengths, void* y, void* h_n,
+                                    void* c_n, void* cache, size_t cache_bytes, const fastrnn_plan_call_options* call) {
+    return guarded("fastrnn_plan_forward", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        expect_positive("seq_len", seq_len);
+        expect_positive("batch", batch);
+        const Problem P = check_desc(&p.desc, true, seq_len, batch);
+        if (!p.param_data) invalid("plan: no parameters yet (fastrnn_plan_set_params)");
+        const fastrnn_plan_call_options c = read_call(call);
+        need(x, "x", P.esize);
+        check_aligned(h0, "h0", P.esize);
+        check_c_state(P, c0, "c0", false);
+        check_lengths(P, lengths);
+        need(y, "y", P.esize);
+        check_aligned(h_n, "h_n", P.esize);
+        check_c_state(P, c_n, "c_n", false);
+        if (c.dropout_masks) {
+            if (!cache) invalid("call->dropout_masks: only used by a training forward (cache != NULL)");
+            if (P.d.L == 1)
+                invalid("call->dropout_masks: must be NULL when num_layers = 1 (dropout acts between layers)");
+            check_aligned(c.dropout_masks, "call->dropout_masks", P.esize);
+        }
+        std::uint32_t bits = 0;
+        if (P.dtype == FASTRNN_FLOAT32)
+            plan_noise<float>(p, c, cache != nullptr, &bits);
+        else
+            plan_noise<double>(p, c, cache != nullptr, &bits);
+        if (c.dropout_masks) bits |= kInterLayerDropout;
+        if (cache) {
+            need(cache, "cache", P.esize);
+            const std::size_t needed = plan_cache_bytes(p, seq_len, batch, c.dropout_masks != nullptr);
+            if (cache_bytes < needed)
+                invalid("cache_bytes = " + to_string(cache_bytes) + ", expected at least " + to_string(needed) +
+                        " (fastrnn_plan_cache_size with dropout = " + to_string(int(c.dropout_masks != nullptr)) + ")");
+        }
+        if (P.dtype == FASTRNN_FLOAT32)
+            plan_forward<float>(p, seq_len, batch, x, h0, c0, lengths, y, h_n, c_n, cache, c, bits);
+        else
+            plan_forward<double>(p, seq_len, batch, x, h0, c0, lengths, y, h_n, c_n, cache, c, bits);
+    });
+}
+
+fastrnn_status fastrnn_plan_backward(const fastrnn_plan* plan, const void* x, const int64_t* lengths, void* cache,
+                                     size_t cache_bytes, const void* grad_y, const void* grad_h_n,
+                                     const void* grad_c_n, void* grad_x, void* grad_h0, void* grad_c0, void* grads,
+                                     const fastrnn_plan_call_options* call, const fastrnn_backward_options* options) {
+    return guarded("fastrnn_plan_backward", [&] {
+        const fastrnn_plan& p = need_plan(plan);
+        if (!p.param_data) invalid("plan: no parameters yet (fastrnn_plan_set_params)");
+        need(cache, "cache", p.problem.esize);
+        if (cache_bytes < kCacheHeaderBytes)
+            invalid("cache_bytes = " + to_string(cache_bytes) + ", too small for a cache filled by fastrnn_plan_forward");
+        PlanCacheHeader h;
+        std::memcpy(&h, cache, sizeof h);
+        if (std::memcmp(h.magic, kPlanCacheMagic, sizeof h.magic) != 0 || h.abi != FASTRNN_ABI_VERSION ||
+            h.state == kCacheInvalid)
+            invalid("cache: not filled by a successful training fastrnn_plan_forward (cache != NULL)");
+        if (h.plan_id != p.id) invalid("cache: filled through another plan");
+        if (h.state == kCacheConsumed)
+            invalid("cache: consumed by an earlier fastrnn_plan_backward with retain = 0 (or a failed one); run a "
+                    "training forward again, or pass retain = 1 to keep it");
+        const Problem P = check_desc(&p.desc, true, h.T, h.N);
+        const std::size_t needed = plan_cache_bytes(p, h.T, h.N, h.call_bits & kInterLayerDropout);
+        if (cache_bytes < needed)
+            invalid("cache_bytes = " + to_string(cache_bytes) + ", expected at least " + to_string(needed));
+        fastrnn_backward_options o;
+        std::memset(&o, 0, sizeof o);
+        if (options) o = read_struct(options, "options");
+        if (o.retain != 0 && o.retain != 1) invalid("options->retain = " + to_string(o.retain) + ", expected 0 or 1");
+        if (!(o.bptt_clip >= 0))
+            invalid("options->bptt_clip = " + to_string(o.bptt_clip) + ", expected >= 0 (0: no clipping)");
+        if (o.dropout_masks) invalid("options->dropout_masks: must be NULL here (plans take them in call)");
+        const fastrnn_plan_call_options c = read_call(call);
+        need(x, "x", P.esize);
+        check_lengths(P, lengths);
+        if (bool(h.has_lengths) != (lengths != nullptr))
+            invalid(std::string("lengths: ") + (lengths ? "given, but the forward that filled the cache had none"
+                                                        : "NULL, but the forward that filled the cache had lengths"));
+        std::uint32_t bits = 0;
+        if (P.dtype == FASTRNN_FLOAT32)
+            plan_noise<float>(p, c, true, &bits);
+        else
+            plan_noise<double>(p, c, true, &bits);
+        if (c.dropout_masks) {
+            check_aligned(c.dropout_masks, "call->dropout_masks", P.esize);
+            bits |= kInterLayerDropout;
+        }
+        if (bits != h.call_bits)
+            invalid("call: differs from the forward's (each mask the forward had, and only those, and the same "
+                    "bn_frozen)");
+        check_aligned(grad_y, "grad_y", P.esize);
+        check_aligned(grad_h_n, "grad_h_n", P.esize);
+        check_c_state(P, grad_c_n, "grad_c_n", false);
+        check_aligned(grad_x, "grad_x", P.esize);
+        check_aligned(grad_h0, "grad_h0", P.esize);
+        check_c_state(P, grad_c0, "grad_c0", false);
+        need(grads, "grads", P.esize);
+        check_aligned(o.grad_h_sq, "options->grad_h_sq", alignof(double));
+        check_c_state(P, o.grad_c_sq, "options->grad_c_sq", false);
+        check_aligned(o.grad_c_sq, "options->grad_c_sq", alignof(double));
+        if (o.grad_c_sq && !o.grad_h_sq) invalid("options->grad_c_sq: needs options->grad_h_sq too");
+        if (P.dtype == FASTRNN_FLOAT32)
+            plan_backward<float>(p, h, x, lengths, cache, grad_y, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, grads,
+                                 c, o);
+        else
+            plan_backward<double>(p, h, x, lengths, cache, grad_y, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0,
+                                  grads, c, o);
     });
 }
 

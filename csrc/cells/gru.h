@@ -9,6 +9,7 @@
 // 2016): the recurrent GEMMs read h_{t-1}*mask (reset_after=false: r*(h_{t-1}*mask)), while the
 // z*h_{t-1} term keeps the undropped state (Keras). Reg = false compiles both out.
 #pragma once
+#include "forms.h"
 #include "rows.h"
 #include "../simd/scalar.h"
 
@@ -20,12 +21,7 @@ namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
 template <bool ResetAfter, bool Reg>
-struct GRUCell {
-    static constexpr int gates = 3;
-    static constexpr int cache_gates = 4;
-    static constexpr int dgate_blocks = ResetAfter ? 4 : 3;  // reset_after=false keeps r*h
-    static constexpr bool has_c = false;
-    static constexpr bool two_phase = !ResetAfter;
+struct GRUCell : CellTraits<cell_row_index(CellKind::GRU, ResetAfter)> {
 
     // reset_after=true: the whole step. reset_after=false: the second phase, where hp is
     // W_hn (r*h) (a one-gate tile) and r, z were stored by forward_rz.
@@ -127,6 +123,20 @@ struct GRUCell {
             fmadd(d_rh, dr_h, W::load(row.dh_carry + j)).store(row.dh_carry + j);
         });
     }
+};
+
+template <>
+struct CellForms<GRUCell<true, false>::row> {
+    template <class M>
+    static void make(M& m) {
+        m.template plain<GRUCell<true, false>, GRUCell<true, true>>();
+        m.template layer_norm<GRUCell<true, true>>();
+    }
+};
+template <>
+struct CellForms<GRUCell<false, false>::row> {
+    template <class M>
+    static void make(M& m) { m.template plain<GRUCell<false, false>, GRUCell<false, true>>(); }
 };
 
 }  // namespace FASTRNN_ISA_NS

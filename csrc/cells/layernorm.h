@@ -27,6 +27,7 @@
 // LN backward (x^ the normalized input, dy the gradient of LN's output, n features):
 //   dx = rstd * (dy*g - mean(dy*g) - x^ * mean(dy*g * x^)),  dg = sum dy*x^,  db = sum dy.
 #pragma once
+#include "forms.h"
 #include "rows.h"
 #include "../simd/scalar.h"
 
@@ -63,12 +64,7 @@ struct LNRow {
     T clip = T(0);
 };
 
-struct LNLSTMCell {
-    static constexpr int gates = 4;
-    static constexpr int cache_gates = 4;
-    static constexpr int dgate_blocks = 4;
-    static constexpr bool has_c = true;
-    static constexpr bool two_phase = false;
+struct LNLSTMCell : CellTraits<cell_row_index(CellKind::LSTM, true)> {
 
     // Phase 2 (of 3): gates and the candidate c~ (to `ctil`), with the normalized, scaled
     // recurrent projection already in `hp`. In inference only o is kept (in `gates`, block 3).

@@ -19,6 +19,7 @@
 // Reg = false compiles the regularizers out (the plain cells' kernels); Reg = true reads the
 // optional zoneout / recurrent dropout pointers of the row (null: off).
 #pragma once
+#include "forms.h"
 #include "rows.h"
 #include "../simd/scalar.h"
 
@@ -30,12 +31,7 @@ namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
 template <bool Peep, bool Reg>
-struct LSTMCell {
-    static constexpr int gates = 4;
-    static constexpr int cache_gates = 4;
-    static constexpr int dgate_blocks = 4;
-    static constexpr bool has_c = true;
-    static constexpr bool two_phase = false;
+struct LSTMCell : CellTraits<cell_row_index(CellKind::LSTM, true)> {
 
     template <bool Train, class V, class T>
     FASTRNN_HD static void forward(const FwdRow<T>& r, std::int64_t n) {
@@ -113,6 +109,20 @@ struct LSTMCell {
             else
                 W::zero().store(r.dh_carry + j);
         });
+    }
+};
+
+struct LNLSTMCell;  // layernorm.h
+
+template <>
+struct CellForms<LSTMCell<false, false>::row> {
+    template <class M>
+    static void make(M& m) {
+        m.template plain<LSTMCell<false, false>, LSTMCell<false, true>>();
+        m.template peephole<LSTMCell<true, true>>();
+        m.template projection<false>();
+        m.template projection<true>();
+        m.template layer_norm<LNLSTMCell>();
     }
 };
 

@@ -1,5 +1,6 @@
 // Vanilla RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
 #pragma once
+#include "forms.h"
 #include "rows.h"
 #include "../simd/scalar.h"
 
@@ -13,12 +14,7 @@ namespace fastrnn {
 namespace FASTRNN_ISA_NS {
 
 template <bool Relu, bool Reg>  // Reg: recurrent dropout compiled in
-struct RNNCell {
-    static constexpr int gates = 1;         // row blocks of W_ih / W_hh
-    static constexpr int cache_gates = 0;   // h_t is the activation output; the driver keeps it
-    static constexpr int dgate_blocks = 1;  // blocks of dL/d(pre-activation) backward writes
-    static constexpr bool has_c = false;
-    static constexpr bool two_phase = false;
+struct RNNCell : CellTraits<cell_row_index(Relu ? CellKind::RNN_RELU : CellKind::RNN_TANH, true)> {
 
     template <bool Train, class V, class T>
     FASTRNN_HD static void forward(const FwdRow<T>& r, std::int64_t n) {
@@ -44,6 +40,17 @@ struct RNNCell {
             W::zero().store(r.dh_carry + j);
         });
     }
+};
+
+template <>
+struct CellForms<RNNCell<false, false>::row> {
+    template <class M>
+    static void make(M& m) { m.template plain<RNNCell<false, false>, RNNCell<false, true>>(); }
+};
+template <>
+struct CellForms<RNNCell<true, false>::row> {
+    template <class M>
+    static void make(M& m) { m.template plain<RNNCell<true, false>, RNNCell<true, true>>(); }
 };
 
 }  // namespace FASTRNN_ISA_NS

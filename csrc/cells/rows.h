@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "table.h"
+
 namespace fastrnn {
 
 template <class T>
@@ -31,6 +33,8 @@ struct FwdRow {
     T* ctil = nullptr;          // LSTM: the candidate cell before zoneout / LayerNorm (cache row)
     const T* rmask = nullptr;   // recurrent dropout mask on h (GRU reset_after=false: in r*h)
     T* hr = nullptr;            // out: h_t * rmask, the next step's recurrent GEMM input
+    Activation act = Activation::Relu;  // Li-GRU: the candidate's nonlinearity
+    const T* cmask = nullptr;   // Li-GRU: dropout mask of the candidate
 };
 
 template <class T>
@@ -53,6 +57,7 @@ struct BwdRow {
     const T* zh = nullptr;
     const T* zc = nullptr;
     const T* rmask = nullptr;
+    const T* cmask = nullptr;   // Li-GRU: dropout mask of the candidate
 };
 
 }  // namespace fastrnn

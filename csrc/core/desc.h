@@ -1,16 +1,18 @@
-// Description of a recurrent layer stack, the weights it uses and the per-step contexts handed
-// to the ISA kernels. Plain structs: the C ABI mirrors them.
+// What a call computes: the layer stack (Desc), its weights, and the regularizers' noise. Plain
+// structs, the same for the CPU and CUDA drivers; the C ABI mirrors them. The kernels' view of one
+// recurrence is in csrc/kernels/interface.h.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "../cells/table.h"
+#include "../kernels/interface.h"
 
 namespace fastrnn {
 
-// Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
-constexpr int kMaxTilePanels = 6;
-// Most phases (barrier-separated parts) of one step: LayerNorm LSTM has three.
-constexpr int kMaxPhases = 3;
-
-enum class CellKind : int { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+// How a Li-GRU normalizes its hoisted input projection W_ih x (SpeechBrain's `normalization`).
+enum class InputNorm : int { None = 0, Batch = 1, Layer = 2 };
 
 struct Desc {
     CellKind cell = CellKind::LSTM;
@@ -22,31 +24,41 @@ struct Desc {
     bool peephole = false;    // LSTM: diagonal peepholes into i, f (c_{t-1}) and o (c_t)
     bool layer_norm = false;  // LSTM, GRU reset_after: LayerNorm of both projections (and LSTM c_t)
     bool zoneout_c = false;   // LSTM: zoneout on c (the training cache keeps the candidate cell too)
+    // Li-GRU and SLi-GRU (csrc/cells/ligru.h).
+    Activation activation = Activation::Relu;  // the candidate's nonlinearity
+    InputNorm input_norm = InputNorm::None;    // normalization of W_ih x
+    double bn_momentum = 0.05;                 // running statistics: (1 - m) old + m batch
+    bool recurrent_affine = false;             // SLi-GRU: its recurrent LayerNorm has a gain and a shift
+    // Of one call: a training call (with a cache) whose batch norm uses the running statistics, as a
+    // differentiated module in eval mode does (torch's BatchNorm in eval mode).
+    bool bn_frozen = false;
 };
 
-int cell_gates(const Desc& d);        // G: row blocks of W_ih / W_hh
-int cell_cache_gates(const Desc& d);  // H-wide blocks of gates kept per step in the training cache
-bool cell_has_c(const Desc& d);
+// The cell's row of the cell table (csrc/cells/table.h).
+inline const CellInfo& cell_info(const Desc& d) {
+    const int row = cell_row_index(d.cell, d.reset_after);
+    if (row < 0) throw std::invalid_argument("cell: unknown cell kind " + std::to_string(int(d.cell)));
+    return kCellTable[row];
+}
+inline int cell_gates(const Desc& d) { return cell_info(d).gates; }  // G: row blocks of W_ih / W_hh
+inline bool cell_has_c(const Desc& d) { return cell_info(d).has_c; }
+inline int cell_cache_gates(const Desc& d) { return cell_info(d).cache_blocks; }  // H-wide blocks of a cached row
 inline std::int64_t state_size(const Desc& d) { return d.P > 0 ? d.P : d.H; }  // K: units of h_t
+// What normalizes the projections: LayerNorm of W_hh h (the LayerNorm cells, SLi-GRU), of the
+// input projection row by row (the LayerNorm cells, Li-GRU layernorm), batch norm of the input
+// projection column by column over the batch and time (Li-GRU batchnorm).
+inline bool ln_hh(const Desc& d) { return d.layer_norm || d.cell == CellKind::SLIGRU; }
+inline bool ln_ih(const Desc& d) { return d.layer_norm || d.input_norm == InputNorm::Layer; }
+inline bool bn_ih(const Desc& d) { return d.input_norm == InputNorm::Batch; }
 
-// Columns of one cached training row (one step, one sequence, one direction) beyond the gates,
-// as offsets from the row start; -1 where the variant does not keep it. `ld` is the row length.
-// Backward overwrites the gates with their gradients, and LayerNorm's x^ blocks with the
-// gradients of the projections they normalize (dL/d(W_ih x), dL/d(W_hh h)).
-struct RowLayout {
-    std::int64_t ld = 0;
-    std::int64_t m = -1;        // LSTMP: m_t = o*tanh(c_t), the projection's input [H]
-    std::int64_t ctil = -1;     // zoneout on c: the candidate f*c_{t-1} + i*g before zoneout [H]
-    std::int64_t xhat_ih = -1;  // LayerNorm: normalized input projection [G*H]
-    std::int64_t xhat_hh = -1;  // LayerNorm: normalized recurrent projection [G*H]
-    std::int64_t chat = -1;     // LayerNorm LSTM: normalized cell candidate [H]
-    std::int64_t rstd = -1;     // LayerNorm: 1/sqrt(var + eps) of the ih, hh (and c) rows [2 or 3]
-};
+// The layout of one cached training row of this problem (kernels/interface.h).
 RowLayout row_layout(const Desc& d);
 
 // Weights and gradients of one layer-direction (torch layout: W_ih [G*H, C_k], W_hh [G*H, H]).
 // Variant tensors are null when the variant is off; LayerNorm gains and biases follow the
 // Haste formulation (csrc/cells/layernorm.h). W_hh is [G*H, K] and W_ih of layers > 0 takes D*K inputs.
+// Li-GRU (csrc/cells/ligru.h): b_ih is the input normalization's shift (BatchNorm/LayerNorm beta),
+// ln_ih its scale (gamma), b_hh the SLi-GRU recurrent LayerNorm's shift and ln_hh its scale.
 template <class T>
 struct LayerWeights {
     const T* w_ih;
@@ -55,10 +67,14 @@ struct LayerWeights {
     const T* b_hh;
     const T* w_hr = nullptr;     // [P, H] LSTMP projection
     const T* w_peep = nullptr;   // [3, H] peepholes of i, f, o
-    const T* ln_ih = nullptr;    // [G*H] gain of LN(W_ih x)
+    const T* ln_ih = nullptr;    // [G*H] gain of the input projection's normalization (LN or Li-GRU's BN)
     const T* ln_hh = nullptr;    // [G*H] gain of LN(W_hh h)
     const T* ln_c_w = nullptr;   // [H] gain of LN(c_t) (LSTM)
     const T* ln_c_b = nullptr;   // [H] bias of LN(c_t) (LSTM)
+    // Li-GRU batch norm of the input projection: running statistics [G*H] (eval mode reads them,
+    // a training forward updates them with Desc::bn_momentum, as torch.nn.BatchNorm1d does).
+    T* bn_mean = nullptr;
+    T* bn_var = nullptr;
 };
 template <class T>
 struct LayerGrads {
@@ -83,115 +99,7 @@ struct Noise {
     const T* zc_mask = nullptr;   // [L*D, T, N, H] zoneout on c (LSTM)
     T zh_rate = T(0), zc_rate = T(0);  // used where the mask is null: the expected update (inference)
     const T* w_mask = nullptr;    // [L*D, G*H, K] DropConnect on W_hh (scaled 0 or 1/(1-p))
-};
-
-// One layer-direction's recurrence, as the per-step kernels see it. Unit blocks are `nr` hidden
-// units wide (the microkernel's panel width); a thread owns a contiguous range of them and, for
-// every step, computes the recurrent GEMM of all gates of its units followed by the cell's
-// pointwise function on them, so one barrier per step (per phase) suffices.
-//
-// Layouts (row n of step t): pre-activations/gates rows `gates + (t*N + n)*ld_gates`, gate g of
-// unit j at `g*H + j`. In training the input projection is written straight into the cache rows
-// and the cell overwrites it with the post-activation gates; in inference the rows are scratch.
-template <class T>
-struct Recurrence {
-    std::int64_t steps, N, H, G;   // steps = T
-    std::int64_t K;                // units of the state h_t (P with a projection, else H)
-    bool reverse;                  // processes t = T-1 .. 0
-    bool train;                    // keep the cache (post-activation gates, c_t)
-    const std::int64_t* lengths;   // null: every sequence has length T
-    const T* packed;               // W_hh packed by pack_forward (forward) or pack_backward
-    const T* bias;                 // [G*H] folded biases (b_ih + b_hh, but GRU reset_after's b_hn)
-    const T* bhn;                  // [H] GRU reset_after: b_hn, inside r*(.)
-    T* gates;  std::int64_t ld_gates;
-    T* hbuf;                       // [2, N, H] state ping-pong: step s reads hbuf[s&1], writes hbuf[~s&1]
-    T* c;                          // [N, H] LSTM cell state, updated in place by each unit's owner
-    T* c_hist;                     // [T, N, H] LSTM c_t cache (training)
-    T* rh;     std::int64_t ld_rh; // GRU reset_after=false: r*h_{t-1}, the input of the second GEMM
-    T* y;      std::int64_t ld_y;  // outputs [T, N, ld_y], already offset to this direction
-
-    // Variants (null / off for the plain cells).
-    RowLayout row;                 // extra columns of the cached rows
-    const T* packed_hr;            // LSTMP: W_hr packed like W_hh (forward: [1][P/nr][H][nr]; backward: [H/nr][P][nr])
-    T* m;      std::int64_t ld_m;  // LSTMP: m_t rows (the cache block in training, else scratch [N, H])
-    T* dproj;                      // LSTMP backward: dL/d(W_hr m_t) [T, N, P] for dW_hr
-    const T* peep;                 // [3, H] peepholes (i, f, o)
-    T* hr;                         // [2, N, K] h_{t-1} * rec_mask, the recurrent GEMM's input (null: hbuf)
-    const T* rmask;                // [N, K] recurrent dropout mask
-    const T* zh; const T* zc;      // zoneout masks [T, N, K] / [T, N, H], or one row of rates
-    bool z_rows;                   // zh/zc are per-(t, n) masks (else a single row, reused)
-    const T* ln_hh; const T* ln_c_w; const T* ln_c_b;  // LayerNorm gains/bias
-    double* stats;                 // LayerNorm: per-row partials of each unit block [N, nblk, 2]
-    T* ln_raw;                     // LayerNorm forward: the raw recurrent projection [N, G*H]
-    T* ln_work;                    // LayerNorm LSTM: c~ (inference forward), dL/d(normalized c) (backward) [N, H]
-    T* g_ln_hh; T* g_ln_c_w; T* g_ln_c_b;  // LayerNorm backward: gradients, added by each unit's owner
-
-    // Backward only.
-    const T* h0;                   // [N, H] initial state (GRU backward reads h_{t-1})
-    const T* c0;                   // [N, H]
-    const T* dy;   std::int64_t ld_dy;  // gradient arriving at the outputs (null: none)
-    T* dgates; std::int64_t ld_dgates;  // dL/d(pre-activations); may alias `gates` (in place)
-    T* dh;                         // [N, H] carried gradient of the state (direct part)
-    T* dc;                         // [N, H] LSTM carried gradient of c
-    T* d_rh;                       // [N, H] GRU reset_after=false: dL/d(r*h)
-    T bptt_clip;                   // > 0: clip dL/d(pre-activations) to [-clip, clip] (Graves 2013)
-};
-
-// Per-thread state of one parallel region: a GEMM tile and optional diagnostics accumulators.
-// The tile keeps its content from one phase of a step to the next (LayerNorm reads it again).
-template <class T>
-struct ThreadCtx {
-    T* tile;              // [N, tile_cols] recurrent GEMM results of the current unit group
-    double* grad_h_sq;    // [T] sum of squares of the total dL/dh_t over own units (null: off)
-    double* grad_c_sq;    // [T] same for dL/dc_t (LSTM)
-    // Propagation records (null: off): over the rows valid at step t and at the step BPTT did
-    // before it, the squared norm of the state gradient (dL/dh, and the arriving dL/dc for LSTM)
-    // that reached step t through the recurrence, and of that previous step's state gradient.
-    double* carried_sq;     // [T]
-    double* prev_state_sq;  // [T]
-    double* rows;           // [3 N] per-row scratch for them
-    T* dc_total;          // [nr] scratch for the LSTM dL/dc_t of one row block (diagnostics)
-};
-
-// The per-step kernels of one cell for one ISA and dtype. A step has one to kMaxPhases phases;
-// the driver runs phase p of step s on every thread's unit range, then a barrier, then phase
-// p+1. A phase works on blocks of the H cell units, or (`on_state`) of the K state units
-// (LSTMP's projection phases).
-template <class T>
-using StepKernel = void (*)(const Recurrence<T>&, ThreadCtx<T>&, std::int64_t s, std::int64_t b0, std::int64_t b1);
-
-template <class T>
-struct CellKernels {
-    int fwd_phases, bwd_phases;
-    StepKernel<T> fwd_train[kMaxPhases], fwd_infer[kMaxPhases], bwd[kMaxPhases];
-    bool fwd_on_state[kMaxPhases], bwd_on_state[kMaxPhases];
-    // After the last backward step: dh += dG(last processed step) W_hh, i.e. dL/dh0 (own state units).
-    void (*bwd_final)(const Recurrence<T>&, ThreadCtx<T>&, std::int64_t b0, std::int64_t b1);
-};
-
-// All cells of one ISA for one dtype, plus the packing of W_hh that its microkernel streams.
-template <class T>
-struct KernelSet {
-    int nr;  // panel width = hidden units per block
-    // Forward: W [G*H, K] to panels [G][nblk][K][nr], panel (g, b) holding rows g*H + b*nr + j.
-    void (*pack_forward)(const T* w, std::int64_t G, std::int64_t H, std::int64_t K, T* out);
-    // Backward: W [R, K] to panels [K/nr][R][nr], panel b holding columns b*nr + j.
-    void (*pack_backward)(const T* w, std::int64_t R, std::int64_t K, T* out);
-    // LayerNorm of whole rows (the hoisted input projection of LayerNorm cells) and its
-    // backward; x^ and 1/sigma go to columns xhat and rstd of each row (csrc/kernels/steps.h).
-    void (*ln_rows)(T* rows, std::int64_t n_rows, std::int64_t ld, std::int64_t width, const T* gain,
-                    std::int64_t xhat, std::int64_t rstd, bool train);
-    void (*ln_rows_backward)(const T* rows, T* drows, std::int64_t n_rows, std::int64_t ld, std::int64_t width,
-                             const T* gain, T* g_gain, std::int64_t xhat, std::int64_t rstd);
-    CellKernels<T> rnn_tanh, rnn_relu, lstm, gru, gru_v1;  // gru_v1: reset_after=false
-    // The same cells with the regularizers compiled in (recurrent dropout, zoneout), and the
-    // variants (which always have them): peephole LSTM, LSTMP (with and without peepholes),
-    // LayerNorm LSTM and GRU.
-    CellKernels<T> rnn_tanh_reg, rnn_relu_reg, lstm_reg, gru_reg, gru_v1_reg;
-    CellKernels<T> lstm_peep, lstmp, lstmp_peep, ln_lstm, ln_gru;
-    // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
-    // their accuracy on every ISA.
-    void (*activation)(int fn, const T* x, T* y, std::int64_t n);
+    const T* cand_mask = nullptr;  // [L*D, N, H] Li-GRU dropout of the candidate (SpeechBrain's `dropout`)
 };
 
 }  // namespace fastrnn

@@ -25,29 +25,17 @@
 
 namespace fastrnn {
 
-int cell_gates(const Desc& d) {
-    switch (d.cell) {
-        case CellKind::LSTM: return 4;
-        case CellKind::GRU: return 3;
-        default: return 1;
-    }
-}
-int cell_cache_gates(const Desc& d) { return d.cell == CellKind::LSTM || d.cell == CellKind::GRU ? 4 : 0; }
-bool cell_has_c(const Desc& d) { return d.cell == CellKind::LSTM; }
-
 RowLayout row_layout(const Desc& d) {
     const std::int64_t H = d.H, GH = cell_gates(d) * H;
     const bool lstm = d.cell == CellKind::LSTM;
     RowLayout r;
-    r.ld = cell_cache_gates(d) * H;
+    r.ld = cell_info(d).cache_blocks * H;
     if (lstm && d.P > 0) r.m = r.ld, r.ld += H;
     if (lstm && d.zoneout_c && !d.layer_norm) r.ctil = r.ld, r.ld += H;  // LayerNorm keeps c~ in chat
-    if (d.layer_norm) {
-        r.xhat_ih = r.ld, r.ld += GH;
-        r.xhat_hh = r.ld, r.ld += GH;
-        if (lstm) r.chat = r.ld, r.ld += H;
-        r.rstd = r.ld, r.ld += lstm ? 3 : 2;
-    }
+    if (ln_ih(d) || bn_ih(d)) r.xhat_ih = r.ld, r.ld += GH;
+    if (ln_hh(d)) r.xhat_hh = r.ld, r.ld += GH;
+    if (lstm && d.layer_norm) r.chat = r.ld, r.ld += H;
+    if (ln_ih(d) || ln_hh(d)) r.rstd = r.ld, r.ld += lstm && d.layer_norm ? 3 : 2;  // rows' 1/sigma: ih, hh, c
     return r;
 }
 
@@ -55,39 +43,30 @@ namespace {
 
 using i64 = std::int64_t;
 
-bool gru_v1(const Desc& d) { return d.cell == CellKind::GRU && !d.reset_after; }
-bool gru_reset_after(const Desc& d) { return d.cell == CellKind::GRU && d.reset_after; }
-
-// `reg`: the call has recurrent dropout or zoneout (the plain cells' kernels compile them out).
+// The kernels of the cell's row in the form the call needs. `reg`: the call has recurrent
+// dropout, zoneout or candidate dropout (the plain forms compile them out).
 template <class T>
 const CellKernels<T>& cell_of(const KernelSet<T>& k, const Desc& d, bool reg) {
-    switch (d.cell) {
-        case CellKind::RNN_TANH: return reg ? k.rnn_tanh_reg : k.rnn_tanh;
-        case CellKind::RNN_RELU: return reg ? k.rnn_relu_reg : k.rnn_relu;
-        case CellKind::LSTM:
-            if (d.layer_norm) return k.ln_lstm;
-            if (d.P > 0) return d.peephole ? k.lstmp_peep : k.lstmp;
-            if (d.peephole) return k.lstm_peep;
-            return reg ? k.lstm_reg : k.lstm;
-        case CellKind::GRU: break;
-    }
-    if (d.layer_norm) return k.ln_gru;
-    if (d.reset_after) return reg ? k.gru_reg : k.gru;
-    return reg ? k.gru_v1_reg : k.gru_v1;
+    const CellKernelForms<T>& f = k.cells[cell_row_index(d.cell, d.reset_after)];
+    if (ln_hh(d)) return f.layer_norm;
+    if (d.P > 0) return d.peephole ? f.proj_peephole : f.proj;
+    if (d.peephole) return f.peephole;
+    return reg ? f.reg : f.plain;
 }
 
 // Offsets into the training cache (see cache_elements in driver.h). DH is the width of a
 // layer's output, D*K.
 struct CacheLayout {
-    i64 TN, D, L, DH, gate_block, c_block, dir_block, states, c_states;
+    i64 TN, D, L, DH, gate_block, c_block, bn_block, dir_block, states, c_states;
     bool dropout;
     RowLayout row;
 
     CacheLayout(const Desc& d, bool dropout_)
         : TN(d.T * d.N), D(d.D), L(d.L), DH(d.D * state_size(d)),
           gate_block(d.T * d.N * row_layout(d).ld), c_block(cell_has_c(d) ? d.T * d.N * d.H : 0),
-          dir_block(gate_block + c_block), states(d.L * d.D * d.N * state_size(d)),
-          c_states(cell_has_c(d) ? d.L * d.D * d.N * d.H : 0), dropout(dropout_), row(row_layout(d)) {}
+          bn_block(bn_ih(d) ? cell_gates(d) * d.H : 0), dir_block(gate_block + c_block + bn_block),
+          states(d.L * d.D * d.N * state_size(d)), c_states(cell_has_c(d) ? d.L * d.D * d.N * d.H : 0),
+          dropout(dropout_), row(row_layout(d)) {}
 
     i64 layer_block(i64 l) const { return TN * DH * ((dropout && l < L - 1) ? 2 : 1) + D * dir_block; }
     i64 layer(i64 l) const {
@@ -99,6 +78,7 @@ struct CacheLayout {
     i64 dropped_input(i64 l) const { return layer(l) + TN * DH; }  // the input of layer l+1
     i64 gates(i64 l, i64 dir) const { return layer(l) + layer_block(l) - (D - dir) * dir_block; }
     i64 c_hist(i64 l, i64 dir) const { return gates(l, dir) + gate_block; }
+    i64 bn_rstd(i64 l, i64 dir) const { return c_hist(l, dir) + c_block; }  // batch norm: 1/sigma per column
     i64 h0() const { return layer(L); }
     i64 c0() const { return h0() + states; }
     i64 total() const { return h0() + states + c_states; }
@@ -304,16 +284,17 @@ void add_column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
     for (i64 c = 0; c < cols; ++c) out[c] = T(double(out[c]) + sum[c]);
 }
 
-// Biases added by the cells: b_ih + b_hh, except GRU reset_after's b_hn, which r multiplies.
+// Biases added by the cells: b_ih + b_hh, except the block the cell keeps apart (GRU
+// reset_after's b_hn, which r multiplies). Either may be absent.
 template <class T>
 void fold_bias(const Desc& d, const LayerWeights<T>& w, T* bias, T* bhn) {
     const i64 GH = cell_gates(d) * d.H, H = d.H;
-    const bool unfolded_bhn = gru_reset_after(d);
+    const int apart = cell_info(d).bias_apart;
     for (i64 j = 0; j < GH; ++j) {
-        const bool keep_apart = unfolded_bhn && j >= 2 * H;
-        bias[j] = d.bias ? w.b_ih[j] + (keep_apart ? T(0) : w.b_hh[j]) : T(0);
+        const bool keep_apart = apart >= 0 && j / H == apart;
+        bias[j] = (w.b_ih ? w.b_ih[j] : T(0)) + (w.b_hh && !keep_apart ? w.b_hh[j] : T(0));
     }
-    for (i64 j = 0; j < H; ++j) bhn[j] = (d.bias && unfolded_bhn) ? w.b_hh[2 * H + j] : T(0);
+    for (i64 j = 0; j < H; ++j) bhn[j] = (apart >= 0 && w.b_hh) ? w.b_hh[apart * H + j] : T(0);
 }
 
 // W_hh as the recurrence uses it: W_hh * mask under DropConnect (into `buf`), else W_hh itself.
@@ -333,30 +314,32 @@ struct ForwardScratch {
     T *xp[2], *packed[2], *packed_hr[2], *bias[2], *bhn[2], *hbuf[2], *hr[2], *c[2], *rh[2], *m[2], *ln_raw[2],
         *ln_work[2], *w_eff[2], *zrows, *ybuf;
     double* stats[2];
+    double* bn_work;  // batch norm column sums [2, G*H]
 
     ForwardScratch(Carver<T>& cv, const Desc& d, bool train, bool regularized, int threads, int nr,
-                   ThreadCtx<T>* tc) {
+                   ThreadCtx<T>* tc, bool prepacked = false) {
         const i64 G = cell_gates(d), GH = G * d.H, K = state_size(d), NK = d.N * K, NH = d.N * d.H;
         const i64 nblk = blocks(d, nr), nblk_k = state_blocks(d, nr);
         const bool xp_in_cache = train && cell_cache_gates(d) > 0;
         for (i64 dir = 0; dir < d.D; ++dir) {
             xp[dir] = xp_in_cache ? nullptr : cv.take(d.T * d.N * GH);
-            packed[dir] = cv.take(G * nblk * K * nr);
-            packed_hr[dir] = cv.take(d.P > 0 ? nblk_k * d.H * nr : 0);
+            packed[dir] = cv.take(prepacked ? 0 : G * nblk * K * nr);
+            packed_hr[dir] = cv.take(d.P > 0 && !prepacked ? nblk_k * d.H * nr : 0);
             bias[dir] = cv.take(GH);
             bhn[dir] = cv.take(d.H);
             hbuf[dir] = cv.take(2 * NK);
             hr[dir] = cv.take(regularized ? 2 * NK : 0);
             c[dir] = cv.take(cell_has_c(d) ? NH : 0);
-            rh[dir] = cv.take(gru_v1(d) && !train ? NH : 0);
+            rh[dir] = cv.take(second_gemm(cell_info(d)) && !train ? NH : 0);  // r*h of a second GEMM
             m[dir] = cv.take(d.P > 0 && !train ? NH : 0);
-            ln_raw[dir] = cv.take(d.layer_norm ? d.N * GH : 0);
-            ln_work[dir] = cv.take(d.layer_norm ? NH : 0);
+            ln_raw[dir] = cv.take(ln_hh(d) ? d.N * GH : 0);
+            ln_work[dir] = cv.take(ln_hh(d) ? NH : 0);
             w_eff[dir] = cv.take(regularized ? GH * K : 0);
-            stats[dir] = take_doubles(cv, d.layer_norm ? 2 * d.N * nblk * 2 : 0);
+            stats[dir] = take_doubles(cv, ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
         }
         zrows = cv.take(regularized ? K + d.H : 0);
         ybuf = cv.take(!train && d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
+        bn_work = take_doubles(cv, bn_ih(d) ? 2 * GH : 0);
         carve_threads(cv, d, threads, nr, tc);
     }
 };
@@ -366,6 +349,7 @@ struct BackwardScratch {
     T *dgates[2], *packed[2], *packed_hr[2], *dh[2], *dc[2], *dproj[2], *ln_work[2], *w_eff[2], *dw[2], *ymask[2],
         *dybuf, *gather;
     double* stats[2];
+    double* bn_work;  // batch norm column sums [2, G*H]
 
     BackwardScratch(Carver<T>& cv, const Desc& d, bool retain, bool regularized, int threads, int nr,
                     ThreadCtx<T>* tc) {
@@ -380,14 +364,15 @@ struct BackwardScratch {
             dh[dir] = cv.take(NK);
             dc[dir] = cv.take(cell_has_c(d) ? NH : 0);
             dproj[dir] = cv.take(d.P > 0 ? d.T * NK : 0);
-            ln_work[dir] = cv.take(d.layer_norm ? NH : 0);
+            ln_work[dir] = cv.take(ln_hh(d) ? NH : 0);
             w_eff[dir] = cv.take(regularized ? GH * K : 0);
             dw[dir] = cv.take(regularized ? GH * K : 0);
             ymask[dir] = cv.take(regularized ? (d.T + 1) * NK : 0);
-            stats[dir] = take_doubles(cv, d.layer_norm ? 2 * d.N * nblk * 2 : 0);
+            stats[dir] = take_doubles(cv, ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
         }
         dybuf = cv.take(d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
         gather = cv.take(d.N * GH);
+        bn_work = take_doubles(cv, bn_ih(d) ? 2 * GH : 0);
         carve_threads(cv, d, threads, nr, tc);
     }
 };
@@ -469,28 +454,27 @@ std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, 
     return cv.used();
 }
 
-int saturation_stats(const Desc& d) { return d.cell == CellKind::LSTM ? 4 : d.cell == CellKind::GRU ? 3 : 1; }
+int saturation_stats(const Desc& d) { return cell_info(d).n_saturation; }
 
 template <class T>
 NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengths, bool dropout, double* saturation) {
     const CacheLayout lay(d, dropout);
     const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, S = saturation_stats(d);
     const i64 ld = lay.row.ld;
-    // Kind of each saturation statistic: 0 sigmoid gate, 1 tanh gate or tanh RNN output, 2 ReLU output.
-    int kind[4] = {0, 0, 1, 0};
-    if (d.cell == CellKind::GRU) kind[2] = 1;
-    if (d.cell == CellKind::RNN_TANH) kind[0] = 1;
-    if (d.cell == CellKind::RNN_RELU) kind[0] = 2;
+    // What each statistic counts and on which cached block (the cell table; -1: the output).
+    const CellInfo& cell = cell_info(d);
+    Saturation kind[kMaxGates];
+    for (i64 q = 0; q < S; ++q) kind[q] = resolve(cell.saturation[q], d.activation);
     // Saturated units of one row, and in `bad` the number of NaN/Inf (v - v is 0 only for finite
     // v). Integer reductions of comparisons: the compiler vectorizes them.
-    auto count_row = [H](int k, const T* v, i64& bad) {
+    auto count_row = [H](Saturation k, const T* v, i64& bad) {
         i64 c = 0, nf = 0;
-        if (k == 0)
+        if (k == Saturation::Sigmoid)
             for (i64 j = 0; j < H; ++j) c += (v[j] < T(0.01)) | (v[j] > T(0.99)), nf += !(v[j] - v[j] == T(0));
-        else if (k == 1)
+        else if (k == Saturation::Tanh)
             for (i64 j = 0; j < H; ++j) c += (v[j] < T(-0.99)) | (v[j] > T(0.99)), nf += !(v[j] - v[j] == T(0));
         else
-            for (i64 j = 0; j < H; ++j) c += v[j] == T(0), nf += !(v[j] - v[j] == T(0));
+            for (i64 j = 0; j < H; ++j) c += v[j] <= T(0), nf += !(v[j] - v[j] == T(0));
         bad += nf;
         return c;
     };
@@ -516,7 +500,10 @@ NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengt
                     const T* g = gates ? gates + (t * N + n) * ld : nullptr;
                     const T* y = Y + (t * N + n) * DK;  // K = H without a projection (RNN: no gates)
                     i64 nonfinite = 0;
-                    for (i64 q = 0; q < S; ++q) count[q] += count_row(kind[q], g ? g + q * H : y, nonfinite);
+                    for (i64 q = 0; q < S; ++q) {
+                        const int block = cell.saturation_block[q];
+                        count[q] += count_row(kind[q], block >= 0 ? g + block * H : y, nonfinite);
+                    }
                     if (bad < 0 && nonfinite) bad = g ? 0 : 1;
                     if (bad < 0 && g && has_nonfinite(y, K)) bad = 1;
                     if (bad < 0 && C && has_nonfinite(C + (t * N + n) * H, H)) bad = 2;
@@ -548,14 +535,16 @@ bool has_noise(const Noise<T>& nz) {
 // Noise the cells see (DropConnect acts on the packed W_hh only).
 template <class T>
 bool cell_noise(const Noise<T>& nz) {
-    return nz.rec_mask || nz.zh_mask || nz.zc_mask || nz.zh_rate > T(0) || nz.zc_rate > T(0);
+    return nz.rec_mask || nz.zh_mask || nz.zc_mask || nz.zh_rate > T(0) || nz.zc_rate > T(0) || nz.cand_mask;
 }
 }  // namespace
 
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
-             const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz) {
+             const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
+             const PackedWeights<T>* pre) {
     const KernelSet<T>& ks = active_kernels<T>();
+    if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;  // packed for another ISA, or DropConnect
     const CellKernels<T>& k = cell_of(ks, d, cell_noise(nz));
     const bool train = cache != nullptr, has_c = cell_has_c(d), regularized = has_noise(nz);
     const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, G = cell_gates(d), GH = G * H;
@@ -566,10 +555,10 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
     // Scratch, allocated once for the whole call (nothing is allocated inside the time loop).
     std::vector<ThreadCtx<T>> tc(plan.total());
     Carver<T> sizing(nullptr);
-    ForwardScratch<T>(sizing, d, train, regularized, plan.total(), ks.nr, nullptr);
+    ForwardScratch<T>(sizing, d, train, regularized, plan.total(), ks.nr, nullptr, pre != nullptr);
     Scratch<T> buf(sizing.used());
     Carver<T> carver(buf.p);
-    ForwardScratch<T> ws(carver, d, train, regularized, plan.total(), ks.nr, tc.data());
+    ForwardScratch<T> ws(carver, d, train, regularized, plan.total(), ks.nr, tc.data(), pre != nullptr);
     if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
         for (i64 j = 0; j < K; ++j) ws.zrows[j] = nz.zh_rate;
         for (i64 j = 0; j < H; ++j) ws.zrows[K + j] = nz.zc_rate;
@@ -589,7 +578,8 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
             r = Recurrence<T>{};
             r.steps = T_; r.N = N; r.H = H; r.G = G; r.K = K;
             r.reverse = dir == 1; r.train = train; r.lengths = lengths;
-            r.packed = ws.packed[dir]; r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
+            r.packed = pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
+            r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
             const bool in_cache = train && lay.row.ld > 0;  // the cell turns the projection into the cached gates
             r.row = lay.row;
             r.gates = in_cache ? cache + lay.gates(l, dir) : ws.xp[dir];
@@ -601,7 +591,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
             r.y = Y + dir * K; r.ld_y = DK;
             r.bptt_clip = T(0);
             if (d.P > 0) {
-                r.packed_hr = ws.packed_hr[dir];
+                r.packed_hr = pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
                 r.m = train ? r.gates + lay.row.m : ws.m[dir];
                 r.ld_m = train ? r.ld_gates : H;
             }
@@ -609,13 +599,23 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
             r.ln_hh = W.ln_hh; r.ln_c_w = W.ln_c_w; r.ln_c_b = W.ln_c_b;
             r.stats = ws.stats[dir]; r.ln_raw = ws.ln_raw[dir]; r.ln_work = ws.ln_work[dir];
             set_zoneout(r, d, nz, s_idx, ws.zrows);
+            r.act = d.activation;
+            r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * NH : nullptr;
 
-            // Hoisted input projection for all T*N rows (BLAS), W_hh packed for the microkernel.
+            // Hoisted input projection for all T*N rows (BLAS), normalized where the cell does
+            // (LayerNorm per row, batch norm per column), W_hh packed for the microkernel.
             gemm<T>(false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(0), r.gates, r.ld_gates);
-            if (d.layer_norm) ks.ln_rows(r.gates, TN, r.ld_gates, GH, W.ln_ih, lay.row.xhat_ih, lay.row.rstd, train);
-            const T* w_hh = effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
-            ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
-            if (d.P > 0) ks.pack_forward(W.w_hr, 1, K, H, ws.packed_hr[dir]);
+            if (ln_ih(d)) ks.ln_rows(r.gates, TN, r.ld_gates, GH, W.ln_ih, lay.row.xhat_ih, lay.row.rstd, train);
+            if (bn_ih(d))
+                ks.bn_rows(r.gates, T_, N, lengths, r.ld_gates, GH, W.ln_ih, W.bn_mean, W.bn_var, d.bn_momentum,
+                           train ? cache + lay.bn_rstd(l, dir) : nullptr, lay.row.xhat_ih, train && !d.bn_frozen,
+                           ws.bn_work);
+            if (!pre) {
+                const T* w_hh =
+                    effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
+                ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
+                if (d.P > 0) ks.pack_forward(W.w_hr, 1, K, H, ws.packed_hr[dir]);
+            }
             fold_bias(d, W, ws.bias[dir], ws.bhn[dir]);
             copy_or_zero(r.hbuf, h0 ? h0 + s_idx * NK : nullptr, NK);
             if (has_c) copy_or_zero(r.c, c0 ? c0 + s_idx * NH : nullptr, NH);
@@ -651,7 +651,8 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
     const KernelSet<T>& ks = active_kernels<T>();
     const Noise<T>& nz = opt.noise;
     const CellKernels<T>& k = cell_of(ks, d, cell_noise(nz));
-    const bool has_c = cell_has_c(d), v1 = gru_v1(d), split_h = gru_reset_after(d), regularized = has_noise(nz);
+    const bool has_c = cell_has_c(d), regularized = has_noise(nz);
+    const CellInfo& cell = cell_info(d);
     const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, G = cell_gates(d), GH = G * H;
     const i64 NK = N * K, NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr), nblk_k = state_blocks(d, ks.nr);
     const CacheLayout lay(d, masks != nullptr);
@@ -728,6 +729,7 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
             r.stats = ws.stats[dir]; r.ln_work = ws.ln_work[dir];
             set_zoneout(r, d, nz, s_idx, zrows);
             r.rmask = nz.rec_mask ? nz.rec_mask + s_idx * NK : nullptr;
+            r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * NH : nullptr;
             copy_or_zero(r.dh, grad_h_n ? grad_h_n + s_idx * NK : nullptr, NK);
             if (has_c) copy_or_zero(r.dc, grad_c_n ? grad_c_n + s_idx * NH : nullptr, NH);
             const T* w_hh = effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
@@ -773,8 +775,12 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
             // the first G blocks; dgx: dL/d(W_ih x) (LayerNorm: through the input LN).
             const T* dv = r.dgates;
             const T* dgx = dv;
-            if (d.layer_norm) {
+            if (ln_ih(d)) {
                 ks.ln_rows_backward(r.gates, r.dgates, TN, ld_dg, GH, W.ln_ih, Gr.ln_ih, lay.row.xhat_ih, lay.row.rstd);
+                dgx = r.dgates + lay.row.xhat_ih;
+            } else if (bn_ih(d)) {
+                ks.bn_rows_backward(r.gates, r.dgates, T_, N, lengths, ld_dg, GH, W.ln_ih, cache + lay.bn_rstd(l, dir),
+                                    Gr.ln_ih, lay.row.xhat_ih, !d.bn_frozen, ws.bn_work);
                 dgx = r.dgates + lay.row.xhat_ih;
             }
             gemm<T>(true, false, GH, C_l, TN, T(1), dgx, ld_dg, X, C_l, T(1), Gr.w_ih, C_l);
@@ -794,18 +800,16 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
                 Yd = ym, ld_yd = K, h0d = h0m;
             }
             const T* none = nullptr;
-            if (d.layer_norm) {  // W_hh h went through the recurrent LN: its gradient is in xhat_hh
+            if (ln_hh(d)) {  // W_hh h went through the recurrent LN: its gradient is in xhat_hh
                 accumulate_w_hh(d, dir, lengths, 0, GH, r.dgates + lay.row.xhat_hh, ld_dg, Yd, ld_yd, none, 0, h0d, dW,
                                 gather);
-            } else if (split_h) {  // GRU reset_after: W_hn h sees dn*r, kept in block 3
-                accumulate_w_hh(d, dir, lengths, 0, 2 * H, dv, ld_dg, Yd, ld_yd, none, 0, h0d, dW, gather);
-                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dv + 3 * H, ld_dg, Yd, ld_yd, none, 0, h0d, dW, gather);
-            } else if (v1) {  // W_hn multiplies the cached r*h_{t-1} (block 3)
-                accumulate_w_hh(d, dir, lengths, 0, 2 * H, dv, ld_dg, Yd, ld_yd, none, 0, h0d, dW, gather);
-                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dv + 2 * H, ld_dg, Yd, ld_yd, r.gates + 3 * H, ld_dg,
-                                h0d, dW, gather);
-            } else {
-                accumulate_w_hh(d, dir, lengths, 0, GH, dv, ld_dg, Yd, ld_yd, none, 0, h0d, dW, gather);
+            } else {  // each band of W_hh rows: its gate-gradient block times its input (the cell table)
+                for (int i = 0; i < cell.n_bands; ++i) {
+                    const WeightBand b = cell.bands[i];
+                    const T* alt = b.input_block >= 0 ? r.gates + b.input_block * H : none;
+                    accumulate_w_hh(d, dir, lengths, b.row0 * H, (b.row0 + b.rows) * H, dv + b.dblock * H, ld_dg, Yd,
+                                    ld_yd, alt, alt ? ld_dg : 0, h0d, dW, gather);
+                }
             }
             if (nz.w_mask) {
                 const T* m = nz.w_mask + s_idx * GH * K;
@@ -816,15 +820,12 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
             if (d.peephole)
                 peephole_grads(d, dir, lengths, dv, ld_dg, r.c_hist, lay.row.ctil >= 0 ? r.gates + lay.row.ctil : none,
                                ld_dg, r.c0, Gr.w_peep);
-            if (d.bias) {
-                add_column_sums(dv, TN, GH, ld_dg, Gr.b_ih);
-                if (split_h) {
-                    add_column_sums(dv, TN, 2 * H, ld_dg, Gr.b_hh);
-                    add_column_sums(dv + 3 * H, TN, H, ld_dg, Gr.b_hh + 2 * H);
-                } else {
-                    add_column_sums(dv, TN, GH, ld_dg, Gr.b_hh);
+            if (Gr.b_ih) add_column_sums(dv, TN, GH, ld_dg, Gr.b_ih);
+            if (Gr.b_hh)  // b_hh enters where W_hh h does: the same bands
+                for (int i = 0; i < cell.n_bands; ++i) {
+                    const WeightBand b = cell.bands[i];
+                    add_column_sums(dv + b.dblock * H, TN, b.rows * H, ld_dg, Gr.b_hh + b.row0 * H);
                 }
-            }
             gemm<T>(false, false, TN, C_l, GH, T(1), dgx, ld_dg, W.w_ih, C_l, dir == 0 ? T(0) : T(1), dX, C_l);
         }
         if (l > 0) {
@@ -838,10 +839,11 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
 }
 
 template void forward<float>(const Desc&, const LayerWeights<float>*, const float*, const float*, const float*,
-                             const std::int64_t*, const float*, float*, float*, float*, float*, const Noise<float>&);
+                             const std::int64_t*, const float*, float*, float*, float*, float*, const Noise<float>&,
+                             const PackedWeights<float>*);
 template void forward<double>(const Desc&, const LayerWeights<double>*, const double*, const double*, const double*,
                               const std::int64_t*, const double*, double*, double*, double*, double*,
-                              const Noise<double>&);
+                              const Noise<double>&, const PackedWeights<double>*);
 template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*,
                               const float*, float*, const float*, const float*, const float*, float*, float*, float*,
                               const LayerGrads<float>*, const BackwardOptions<float>&);

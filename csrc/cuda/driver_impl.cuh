@@ -275,24 +275,28 @@ void copy_or_zero(T* dst, const T* src, i64 n, Stream s) {
 
 // Calls f(Cell{}) with the cell type of d: the plain cells (no peepholes; Reg = false compiles the
 // regularizers out). The cell variants (csrc/cells/lstm.h, layernorm.h) run on the CPU only.
+inline void check_plain(const Desc& d, const char* what) {
+    if (d.P > 0 || d.peephole || d.layer_norm || d.zoneout_c || d.input_norm != InputNorm::None)
+        throw std::invalid_argument(std::string(what) + ": the CUDA backend runs the plain cells only "
+                                    "(no projection, peepholes, LayerNorm or zoneout)");
+    if (d.cell == CellKind::LIGRU || d.cell == CellKind::SLIGRU)
+        throw std::invalid_argument(std::string(what) + ": the CUDA backend does not run " + cell_info(d).name +
+                                    " (the CPU backend does)");
+}
+
 template <class F>
 void with_cell(const Desc& d, F&& f) {
     switch (d.cell) {
         case CellKind::RNN_TANH: return f(RNNCell<false, false>{});
         case CellKind::RNN_RELU: return f(RNNCell<true, false>{});
         case CellKind::LSTM: return f(LSTMCell<false, false>{});
-        case CellKind::GRU: break;
+        case CellKind::GRU:
+            if (d.reset_after) return f(GRUCell<true, false>{});
+            return f(GRUCell<false, false>{});
+        case CellKind::LIGRU:
+        case CellKind::SLIGRU: break;
     }
-    if (d.reset_after)
-        f(GRUCell<true, false>{});
-    else
-        f(GRUCell<false, false>{});
-}
-
-inline void check_plain(const Desc& d, const char* what) {
-    if (d.P > 0 || d.peephole || d.layer_norm || d.zoneout_c)
-        throw std::invalid_argument(std::string(what) + ": the CUDA backend runs the plain cells only "
-                                    "(no projection, peepholes, LayerNorm or zoneout)");
+    check_plain(d, "CUDA");
 }
 
 // ---------------------------------------------------------------- recurrence plans

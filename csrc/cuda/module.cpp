@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "driver.h"
+#include "../bindings/plan_object.h"
 
 #ifndef FASTRNN_CUDA_MODULE
 #define FASTRNN_CUDA_MODULE _cuda
@@ -29,18 +30,6 @@ namespace cu = fastrnn::cuda;
 
 namespace {
 
-Desc make_desc(int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D) {
-    if (cell < 0 || cell > 3) throw std::invalid_argument("cell: unknown cell kind " + std::to_string(cell));
-    if (T <= 0 || N <= 0 || C <= 0 || H <= 0 || L <= 0 || (D != 1 && D != 2))
-        throw std::invalid_argument("sizes must be positive and D in {1, 2}");
-    Desc d;
-    d.cell = fastrnn::CellKind(cell);
-    d.reset_after = reset_after;
-    d.bias = bias;
-    d.T = T; d.N = N; d.C = C; d.H = H; d.L = L; d.D = D;
-    return d;
-}
-
 template <class T>
 T* at(Ptr p, const char* name, bool required) {
     if (required && p == 0) throw std::invalid_argument(std::string(name) + " is required");
@@ -49,27 +38,25 @@ T* at(Ptr p, const char* name, bool required) {
 
 cu::Stream stream_of(Ptr s) { return reinterpret_cast<cu::Stream>(s); }
 
-// Per layer-direction (w_ih, w_hh, b_ih, b_hh) device addresses.
-template <class T, class Out>
-std::vector<Out> layer_pointers(const Desc& d, const py::list& items, const char* what) {
-    if (i64(items.size()) != d.L * d.D)
-        throw std::invalid_argument(std::string(what) + ": expected one entry per layer-direction");
-    std::vector<Out> out;
-    for (const auto& item : items) {
-        auto t = py::cast<py::tuple>(item);
-        if (t.size() != 4) throw std::invalid_argument(std::string(what) + ": expected (w_ih, w_hh, b_ih, b_hh)");
-        Out o{at<T>(py::cast<Ptr>(t[0]), "weight_ih", true), at<T>(py::cast<Ptr>(t[1]), "weight_hh", true),
-              at<T>(py::cast<Ptr>(t[2]), "bias_ih", d.bias), at<T>(py::cast<Ptr>(t[3]), "bias_hh", d.bias)};
-        out.push_back(o);
-    }
+const fastrnn::Plan& plan_of(const py::object& obj) { return *py::cast<const fastrnn::bindings::PyPlan&>(obj).plan; }
+
+// Device addresses in the plan's parameter order (0 for the buffers' entries of the gradients).
+template <class T>
+std::vector<T*> pointers(const fastrnn::Plan& p, const py::list& items, const char* what) {
+    if (items.size() != p.layout().size())
+        throw std::invalid_argument(std::string(what) + ": " + std::to_string(items.size()) + " addresses, expected " +
+                                    std::to_string(p.layout().size()));
+    std::vector<T*> out;
+    for (const auto& item : items) out.push_back(reinterpret_cast<T*>(py::cast<Ptr>(item)));
     return out;
 }
 
 template <class T>
-void forward_impl(const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr h0, Ptr c0, Ptr lengths, Ptr masks,
-                  Ptr out, Ptr h_n, Ptr c_n, Ptr cache, Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
+void forward_impl(const fastrnn::Plan& p, const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr h0, Ptr c0,
+                  Ptr lengths, Ptr masks, Ptr out, Ptr h_n, Ptr c_n, Ptr cache, Ptr workspace,
+                  std::size_t workspace_bytes, Ptr stream) {
     const bool lstm = fastrnn::cell_has_c(d);
-    auto W = layer_pointers<const T, fastrnn::LayerWeights<T>>(d, ws, "weights");
+    auto W = p.arrange<T>(pointers<T>(p, ws, "weights"));
     const bool train = cache != 0;
     if (train && dropout && d.L > 1 && masks == 0) throw std::invalid_argument("masks is required with dropout");
     py::gil_scoped_release release;
@@ -81,13 +68,13 @@ void forward_impl(const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr h0
 }
 
 template <class T>
-void backward_impl(const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr lengths, Ptr masks, Ptr cache,
-                   Ptr grad_out, Ptr grad_h_n, Ptr grad_c_n, Ptr grad_x, Ptr grad_h0, Ptr grad_c0, const py::list& gs,
-                   bool retain, double bptt_clip, Ptr grad_h_sq, Ptr grad_c_sq, Ptr carried_sq, Ptr prev_state_sq,
-                   Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
+void backward_impl(const fastrnn::Plan& p, const Desc& d, bool dropout, Ptr x, const py::list& ws, Ptr lengths,
+                   Ptr masks, Ptr cache, Ptr grad_out, Ptr grad_h_n, Ptr grad_c_n, Ptr grad_x, Ptr grad_h0,
+                   Ptr grad_c0, const py::list& gs, bool retain, double bptt_clip, Ptr grad_h_sq, Ptr grad_c_sq,
+                   Ptr carried_sq, Ptr prev_state_sq, Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
     const bool lstm = fastrnn::cell_has_c(d);
-    auto W = layer_pointers<const T, fastrnn::LayerWeights<T>>(d, ws, "weights");
-    auto G = layer_pointers<T, fastrnn::LayerGrads<T>>(d, gs, "grads");
+    auto W = p.arrange<T>(pointers<T>(p, ws, "weights"));
+    auto G = p.grads<T>(pointers<T>(p, gs, "grads"));
     if (dropout && d.L > 1 && masks == 0) throw std::invalid_argument("masks is required with dropout");
     if ((carried_sq == 0) != (prev_state_sq == 0))
         throw std::invalid_argument("carried_sq and prev_state_sq go together");
@@ -168,47 +155,45 @@ PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
         cu::copy_strided(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), int(shape.size()),
                          shape.data(), strides.data(), itemsize, stream_of(stream));
     });
-    m.def("forward_workspace_bytes", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
-                                        bool training, bool double_precision) {
-        return cu::forward_workspace_bytes(make_desc(cell, reset_after, bias, T, N, C, H, L, D), training,
-                                           double_precision);
+    // The plan (fastrnn._C.Plan) describes the layer stack; T and N are the call's.
+    m.def("forward_workspace_bytes", [](const py::object& plan, i64 T, i64 N, bool training) {
+        const fastrnn::Plan& p = plan_of(plan);
+        return cu::forward_workspace_bytes(p.call(T, N), training, p.is_double());
     });
-    m.def("backward_workspace_bytes", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L,
-                                         i64 D, bool retain, bool diagnostics, bool double_precision) {
-        return cu::backward_workspace_bytes(make_desc(cell, reset_after, bias, T, N, C, H, L, D), retain, diagnostics,
-                                            double_precision);
+    m.def("backward_workspace_bytes", [](const py::object& plan, i64 T, i64 N, bool retain, bool diagnostics) {
+        const fastrnn::Plan& p = plan_of(plan);
+        return cu::backward_workspace_bytes(p.call(T, N), retain, diagnostics, p.is_double());
     });
-    m.def("uses_persistent", [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D,
-                                bool forward, bool diagnostics, bool double_precision) {
-        return cu::uses_persistent(make_desc(cell, reset_after, bias, T, N, C, H, L, D), forward, diagnostics,
-                                   double_precision);
+    m.def("uses_persistent", [](const py::object& plan, i64 T, i64 N, bool forward, bool diagnostics) {
+        const fastrnn::Plan& p = plan_of(plan);
+        return cu::uses_persistent(p.call(T, N), forward, diagnostics, p.is_double());
     });
     m.def("forward",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
-             bool double_precision, Ptr x, py::list ws, Ptr h0, Ptr c0, Ptr lengths, Ptr masks, Ptr out, Ptr h_n,
-             Ptr c_n, Ptr cache, Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
-              const Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
-              if (double_precision)
-                  forward_impl<double>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
+          [](const py::object& plan, i64 T, i64 N, bool dropout, Ptr x, py::list ws, Ptr h0, Ptr c0, Ptr lengths,
+             Ptr masks, Ptr out, Ptr h_n, Ptr c_n, Ptr cache, Ptr workspace, std::size_t workspace_bytes, Ptr stream) {
+              const fastrnn::Plan& p = plan_of(plan);
+              const Desc d = p.call(T, N);
+              if (p.is_double())
+                  forward_impl<double>(p, d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
                                        workspace_bytes, stream);
               else
-                  forward_impl<float>(d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
+                  forward_impl<float>(p, d, dropout, x, ws, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
                                       workspace_bytes, stream);
           });
     m.def("backward",
-          [](int cell, bool reset_after, bool bias, i64 T, i64 N, i64 C, i64 H, i64 L, i64 D, bool dropout,
-             bool double_precision, Ptr x, py::list ws, Ptr lengths, Ptr masks, Ptr cache, Ptr grad_out, Ptr grad_h_n,
-             Ptr grad_c_n, Ptr grad_x, Ptr grad_h0, Ptr grad_c0, py::list gs, bool retain, double bptt_clip,
-             Ptr grad_h_sq, Ptr grad_c_sq, Ptr carried_sq, Ptr prev_state_sq, Ptr workspace,
+          [](const py::object& plan, i64 T, i64 N, bool dropout, Ptr x, py::list ws, Ptr lengths, Ptr masks, Ptr cache,
+             Ptr grad_out, Ptr grad_h_n, Ptr grad_c_n, Ptr grad_x, Ptr grad_h0, Ptr grad_c0, py::list gs, bool retain,
+             double bptt_clip, Ptr grad_h_sq, Ptr grad_c_sq, Ptr carried_sq, Ptr prev_state_sq, Ptr workspace,
              std::size_t workspace_bytes, Ptr stream) {
-              const Desc d = make_desc(cell, reset_after, bias, T, N, C, H, L, D);
-              if (double_precision)
-                  backward_impl<double>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x,
-                                        grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
-                                        prev_state_sq, workspace, workspace_bytes, stream);
+              const fastrnn::Plan& p = plan_of(plan);
+              const Desc d = p.call(T, N);
+              if (p.is_double())
+                  backward_impl<double>(p, d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
+                                        grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
+                                        carried_sq, prev_state_sq, workspace, workspace_bytes, stream);
               else
-                  backward_impl<float>(d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x,
-                                       grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
-                                       prev_state_sq, workspace, workspace_bytes, stream);
+                  backward_impl<float>(p, d, dropout, x, ws, lengths, masks, cache, grad_out, grad_h_n, grad_c_n,
+                                       grad_x, grad_h0, grad_c0, gs, retain, bptt_clip, grad_h_sq, grad_c_sq,
+                                       carried_sq, prev_state_sq, workspace, workspace_bytes, stream);
           });
 }

@@ -2,7 +2,7 @@
 #pragma once
 #include <string>
 #include <vector>
-#include "../core/desc.h"
+#include "../kernels/interface.h"
 
 namespace fastrnn {
 

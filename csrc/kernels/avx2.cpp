@@ -18,7 +18,7 @@
 
 #define FASTRNN_ISA_NS isa_avx2
 #include "../simd/avx2.h"
-#include "steps.h"
+#include "kernel_set.h"
 
 namespace fastrnn {
 

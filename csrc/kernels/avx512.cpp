@@ -18,7 +18,7 @@
 
 #define FASTRNN_ISA_NS isa_avx512
 #include "../simd/avx512.h"
-#include "steps.h"
+#include "kernel_set.h"
 
 namespace fastrnn {
 

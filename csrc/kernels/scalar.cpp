@@ -1,6 +1,6 @@
 // The portable kernels: compiled for the baseline ISA, always available, the reference path.
 #define FASTRNN_ISA_NS isa_scalar
-#include "steps.h"
+#include "kernel_set.h"
 #include "../dispatch/dispatch.h"
 
 namespace fastrnn {

@@ -48,6 +48,8 @@ cdef extern from "fastrnn/fastrnn.h" nogil:
         FASTRNN_RNN_RELU
         FASTRNN_LSTM
         FASTRNN_GRU
+        FASTRNN_LIGRU
+        FASTRNN_SLIGRU
 
     enum fastrnn_dtype:
         FASTRNN_FLOAT32
@@ -119,6 +121,78 @@ cdef extern from "fastrnn/fastrnn.h" nogil:
                                     const void* grad_y, const void* grad_h_n, const void* grad_c_n,
                                     void* grad_x, void* grad_h0, void* grad_c0, const fastrnn_grads* grads,
                                     const fastrnn_backward_options* options)
+
+    ctypedef struct fastrnn_plan:
+        pass
+
+    enum fastrnn_activation:
+        FASTRNN_ACT_RELU
+        FASTRNN_ACT_TANH
+        FASTRNN_ACT_SIN
+        FASTRNN_ACT_LEAKY_RELU
+
+    enum fastrnn_normalization:
+        FASTRNN_NORM_NONE
+        FASTRNN_NORM_BATCH
+        FASTRNN_NORM_LAYER
+
+    ctypedef struct fastrnn_plan_options:
+        uint32_t struct_size
+        int32_t peephole
+        int64_t proj_size
+        int32_t layer_norm
+        int32_t zoneout_c
+        int32_t activation
+        int32_t normalization
+        double bn_momentum
+        int32_t recurrent_affine
+        int32_t reserved0
+
+    fastrnn_status fastrnn_plan_options_init(fastrnn_plan_options* options)
+    fastrnn_status fastrnn_plan_create(const fastrnn_desc* desc, const fastrnn_plan_options* options,
+                                       fastrnn_plan** plan)
+    void fastrnn_plan_destroy(fastrnn_plan* plan)
+    fastrnn_status fastrnn_plan_param_count(const fastrnn_plan* plan, int64_t* params, int64_t* buffers)
+
+    ctypedef struct fastrnn_tensor_info:
+        uint32_t struct_size
+        int32_t buffer
+        const char* name
+        int64_t ndim
+        int64_t shape[2]
+        int64_t offset
+        int64_t layer
+        int64_t direction
+
+    fastrnn_status fastrnn_plan_tensor_count(const fastrnn_plan* plan, int64_t* count)
+    fastrnn_status fastrnn_plan_tensor_info(const fastrnn_plan* plan, int64_t index, fastrnn_tensor_info* info)
+    fastrnn_status fastrnn_plan_set_params(fastrnn_plan* plan, const void* params, void* buffers)
+
+    ctypedef struct fastrnn_plan_call_options:
+        uint32_t struct_size
+        int32_t bn_frozen
+        const void* dropout_masks
+        const void* recurrent_dropout
+        const void* zoneout_h
+        const void* zoneout_c
+        double zoneout_h_rate
+        double zoneout_c_rate
+        const void* weight_drop
+        const void* candidate_dropout
+
+    fastrnn_status fastrnn_plan_cache_size(const fastrnn_plan* plan, int64_t seq_len, int64_t batch, int dropout,
+                                           size_t* bytes)
+    fastrnn_status fastrnn_plan_forward(const fastrnn_plan* plan, int64_t seq_len, int64_t batch, const void* x,
+                                        const void* h0, const void* c0, const int64_t* lengths, void* y,
+                                        void* h_n, void* c_n, void* cache, size_t cache_bytes,
+                                        const fastrnn_plan_call_options* call)
+    fastrnn_status fastrnn_plan_backward(const fastrnn_plan* plan, const void* x, const int64_t* lengths,
+                                         void* cache, size_t cache_bytes, const void* grad_y,
+                                         const void* grad_h_n, const void* grad_c_n, void* grad_x,
+                                         void* grad_h0, void* grad_c0, void* grads,
+                                         const fastrnn_plan_call_options* call,
+                                         const fastrnn_backward_options* options)
+    fastrnn_status fastrnn_plan_packed_bytes(const fastrnn_plan* plan, size_t* bytes)
 
     fastrnn_status fastrnn_set_num_threads(int n)
     int fastrnn_get_num_threads()

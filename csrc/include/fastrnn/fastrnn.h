@@ -1,5 +1,6 @@
 /*
- * fastrnn C ABI: fused CPU kernels for RNN (tanh/relu), LSTM and GRU, forward and BPTT.
+ * fastrnn C ABI: fused CPU kernels for RNN (tanh/relu), LSTM, GRU, Li-GRU and SLi-GRU, forward
+ * and BPTT.
  *
  * Plain C (C89 and later, and C++). No C++ type or exception crosses this interface: every
  * function that can fail returns a fastrnn_status and, on failure, leaves a message naming the
@@ -7,7 +8,7 @@
  *
  * Conventions (the same as the Python API, see docs/design.md, "Conventions"):
  *   T steps, N batch, C input features, H hidden units, L layers, D directions (1 or 2),
- *   G gates (RNN 1, GRU 3, LSTM 4). Arrays are dense, row-major (C order), time-major:
+ *   G gates (RNN 1, Li-GRU and SLi-GRU 2, GRU 3, LSTM 4). Arrays are dense, row-major (C order), time-major:
  *   x [T, N, C], y [T, N, D*H], states h0/c0/h_n/c_n [L*D, N, H] (entry l*D + d; d = 1 is the
  *   reverse direction). Every float array of a call has the descriptor's dtype. Gate order and
  *   weight layout are PyTorch's: per layer l and direction d
@@ -27,10 +28,9 @@
  *   - fastrnn_weights / fastrnn_grads (arrays of L*D entries) are frozen: tensors of future
  *     cell variants (projection, peepholes, layer norm) will come as separate arrays in the
  *     option structs, NULL meaning "not used".
- *   - This version serves the plain cells only. The cell variants and regularizers of the
- *     Python API (LSTMP, peepholes, LayerNorm LSTM/GRU, recurrent dropout, zoneout, DropConnect;
- *     docs/variants.md) are not exposed here yet; the fields that will request them are
- *     unknown to this library, so setting them gives FASTRNN_ERR_UNSUPPORTED (rule above).
+ *   - fastrnn_forward / fastrnn_backward serve the plain cells only. The plans (fastrnn_plan_*,
+ *     since 0.2) serve every cell and variant of the Python API: LSTMP, peepholes, LayerNorm
+ *     LSTM/GRU, Li-GRU and SLi-GRU, recurrent dropout, zoneout, DropConnect (docs/variants.md).
  *   - Enum values are explicit and never reused; int32 fields hold them in structs.
  *   Check at start-up that the loaded library can serve this header: FASTRNN_CHECK_VERSION().
  *
@@ -54,7 +54,7 @@
 #include <stdint.h>
 
 #define FASTRNN_VERSION_MAJOR 0
-#define FASTRNN_VERSION_MINOR 1
+#define FASTRNN_VERSION_MINOR 2
 #define FASTRNN_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH */
 #define FASTRNN_VERSION (FASTRNN_VERSION_MAJOR * 10000 + FASTRNN_VERSION_MINOR * 100 + FASTRNN_VERSION_PATCH)
@@ -115,7 +115,9 @@ enum fastrnn_cell {
     FASTRNN_RNN_TANH = 0, /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
     FASTRNN_RNN_RELU = 1, /* the same with relu */
     FASTRNN_LSTM = 2,     /* gates i, f, g, o (PyTorch) */
-    FASTRNN_GRU = 3       /* gates r, z, n (PyTorch); see reset_after */
+    FASTRNN_GRU = 3,      /* gates r, z, n (PyTorch); see reset_after */
+    FASTRNN_LIGRU = 4,    /* Light GRU (SpeechBrain's LiGRU): gates a, z; plans only (below) */
+    FASTRNN_SLIGRU = 5    /* SLi-GRU: Li-GRU with a LayerNorm of W_hh h; plans only */
 };
 
 enum fastrnn_dtype { FASTRNN_FLOAT32 = 1, FASTRNN_FLOAT64 = 2 };
@@ -235,6 +237,133 @@ FASTRNN_API fastrnn_status fastrnn_backward(const fastrnn_desc* desc, const fast
                                             const void* grad_y, const void* grad_h_n, const void* grad_c_n,
                                             void* grad_x, void* grad_h0, void* grad_c0, const fastrnn_grads* grads,
                                             const fastrnn_backward_options* options);
+
+/* ---- Plans -------------------------------------------------------------------------------- */
+
+/* A plan is a layer stack configured once: its cell and variants, every size but T and N, and the
+ * parameters it reads (two flat arrays the caller owns and keeps alive). Its settings are checked
+ * when it is made; a call then passes only its own data (x, states, lengths, outputs, cache).
+ * Inference calls reuse W_hh packed for the microkernel while the weights are unchanged: each
+ * such call compares the weights with a copy taken when they were packed (one read of W_hh, no
+ * write) and packs again when they differ, so a plan never computes with stale weights, whoever
+ * writes the arrays (docs/design.md, "The plan"). Training calls pack into their own scratch.
+ *
+ * Threads: forward/backward calls on one plan may run at once from several threads (each with
+ * its own buffers); fastrnn_plan_set_params and fastrnn_plan_destroy must not overlap a call on
+ * the same plan. */
+typedef struct fastrnn_plan fastrnn_plan; /* opaque */
+
+/* Li-GRU: the candidate's nonlinearity (SpeechBrain's `nonlinearity`). */
+enum fastrnn_activation {
+    FASTRNN_ACT_RELU = 0,
+    FASTRNN_ACT_TANH = 1,
+    FASTRNN_ACT_SIN = 2,
+    FASTRNN_ACT_LEAKY_RELU = 3 /* slope 0.01 */
+};
+
+/* Li-GRU: the normalization of the input projection W_ih x (SpeechBrain's `normalization`). */
+enum fastrnn_normalization {
+    FASTRNN_NORM_NONE = 0,  /* W_ih x + bias_ih (bias_ih present when desc->bias = 1) */
+    FASTRNN_NORM_BATCH = 1, /* batch norm over the T*N rows (running statistics in inference) */
+    FASTRNN_NORM_LAYER = 2  /* layer norm of each row over its 2H features */
+};
+
+/* Cell variants and Li-GRU settings. Start from fastrnn_plan_options_init, which sets the
+ * defaults: no variant, and SpeechBrain's LiGRU defaults for the Li-GRU cells. */
+typedef struct fastrnn_plan_options {
+    uint32_t struct_size;     /* sizeof(fastrnn_plan_options) */
+    int32_t peephole;         /* LSTM: 1 = diagonal peepholes (weight_peephole [3, H]) */
+    int64_t proj_size;        /* LSTM: P > 0 = a projection h = W_hr m (weight_hr [P, H]); 0 = none */
+    int32_t layer_norm;       /* LSTM, GRU (reset_after = 1): LayerNorm of both projections (and of c) */
+    int32_t zoneout_c;        /* LSTM: 1 when training calls pass zoneout_c masks (a larger cache) */
+    int32_t activation;       /* Li-GRU: enum fastrnn_activation (default FASTRNN_ACT_RELU) */
+    int32_t normalization;    /* Li-GRU: enum fastrnn_normalization (default FASTRNN_NORM_BATCH) */
+    double bn_momentum;       /* Li-GRU batch norm: running = (1 - m) running + m batch (default 0.05) */
+    int32_t recurrent_affine; /* SLi-GRU: 1 = its LayerNorm of W_hh h has a gain and a shift */
+    int32_t reserved0;        /* must be 0 */
+} fastrnn_plan_options;
+
+FASTRNN_API fastrnn_status fastrnn_plan_options_init_(fastrnn_plan_options* options, size_t struct_size);
+#define fastrnn_plan_options_init(options) fastrnn_plan_options_init_((options), sizeof(fastrnn_plan_options))
+
+/* A plan for `desc` (its seq_len and batch are not used: each call gives T and N; 0 is allowed)
+ * and `options` (NULL: the defaults). *plan receives it; free it with fastrnn_plan_destroy. */
+FASTRNN_API fastrnn_status fastrnn_plan_create(const fastrnn_desc* desc, const fastrnn_plan_options* options,
+                                               fastrnn_plan** plan);
+/* Frees the plan (NULL: nothing). Not the caller's arrays. */
+FASTRNN_API void fastrnn_plan_destroy(fastrnn_plan* plan);
+
+/* Elements of the two flat arrays: the trained parameters and the buffers (Li-GRU batch norm's
+ * running mean and variance; 0 for every other cell). */
+FASTRNN_API fastrnn_status fastrnn_plan_param_count(const fastrnn_plan* plan, int64_t* params, int64_t* buffers);
+
+/* One tensor of the flat arrays: its name (fastrnn's and torch's, e.g. "weight_hh_l0_reverse"),
+ * shape (ndim 1 or 2, unused dims 1), which array (buffer 0: params, 1: buffers) and its offset
+ * there in elements. Tensors are numbered 0 .. count-1 (fastrnn_plan_tensor_count), params first
+ * in the Python API's order (torch's for the plain cells: weight_ih, weight_hh, bias_ih, bias_hh
+ * of each layer and direction, then a variant's own tensors), then the buffers. */
+typedef struct fastrnn_tensor_info {
+    uint32_t struct_size; /* the caller sets sizeof(fastrnn_tensor_info) */
+    int32_t buffer;
+    const char* name;     /* valid while the plan lives */
+    int64_t ndim;
+    int64_t shape[2];
+    int64_t offset;
+    int64_t layer, direction;
+} fastrnn_tensor_info;
+
+FASTRNN_API fastrnn_status fastrnn_plan_tensor_count(const fastrnn_plan* plan, int64_t* count);
+FASTRNN_API fastrnn_status fastrnn_plan_tensor_info(const fastrnn_plan* plan, int64_t index,
+                                                    fastrnn_tensor_info* info);
+
+/* The arrays later calls read: params (fastrnn_plan_param_count elements) and buffers (NULL when
+ * there are none). Kept by pointer: the caller keeps them alive and may write them between calls
+ * (an optimizer step); training forwards with batch norm update `buffers` in place. */
+FASTRNN_API fastrnn_status fastrnn_plan_set_params(fastrnn_plan* plan, const void* params, void* buffers);
+
+/* Regularizer noise and per-call settings of a plan call, drawn by the caller; fastrnn_plan_backward
+ * takes the same struct the forward got. K = proj_size if set, else H; G = the cell's gates. */
+typedef struct fastrnn_plan_call_options {
+    uint32_t struct_size;             /* sizeof(fastrnn_plan_call_options) */
+    int32_t bn_frozen;                /* Li-GRU batch norm in a training forward: 1 = normalize with the
+                                         running statistics and leave them alone (a module in eval mode
+                                         under autograd); 0 = batch statistics */
+    const void* dropout_masks;        /* training, L > 1: between layers [L-1, T, N, D*K], scaled */
+    const void* recurrent_dropout;    /* training: on h_{t-1} [L*D, N, K], scaled 0 or 1/(1-p) */
+    const void* zoneout_h;            /* training: [L*D, T, N, K], 1 keeps h_{t-1}, 0 takes the update */
+    const void* zoneout_c;            /* training, LSTM with options->zoneout_c: [L*D, T, N, H] */
+    double zoneout_h_rate;            /* inference: the expected update with zoneout on h (0: off) */
+    double zoneout_c_rate;            /* inference: the same on c */
+    const void* weight_drop;          /* training: DropConnect on W_hh [L*D, G*H, K], scaled */
+    const void* candidate_dropout;    /* training, Li-GRU: on the candidate [L*D, N, H], scaled */
+} fastrnn_plan_call_options;
+
+/* Bytes of the cache of a training call of T steps and N sequences (`dropout`: 1 when the call
+ * has dropout_masks). */
+FASTRNN_API fastrnn_status fastrnn_plan_cache_size(const fastrnn_plan* plan, int64_t seq_len, int64_t batch,
+                                                   int dropout, size_t* bytes);
+
+/* As fastrnn_forward, with the plan's weights: x [T, N, C], y [T, N, D*K], states [L*D, N, K]
+ * (c0/c_n: LSTM only, [L*D, N, H]). call may be NULL (no regularizer). */
+FASTRNN_API fastrnn_status fastrnn_plan_forward(const fastrnn_plan* plan, int64_t seq_len, int64_t batch, const void* x,
+                                                const void* h0, const void* c0, const int64_t* lengths, void* y,
+                                                void* h_n, void* c_n, void* cache, size_t cache_bytes,
+                                                const fastrnn_plan_call_options* call);
+
+/* As fastrnn_backward: gradients for the training forward that filled `cache` (same plan,
+ * weights, x, lengths and `call`; T and N are the forward's). `grads` is one flat array laid out
+ * like the params (fastrnn_plan_param_count elements), added into (+=). options may be NULL;
+ * its dropout_masks field must be NULL (they come with `call`). */
+FASTRNN_API fastrnn_status fastrnn_plan_backward(const fastrnn_plan* plan, const void* x, const int64_t* lengths,
+                                                 void* cache, size_t cache_bytes, const void* grad_y,
+                                                 const void* grad_h_n, const void* grad_c_n, void* grad_x,
+                                                 void* grad_h0, void* grad_c0, void* grads,
+                                                 const fastrnn_plan_call_options* call,
+                                                 const fastrnn_backward_options* options);
+
+/* Bytes the plan holds for packed weights (W_hh packed for inference, and the copy that tells
+ * when they changed); 0 before its first inference call. */
+FASTRNN_API fastrnn_status fastrnn_plan_packed_bytes(const fastrnn_plan* plan, size_t* bytes);
 
 /* ---- Threads and instruction sets -------------------------------------------------------- */
 

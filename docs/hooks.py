@@ -4,7 +4,8 @@ example that stops working fails `mkdocs build --strict`.
 The blocks of one page run in order in one namespace (a page reads like a session), in a fresh
 temporary directory, with matplotlib's Agg backend and their printed output (stdout, stderr) discarded. A block
 whose first line is a comment starting with "# needs a CUDA GPU" is shown, not run (CI has no
-GPU). Blocks of other languages (bash, c, cython) are not run here: tests/test_capi.py builds
+GPU); one starting with "# needs SpeechBrain" runs where SpeechBrain is installed (CI installs
+it) and is shown otherwise. Blocks of other languages (bash, c, cython) are not run here: tests/test_capi.py builds
 and runs the C and Cython examples.
 """
 from __future__ import annotations
@@ -22,6 +23,15 @@ log = logging.getLogger("mkdocs.plugins.fastrnn.examples")
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 NOT_RUN = "# needs a CUDA GPU"
+NEEDS_SPEECHBRAIN = "# needs SpeechBrain"
+
+
+def _speechbrain_installed():
+    try:
+        from fastrnn import _speechbrain
+    except ImportError:
+        return False
+    return _speechbrain.version() is not None
 
 
 def python_blocks(markdown):
@@ -40,6 +50,8 @@ def run_page(path, markdown):
         try:
             for line, code in python_blocks(markdown):
                 if code.lstrip().startswith(NOT_RUN):
+                    continue
+                if code.lstrip().startswith(NEEDS_SPEECHBRAIN) and not _speechbrain_installed():
                     continue
                 try:
                     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -132,13 +132,15 @@ class Context:
 class _Weights:
     """A validated weight set on its plan: what a layer keeps between calls (`prepare`)."""
 
-    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names")
+    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names", "copied")
 
-    def __init__(self, plan, dtype, C, H, names, sources, arrays, key):
+    def __init__(self, plan, dtype, C, H, names, sources, arrays, key, copied=False):
         # names: the parameters' (buffers excluded); sources: every array as given, in the plan's
-        # order; arrays: what the plan reads (contiguous copies where a source was not).
+        # order; arrays: what the plan reads (contiguous copies where a source was not: `copied`,
+        # and then later writes to the source do not reach the plan, which must not be kept).
         self.plan, self.dtype, self.C, self.H = plan, dtype, C, H
         self.names, self.sources, self.arrays, self.key = names, sources, arrays, key
+        self.copied = copied
 
 
 def _shape_of(params, where, cell, proj_size):
@@ -164,7 +166,7 @@ def prepare(where, cell, params, num_layers, bidirectional, bias, *, buffers=Non
     returns the `_Weights` a call runs on. Layers keep it while their arrays stay the same."""
     dtype, C, H = _shape_of(params, where, cell, config.get("proj_size", 0))
     plan = _config(cell, C, H, num_layers, bidirectional, bias, dtype, **config)
-    names, sources, arrays = [], [], []
+    names, sources, arrays, copied = [], [], [], False
     for name, shape, is_buffer in plan.parameters:
         source = (buffers or {}) if is_buffer else params
         if name not in source:
@@ -180,11 +182,13 @@ def prepare(where, cell, params, num_layers, bidirectional, bias, *, buffers=Non
             if not (a.flags.c_contiguous and a.flags.writeable):
                 raise ValueError(f"{where}: buffer {name} must be a writable C-contiguous array")
         else:
-            a = V.contiguous(a)
+            contiguous = V.contiguous(a)
+            copied |= contiguous is not a
+            a = contiguous
             names.append(name)
         arrays.append(a)
     plan.set_weights(arrays)
-    return _Weights(plan, dtype, C, H, names, sources, arrays, None)
+    return _Weights(plan, dtype, C, H, names, sources, arrays, None, copied)
 
 
 _NOISE_KEYS = ("rec_mask", "zh_mask", "zc_mask", "zh_rate", "zc_rate", "w_mask", "cand_mask")

@@ -182,15 +182,43 @@ class _RNNBase:
         return dict(reset_after=getattr(self, "reset_after", True), proj_size=self.proj_size, peephole=self.peephole,
                     layer_norm=self.layer_norm, zoneout_c=bool(self.zoneout_c))
 
+    @property
+    def packed_bytes(self):
+        """Bytes the layer's plan holds for packed weights: W_hh packed for inference, plus the copy
+        each inference call compares the weights with to know they did not change (docs/design.md,
+        "The plan"). 0 before the first eval-mode call and after an array of ``params`` was replaced
+        (until the next one); training calls pack into their own scratch and add nothing here.
+
+        Examples
+        --------
+        >>> import numpy as np, fastrnn
+        >>> layer = fastrnn.LSTM(8, 32).eval()
+        >>> layer.packed_bytes
+        0
+        >>> _ = layer(np.zeros((3, 1, 8), np.float32))
+        >>> layer.packed_bytes >= 2 * layer.params["weight_hh_l0"].nbytes
+        True
+        """
+        w = self._kept_weights()
+        return 0 if w is None else int(w.plan.packed_bytes)
+
+    def _kept_weights(self):
+        """The plan of the last call while ``params`` and ``buffers`` still hold its arrays, else None."""
+        w = self._weights
+        if w is None or w.copied:
+            return None
+        current = [self.buffers.get(name, self.params.get(name)) for name in w.plan_names]
+        return w if all(a is b for a, b in zip(current, w.sources)) else None
+
     def _prepared(self, where):
         """The core's plan and the arrays it reads, kept between calls while ``params`` (and
-        ``buffers``) hold the same arrays; made again when an entry was replaced. The plan keeps
-        W_hh packed for inference and checks at every call that the weights did not change."""
-        w = self._weights
+        ``buffers``) hold the same arrays; made again when an entry was replaced, and at every
+        call while one is not C-contiguous (the plan reads a copy of it, which its later in-place
+        writes would not reach). The plan keeps W_hh packed for inference and checks at every call
+        that the weights did not change (docs/design.md, "The plan")."""
+        w = self._kept_weights()
         if w is not None:
-            current = [self.buffers.get(name, self.params.get(name)) for name in w.plan_names]
-            if all(a is b for a, b in zip(current, w.sources)):
-                return w
+            return w
         w = F.prepare(where, self._cell(), self.params, self.num_layers, self.bidirectional, self.bias,
                       buffers=self.buffers, **self._config())
         w.key = "layer"  # W_hh stays packed on the plan for inference calls

@@ -51,8 +51,23 @@ inline bool ln_hh(const Desc& d) { return d.layer_norm || d.cell == CellKind::SL
 inline bool ln_ih(const Desc& d) { return d.layer_norm || d.input_norm == InputNorm::Layer; }
 inline bool bn_ih(const Desc& d) { return d.input_norm == InputNorm::Batch; }
 
-// The layout of one cached training row of this problem (kernels/interface.h).
-RowLayout row_layout(const Desc& d);
+// The layout of one cached training row of this problem (kernels/interface.h): the cell's
+// cached blocks, then what the variants keep (LSTMP m, zoneout's c~, the normalizations'
+// normalized values and row statistics).
+inline RowLayout row_layout(const Desc& d) {
+    const std::int64_t H = d.H, GH = cell_gates(d) * H;
+    const bool lstm = d.cell == CellKind::LSTM;
+    RowLayout r;
+    r.ld = cell_info(d).cache_blocks * H;
+    if (lstm && d.P > 0) r.m = r.ld, r.ld += H;
+    if (lstm && d.zoneout_c && !d.layer_norm) r.ctil = r.ld, r.ld += H;  // LayerNorm keeps c~ in chat
+    if (ln_ih(d) || bn_ih(d)) r.xhat_ih = r.ld, r.ld += GH;
+    if (ln_hh(d)) r.xhat_hh = r.ld, r.ld += GH;
+    if (lstm && d.layer_norm) r.chat = r.ld, r.ld += H;
+    if (ln_ih(d) || ln_hh(d)) r.rstd = r.ld, r.ld += lstm && d.layer_norm ? 3 : 2;  // rows' 1/sigma: ih, hh, c
+    return r;
+}
+
 
 // Weights and gradients of one layer-direction (torch layout: W_ih [G*H, C_k], W_hh [G*H, H]).
 // Variant tensors are null when the variant is off; LayerNorm gains and biases follow the

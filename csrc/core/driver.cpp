@@ -9,35 +9,11 @@
 #include <vector>
 
 #include "../dispatch/dispatch.h"
-// AddressSanitizer builds (FASTRNN_SANITIZE=address): poisoned gaps between the scratch regions.
-#if defined(__SANITIZE_ADDRESS__)
-#define FASTRNN_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FASTRNN_ASAN 1
-#endif
-#endif
-#ifdef FASTRNN_ASAN
-#include <sanitizer/asan_interface.h>
-#endif
 #include "blas.h"
+#include "skeleton.h"
 #include "threads.h"
 
 namespace fastrnn {
-
-RowLayout row_layout(const Desc& d) {
-    const std::int64_t H = d.H, GH = cell_gates(d) * H;
-    const bool lstm = d.cell == CellKind::LSTM;
-    RowLayout r;
-    r.ld = cell_info(d).cache_blocks * H;
-    if (lstm && d.P > 0) r.m = r.ld, r.ld += H;
-    if (lstm && d.zoneout_c && !d.layer_norm) r.ctil = r.ld, r.ld += H;  // LayerNorm keeps c~ in chat
-    if (ln_ih(d) || bn_ih(d)) r.xhat_ih = r.ld, r.ld += GH;
-    if (ln_hh(d)) r.xhat_hh = r.ld, r.ld += GH;
-    if (lstm && d.layer_norm) r.chat = r.ld, r.ld += H;
-    if (ln_ih(d) || ln_hh(d)) r.rstd = r.ld, r.ld += lstm && d.layer_norm ? 3 : 2;  // rows' 1/sigma: ih, hh, c
-    return r;
-}
 
 namespace {
 
@@ -54,82 +30,26 @@ const CellKernels<T>& cell_of(const KernelSet<T>& k, const Desc& d, bool reg) {
     return reg ? f.reg : f.plain;
 }
 
-// Offsets into the training cache (see cache_elements in driver.h). DH is the width of a
-// layer's output, D*K.
-struct CacheLayout {
-    i64 TN, D, L, DH, gate_block, c_block, bn_block, dir_block, states, c_states;
-    bool dropout;
-    RowLayout row;
-
-    CacheLayout(const Desc& d, bool dropout_)
-        : TN(d.T * d.N), D(d.D), L(d.L), DH(d.D * state_size(d)),
-          gate_block(d.T * d.N * row_layout(d).ld), c_block(cell_has_c(d) ? d.T * d.N * d.H : 0),
-          bn_block(bn_ih(d) ? cell_gates(d) * d.H : 0), dir_block(gate_block + c_block + bn_block),
-          states(d.L * d.D * d.N * state_size(d)), c_states(cell_has_c(d) ? d.L * d.D * d.N * d.H : 0),
-          dropout(dropout_), row(row_layout(d)) {}
-
-    i64 layer_block(i64 l) const { return TN * DH * ((dropout && l < L - 1) ? 2 : 1) + D * dir_block; }
-    i64 layer(i64 l) const {
-        i64 off = 0;
-        for (i64 k = 0; k < l; ++k) off += layer_block(k);
-        return off;
-    }
-    i64 y(i64 l) const { return layer(l); }
-    i64 dropped_input(i64 l) const { return layer(l) + TN * DH; }  // the input of layer l+1
-    i64 gates(i64 l, i64 dir) const { return layer(l) + layer_block(l) - (D - dir) * dir_block; }
-    i64 c_hist(i64 l, i64 dir) const { return gates(l, dir) + gate_block; }
-    i64 bn_rstd(i64 l, i64 dir) const { return c_hist(l, dir) + c_block; }  // batch norm: 1/sigma per column
-    i64 h0() const { return layer(L); }
-    i64 c0() const { return h0() + states; }
-    i64 total() const { return h0() + states + c_states; }
-};
-
-// One allocation per call, carved into 64-byte aligned regions. A sizing pass (base == null)
-// and the real pass run the same carving code, so the size and the layout cannot disagree.
-template <class T>
-class Carver {
-   public:
-    explicit Carver(T* base) : base_(base) {}
-    T* take(i64 n) {
-        T* p = base_ ? base_ + used_ : nullptr;
-        constexpr i64 align = 64 / sizeof(T);
-        used_ += (std::max<i64>(n, 0) + align - 1) / align * align;
-#ifdef FASTRNN_ASAN
-        // Sanitized builds: a poisoned gap after each region, so ASan catches a kernel that runs
-        // past its region into the next one (they share one allocation).
-        if (p) {
-            const i64 end = std::max<i64>(n, 0);
-            ASAN_POISON_MEMORY_REGION(p + end, sizeof(T) * std::size_t(used_ + align - (p - base_) - end));
-        }
-        used_ += align;
-#endif
-        return p;
-    }
-    i64 used() const { return used_; }
-
-   private:
-    T* base_;
-    i64 used_ = 0;
-};
+// CPU scratch regions are 64-byte aligned (a cache line, an AVX-512 vector).
+constexpr std::size_t kAlign = 64;
 
 // The scratch of one call. Each calling thread keeps its last buffer (up to kKeepBytes) for its
 // next call: a fresh multi-megabyte allocation costs a page fault per 4 KiB on first touch, which
 // is a measurable share of a small recurrent call.
-template <class T>
 class Scratch {
    public:
-    explicit Scratch(i64 n) {
-        const std::size_t bytes = sizeof(T) * std::size_t(std::max<i64>(n, 1));
+    explicit Scratch(std::size_t bytes) {
+        bytes = std::max<std::size_t>(bytes, 1);
         Kept& k = kept();
         if (k.bytes >= bytes) {
-            p = static_cast<T*>(k.p);
+            p = k.p;
 #ifdef FASTRNN_ASAN
             ASAN_UNPOISON_MEMORY_REGION(k.p, k.bytes);  // the last call's redzones
 #endif
             return;
         }
         release(k);
-        void* mem = ::operator new[](bytes, std::align_val_t(64));  // throws std::bad_alloc
+        void* mem = ::operator new[](bytes, std::align_val_t(kAlign));  // throws std::bad_alloc
         if (bytes <= kKeepBytes) {
             k.p = mem;
             k.bytes = bytes;
@@ -137,17 +57,17 @@ class Scratch {
             owned_ = mem;
             bytes_ = bytes;
         }
-        p = static_cast<T*>(mem);
+        p = mem;
     }
     ~Scratch() {
 #ifdef FASTRNN_ASAN
         if (owned_) ASAN_UNPOISON_MEMORY_REGION(owned_, bytes_);
 #endif
-        if (owned_) ::operator delete[](owned_, std::align_val_t(64));
+        if (owned_) ::operator delete[](owned_, std::align_val_t(kAlign));
     }
     Scratch(const Scratch&) = delete;
     Scratch& operator=(const Scratch&) = delete;
-    T* p = nullptr;
+    void* p = nullptr;
 
    private:
     static constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
@@ -164,7 +84,7 @@ class Scratch {
 #ifdef FASTRNN_ASAN
         if (k.p) ASAN_UNPOISON_MEMORY_REGION(k.p, k.bytes);
 #endif
-        if (k.p) ::operator delete[](k.p, std::align_val_t(64));
+        if (k.p) ::operator delete[](k.p, std::align_val_t(kAlign));
         k.p = nullptr;
         k.bytes = 0;
     }
@@ -195,18 +115,12 @@ ThreadPlan plan_threads(const Desc& d, int nr) {
 
 // Per-thread tile and diagnostics buffers.
 template <class T>
-void carve_threads(Carver<T>& cv, const Desc& d, int threads, int nr, ThreadCtx<T>* tc) {
+void carve_threads(Carver& cv, const Desc& d, int threads, int nr, ThreadCtx<T>* tc) {
     for (int i = 0; i < threads; ++i) {
-        T* tile = cv.take(d.N * kMaxTilePanels * nr);
-        T* dct = cv.take(4 * nr);
+        T* tile = cv.take<T>(d.N * kMaxTilePanels * nr);
+        T* dct = cv.take<T>(4 * nr);
         if (tc) tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, nullptr, nullptr, nullptr, dct};
     }
-}
-
-// Doubles carved from a T region (the LayerNorm row statistics).
-template <class T>
-double* take_doubles(Carver<T>& cv, i64 n) {
-    return reinterpret_cast<double*>(cv.take(n * i64(sizeof(double) / sizeof(T))));
 }
 
 // Runs the recurrences of one layer (one per direction) for all steps on the planned threads.
@@ -316,30 +230,30 @@ struct ForwardScratch {
     double* stats[2];
     double* bn_work;  // batch norm column sums [2, G*H]
 
-    ForwardScratch(Carver<T>& cv, const Desc& d, bool train, bool regularized, int threads, int nr,
+    ForwardScratch(Carver& cv, const Desc& d, bool train, bool regularized, int threads, int nr,
                    ThreadCtx<T>* tc, bool prepacked = false) {
         const i64 G = cell_gates(d), GH = G * d.H, K = state_size(d), NK = d.N * K, NH = d.N * d.H;
         const i64 nblk = blocks(d, nr), nblk_k = state_blocks(d, nr);
         const bool xp_in_cache = train && cell_cache_gates(d) > 0;
         for (i64 dir = 0; dir < d.D; ++dir) {
-            xp[dir] = xp_in_cache ? nullptr : cv.take(d.T * d.N * GH);
-            packed[dir] = cv.take(prepacked ? 0 : G * nblk * K * nr);
-            packed_hr[dir] = cv.take(d.P > 0 && !prepacked ? nblk_k * d.H * nr : 0);
-            bias[dir] = cv.take(GH);
-            bhn[dir] = cv.take(d.H);
-            hbuf[dir] = cv.take(2 * NK);
-            hr[dir] = cv.take(regularized ? 2 * NK : 0);
-            c[dir] = cv.take(cell_has_c(d) ? NH : 0);
-            rh[dir] = cv.take(second_gemm(cell_info(d)) && !train ? NH : 0);  // r*h of a second GEMM
-            m[dir] = cv.take(d.P > 0 && !train ? NH : 0);
-            ln_raw[dir] = cv.take(ln_hh(d) ? d.N * GH : 0);
-            ln_work[dir] = cv.take(ln_hh(d) ? NH : 0);
-            w_eff[dir] = cv.take(regularized ? GH * K : 0);
-            stats[dir] = take_doubles(cv, ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
+            xp[dir] = xp_in_cache ? nullptr : cv.take<T>(d.T * d.N * GH);
+            packed[dir] = cv.take<T>(prepacked ? 0 : G * nblk * K * nr);
+            packed_hr[dir] = cv.take<T>(d.P > 0 && !prepacked ? nblk_k * d.H * nr : 0);
+            bias[dir] = cv.take<T>(GH);
+            bhn[dir] = cv.take<T>(d.H);
+            hbuf[dir] = cv.take<T>(2 * NK);
+            hr[dir] = cv.take<T>(regularized ? 2 * NK : 0);
+            c[dir] = cv.take<T>(cell_has_c(d) ? NH : 0);
+            rh[dir] = cv.take<T>(second_gemm(cell_info(d)) && !train ? NH : 0);  // r*h of a second GEMM
+            m[dir] = cv.take<T>(d.P > 0 && !train ? NH : 0);
+            ln_raw[dir] = cv.take<T>(ln_hh(d) ? d.N * GH : 0);
+            ln_work[dir] = cv.take<T>(ln_hh(d) ? NH : 0);
+            w_eff[dir] = cv.take<T>(regularized ? GH * K : 0);
+            stats[dir] = cv.take<double>(ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
         }
-        zrows = cv.take(regularized ? K + d.H : 0);
-        ybuf = cv.take(!train && d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
-        bn_work = take_doubles(cv, bn_ih(d) ? 2 * GH : 0);
+        zrows = cv.take<T>(regularized ? K + d.H : 0);
+        ybuf = cv.take<T>(!train && d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
+        bn_work = cv.take<double>(bn_ih(d) ? 2 * GH : 0);
         carve_threads(cv, d, threads, nr, tc);
     }
 };
@@ -351,57 +265,31 @@ struct BackwardScratch {
     double* stats[2];
     double* bn_work;  // batch norm column sums [2, G*H]
 
-    BackwardScratch(Carver<T>& cv, const Desc& d, bool retain, bool regularized, int threads, int nr,
+    BackwardScratch(Carver& cv, const Desc& d, bool retain, bool regularized, int threads, int nr,
                     ThreadCtx<T>* tc) {
         const i64 GH = cell_gates(d) * d.H, K = state_size(d), NK = d.N * K, NH = d.N * d.H;
         const i64 nblk = blocks(d, nr), nblk_k = state_blocks(d, nr);
         const i64 ld = row_layout(d).ld;
         const bool own_dgates = ld == 0 || retain;  // else the gradients overwrite the cached gates
         for (i64 dir = 0; dir < d.D; ++dir) {
-            dgates[dir] = own_dgates ? cv.take(d.T * d.N * (ld ? ld : d.H)) : nullptr;
-            packed[dir] = cv.take(nblk_k * GH * nr);
-            packed_hr[dir] = cv.take(d.P > 0 ? nblk * d.P * nr : 0);
-            dh[dir] = cv.take(NK);
-            dc[dir] = cv.take(cell_has_c(d) ? NH : 0);
-            dproj[dir] = cv.take(d.P > 0 ? d.T * NK : 0);
-            ln_work[dir] = cv.take(ln_hh(d) ? NH : 0);
-            w_eff[dir] = cv.take(regularized ? GH * K : 0);
-            dw[dir] = cv.take(regularized ? GH * K : 0);
-            ymask[dir] = cv.take(regularized ? (d.T + 1) * NK : 0);
-            stats[dir] = take_doubles(cv, ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
+            dgates[dir] = own_dgates ? cv.take<T>(d.T * d.N * (ld ? ld : d.H)) : nullptr;
+            packed[dir] = cv.take<T>(nblk_k * GH * nr);
+            packed_hr[dir] = cv.take<T>(d.P > 0 ? nblk * d.P * nr : 0);
+            dh[dir] = cv.take<T>(NK);
+            dc[dir] = cv.take<T>(cell_has_c(d) ? NH : 0);
+            dproj[dir] = cv.take<T>(d.P > 0 ? d.T * NK : 0);
+            ln_work[dir] = cv.take<T>(ln_hh(d) ? NH : 0);
+            w_eff[dir] = cv.take<T>(regularized ? GH * K : 0);
+            dw[dir] = cv.take<T>(regularized ? GH * K : 0);
+            ymask[dir] = cv.take<T>(regularized ? (d.T + 1) * NK : 0);
+            stats[dir] = cv.take<double>(ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
         }
-        dybuf = cv.take(d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
-        gather = cv.take(d.N * GH);
-        bn_work = take_doubles(cv, bn_ih(d) ? 2 * GH : 0);
+        dybuf = cv.take<T>(d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
+        gather = cv.take<T>(d.N * GH);
+        bn_work = cv.take<double>(bn_ih(d) ? 2 * GH : 0);
         carve_threads(cv, d, threads, nr, tc);
     }
 };
-
-// dW_hh rows [r0, r1) += sum over steps of dG^T h_{t-1}, where `dg` points at the gradient
-// column that goes with row r0. h_{t-1} is this direction's previous output Y (zero where padded,
-// where the gate gradients are zero too; row stride ld_y) except at each sequence's first step,
-// which reads h0; `alt` replaces h_{t-1} by another cached per-step input (GRU reset_after=false:
-// r*h_{t-1}). dW has K columns.
-template <class T>
-void accumulate_w_hh(const Desc& d, i64 dir, const i64* lengths, i64 r0, i64 r1, const T* dg, i64 ld_dg,
-                     const T* Y, i64 ld_y, const T* alt, i64 ld_alt, const T* h0, T* dW, T* gather) {
-    const i64 T_ = d.T, N = d.N, K = state_size(d), rows = r1 - r0;
-    T* dWr = dW + r0 * K;
-    if (alt) {
-        gemm<T>(true, false, rows, K, T_ * N, T(1), dg, ld_dg, alt, ld_alt, T(1), dWr, K);
-        return;
-    }
-    if (T_ > 1) {
-        const T* dg_first = dir == 0 ? dg + N * ld_dg : dg;
-        const T* y_prev = dir == 0 ? Y : Y + N * ld_y;
-        gemm<T>(true, false, rows, K, (T_ - 1) * N, T(1), dg_first, ld_dg, y_prev, ld_y, T(1), dWr, K);
-    }
-    for (i64 n = 0; n < N; ++n) {  // each sequence's first step reads h0
-        const i64 t0 = dir == 0 ? 0 : (lengths ? lengths[n] - 1 : T_ - 1);
-        std::memcpy(gather + n * rows, dg + (t0 * N + n) * ld_dg, sizeof(T) * std::size_t(rows));
-    }
-    gemm<T>(true, false, rows, K, N, T(1), gather, rows, h0, K, T(1), dWr, K);
-}
 
 // Peephole gradients: dp_i += sum di*c_{t-1}, dp_f += sum df*c_{t-1}, dp_o += sum do*c~_t over
 // every step and row (padded rows have zero gate gradients).
@@ -442,16 +330,18 @@ void set_zoneout(Recurrence<T>& r, const Desc& d, const Noise<T>& nz, i64 s_idx,
 
 std::int64_t cache_elements(const Desc& d, bool dropout) { return CacheLayout(d, dropout).total(); }
 
+// In elements of either dtype: carved as float, whose regions round up to 16 elements where
+// double's round up to 8, so twice the float bytes bound the double bytes.
 std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr, bool regularized) {
-    Carver<float> cv(nullptr);  // float pads to 16 elements per region, double to 8: an upper bound for both
+    Carver cv(nullptr, kAlign, true);
     ForwardScratch<float>(cv, d, training, regularized, threads, nr, nullptr);
-    return cv.used();
+    return std::int64_t(cv.used() / sizeof(float));
 }
 
 std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr, bool regularized) {
-    Carver<float> cv(nullptr);
+    Carver cv(nullptr, kAlign, true);
     BackwardScratch<float>(cv, d, retain, regularized, threads, nr, nullptr);
-    return cv.used();
+    return std::int64_t(cv.used() / sizeof(float));
 }
 
 int saturation_stats(const Desc& d) { return cell_info(d).n_saturation; }
@@ -539,303 +429,264 @@ bool cell_noise(const Noise<T>& nz) {
 }
 }  // namespace
 
+namespace {
+
+// What a CPU call holds (its cell's kernels in the form the call needs, its threads) and the
+// arithmetic of the skeleton on the CPU: BLAS GEMMs and host loops.
+template <class T>
+struct CpuOps {
+    const Desc& d;
+    const Noise<T>& nz;
+    T* cache;
+    const KernelSet<T>& ks;
+    const CellKernels<T>& k;
+    const bool regularized;
+    const ThreadPlan plan;
+    std::vector<ThreadCtx<T>> tc;
+
+    CpuOps(const Desc& d_, const Noise<T>& nz_, T* cache_)
+        : d(d_), nz(nz_), cache(cache_), ks(active_kernels<T>()), k(cell_of(ks, d_, cell_noise(nz_))),
+          regularized(has_noise(nz_)), plan(plan_threads(d_, ks.nr)), tc(std::size_t(plan.total())) {}
+    void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
+              i64 ldc) {
+        fastrnn::gemm<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+    void column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out) { add_column_sums(a, rows, cols, lda, out); }
+    void copy(T* dst, const T* src, i64 n) { std::memcpy(dst, src, sizeof(T) * std::size_t(n)); }
+    void copy_or_zero(T* dst, const T* src, i64 n) { fastrnn::copy_or_zero(dst, src, n); }
+    void multiply(const T* a, const T* m, T* out, i64 n) {
+        for (i64 i = 0; i < n; ++i) out[i] = a[i] * m[i];
+    }
+    void gather_first_steps(const T* dg, i64 ld_dg, i64 rows, const i64* lengths, bool reverse, T* out) {
+        for (i64 n = 0; n < d.N; ++n) {
+            const i64 t0 = !reverse ? 0 : (lengths ? lengths[n] - 1 : d.T - 1);
+            std::memcpy(out + n * rows, dg + (t0 * d.N + n) * ld_dg, sizeof(T) * std::size_t(rows));
+        }
+    }
+    void fold_bias(const LayerWeights<T>& w, T* bias, T* bhn) { fastrnn::fold_bias(d, w, bias, bhn); }
+};
+
+// A forward call on the CPU: the scratch (one allocation); per direction the input
+// normalization, W_hh packed (or the plan's packed copy) and the variants' pointers.
+template <class T>
+struct CpuForward : CpuOps<T> {
+    using Base = CpuOps<T>;
+    using Base::d, Base::nz, Base::cache, Base::ks, Base::k, Base::regularized, Base::plan, Base::tc;
+    const PackedWeights<T>* pre;
+    Scratch buf;
+    Carver carver;
+    ForwardScratch<T> ws;
+
+    CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, T* cache_)
+        : Base(d_, nz_, cache_), pre(pre_), buf(size()), carver(buf.p, kAlign, true),
+          ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc.data(), pre_ != nullptr) {
+        if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
+            const i64 K = state_size(d);
+            for (i64 j = 0; j < K; ++j) ws.zrows[j] = nz.zh_rate;
+            for (i64 j = 0; j < d.H; ++j) ws.zrows[K + j] = nz.zc_rate;
+        }
+    }
+    std::size_t size() const {
+        Carver sizing(nullptr, kAlign, true);
+        ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr, pre != nullptr);
+        return sizing.used();
+    }
+
+    void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const CacheLayout& lay, i64 l, i64 dir) {
+        const bool train = cache != nullptr;
+        const i64 s_idx = l * d.D + dir, G = cell_gates(d), H = d.H, GH = G * H, K = state_size(d);
+        const i64 NK = d.N * K, TN = d.T * d.N;
+        r.packed = pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
+        if (d.P > 0) {
+            r.packed_hr = pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
+            r.m = train ? r.gates + lay.row.m : ws.m[dir];
+            r.ld_m = train ? r.ld_gates : H;
+        }
+        r.peep = W.w_peep;
+        r.ln_hh = W.ln_hh; r.ln_c_w = W.ln_c_w; r.ln_c_b = W.ln_c_b;
+        r.stats = ws.stats[dir]; r.ln_raw = ws.ln_raw[dir]; r.ln_work = ws.ln_work[dir];
+        set_zoneout(r, d, nz, s_idx, ws.zrows);
+        r.act = d.activation;
+        r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * d.N * H : nullptr;
+        // The hoisted projection normalized where the cell does (LayerNorm per row, batch norm
+        // per column over the valid rows), W_hh packed for the microkernel.
+        if (ln_ih(d)) ks.ln_rows(r.gates, TN, r.ld_gates, GH, W.ln_ih, lay.row.xhat_ih, lay.row.rstd, train);
+        if (bn_ih(d))
+            ks.bn_rows(r.gates, d.T, d.N, r.lengths, r.ld_gates, GH, W.ln_ih, W.bn_mean, W.bn_var, d.bn_momentum,
+                       train ? cache + lay.bn_rstd(l, dir) : nullptr, lay.row.xhat_ih, train && !d.bn_frozen,
+                       ws.bn_work);
+        if (!pre) {
+            const T* w_hh =
+                effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
+            ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
+            if (d.P > 0) ks.pack_forward(W.w_hr, 1, K, H, ws.packed_hr[dir]);
+        }
+        if (nz.rec_mask) {  // recurrent dropout: the GEMMs read h * mask
+            r.rmask = nz.rec_mask + s_idx * NK;
+            r.hr = ws.hr[dir];
+            for (i64 i = 0; i < NK; ++i) r.hr[i] = r.hbuf[i] * r.rmask[i];
+        }
+    }
+    void run(Recurrence<T>* rec, bool train) {
+        run_layer(k, true, train, rec, d.D, plan, tc.data(), blocks(d, ks.nr), state_blocks(d, ks.nr));
+    }
+};
+
+// A backward call on the CPU: per direction W_hh packed for the transposed product, the
+// variants' pointers, per-thread diagnostics reduced in thread order; the gradients the variants
+// add (input normalization, recurrent dropout, DropConnect, projection, peepholes).
+template <class T>
+struct CpuBackward : CpuOps<T> {
+    using Base = CpuOps<T>;
+    using Base::d, Base::nz, Base::cache, Base::ks, Base::k, Base::regularized, Base::plan, Base::tc;
+    const BackwardOptions<T>& opt;
+    Scratch buf;
+    Carver carver;
+    BackwardScratch<T> ws;
+    std::vector<T> zrate_rows;  // zoneout rates (a backward through the expected update)
+    std::vector<double> diag_h, diag_c, diag_r, diag_s, diag_rows;  // per thread [D, T], reduced in thread order
+
+    CpuBackward(const Desc& d_, const BackwardOptions<T>& opt_, T* cache_)
+        : Base(d_, opt_.noise, cache_), opt(opt_), buf(size()), carver(buf.p, kAlign, true),
+          ws(carver, d_, opt_.retain, regularized, plan.total(), ks.nr, tc.data()) {
+        const i64 K = state_size(d), H = d.H, D = d.D, T_ = d.T;
+        if (regularized && !nz.zh_mask && !nz.zc_mask && (nz.zh_rate > T(0) || nz.zc_rate > T(0))) {
+            zrate_rows.assign(std::size_t(K + H), T(0));
+            std::fill(zrate_rows.begin(), zrate_rows.begin() + K, nz.zh_rate);
+            std::fill(zrate_rows.begin() + K, zrate_rows.end(), nz.zc_rate);
+        }
+        if (opt.diag.grad_h_sq) {
+            const std::size_t n = std::size_t(plan.total() * D * T_);
+            diag_h.assign(n, 0.0);
+            if (cell_has_c(d) && opt.diag.grad_c_sq) diag_c.assign(n, 0.0);
+            if (opt.diag.carried_sq) diag_r.assign(n, 0.0);
+            if (opt.diag.carried_sq) diag_s.assign(n, 0.0);
+            if (opt.diag.carried_sq) diag_rows.assign(std::size_t(plan.total() * 3 * d.N), 0.0);
+        }
+    }
+    std::size_t size() const {
+        Carver sizing(nullptr, kAlign, true);
+        BackwardScratch<T>(sizing, d, opt.retain, regularized, plan.total(), ks.nr, nullptr);
+        return sizing.used();
+    }
+
+    void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const LayerGrads<T>& Gr, const CacheLayout& lay, i64 l,
+                 i64 dir) {
+        const i64 s_idx = l * d.D + dir, GH = cell_gates(d) * d.H, K = state_size(d), NK = d.N * K;
+        r.packed = ws.packed[dir];
+        if (d.P > 0) {
+            r.packed_hr = ws.packed_hr[dir];
+            r.m = r.gates + lay.row.m;
+            r.ld_m = r.ld_dgates;
+            r.dproj = ws.dproj[dir];
+            ks.pack_backward(W.w_hr, K, d.H, ws.packed_hr[dir]);
+        }
+        r.peep = W.w_peep;
+        r.ln_hh = W.ln_hh; r.ln_c_w = W.ln_c_w; r.ln_c_b = W.ln_c_b;
+        r.g_ln_hh = Gr.ln_hh; r.g_ln_c_w = Gr.ln_c_w; r.g_ln_c_b = Gr.ln_c_b;
+        r.stats = ws.stats[dir]; r.ln_work = ws.ln_work[dir];
+        set_zoneout(r, d, nz, s_idx, zrate_rows.empty() ? nullptr : zrate_rows.data());
+        r.rmask = nz.rec_mask ? nz.rec_mask + s_idx * NK : nullptr;
+        r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * d.N * d.H : nullptr;
+        const T* w_hh = effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
+        ks.pack_backward(w_hh, GH, K, ws.packed[dir]);
+    }
+    void run(Recurrence<T>* rec) {
+        const i64 DT = d.D * d.T;
+        for (int i = 0; i < plan.total() && !diag_h.empty(); ++i) {
+            tc[i].grad_h_sq = diag_h.data() + i * DT;
+            tc[i].grad_c_sq = diag_c.empty() ? nullptr : diag_c.data() + i * DT;
+            tc[i].carried_sq = diag_r.empty() ? nullptr : diag_r.data() + i * DT;
+            tc[i].prev_state_sq = diag_s.empty() ? nullptr : diag_s.data() + i * DT;
+            tc[i].rows = diag_rows.empty() ? nullptr : diag_rows.data() + i * 3 * d.N;
+        }
+        run_layer(k, false, true, rec, d.D, plan, tc.data(), blocks(d, ks.nr), state_blocks(d, ks.nr));
+    }
+    // This direction's diagnostics records, summed in thread order.
+    void finish(const Recurrence<T>&, i64 dir, i64 s_idx) {
+        if (diag_h.empty()) return;
+        const i64 T_ = d.T;
+        auto drain = [&](std::vector<double>& part, double* to, std::size_t at, i64 t) {
+            if (part.empty()) return;
+            to[s_idx * T_ + t] += part[at];
+            part[at] = 0;
+        };
+        for (int i = 0; i < plan.total(); ++i)
+            for (i64 t = 0; t < T_; ++t) {
+                const std::size_t at = std::size_t((i * d.D + dir) * T_ + t);
+                drain(diag_h, opt.diag.grad_h_sq, at, t);
+                drain(diag_c, opt.diag.grad_c_sq, at, t);
+                drain(diag_r, opt.diag.carried_sq, at, t);
+                drain(diag_s, opt.diag.prev_state_sq, at, t);
+            }
+    }
+    const T* input_grad(const Recurrence<T>& r, const LayerWeights<T>& W, const LayerGrads<T>& Gr,
+                        const CacheLayout& lay, i64 l, i64 dir) {
+        const i64 TN = d.T * d.N, GH = cell_gates(d) * d.H;
+        if (ln_ih(d)) {
+            ks.ln_rows_backward(r.gates, r.dgates, TN, r.ld_dgates, GH, W.ln_ih, Gr.ln_ih, lay.row.xhat_ih,
+                                lay.row.rstd);
+            return r.dgates + lay.row.xhat_ih;
+        }
+        if (bn_ih(d)) {
+            ks.bn_rows_backward(r.gates, r.dgates, d.T, d.N, r.lengths, r.ld_dgates, GH, W.ln_ih,
+                                cache + lay.bn_rstd(l, dir), Gr.ln_ih, lay.row.xhat_ih, !d.bn_frozen, ws.bn_work);
+            return r.dgates + lay.row.xhat_ih;
+        }
+        return r.dgates;
+    }
+    // h_{t-1} as the recurrent GEMM read it: times the recurrent dropout mask.
+    RecurrentInput<T> recurrent_input(const Recurrence<T>& r, const T* Yd, i64 ld, i64 s_idx) {
+        if (!r.rmask) return {Yd, ld, r.h0};
+        const i64 K = state_size(d), NK = d.N * K;
+        T* ym = ws.ymask[s_idx % d.D];
+        for (i64 t = 0; t < d.T; ++t)
+            for (i64 i = 0; i < NK; ++i) ym[t * NK + i] = Yd[t * d.N * ld + (i / K) * ld + i % K] * r.rmask[i];
+        T* h0m = ym + d.T * NK;
+        for (i64 i = 0; i < NK; ++i) h0m[i] = r.h0[i] * r.rmask[i];
+        return {ym, K, h0m};
+    }
+    // dW_hh, of the masked W_hh under DropConnect (masked again in finish_w_hh_grad).
+    T* w_hh_grad(const LayerGrads<T>& Gr, i64, i64 dir) {
+        if (!nz.w_mask) return Gr.w_hh;
+        std::memset(static_cast<void*>(ws.dw[dir]), 0, sizeof(T) * std::size_t(cell_gates(d) * d.H * state_size(d)));
+        return ws.dw[dir];
+    }
+    void finish_w_hh_grad(const T* dW, const LayerGrads<T>& Gr, i64 s_idx) {
+        if (!nz.w_mask) return;
+        const i64 n = cell_gates(d) * d.H * state_size(d);
+        const T* m = nz.w_mask + s_idx * n;
+        for (i64 i = 0; i < n; ++i) Gr.w_hh[i] += dW[i] * m[i];
+    }
+    void variant_grads(const Recurrence<T>& r, const LayerGrads<T>& Gr, const CacheLayout& lay, i64 dir) {
+        if (d.P > 0)  // dW_hr = sum dL/d(W_hr m_t)^T m_t
+            fastrnn::gemm<T>(true, false, state_size(d), d.H, d.T * d.N, T(1), r.dproj, state_size(d), r.m, r.ld_m,
+                             T(1), Gr.w_hr, d.H);
+        if (d.peephole)
+            peephole_grads(d, dir, r.lengths, r.dgates, r.ld_dgates, r.c_hist,
+                           lay.row.ctil >= 0 ? r.gates + lay.row.ctil : nullptr, r.ld_dgates, r.c0, Gr.w_peep);
+    }
+};
+
+}  // namespace
+
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
              const PackedWeights<T>* pre) {
     const KernelSet<T>& ks = active_kernels<T>();
     if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;  // packed for another ISA, or DropConnect
-    const CellKernels<T>& k = cell_of(ks, d, cell_noise(nz));
-    const bool train = cache != nullptr, has_c = cell_has_c(d), regularized = has_noise(nz);
-    const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, G = cell_gates(d), GH = G * H;
-    const i64 NK = N * K, NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr), nblk_k = state_blocks(d, ks.nr);
-    const CacheLayout lay(d, masks != nullptr);
-    const ThreadPlan plan = plan_threads(d, ks.nr);
-
-    // Scratch, allocated once for the whole call (nothing is allocated inside the time loop).
-    std::vector<ThreadCtx<T>> tc(plan.total());
-    Carver<T> sizing(nullptr);
-    ForwardScratch<T>(sizing, d, train, regularized, plan.total(), ks.nr, nullptr, pre != nullptr);
-    Scratch<T> buf(sizing.used());
-    Carver<T> carver(buf.p);
-    ForwardScratch<T> ws(carver, d, train, regularized, plan.total(), ks.nr, tc.data(), pre != nullptr);
-    if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
-        for (i64 j = 0; j < K; ++j) ws.zrows[j] = nz.zh_rate;
-        for (i64 j = 0; j < H; ++j) ws.zrows[K + j] = nz.zc_rate;
-    }
-
-    for (i64 l = 0; l < d.L; ++l) {
-        const i64 C_l = l == 0 ? d.C : DK;
-        const T* X = l == 0 ? x
-                     : train ? cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1))
-                             : ws.ybuf + ((l - 1) % 2) * TN * DK;
-        T* Y = train ? cache + lay.y(l) : (l == d.L - 1 ? out : ws.ybuf + (l % 2) * TN * DK);
-        Recurrence<T> rec[2];
-        for (i64 dir = 0; dir < D; ++dir) {
-            const LayerWeights<T>& W = w[l * D + dir];
-            const i64 s_idx = l * D + dir;
-            Recurrence<T>& r = rec[dir];
-            r = Recurrence<T>{};
-            r.steps = T_; r.N = N; r.H = H; r.G = G; r.K = K;
-            r.reverse = dir == 1; r.train = train; r.lengths = lengths;
-            r.packed = pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
-            r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
-            const bool in_cache = train && lay.row.ld > 0;  // the cell turns the projection into the cached gates
-            r.row = lay.row;
-            r.gates = in_cache ? cache + lay.gates(l, dir) : ws.xp[dir];
-            r.ld_gates = in_cache ? lay.row.ld : GH;
-            r.hbuf = ws.hbuf[dir];
-            r.c = has_c ? ws.c[dir] : nullptr;
-            r.c_hist = train && has_c ? cache + lay.c_hist(l, dir) : nullptr;
-            r.rh = ws.rh[dir]; r.ld_rh = H;
-            r.y = Y + dir * K; r.ld_y = DK;
-            r.bptt_clip = T(0);
-            if (d.P > 0) {
-                r.packed_hr = pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
-                r.m = train ? r.gates + lay.row.m : ws.m[dir];
-                r.ld_m = train ? r.ld_gates : H;
-            }
-            r.peep = W.w_peep;
-            r.ln_hh = W.ln_hh; r.ln_c_w = W.ln_c_w; r.ln_c_b = W.ln_c_b;
-            r.stats = ws.stats[dir]; r.ln_raw = ws.ln_raw[dir]; r.ln_work = ws.ln_work[dir];
-            set_zoneout(r, d, nz, s_idx, ws.zrows);
-            r.act = d.activation;
-            r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * NH : nullptr;
-
-            // Hoisted input projection for all T*N rows (BLAS), normalized where the cell does
-            // (LayerNorm per row, batch norm per column), W_hh packed for the microkernel.
-            gemm<T>(false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(0), r.gates, r.ld_gates);
-            if (ln_ih(d)) ks.ln_rows(r.gates, TN, r.ld_gates, GH, W.ln_ih, lay.row.xhat_ih, lay.row.rstd, train);
-            if (bn_ih(d))
-                ks.bn_rows(r.gates, T_, N, lengths, r.ld_gates, GH, W.ln_ih, W.bn_mean, W.bn_var, d.bn_momentum,
-                           train ? cache + lay.bn_rstd(l, dir) : nullptr, lay.row.xhat_ih, train && !d.bn_frozen,
-                           ws.bn_work);
-            if (!pre) {
-                const T* w_hh =
-                    effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
-                ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
-                if (d.P > 0) ks.pack_forward(W.w_hr, 1, K, H, ws.packed_hr[dir]);
-            }
-            fold_bias(d, W, ws.bias[dir], ws.bhn[dir]);
-            copy_or_zero(r.hbuf, h0 ? h0 + s_idx * NK : nullptr, NK);
-            if (has_c) copy_or_zero(r.c, c0 ? c0 + s_idx * NH : nullptr, NH);
-            if (nz.rec_mask) {  // recurrent dropout: the GEMMs read h * mask
-                r.rmask = nz.rec_mask + s_idx * NK;
-                r.hr = ws.hr[dir];
-                for (i64 i = 0; i < NK; ++i) r.hr[i] = r.hbuf[i] * r.rmask[i];
-            }
-        }
-        run_layer(k, true, train, rec, D, plan, tc.data(), nblk, nblk_k);
-        for (i64 dir = 0; dir < D; ++dir) {
-            const i64 s_idx = l * D + dir;
-            std::memcpy(h_n + s_idx * NK, rec[dir].hbuf + (T_ & 1) * NK, sizeof(T) * NK);
-            if (has_c) std::memcpy(c_n + s_idx * NH, rec[dir].c, sizeof(T) * NH);
-        }
-        if (train && masks && l < d.L - 1) {
-            const T* m = masks + l * TN * DK;
-            T* xd = cache + lay.dropped_input(l);
-            for (i64 i = 0; i < TN * DK; ++i) xd[i] = Y[i] * m[i];
-        }
-    }
-    if (train) {
-        std::memcpy(out, cache + lay.y(d.L - 1), sizeof(T) * TN * DK);
-        copy_or_zero(cache + lay.h0(), h0, d.L * D * NK);
-        if (has_c) copy_or_zero(cache + lay.c0(), c0, d.L * D * NH);
-    }
+    CpuForward<T> backend(d, nz, pre, cache);  // scratch allocated once: nothing inside the time loop
+    forward_walk(backend, d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache);
 }
 
 template <class T>
 void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::int64_t* lengths, const T* masks,
               T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
               T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt) {
-    const KernelSet<T>& ks = active_kernels<T>();
-    const Noise<T>& nz = opt.noise;
-    const CellKernels<T>& k = cell_of(ks, d, cell_noise(nz));
-    const bool has_c = cell_has_c(d), regularized = has_noise(nz);
-    const CellInfo& cell = cell_info(d);
-    const i64 T_ = d.T, N = d.N, H = d.H, K = state_size(d), D = d.D, DK = D * K, G = cell_gates(d), GH = G * H;
-    const i64 NK = N * K, NH = N * H, TN = T_ * N, nblk = blocks(d, ks.nr), nblk_k = state_blocks(d, ks.nr);
-    const CacheLayout lay(d, masks != nullptr);
-    const ThreadPlan plan = plan_threads(d, ks.nr);
-    const i64 ld_dg = lay.row.ld ? lay.row.ld : H;
-
-    std::vector<ThreadCtx<T>> tc(plan.total());
-    Carver<T> sizing(nullptr);
-    BackwardScratch<T>(sizing, d, opt.retain, regularized, plan.total(), ks.nr, nullptr);
-    Scratch<T> buf(sizing.used());
-    Carver<T> carver(buf.p);
-    BackwardScratch<T> ws(carver, d, opt.retain, regularized, plan.total(), ks.nr, tc.data());
-    T* gather = ws.gather;
-    T* zrows = nullptr;  // zoneout rates (a backward through the expected update)
-    std::vector<T> zrate_rows;
-    if (regularized && !nz.zh_mask && !nz.zc_mask && (nz.zh_rate > T(0) || nz.zc_rate > T(0))) {
-        zrate_rows.assign(std::size_t(K + H), T(0));
-        std::fill(zrate_rows.begin(), zrate_rows.begin() + K, nz.zh_rate);
-        std::fill(zrate_rows.begin() + K, zrate_rows.end(), nz.zc_rate);
-        zrows = zrate_rows.data();
-    }
-    std::vector<double> diag_h, diag_c, diag_r, diag_s, diag_rows;  // per thread [D, T] partial sums, reduced in thread order
-    if (opt.diag.grad_h_sq) {
-        diag_h.assign(std::size_t(plan.total() * D * T_), 0.0);
-        if (has_c && opt.diag.grad_c_sq) diag_c.assign(std::size_t(plan.total() * D * T_), 0.0);
-        if (opt.diag.carried_sq) diag_r.assign(std::size_t(plan.total() * D * T_), 0.0);
-        if (opt.diag.carried_sq) diag_s.assign(std::size_t(plan.total() * D * T_), 0.0);
-        if (opt.diag.carried_sq) diag_rows.assign(std::size_t(plan.total() * 3 * N), 0.0);
-    }
-    const T clip = opt.bptt_clip > T(0) ? opt.bptt_clip : std::numeric_limits<T>::infinity();
-
-    const T* h0_all = cache + lay.h0();
-    const T* c0_all = has_c ? cache + lay.c0() : nullptr;
-    const T* dY = grad_out;  // gradient arriving at the outputs of the current layer (null: none)
-    for (i64 l = d.L - 1; l >= 0; --l) {
-        const i64 C_l = l == 0 ? d.C : DK;
-        const T* X = l == 0 ? x : cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1));
-        const T* Y = cache + lay.y(l);
-        T* dX = l == 0 ? grad_x : ws.dybuf + (l % 2) * TN * DK;
-        Recurrence<T> rec[2];
-        for (i64 dir = 0; dir < D; ++dir) {
-            const i64 s_idx = l * D + dir;
-            const LayerWeights<T>& W = w[s_idx];
-            const LayerGrads<T>& Gr = g[s_idx];
-            Recurrence<T>& r = rec[dir];
-            r = Recurrence<T>{};
-            r.steps = T_; r.N = N; r.H = H; r.G = G; r.K = K;
-            r.reverse = dir == 1; r.train = true; r.lengths = lengths;
-            r.packed = ws.packed[dir];
-            r.row = lay.row;
-            // Gate gradients overwrite the cached gates in place (each value is read first),
-            // unless the cache must be kept: then they go to scratch. RNN caches no gates.
-            r.gates = lay.row.ld ? cache + lay.gates(l, dir) : nullptr;
-            r.dgates = ws.dgates[dir] ? ws.dgates[dir] : r.gates;
-            r.ld_gates = r.ld_dgates = ld_dg;
-            r.c_hist = has_c ? cache + lay.c_hist(l, dir) : nullptr;
-            r.y = const_cast<T*>(Y) + dir * K; r.ld_y = DK;
-            r.h0 = h0_all + s_idx * NK;
-            r.c0 = has_c ? c0_all + s_idx * NH : nullptr;
-            r.dy = dY ? dY + dir * K : nullptr; r.ld_dy = DK;
-            r.dh = ws.dh[dir];
-            r.dc = has_c ? ws.dc[dir] : nullptr;
-            r.bptt_clip = clip;
-            if (d.P > 0) {
-                r.packed_hr = ws.packed_hr[dir];
-                r.m = r.gates + lay.row.m;
-                r.ld_m = ld_dg;
-                r.dproj = ws.dproj[dir];
-                ks.pack_backward(W.w_hr, K, H, ws.packed_hr[dir]);
-            }
-            r.peep = W.w_peep;
-            r.ln_hh = W.ln_hh; r.ln_c_w = W.ln_c_w; r.ln_c_b = W.ln_c_b;
-            r.g_ln_hh = Gr.ln_hh; r.g_ln_c_w = Gr.ln_c_w; r.g_ln_c_b = Gr.ln_c_b;
-            r.stats = ws.stats[dir]; r.ln_work = ws.ln_work[dir];
-            set_zoneout(r, d, nz, s_idx, zrows);
-            r.rmask = nz.rec_mask ? nz.rec_mask + s_idx * NK : nullptr;
-            r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * NH : nullptr;
-            copy_or_zero(r.dh, grad_h_n ? grad_h_n + s_idx * NK : nullptr, NK);
-            if (has_c) copy_or_zero(r.dc, grad_c_n ? grad_c_n + s_idx * NH : nullptr, NH);
-            const T* w_hh = effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
-            ks.pack_backward(w_hh, GH, K, ws.packed[dir]);
-        }
-        for (int i = 0; i < plan.total() && !diag_h.empty(); ++i) {
-            tc[i].grad_h_sq = diag_h.data() + i * D * T_;
-            tc[i].grad_c_sq = diag_c.empty() ? nullptr : diag_c.data() + i * D * T_;
-            tc[i].carried_sq = diag_r.empty() ? nullptr : diag_r.data() + i * D * T_;
-            tc[i].prev_state_sq = diag_s.empty() ? nullptr : diag_s.data() + i * D * T_;
-            tc[i].rows = diag_rows.empty() ? nullptr : diag_rows.data() + i * 3 * N;
-        }
-        run_layer(k, false, true, rec, D, plan, tc.data(), nblk, nblk_k);
-
-        for (i64 dir = 0; dir < D; ++dir) {
-            const LayerWeights<T>& W = w[l * D + dir];
-            const LayerGrads<T>& Gr = g[l * D + dir];
-            const i64 s_idx = l * D + dir;
-            const Recurrence<T>& r = rec[dir];
-            std::memcpy(grad_h0 + s_idx * NK, r.dh, sizeof(T) * NK);
-            if (has_c) std::memcpy(grad_c0 + s_idx * NH, r.dc, sizeof(T) * NH);
-            if (!diag_h.empty())  // this direction's records, summed in thread order
-                for (int i = 0; i < plan.total(); ++i)
-                    for (i64 t = 0; t < T_; ++t) {
-                        const std::size_t at = std::size_t((i * D + dir) * T_ + t);
-                        opt.diag.grad_h_sq[s_idx * T_ + t] += diag_h[at];
-                        diag_h[at] = 0;
-                        if (!diag_c.empty()) {
-                            opt.diag.grad_c_sq[s_idx * T_ + t] += diag_c[at];
-                            diag_c[at] = 0;
-                        }
-                        if (!diag_r.empty()) {
-                            opt.diag.carried_sq[s_idx * T_ + t] += diag_r[at];
-                            diag_r[at] = 0;
-                        }
-                        if (!diag_s.empty()) {
-                            opt.diag.prev_state_sq[s_idx * T_ + t] += diag_s[at];
-                            diag_s[at] = 0;
-                        }
-                    }
-
-            // Weight gradients as large GEMMs over all steps. dv: dL/d(gate pre-activations) in
-            // the first G blocks; dgx: dL/d(W_ih x) (LayerNorm: through the input LN).
-            const T* dv = r.dgates;
-            const T* dgx = dv;
-            if (ln_ih(d)) {
-                ks.ln_rows_backward(r.gates, r.dgates, TN, ld_dg, GH, W.ln_ih, Gr.ln_ih, lay.row.xhat_ih, lay.row.rstd);
-                dgx = r.dgates + lay.row.xhat_ih;
-            } else if (bn_ih(d)) {
-                ks.bn_rows_backward(r.gates, r.dgates, T_, N, lengths, ld_dg, GH, W.ln_ih, cache + lay.bn_rstd(l, dir),
-                                    Gr.ln_ih, lay.row.xhat_ih, !d.bn_frozen, ws.bn_work);
-                dgx = r.dgates + lay.row.xhat_ih;
-            }
-            gemm<T>(true, false, GH, C_l, TN, T(1), dgx, ld_dg, X, C_l, T(1), Gr.w_ih, C_l);
-            // dW_hh (DropConnect: of the masked W_hh, masked again after the GEMMs).
-            T* dW = nz.w_mask ? ws.dw[dir] : Gr.w_hh;
-            if (nz.w_mask) std::memset(static_cast<void*>(dW), 0, sizeof(T) * std::size_t(GH * K));
-            // h_{t-1} as the recurrent GEMM read it: times the recurrent dropout mask.
-            const T* Yd = Y + dir * K;
-            i64 ld_yd = DK;
-            const T* h0d = r.h0;
-            if (r.rmask) {
-                T* ym = ws.ymask[dir];
-                for (i64 t = 0; t < T_; ++t)
-                    for (i64 i = 0; i < NK; ++i) ym[t * NK + i] = Yd[t * N * DK + (i / K) * DK + i % K] * r.rmask[i];
-                T* h0m = ym + T_ * NK;
-                for (i64 i = 0; i < NK; ++i) h0m[i] = r.h0[i] * r.rmask[i];
-                Yd = ym, ld_yd = K, h0d = h0m;
-            }
-            const T* none = nullptr;
-            if (ln_hh(d)) {  // W_hh h went through the recurrent LN: its gradient is in xhat_hh
-                accumulate_w_hh(d, dir, lengths, 0, GH, r.dgates + lay.row.xhat_hh, ld_dg, Yd, ld_yd, none, 0, h0d, dW,
-                                gather);
-            } else {  // each band of W_hh rows: its gate-gradient block times its input (the cell table)
-                for (int i = 0; i < cell.n_bands; ++i) {
-                    const WeightBand b = cell.bands[i];
-                    const T* alt = b.input_block >= 0 ? r.gates + b.input_block * H : none;
-                    accumulate_w_hh(d, dir, lengths, b.row0 * H, (b.row0 + b.rows) * H, dv + b.dblock * H, ld_dg, Yd,
-                                    ld_yd, alt, alt ? ld_dg : 0, h0d, dW, gather);
-                }
-            }
-            if (nz.w_mask) {
-                const T* m = nz.w_mask + s_idx * GH * K;
-                for (i64 i = 0; i < GH * K; ++i) Gr.w_hh[i] += dW[i] * m[i];
-            }
-            if (d.P > 0)  // dW_hr = sum dL/d(W_hr m_t)^T m_t
-                gemm<T>(true, false, K, H, TN, T(1), r.dproj, K, r.m, r.ld_m, T(1), Gr.w_hr, H);
-            if (d.peephole)
-                peephole_grads(d, dir, lengths, dv, ld_dg, r.c_hist, lay.row.ctil >= 0 ? r.gates + lay.row.ctil : none,
-                               ld_dg, r.c0, Gr.w_peep);
-            if (Gr.b_ih) add_column_sums(dv, TN, GH, ld_dg, Gr.b_ih);
-            if (Gr.b_hh)  // b_hh enters where W_hh h does: the same bands
-                for (int i = 0; i < cell.n_bands; ++i) {
-                    const WeightBand b = cell.bands[i];
-                    add_column_sums(dv + b.dblock * H, TN, b.rows * H, ld_dg, Gr.b_hh + b.row0 * H);
-                }
-            gemm<T>(false, false, TN, C_l, GH, T(1), dgx, ld_dg, W.w_ih, C_l, dir == 0 ? T(0) : T(1), dX, C_l);
-        }
-        if (l > 0) {
-            if (masks) {
-                const T* m = masks + (l - 1) * TN * DK;
-                for (i64 i = 0; i < TN * DK; ++i) dX[i] *= m[i];
-            }
-            dY = dX;
-        }
-    }
+    CpuBackward<T> backend(d, opt, cache);
+    backward_walk(backend, d, w, x, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, g,
+                  opt.bptt_clip);
 }
 
 template void forward<float>(const Desc&, const LayerWeights<float>*, const float*, const float*, const float*,

@@ -1,8 +1,9 @@
-// The CUDA driver: csrc/core/driver.cpp's structure on a CUDA stream. Per layer: the hoisted
-// input projection for all T*N rows (one GEMM), then the recurrence (a fused kernel per step, or
-// one persistent kernel for all steps), then for BPTT the weight gradients and dx as GEMMs over
-// all steps. Included by driver_f32.cu and driver_f64.cu (one dtype each, so nvcc compiles them
-// in parallel) and by runtime.cu; built by nvcc, or by the host compiler for the emulator.
+// The CUDA driver: the driver skeleton of csrc/core/skeleton.h (shared with the CPU driver) on a
+// CUDA stream. Per layer: the hoisted input projection for all T*N rows (one GEMM), then the
+// recurrence (a fused kernel per step, or one persistent kernel for all steps), then for BPTT the
+// weight gradients and dx as GEMMs over all steps. Included by driver_f32.cu and driver_f64.cu
+// (one dtype each, so nvcc compiles them in parallel) and by runtime.cu; built by nvcc, or by the
+// host compiler for the emulator.
 #pragma once
 #include "driver.h"
 
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/skeleton.h"
 #include "kernels.h"
 
 #if defined(__CUDACC__)
@@ -147,50 +149,8 @@ inline bool cell_two_phase(const Desc& d) { return d.cell == CellKind::GRU && !d
 inline i64 unit_tiles(const Desc& d) { return ceil_div(d.H, kUnits); }
 inline i64 row_tiles(const Desc& d) { return ceil_div(d.N, kBN); }
 
-// Offsets into the training cache: the same layout as CacheLayout in csrc/core/driver.cpp (see
-// cache_elements in csrc/core/driver.h); tests/test_cuda.py compares the caches both backends
-// write, element by element.
-struct CacheLayout {
-    i64 TN, D, L, DH, gate_block, c_block, dir_block, states;
-    bool dropout;
-
-    CacheLayout(const Desc& d, bool dropout_)
-        : TN(d.T * d.N), D(d.D), L(d.L), DH(d.D * d.H),
-          gate_block(d.T * d.N * cell_cache_gates(d) * d.H), c_block(cell_has_c(d) ? d.T * d.N * d.H : 0),
-          dir_block(gate_block + c_block), states(d.L * d.D * d.N * d.H), dropout(dropout_) {}
-
-    i64 layer_block(i64 l) const { return TN * DH * ((dropout && l < L - 1) ? 2 : 1) + D * dir_block; }
-    i64 layer(i64 l) const {
-        i64 off = 0;
-        for (i64 k = 0; k < l; ++k) off += layer_block(k);
-        return off;
-    }
-    i64 y(i64 l) const { return layer(l); }
-    i64 dropped_input(i64 l) const { return layer(l) + TN * DH; }
-    i64 gates(i64 l, i64 dir) const { return layer(l) + layer_block(l) - (D - dir) * dir_block; }
-    i64 c_hist(i64 l, i64 dir) const { return gates(l, dir) + gate_block; }
-    i64 h0() const { return layer(L); }
-    i64 c0() const { return h0() + states; }
-    i64 total() const { return h0() + states * (c_block ? 2 : 1); }
-};
-
-// Carves one workspace into 256-byte aligned regions; a sizing pass (null base) and the real
-// pass run the same code, so the size and the layout cannot disagree.
-class Carver {
-   public:
-    explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
-    template <class U>
-    U* take(i64 n) {
-        U* p = base_ ? reinterpret_cast<U*>(base_ + used_) : nullptr;
-        used_ += (std::size_t(std::max<i64>(n, 0)) * sizeof(U) + 255) / 256 * 256;
-        return p;
-    }
-    std::size_t used() const { return used_; }
-
-   private:
-    char* base_;
-    std::size_t used_ = 0;
-};
+// Workspace regions are 256-byte aligned (cudaMalloc's alignment, coalesced rows).
+constexpr std::size_t kAlign = 256;
 
 template <class T>
 struct ForwardWork {
@@ -233,13 +193,13 @@ struct BackwardWork {
 
 template <class T>
 std::int64_t forward_bytes(const Desc& d, bool training) {
-    Carver cv(nullptr);
+    Carver cv(nullptr, kAlign);
     ForwardWork<T>(cv, d, training);
     return std::int64_t(cv.used());
 }
 template <class T>
 std::int64_t backward_bytes(const Desc& d, bool retain, bool diag) {
-    Carver cv(nullptr);
+    Carver cv(nullptr, kAlign);
     BackwardWork<T>(cv, d, retain, diag);
     return std::int64_t(cv.used());
 }
@@ -263,14 +223,6 @@ void gemm(Stream s, bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, 
     if (m == 0 || n == 0) return;
     launch<Gemm<T>>(ceil_div(m, kGM) * ceil_div(n, kGN), kGemmThreads, gemm_smem<T>(), s,
                     GemmArgs<T>{ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc});
-}
-
-template <class T>
-void copy_or_zero(T* dst, const T* src, i64 n, Stream s) {
-    if (src)
-        copy(dst, src, sizeof(T) * std::size_t(n), s);
-    else
-        zero(dst, sizeof(T) * std::size_t(n), s);
 }
 
 // Calls f(Cell{}) with the cell type of d: the plain cells (no peepholes; Reg = false compiles the
@@ -367,206 +319,118 @@ void run_backward(const StepArgs<T>& a, const Desc& d, const Plan& plan, Stream 
     launch<BackwardFinal<Cell, T>>(blocks, kUnits, plan.smem_step, s, b);
 }
 
-// ---------------------------------------------------------------- forward
+// ---------------------------------------------------------------- the skeleton's backend
 
+// The arithmetic of the skeleton on a stream: the GEMM kernel and small elementwise launches.
+template <class T>
+struct CudaOps {
+    const Desc& d;
+    Stream stream;
+    void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
+              i64 ldc) {
+        cuda::gemm<T>(stream, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+    void column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
+        launch_elementwise<ColumnSums<T>>(cols, stream, {a, rows, cols, lda, out});
+    }
+    void copy(T* dst, const T* src, i64 n) { cuda::copy(dst, src, sizeof(T) * std::size_t(n), stream); }
+    void copy_or_zero(T* dst, const T* src, i64 n) {
+        if (src)
+            copy(dst, src, n);
+        else
+            zero(dst, sizeof(T) * std::size_t(n), stream);
+    }
+    void multiply(const T* a, const T* m, T* out, i64 n) { launch_elementwise<Multiply<T>>(n, stream, {a, m, out, n}); }
+    void gather_first_steps(const T* dg, i64 ld_dg, i64 rows, const i64* lengths, bool reverse, T* out) {
+        launch_elementwise<GatherFirstStep<T>>(d.N * rows, stream, {dg, ld_dg, rows, d.T, d.N, lengths, reverse, out});
+    }
+    void fold_bias(const LayerWeights<T>& W, T* bias, T* bhn) {
+        const i64 GH = cell_gates(d) * d.H;
+        launch_elementwise<FoldBias<T>>(GH, stream, {d.bias ? W.b_ih : nullptr, d.bias ? W.b_hh : nullptr, bias, bhn,
+                                                     GH, d.H, cell_info(d).bias_apart >= 0});
+    }
+};
+
+template <class T>
+StepArgs<T> step_args(const Desc& d, const Recurrence<T>* rec) {
+    StepArgs<T> a{};
+    a.row_tiles = row_tiles(d);
+    a.unit_tiles = unit_tiles(d);
+    for (i64 dir = 0; dir < d.D; ++dir) a.rec[dir] = rec[dir];
+    return a;
+}
+
+// A forward call: W_hh transposed for the step kernels, the recurrence planned once per call.
 template <class Cell, class T>
-void forward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
-                  const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, void* workspace,
-                  std::size_t workspace_bytes, Stream stream) {
-    check_plain(d, "forward");
-    const bool train = cache != nullptr, has_c = Cell::has_c;
-    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, GH = Cell::gates * H;
-    const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N;
-    const CacheLayout lay(d, masks != nullptr);
-    Carver carver(workspace);
-    ForwardWork<T> ws(carver, d, train);
-    check_workspace(carver.used(), workspace_bytes, "forward");
-    const Plan plan = train ? forward_plan<Cell, true, T>(d) : forward_plan<Cell, false, T>(d);
+struct CudaForward : CudaOps<T> {
+    using CudaOps<T>::d;
+    using CudaOps<T>::stream;
+    Carver carver;
+    ForwardWork<T> ws;
+    const Plan plan;
 
-    for (i64 l = 0; l < d.L; ++l) {
-        const i64 C_l = l == 0 ? d.C : DH;
-        const T* X = l == 0 ? x
-                     : train ? cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1))
-                             : ws.ybuf + ((l - 1) % 2) * TN * DH;
-        T* Y = train ? cache + lay.y(l) : (l == d.L - 1 ? out : ws.ybuf + (l % 2) * TN * DH);
-        StepArgs<T> a{};
-        a.row_tiles = row_tiles(d);
-        a.unit_tiles = unit_tiles(d);
-        for (i64 dir = 0; dir < D; ++dir) {
-            const LayerWeights<T>& W = w[l * D + dir];
-            const i64 s_idx = l * D + dir;
-            Recurrence<T>& r = a.rec[dir];
-            r.steps = T_; r.N = N; r.H = H; r.G = Cell::gates; r.K = H;
-            r.reverse = dir == 1; r.train = train; r.lengths = lengths;
-            r.packed = ws.wt[dir]; r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
-            const bool in_cache = train && cg > 0;  // the cell turns the projection into the cached gates
-            r.gates = in_cache ? cache + lay.gates(l, dir) : ws.xp[dir];
-            r.ld_gates = in_cache ? cg * H : GH;
-            r.hbuf = ws.hbuf[dir];
-            r.c = has_c ? ws.c[dir] : nullptr;
-            r.c_hist = train && has_c ? cache + lay.c_hist(l, dir) : nullptr;
-            r.rh = ws.rh[dir]; r.ld_rh = H;
-            r.y = Y + dir * H; r.ld_y = DH;
-            r.bptt_clip = T(0);
-
-            // Hoisted input projection for all T*N rows; W_hh^T for the recurrent product.
-            gemm<T>(stream, false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(0), r.gates, r.ld_gates);
-            launch_elementwise<Transpose<T>>(GH * H, stream, {W.w_hh, ws.wt[dir], GH, H});
-            launch_elementwise<FoldBias<T>>(GH, stream,
-                                            {d.bias ? W.b_ih : nullptr, d.bias ? W.b_hh : nullptr, ws.bias[dir],
-                                             ws.bhn[dir], GH, H, Cell::gates == 3 && !Cell::two_phase});
-            copy_or_zero(r.hbuf, h0 ? h0 + s_idx * NH : nullptr, NH, stream);
-            if (has_c) copy_or_zero(r.c, c0 ? c0 + s_idx * NH : nullptr, NH, stream);
-        }
+    CudaForward(const Desc& d_, bool train, void* workspace, std::size_t workspace_bytes, Stream s)
+        : CudaOps<T>{d_, s}, carver(workspace, kAlign), ws(carver, d_, train),
+          plan(train ? forward_plan<Cell, true, T>(d_) : forward_plan<Cell, false, T>(d_)) {
+        check_workspace(carver.used(), workspace_bytes, "forward");
+    }
+    void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const CacheLayout&, i64, i64 dir) {
+        const i64 GH = Cell::gates * d.H;
+        launch_elementwise<Transpose<T>>(GH * d.H, stream, {W.w_hh, ws.wt[dir], GH, d.H});
+        r.packed = ws.wt[dir];
+    }
+    void run(Recurrence<T>* rec, bool train) {
+        const StepArgs<T> a = step_args(d, rec);
         if (train)
             run_forward<Cell, true, T>(a, d, plan, stream);
         else
             run_forward<Cell, false, T>(a, d, plan, stream);
-        for (i64 dir = 0; dir < D; ++dir) {
-            const i64 s_idx = l * D + dir;
-            copy(h_n + s_idx * NH, a.rec[dir].hbuf + (T_ & 1) * NH, sizeof(T) * NH, stream);
-            if (has_c) copy(c_n + s_idx * NH, a.rec[dir].c, sizeof(T) * NH, stream);
-        }
-        if (train && masks && l < d.L - 1)
-            launch_elementwise<Multiply<T>>(TN * DH, stream,
-                                            {Y, masks + l * TN * DH, cache + lay.dropped_input(l), TN * DH});
     }
-    if (train) {
-        copy(out, cache + lay.y(d.L - 1), sizeof(T) * TN * DH, stream);
-        copy_or_zero(cache + lay.h0(), h0, d.L * D * NH, stream);
-        if (has_c) copy_or_zero(cache + lay.c0(), c0, d.L * D * NH, stream);
-    }
-}
+};
 
-// ---------------------------------------------------------------- backward
-
-// dW_hh rows [r0, r1) += sum over steps of dG^T h_{t-1} (csrc/core/driver.cpp accumulate_w_hh).
-template <class T>
-void accumulate_w_hh(const Desc& d, i64 dir, const i64* lengths, i64 r0, i64 r1, const T* dg, i64 ld_dg, const T* Y,
-                     const T* alt, i64 ld_alt, const T* h0, T* dW, T* gather, Stream s) {
-    const i64 T_ = d.T, N = d.N, H = d.H, DH = d.D * H, rows = r1 - r0;
-    T* dWr = dW + r0 * H;
-    if (alt) {
-        gemm<T>(s, true, false, rows, H, T_ * N, T(1), dg, ld_dg, alt, ld_alt, T(1), dWr, H);
-        return;
-    }
-    if (T_ > 1) {
-        const T* dg_first = dir == 0 ? dg + N * ld_dg : dg;
-        const T* y_prev = dir == 0 ? Y : Y + N * DH;
-        gemm<T>(s, true, false, rows, H, (T_ - 1) * N, T(1), dg_first, ld_dg, y_prev, DH, T(1), dWr, H);
-    }
-    launch_elementwise<GatherFirstStep<T>>(N * rows, s, {dg, ld_dg, rows, T_, N, lengths, dir == 1, gather});
-    gemm<T>(s, true, false, rows, H, N, T(1), gather, rows, h0, H, T(1), dWr, H);
-}
-
-template <class T>
-void column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out, Stream s) {
-    launch_elementwise<ColumnSums<T>>(cols, s, {a, rows, cols, lda, out});
-}
-
+// A backward call: the step kernels read W_hh as it is; diagnostics are summed per unit tile and
+// finished per direction.
 template <class Cell, class T>
-void backward_cell(const Desc& d, const LayerWeights<T>* w, const T* x, const std::int64_t* lengths, const T* masks,
-                   T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
-                   T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt, void* workspace,
-                   std::size_t workspace_bytes, Stream stream) {
-    check_plain(d, "backward");
-    constexpr bool has_c = Cell::has_c, v1 = Cell::gates == 3 && Cell::two_phase,
-                   split_h = Cell::gates == 3 && !Cell::two_phase;
-    const i64 T_ = d.T, N = d.N, H = d.H, D = d.D, DH = D * H, GH = Cell::gates * H;
-    const i64 cg = cell_cache_gates(d), NH = N * H, TN = T_ * N;
-    const CacheLayout lay(d, masks != nullptr);
-    const i64 ld_dg = cg ? cg * H : H;
-    const bool diag = opt.diag.grad_h_sq != nullptr;
-    Carver carver(workspace);
-    BackwardWork<T> ws(carver, d, opt.retain, diag);
-    check_workspace(carver.used(), workspace_bytes, "backward");
-    const Plan plan = backward_plan<Cell, T>(d, diag);
-    const T clip = opt.bptt_clip > T(0) ? opt.bptt_clip : std::numeric_limits<T>::infinity();
+struct CudaBackward : CudaOps<T> {
+    using CudaOps<T>::d;
+    using CudaOps<T>::stream;
+    const BackwardOptions<T>& opt;
+    const bool diag;
+    Carver carver;
+    BackwardWork<T> ws;
+    const Plan plan;
 
-    const T* h0_all = cache + lay.h0();
-    const T* c0_all = has_c ? cache + lay.c0() : nullptr;
-    const T* dY = grad_out;  // gradient arriving at the outputs of the current layer (null: none)
-    for (i64 l = d.L - 1; l >= 0; --l) {
-        const i64 C_l = l == 0 ? d.C : DH;
-        const T* X = l == 0 ? x : cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1));
-        const T* Y = cache + lay.y(l);
-        T* dX = l == 0 ? grad_x : ws.dybuf + (l % 2) * TN * DH;
-        StepArgs<T> a{};
-        a.row_tiles = row_tiles(d);
-        a.unit_tiles = unit_tiles(d);
-        for (i64 dir = 0; dir < D; ++dir) {
-            const i64 s_idx = l * D + dir;
-            Recurrence<T>& r = a.rec[dir];
-            r.steps = T_; r.N = N; r.H = H; r.G = Cell::gates; r.K = H;
-            r.reverse = dir == 1; r.train = true; r.lengths = lengths;
-            r.packed = w[s_idx].w_hh;  // the backward product reads W_hh as it is
-            // Gate gradients overwrite the cached gates in place (each value is read first),
-            // unless the cache must be kept: then they go to the workspace. RNN caches no gates.
-            r.gates = cg ? cache + lay.gates(l, dir) : nullptr;
-            r.dgates = ws.dgates[dir] ? ws.dgates[dir] : r.gates;
-            r.ld_gates = r.ld_dgates = ld_dg;
-            r.c_hist = has_c ? cache + lay.c_hist(l, dir) : nullptr;
-            r.y = const_cast<T*>(Y) + dir * H; r.ld_y = DH;
-            r.h0 = h0_all + s_idx * NH;
-            r.c0 = has_c ? c0_all + s_idx * NH : nullptr;
-            r.dy = dY ? dY + dir * H : nullptr; r.ld_dy = DH;
-            r.dh = ws.dh[dir];
-            r.dc = has_c ? ws.dc[dir] : nullptr;
-            r.bptt_clip = clip;
-            copy_or_zero(r.dh, grad_h_n ? grad_h_n + s_idx * NH : nullptr, NH, stream);
-            if (has_c) copy_or_zero(r.dc, grad_c_n ? grad_c_n + s_idx * NH : nullptr, NH, stream);
-            a.diag[dir] = DiagSlots{ws.partial[dir], a.unit_tiles};
-        }
-        run_backward<Cell, T>(a, d, plan, stream);
-
-        for (i64 dir = 0; dir < D; ++dir) {
-            const LayerWeights<T>& W = w[l * D + dir];
-            const LayerGrads<T>& Gr = g[l * D + dir];
-            const i64 s_idx = l * D + dir;
-            const Recurrence<T>& r = a.rec[dir];
-            copy(grad_h0 + s_idx * NH, r.dh, sizeof(T) * NH, stream);
-            if (has_c) copy(grad_c0 + s_idx * NH, r.dc, sizeof(T) * NH, stream);
-            if (diag) {
-                auto at = [&](double* p) { return p ? p + s_idx * T_ : nullptr; };
-                launch_elementwise<FinishDiagnostics>(
-                    T_, stream,
-                    {ws.partial[dir], T_, N, a.unit_tiles, lengths, dir == 1, at(opt.diag.grad_h_sq),
-                     has_c ? at(opt.diag.grad_c_sq) : nullptr, at(opt.diag.carried_sq), at(opt.diag.prev_state_sq)});
-            }
-
-            // Weight gradients as large GEMMs over all steps.
-            const T* dgx = r.dgates;  // [TN, ld_dg]: dL/d(input-side pre-activations) in the first G blocks
-            gemm<T>(stream, true, false, GH, C_l, TN, T(1), dgx, ld_dg, X, C_l, T(1), Gr.w_ih, C_l);
-            const T* Yd = Y + dir * H;
-            const T* none = nullptr;
-            if (split_h) {  // GRU reset_after: W_hn h sees dn*r, kept in block 3
-                accumulate_w_hh(d, dir, lengths, 0, 2 * H, dgx, ld_dg, Yd, none, 0, r.h0, Gr.w_hh, ws.gather, stream);
-                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 3 * H, ld_dg, Yd, none, 0, r.h0, Gr.w_hh,
-                                ws.gather, stream);
-            } else if (v1) {  // W_hn multiplies the cached r*h_{t-1} (block 3)
-                accumulate_w_hh(d, dir, lengths, 0, 2 * H, dgx, ld_dg, Yd, none, 0, r.h0, Gr.w_hh, ws.gather, stream);
-                accumulate_w_hh(d, dir, lengths, 2 * H, 3 * H, dgx + 2 * H, ld_dg, Yd, r.gates + 3 * H, ld_dg, r.h0,
-                                Gr.w_hh, ws.gather, stream);
-            } else {
-                accumulate_w_hh(d, dir, lengths, 0, GH, dgx, ld_dg, Yd, none, 0, r.h0, Gr.w_hh, ws.gather, stream);
-            }
-            if (d.bias) {
-                column_sums(dgx, TN, GH, ld_dg, Gr.b_ih, stream);
-                if (split_h) {
-                    column_sums(dgx, TN, 2 * H, ld_dg, Gr.b_hh, stream);
-                    column_sums(dgx + 3 * H, TN, H, ld_dg, Gr.b_hh + 2 * H, stream);
-                } else {
-                    column_sums(dgx, TN, GH, ld_dg, Gr.b_hh, stream);
-                }
-            }
-            gemm<T>(stream, false, false, TN, C_l, GH, T(1), dgx, ld_dg, W.w_ih, C_l, dir == 0 ? T(0) : T(1), dX, C_l);
-        }
-        if (l > 0) {
-            if (masks) launch_elementwise<Multiply<T>>(TN * DH, stream, {dX, masks + (l - 1) * TN * DH, dX, TN * DH});
-            dY = dX;
-        }
+    CudaBackward(const Desc& d_, const BackwardOptions<T>& opt_, void* workspace, std::size_t workspace_bytes, Stream s)
+        : CudaOps<T>{d_, s}, opt(opt_), diag(opt_.diag.grad_h_sq != nullptr), carver(workspace, kAlign),
+          ws(carver, d_, opt_.retain, diag), plan(backward_plan<Cell, T>(d_, diag)) {
+        check_workspace(carver.used(), workspace_bytes, "backward");
     }
-}
+    void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const LayerGrads<T>&, const CacheLayout&, i64, i64) {
+        r.packed = W.w_hh;
+    }
+    void run(Recurrence<T>* rec) {
+        StepArgs<T> a = step_args(d, rec);
+        for (i64 dir = 0; dir < d.D; ++dir) a.diag[dir] = DiagSlots{ws.partial[dir], a.unit_tiles};
+        run_backward<Cell, T>(a, d, plan, stream);
+    }
+    void finish(const Recurrence<T>& r, i64 dir, i64 s_idx) {
+        if (!diag) return;
+        const i64 T_ = d.T;
+        auto at = [&](double* p) { return p ? p + s_idx * T_ : nullptr; };
+        launch_elementwise<FinishDiagnostics>(
+            T_, stream,
+            {ws.partial[dir], T_, d.N, unit_tiles(d), r.lengths, dir == 1, at(opt.diag.grad_h_sq),
+             Cell::has_c ? at(opt.diag.grad_c_sq) : nullptr, at(opt.diag.carried_sq), at(opt.diag.prev_state_sq)});
+    }
+    const T* input_grad(const Recurrence<T>& r, const LayerWeights<T>&, const LayerGrads<T>&, const CacheLayout&, i64,
+                        i64) {
+        return r.dgates;
+    }
+    RecurrentInput<T> recurrent_input(const Recurrence<T>& r, const T* y, i64 ld, i64) { return {y, ld, r.h0}; }
+    T* w_hh_grad(const LayerGrads<T>& Gr, i64, i64) { return Gr.w_hh; }
+    void finish_w_hh_grad(const T*, const LayerGrads<T>&, i64) {}
+    void variant_grads(const Recurrence<T>&, const LayerGrads<T>&, const CacheLayout&, i64) {}
+};
 
 // ---------------------------------------------------------------- API (per dtype)
 
@@ -574,9 +438,10 @@ template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, void* workspace,
              std::size_t workspace_bytes, Stream stream) {
+    check_plain(d, "forward");
     with_cell(d, [&](auto cell) {
-        forward_cell<decltype(cell), T>(d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache, workspace,
-                                        workspace_bytes, stream);
+        CudaForward<decltype(cell), T> backend(d, cache != nullptr, workspace, workspace_bytes, stream);
+        forward_walk(backend, d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache);
     });
 }
 
@@ -585,9 +450,11 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
               T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0, T* grad_c0,
               const LayerGrads<T>* g, const BackwardOptions<T>& opt, void* workspace, std::size_t workspace_bytes,
               Stream stream) {
+    check_plain(d, "backward");
     with_cell(d, [&](auto cell) {
-        backward_cell<decltype(cell), T>(d, w, x, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x,
-                                         grad_h0, grad_c0, g, opt, workspace, workspace_bytes, stream);
+        CudaBackward<decltype(cell), T> backend(d, opt, workspace, workspace_bytes, stream);
+        backward_walk(backend, d, w, x, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0,
+                      g, opt.bptt_clip);
     });
 }
 

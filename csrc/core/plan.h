@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -42,13 +43,30 @@ std::vector<ParamInfo> parameter_layout(const Desc& config);
 // problem fastrnn runs: an unknown cell, a variant its cell does not take, sizes < 1.
 void validate_config(const Desc& config);
 
+// 64-byte aligned storage: the microkernel streams packed panels with full-vector loads, which
+// cost twice as much when they straddle cache lines (malloc aligns to 16 bytes only).
+template <class T>
+struct CacheLineAllocator {
+    using value_type = T;
+    CacheLineAllocator() = default;
+    template <class U>
+    CacheLineAllocator(const CacheLineAllocator<U>&) {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new[](n * sizeof(T), std::align_val_t(64))); }
+    void deallocate(T* p, std::size_t) { ::operator delete[](p, std::align_val_t(64)); }
+    template <class U>
+    bool operator==(const CacheLineAllocator<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+
 // W_hh (and W_hr) of every layer-direction packed for one ISA's microkernel, with a copy of the
 // weights they were packed from.
 template <class T>
 struct PackedWeights {
     int nr = 0;
     std::vector<const T*> w_hh, w_hr;  // per layer-direction, into `panels`
-    std::vector<T> panels, snapshot;
+    std::vector<T, CacheLineAllocator<T>> panels;
+    std::vector<T> snapshot;
     std::size_t bytes() const { return sizeof(T) * (panels.size() + snapshot.size()); }
 };
 

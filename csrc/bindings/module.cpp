@@ -15,6 +15,7 @@
 #include "../core/driver.h"
 #include "../core/threads.h"
 #include "../dispatch/dispatch.h"
+#include "gil.h"
 
 namespace py = pybind11;
 using fastrnn::Desc;
@@ -175,8 +176,7 @@ void forward_impl(const Desc& d, bool dropout, const py::object& x, const py::li
     T* pout = data_of<T>(out, "out", TN * d.D * K, true);
     T* phn = data_of<T>(h_n, "h_n", S, true);
     T* pcn = lstm ? data_of<T>(c_n, "c_n", SC, true) : nullptr;
-    py::gil_scoped_release release;
-    fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz);
+    fastrnn::without_gil([&] { fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz); });
 }
 
 template <class T>
@@ -211,8 +211,8 @@ void backward_impl(const Desc& d, bool dropout, const py::object& x, const py::l
     if (!opt.diag.carried_sq != !opt.diag.prev_state_sq)
         throw std::invalid_argument("carried_sq and prev_state_sq go together");
     opt.noise = noise_of<T>(d, noise);
-    py::gil_scoped_release release;
-    fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
+    fastrnn::without_gil(
+        [&] { fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt); });
 }
 
 template <class T>
@@ -223,10 +223,7 @@ py::tuple forward_stats_impl(const Desc& d, bool dropout, const py::object& cach
     double* psat = data_of<double>(saturation, "saturation", d.L * d.D * d.T * fastrnn::saturation_stats(d), true,
                                    false);
     fastrnn::NonFinite f;
-    {
-        py::gil_scoped_release release;
-        f = fastrnn::forward_stats<T>(d, pcache, plen, dropout, psat);
-    }
+    fastrnn::without_gil([&] { f = fastrnn::forward_stats<T>(d, pcache, plen, dropout, psat); });
     return py::make_tuple(f.layer, f.direction, f.t, f.what);
 }
 
@@ -353,5 +350,16 @@ PYBIND11_MODULE(_C, m) {
         }
         return fastrnn::set_thread_omp(on ? &omp : nullptr) != nullptr;
     }, py::arg("on"), py::arg("parallel") = 0, py::arg("thread_num") = 0, py::arg("team_size") = 0);
+    // Test hooks: the calling thread's parallel regions as (what, asked, ran, on) while recording
+    // (on=True clears and starts, on=False stops and returns them); the recurrent steps' back-off
+    // to one thread (set it off, get the previous setting); the threads a step may use now.
+    m.def("_record_regions", [](bool on) {
+        fastrnn::record_regions(on);
+        py::list out;
+        for (const auto& r : fastrnn::recorded_regions()) out.append(py::make_tuple(r.what, r.asked, r.ran, r.on));
+        return out;
+    });
+    m.def("_set_thread_backoff", &fastrnn::set_backoff);
+    m.def("_step_threads", &fastrnn::step_threads);
     register_optim(m);
 }

@@ -9,8 +9,13 @@ meets a noexcept C++ frame. The daemon thread loops over fastrnn calls, so at ex
 one (GIL released) most of the time and asks for the GIL back right after.
 
 - plain: the NumPy API (fastrnn's own pool).
-- torch: fastrnn.torch with torch on 1 thread (fastrnn's pool).
-- torch_omp: torch and fastrnn on 2 threads: the regions run on torch's OpenMP team.
+- torch: a fastrnn.torch training step with torch on 1 thread (fastrnn's pool); the daemon
+  thread calls the NumPy API in this process that has torch loaded.
+- torch_omp: torch and fastrnn on 2 threads: the fastrnn.torch step and the daemon thread's calls
+  run their regions on torch's OpenMP team.
+The daemon thread calls no torch operator: torch's own bindings give the GIL back in noexcept
+frames too (a daemon thread inside Tensor.detach at exit aborted 3 of 30 processes, backtrace
+in torch::autograd::THPVariable_detach), which fastrnn cannot change.
 - exception: the daemon thread's calls fail inside the core (the C++ scratch allocation, under an
   address-space limit: std::bad_alloc -> MemoryError), and the main thread leaves by raising
   SystemExit(0) while handling a ValueError from fastrnn.
@@ -62,11 +67,9 @@ elif scenario in ("torch", "torch_omp"):
     torch.manual_seed(0)
     m = ft.LSTM(32, 128, bidirectional=True)
     x = torch.randn(100, 16, 32)
-
-    def infer():
-        with torch.no_grad():
-            m(x)
-    background(infer)
+    twin = fastrnn.LSTM(32, 128, bidirectional=True, rng=0).eval()
+    xn = x.numpy()
+    background(lambda: ft._on_torch_threads(twin, xn))  # torch's OpenMP team when torch has >1 thread
     m(x)[0].sum().backward()
 elif scenario == "exception":
     small = fastrnn.GRU(3, 8, rng=0)

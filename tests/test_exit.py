@@ -28,7 +28,7 @@ def _needs_torch(scenario):
 
 
 @pytest.mark.skipif(SANITIZED, reason="the exception scenario sets an address-space limit, which ASan cannot run under")
-@pytest.mark.parametrize("scenario,runs", [("plain", 6), ("torch", 2), ("torch_omp", 2), ("exception", 6)])
+@pytest.mark.parametrize("scenario,runs", [("plain", 8), ("torch", 2), ("torch_omp", 2), ("exception", 8)])
 def test_processes_exit_normally_while_a_thread_is_inside_fastrnn(scenario, runs):
     _needs_torch(scenario)
 

@@ -203,9 +203,9 @@ def torch_two_threads(two_threads):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     _TORCH.update(module=ft.LSTM(16, 48, num_layers=2, bidirectional=True), x=torch.randn(20, 4, 16))
-    fastrnn._C._set_thread_backoff(False)  # the threads a step uses: the planner's choice only
+    backoff = fastrnn._C._set_thread_backoff(False)  # the threads a step uses: the planner's choice only
     yield ft
-    fastrnn._C._set_thread_backoff(True)
+    fastrnn._C._set_thread_backoff(backoff)
     _TORCH.clear()
     torch.set_num_threads(saved)
 

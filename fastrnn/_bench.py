@@ -729,36 +729,52 @@ def _rss_mb():
 
 
 def _memory_child(spec_json):
-    """Runs in a fresh interpreter: print the RSS baseline and the peak of two training steps."""
+    """Runs in a fresh interpreter: print the RSS baseline and the peak over it of training steps.
+
+    Cold (``warm`` false): the first step, over the RSS after imports, weights, input and gradient
+    buffers; it includes one-time initialisation (torch loads and initialises its CPU kernels
+    lazily: most of its first-step figure at small shapes). Warm: first a training step of the
+    same implementation on a 2-step, batch-1 slice of the input, which does that initialisation
+    without keeping this problem's buffers; then the baseline, then two steps of the problem.
+    """
     spec = json.loads(spec_json)
     shape = Shape(**spec["shape"])
     weights, x = make_problem(spec["cell"], shape, spec["dtype"], spec["seed"])
     impls = FRONTEND_IMPLS if spec["frontend"] == "torch" else IMPLS
     with _threads(spec["threads"]):
         impl = impls[spec["impl"]](spec["cell"], "training", weights, x, spec["threads"])
+        if spec["warm"]:
+            impls[spec["impl"]](spec["cell"], "training", weights, np.ascontiguousarray(x[:2, :1]),
+                                spec["threads"]).step()
         base = _rss_mb()[0]
         with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # Linux: the peak (VmHWM) restarts from the current RSS
-        impl.step()
-        impl.step()
+        for _ in range(2 if spec["warm"] else 1):
+            impl.step()
         peak = _rss_mb()[1]
     print(json.dumps({"base_mb": base, "peak_mb": peak}))
 
 
 def _measure_memory(impl, cell, shape, threads, dtype, seed, frontend):
-    """Peak RSS increase of two training steps in a fresh process (MiB), or an error string."""
-    spec = json.dumps({"impl": impl, "cell": cell, "shape": asdict(shape), "threads": threads,
-                       "dtype": str(dtype), "seed": seed, "frontend": frontend})
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    code = "import sys; from fastrnn._bench import _memory_child; _memory_child(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, None, f"memory child failed: {tail}"
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    return max(0.0, data["peak_mb"] - data["base_mb"]), data["base_mb"], None
+    """Training memory, each figure from a fresh process: ({"first_mb": peak increase of a cold first
+    step, "steady_mb": of two steps after a warm-up, "base_mb": RSS before them}, None), or
+    (None, error string)."""
+    out = {}
+    for warm in (False, True):
+        spec = json.dumps({"impl": impl, "cell": cell, "shape": asdict(shape), "threads": threads,
+                           "dtype": str(dtype), "seed": seed, "frontend": frontend, "warm": warm})
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        code = "import sys; from fastrnn._bench import _memory_child; _memory_child(sys.argv[1])"
+        proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return None, f"memory child failed: {tail}"
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["steady_mb" if warm else "first_mb"] = max(0.0, data["peak_mb"] - data["base_mb"])
+        out["base_mb"] = data["base_mb"]
+    return out, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -947,10 +963,11 @@ def _add_memory(row, shape, dtype, seed, frontend):
     known = FRONTEND_IMPLS if frontend == "torch" else IMPLS
     for name, entry in row["impls"].items():
         if entry["status"] == "timed" and name in known:
-            inc, base, err = _measure_memory(name, row["cell"], shape, row["threads"], dtype, seed, frontend)
-            entry.update(peak_mem_mb=inc, base_mem_mb=base)
+            mem, err = _measure_memory(name, row["cell"], shape, row["threads"], dtype, seed, frontend)
             if err:
                 entry["memory_error"] = err
+            else:
+                entry.update(peak_mem_mb=mem["steady_mb"], first_mem_mb=mem["first_mb"], base_mem_mb=mem["base_mb"])
 
 
 def _progress_line(row, subject):
@@ -986,9 +1003,9 @@ def format_table(result, markdown=False):
     Columns: cell, shape, threads, mode, the subject's ms, GFLOP/s and % of the GEMM rate, then
     for each peer its ms and speedup (peer time / fastrnn time, median of per-round ratios;
     > 1 means fastrnn is faster), then the training peak memory (MiB over the baseline) when
-    measured. "wrong": output disagreed with the oracle (not timed); "skip": not available;
-    "–": not applicable (ONNX Runtime and NumPy are inference only; torch.nn, ONNX Runtime and NumPy
-    have no Li-GRU, SpeechBrain has only the Li-GRU cells).
+    measured: in steady state, then of the first step. "wrong": output disagreed with the oracle
+    (not timed); "skip": not available; "–": not applicable (ONNX Runtime and NumPy are inference
+    only; torch.nn, ONNX Runtime and NumPy have no Li-GRU, SpeechBrain has only the Li-GRU cells).
 
     Examples
     --------
@@ -1006,8 +1023,8 @@ def format_table(result, markdown=False):
     for p in peers:
         short = _SHORT.get(p, p)
         head += [f"{short} ms", f"×{short}"]
-    if mem:
-        head += [f"mem {n} MiB" for n in [subject, *peers] if n in ("fastrnn", "torch", "fastrnn.torch")]
+    mem_impls = [n for n in [subject, *peers] if n in ("fastrnn", "torch", "fastrnn.torch")] if mem else []
+    head += [f"mem {n} MiB" for n in mem_impls] + [f"1st step {n} MiB" for n in mem_impls]
     lines = []
     for row in result["rows"]:
         imps = row["impls"]
@@ -1024,11 +1041,10 @@ def format_table(result, markdown=False):
         for p in peers:
             e = imps.get(p, {})
             line += [cell_ms(p), f"{e['speedup']:.2f}×" if "speedup" in e else "–"]
-        if mem:
-            for n in [subject, *peers]:
-                if n in ("fastrnn", "torch", "fastrnn.torch"):
-                    v = imps.get(n, {}).get("peak_mem_mb")
-                    line.append(f"{v:.1f}" if v is not None else "–")
+        for key in ("peak_mem_mb", "first_mem_mb"):
+            for n in mem_impls:
+                v = imps.get(n, {}).get(key)
+                line.append(f"{v:.1f}" if v is not None else "–")
         lines.append(line)
 
     m, v = result["machine"], result["versions"]
@@ -1063,8 +1079,11 @@ def format_table(result, markdown=False):
                      f"samples even after {_RETAKES} re-takes (up to {worst:.1f} cores), in: {', '.join(names)}; "
                      "absolute times there are less reliable than the same-round ratios")
     if mem:
-        notes.append("note: mem = peak RSS increase (MiB) during two training steps in a fresh process, over "
-                     "its RSS after imports, model and input creation (Linux VmHWM, ru_maxrss elsewhere)")
+        notes.append("note: mem = peak RSS increase (MiB) during two training steps in a fresh process, over its "
+                     "RSS after imports, model, input, gradient buffers and a warm-up step on a 2-step, batch-1 "
+                     "slice (one-time initialisation); 1st step = the same during the first step of a fresh "
+                     "process without the warm-up, one-time initialisation included (Linux VmHWM, reset through "
+                     "/proc/self/clear_refs; ru_maxrss elsewhere)")
     notes = list(dict.fromkeys(notes))  # once each, in order
     if markdown:
         out = [f"- {h}" for h in header] + [""]

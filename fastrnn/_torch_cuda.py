@@ -10,6 +10,8 @@ autograd node whose backward keeps the cache (``retain_graph`` and ``gradcheck``
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
@@ -22,6 +24,28 @@ def _ptr(t):
     return 0 if t is None else t.data_ptr()
 
 
+def _device_index(t):
+    """CUDA device index of tensor `t`; None for a CPU tensor (tests on the host emulator)."""
+    if t.device.type != "cuda":
+        return None
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
+@contextlib.contextmanager
+def _on_device(mod, index):
+    """The backend's current device is `index` inside, the caller's again after (the CUDA
+    runtime's current device is torch's too: leaving it changed moves torch's later work)."""
+    previous = None if index is None else mod.get_device()
+    if previous is None or previous == index:
+        yield
+        return
+    mod.set_device(index)
+    try:
+        yield
+    finally:
+        mod.set_device(previous)
+
+
 class _Call:
     """Sizes, device and stream of one call, and the contiguous time-major tensors it runs on."""
 
@@ -30,11 +54,9 @@ class _Call:
         self.mod = cuda._require(spec.where)
         self.spec = spec
         self.dev = x.device
-        if self.dev.type == "cuda":  # the backend has its own current device: make it torch's
-            self.mod.set_device(self.dev.index if self.dev.index is not None else torch.cuda.current_device())
-            self.stream = torch.cuda.current_stream(self.dev).cuda_stream
-        else:  # CPU tensors reach here only in tests, on the host emulator
-            self.stream = 0
+        self.index = _device_index(x)  # the kernels run with it current (_on_device)
+        # CPU tensors reach here only in tests, on the host emulator.
+        self.stream = torch.cuda.current_stream(self.dev).cuda_stream if self.dev.type == "cuda" else 0
         self.x = (x.transpose(0, 1) if spec.batch_first else x).contiguous()
         self.T, self.N, self.C = self.x.shape
         self.H = weights[1].shape[1]
@@ -70,9 +92,10 @@ class _Call:
         nbytes = self.mod.forward_workspace_bytes(self.plan, T, N, training)
         work = self.new(nbytes, dtype=torch.uint8)
         h0, c0 = (None if s is None else s.contiguous() for s in (h0, c0))
-        self.mod.forward(self.plan, T, N, dropout, _ptr(self.x), self.pointers(self.weights), _ptr(h0),
-                         _ptr(c0), _ptr(self.lengths), _ptr(self.masks) if dropout else 0, _ptr(out), _ptr(h_n),
-                         _ptr(c_n), _ptr(cache), _ptr(work), nbytes, self.stream)
+        with _on_device(self.mod, self.index):
+            self.mod.forward(self.plan, T, N, dropout, _ptr(self.x), self.pointers(self.weights), _ptr(h0),
+                             _ptr(c0), _ptr(self.lengths), _ptr(self.masks) if dropout else 0, _ptr(out), _ptr(h_n),
+                             _ptr(c_n), _ptr(cache), _ptr(work), nbytes, self.stream)
         return out, h_n, c_n, cache
 
     def batch_layout(self, a):
@@ -129,10 +152,11 @@ class _CudaRNNFunction(torch.autograd.Function):
         work = call.new(nbytes, dtype=torch.uint8)
         clip = call.spec.bptt_clip or 0.0
         # retain=True: autograd may run this node again (retain_graph=True, gradcheck).
-        call.mod.backward(call.plan, T, N, masks is not None, _ptr(x), call.pointers(weights), _ptr(lengths),
-                          _ptr(masks), _ptr(cache), _ptr(go), _ptr(ghn), _ptr(gcn), _ptr(grad_x), _ptr(grad_h0),
-                          _ptr(grad_c0), call.pointers(grads), True, clip, *map(_ptr, diag), _ptr(work), nbytes,
-                          call.stream)
+        with _on_device(call.mod, call.index):
+            call.mod.backward(call.plan, T, N, masks is not None, _ptr(x), call.pointers(weights), _ptr(lengths),
+                              _ptr(masks), _ptr(cache), _ptr(go), _ptr(ghn), _ptr(gcn), _ptr(grad_x), _ptr(grad_h0),
+                              _ptr(grad_c0), call.pointers(grads), True, clip, *map(_ptr, diag), _ptr(work), nbytes,
+                              call.stream)
         if record:  # the per-step records, copied to the host once
             h_sq, c_sq, r_sq, p_sq = (None if d is None else d.cpu().numpy() for d in diag)
             ctx.fctx.grad_h_norm = np.sqrt(h_sq)

@@ -227,8 +227,19 @@ class DeviceArray:
 
     @classmethod
     def from_interface(cls, obj):
-        """Zero-copy view of an object exposing ``__cuda_array_interface__`` (untested with CuPy)."""
+        """Zero-copy view of an object exposing ``__cuda_array_interface__`` (untested with CuPy).
+
+        Version 3's ``stream`` names the stream whose pending work writes the data (1: the legacy
+        default stream, 2: per-thread default, else a ``cudaStream_t``). fastrnn's work runs on the
+        default stream, which need not wait for other streams, so that stream is synchronized here
+        first, as the interface requires of a consumer."""
         ai = obj.__cuda_array_interface__
+        stream = ai.get("stream")
+        if stream is not None:
+            if isinstance(stream, bool) or not isinstance(stream, numbers.Integral) or stream == 0:
+                raise ValueError(f"__cuda_array_interface__: stream must be None or a nonzero int (0 is disallowed "
+                                 f"by the interface), got {stream!r}")
+            _require("DeviceArray.from_interface").synchronize(int(stream))
         ptr = ai["data"][0]
         dtype = np.dtype(ai["typestr"])
         return cls(ptr, ai["shape"], dtype, ai.get("strides"), owner=obj)

@@ -82,6 +82,60 @@ def _numpy(t):
 _TORCH_OMP = None  # (GOMP_parallel, omp_get_thread_num, omp_get_num_threads) addresses, or ()
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _library_of(address):
+    """Real path of the loaded library that holds `address` (dladdr), or None."""
+    info = _DlInfo()
+    for libc in (None, "libdl.so.2"):  # glibc >= 2.34 has dladdr in libc itself
+        try:
+            dladdr = ctypes.CDLL(libc).dladdr
+        except (OSError, AttributeError):
+            continue
+        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+        if dladdr(address, ctypes.byref(info)) and info.dli_fname:
+            return os.path.realpath(info.dli_fname.decode())
+        return None
+    return None
+
+
+def _address(lib, name):
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    except AttributeError:
+        return None
+
+
+def _torch_omp_library():
+    """Path of the OpenMP runtime torch's CPU operators call, or None.
+
+    Several runtimes may be loaded (torch's libgomp, a conda libgomp, MKL's libiomp5); torch
+    calls the one its own library, libtorch_cpu, binds its OpenMP symbols to. The dynamic linker
+    resolves them in the global scope first (the program, what it was started with, e.g.
+    LD_PRELOAD, and libraries loaded with RTLD_GLOBAL, as torch loads its libgomp), then among
+    libtorch_cpu's own dependencies: the same two lookups, in that order, find that library."""
+    try:
+        with open("/proc/self/maps") as f:
+            torch_cpu = next((line.split()[-1] for line in f
+                              if os.path.basename(line.split()[-1]).startswith("libtorch_cpu.")), None)
+    except OSError:
+        return None
+    if torch_cpu is None:
+        return None
+    try:
+        scopes = [ctypes.CDLL(None), ctypes.CDLL(torch_cpu, mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)]
+    except OSError:
+        return None
+    for scope in scopes:
+        address = _address(scope, "omp_get_max_threads")
+        if address:
+            return _library_of(address)
+    return None
+
+
 def _torch_omp():
     """Entry points of the OpenMP runtime torch's CPU operators run on, or () when there is none.
 
@@ -89,22 +143,17 @@ def _torch_omp():
     global _TORCH_OMP
     if _TORCH_OMP is None:
         _TORCH_OMP = ()
-        if "OpenMP" not in torch.__config__.parallel_info():
+        path = _torch_omp_library() if "OpenMP" in torch.__config__.parallel_info() else None
+        if path is None:
             return _TORCH_OMP
         try:
-            with open("/proc/self/maps") as f:
-                paths = {line.split()[-1] for line in f if "libgomp" in line or "libiomp5" in line}
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)
         except OSError:
             return _TORCH_OMP
-        torch_dir = os.path.dirname(torch.__file__)
-        for path in sorted(paths, key=lambda p: not p.startswith(torch_dir)):  # torch's own first
-            try:
-                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)
-                _TORCH_OMP = tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
-                                   for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"))
-                break
-            except (OSError, AttributeError):
-                continue
+        entry = tuple(_address(lib, name) for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"))
+        # All three from that runtime itself (dlsym would also search the libraries it depends on).
+        if all(entry) and all(_library_of(a) == path for a in entry):
+            _TORCH_OMP = entry
     return _TORCH_OMP
 
 

@@ -30,10 +30,18 @@ def compiler():
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
+def _sanitizers():
+    """FASTRNN_SANITIZE=address,undefined (.ci/sanitize): instrumented like setup.py's build of the
+    core, every report fatal; the emulator's fibers tell ASan about their stacks (emu.cpp)."""
+    which = os.environ.get("FASTRNN_SANITIZE")
+    return [f"-fsanitize={which}", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer", "-fno-wrapv"] \
+        if which else []
+
+
 def _flags():
     return ["-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-DFASTRNN_CUDA_EMULATE",
             f"-DFASTRNN_CUDA_MODULE={NAME}", f"-I{REPO / 'csrc'}", f"-I{sysconfig.get_paths()['include']}",
-            f"-I{pybind11.get_include()}"]
+            f"-I{pybind11.get_include()}", *_sanitizers()]
 
 
 def build():
@@ -66,7 +74,8 @@ def build():
     with ThreadPoolExecutor(2) as pool:
         objects = list(pool.map(compile_one, sources))
     tmp = out / f"{NAME}.{os.getpid()}.tmp"
-    r = subprocess.run([cxx, "-shared", *objects, "-o", str(tmp), f"-L{libdir}", "-l:" + os.path.basename(fastrnn.get_library()), f"-Wl,-rpath,{libdir}"],
+    r = subprocess.run([cxx, "-shared", *_sanitizers(), *objects, "-o", str(tmp), f"-L{libdir}",
+                        "-l:" + os.path.basename(fastrnn.get_library()), f"-Wl,-rpath,{libdir}"],
                        capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"linking the CUDA emulator failed:\n{r.stderr}")

@@ -1,6 +1,7 @@
 """The benchmark runner (`fastrnn._bench`, ``python -m fastrnn bench``) on tiny shapes: JSON
 fields, sane numbers, the output-agreement check and the error messages. No timing asserts."""
 import json
+import mmap
 import statistics
 import sys
 import types
@@ -156,13 +157,49 @@ def test_skipped_peer_is_reported(monkeypatch):
 
 
 def test_memory_is_measured_in_a_subprocess():
-    # LSTM training keeps T·N·H·(1 + 5) floats for backward: 100·64·128·6·4 B ≈ 19 MiB.
+    # LSTM training keeps T·N·H·(1 + 5) floats for backward: 100·64·128·6·4 B ≈ 19 MiB, cold
+    # (first step) and warm alike.
     r = _run(cells=["lstm"], shapes=["100,64,128,128"], modes=["training"], peers=[], memory=True,
              repeats=1, min_time=0.001)
     f = r["rows"][0]["impls"]["fastrnn"]
     assert "memory_error" not in f
-    assert f["base_mem_mb"] > 0 and 15 < f["peak_mem_mb"] < 2000
-    assert "mem fastrnn MiB" in _bench.format_table(r, markdown=True)
+    assert f["base_mem_mb"] > 0 and 15 < f["first_mem_mb"] < 2000 and 15 < f["peak_mem_mb"] < 2000
+    table = _bench.format_table(r, markdown=True)
+    assert "| mem fastrnn MiB | 1st step fastrnn MiB |" in table and "warm-up step" in table
+
+
+class _FakeImpl:
+    """A training step whose first call in a process does one-time work that stays (lazy
+    initialisation: 50 MiB kept) and whose every call uses 30 MiB it releases (mapped and touched
+    directly: NumPy's allocator could keep it after use)."""
+    held = []
+
+    def __init__(self, *args):
+        pass
+
+    def step(self):
+        if not _FakeImpl.held:
+            _FakeImpl.held.append(self._touched(50))
+        self._touched(30).close()
+
+    @staticmethod
+    def _touched(mib):
+        m = mmap.mmap(-1, mib << 20)
+        np.frombuffer(m, np.uint8)[::4096] = 1
+        return m
+
+
+@pytest.mark.parametrize("warm,low,high", [(False, 75, 90), (True, 25, 40)])
+def test_memory_child_separates_one_time_initialisation(monkeypatch, capsys, warm, low, high):
+    """Cold, the first step's figure holds the one-time work (50 + 30 MiB); warm, the warm-up step
+    did it, and two steps show what a step needs (30 MiB)."""
+    monkeypatch.setitem(_bench.IMPLS, "fake", _FakeImpl)
+    monkeypatch.setattr(_FakeImpl, "held", [])
+    spec = {"impl": "fake", "cell": "lstm", "shape": {"name": "t", "T": 2, "N": 1, "C": 2, "H": 2}, "threads": 1,
+            "dtype": "float32", "seed": 0, "frontend": "numpy", "warm": warm}
+    _bench._memory_child(json.dumps(spec))
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert low < out["peak_mb"] - out["base_mb"] < high, out
 
 
 def test_markdown_table_has_one_line_per_row():

@@ -242,16 +242,45 @@ def test_device_argument_is_checked():
 
 class HostCudaArray:
     """Host memory exposed through ``__cuda_array_interface__``: what CuPy arrays look like to
-    fastrnn. On the emulator, host memory is device memory, so these stand in for CuPy arrays."""
+    fastrnn. On the emulator, host memory is device memory, so these stand in for CuPy arrays.
+    `stream`: the interface's stream field (None: no pending work)."""
 
-    def __init__(self, a):
+    def __init__(self, a, stream=None):
         self.a = a
+        self.stream = stream
 
     @property
     def __cuda_array_interface__(self):
         a = self.a
         return dict(shape=a.shape, typestr=a.dtype.str, data=(a.ctypes.data, False), version=3,
-                    strides=None if a.flags.c_contiguous else a.strides)
+                    strides=None if a.flags.c_contiguous else a.strides, stream=self.stream)
+
+
+class Recording:
+    """A backend module whose device and stream calls are recorded (the rest is the module's)."""
+
+    def __init__(self, module):
+        self._module = module
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def synchronize(self, stream):
+        self.calls.append(("synchronize", stream))
+        self._module.synchronize(stream)
+
+    def set_device(self, index):
+        self.calls.append(("set_device", index))
+        self._module.set_device(index)
+
+    def forward(self, *args):
+        self.calls.append(("forward on device", self._module.get_device()))
+        self._module.forward(*args)
+
+    def backward(self, *args):
+        self.calls.append(("backward on device", self._module.get_device()))
+        self._module.backward(*args)
 
 
 def test_gpu_arrays_into_cpu_layers_raise():
@@ -564,6 +593,107 @@ def test_device_array_views_and_copies(backend):
     assert e.shape == (0,) and e.get().shape == (0,)
 
 
+def test_from_interface_synchronizes_the_producers_stream(emulator, monkeypatch):
+    """CUDA Array Interface v3: `stream` names the stream with pending work on the data; the
+    consumer must synchronize it (fastrnn's own work runs on the default stream)."""
+    rec = Recording(emulator)
+    use_backend(monkeypatch, rec)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for stream in (1, 2, 0x7F00AB):  # legacy default, per-thread default, a cudaStream_t
+        np.testing.assert_array_equal(fastrnn.cuda.DeviceArray.from_interface(HostCudaArray(a, stream)).get(), a)
+    fastrnn.cuda.DeviceArray.from_interface(HostCudaArray(a))  # no stream: nothing to wait for
+    assert [c for c in rec.calls if c[0] == "synchronize"] == [("synchronize", 1), ("synchronize", 2),
+                                                                ("synchronize", 0x7F00AB)]
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="stream must be None or a nonzero int"):
+            fastrnn.cuda.DeviceArray.from_interface(HostCudaArray(a, bad))
+    layer = fastrnn.GRU(3, 4, device="cuda")  # inputs of a layer call go through it too
+    rec.calls.clear()
+    layer(HostCudaArray(np.ones((5, 2, 3), np.float32), stream=7))
+    assert ("synchronize", 7) in rec.calls
+
+
+def _compile_emulated(tmp_path, name, *flags):
+    """Builds tests/cpp/<name>.cpp with the emulator (csrc/cuda/emu.cpp); the executable's path."""
+    cxx = cuda_emulator.compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the CUDA host emulator")
+    exe = tmp_path / name
+    r = subprocess.run([cxx, "-std=c++17", "-O1", "-g", "-DFASTRNN_CUDA_EMULATE", f"-I{REPO / 'csrc'}", *flags,
+                        str(REPO / "tests" / "cpp" / f"{name}.cpp"), str(REPO / "csrc" / "cuda" / "emu.cpp"),
+                        "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+def test_emulator_exposes_the_races_a_gpu_would(tmp_path):
+    """Blocks of an ordinary launch in a shuffled order, threads interleaved at global loads and
+    stores: a block reading another block's output of the same launch, and a missing barrier
+    (write after read in shared memory), give wrong results; their correct versions never do."""
+    r = subprocess.run([str(_compile_emulated(tmp_path, "emu_races"))], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_device_properties_are_not_a_reference_into_a_growing_cache(tmp_path):
+    """props() (csrc/cuda/driver_impl.cuh) caches per device; using a second device grows the
+    cache. Under AddressSanitizer a reference into it would be a heap-use-after-free."""
+    exe = _compile_emulated(tmp_path, "props_lifetime", "-fsanitize=address")
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "sms 4 4" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.fixture
+def schedule(emulator):
+    """The emulator's schedule setter (seed, refuse_cooperative); the default is restored after."""
+    yield emulator._emu_set_schedule
+    emulator._emu_set_schedule(int(os.environ.get("FASTRNN_CUDA_EMU_SEED", "1")), False)
+
+
+def _train_on_cuda(cell, dtype=np.float64):
+    """Outputs, cache and gradients of a training step on the CUDA backend (2 layers, both
+    directions, lengths, dropout), as host arrays."""
+    cpu, gpu = forward_both(cell, dtype, lengths=[7, 2, 5, 1, 7], dropout=0.3)
+    ctx = gpu[-1]
+    rng = np.random.default_rng(1)
+    res = [gpu[0], *(gpu[1] if isinstance(gpu[1], tuple) else (gpu[1],)), ctx.cache.get()]
+    back = F.backward(ctx, rng.standard_normal((7, 5, 12)).astype(dtype), record=True)
+    res += [b for b in back[:3] if b is not None] + list(back[3].values()) + [ctx.grad_h_norm]
+    return res, cpu
+
+
+@pytest.mark.parametrize("backend", ["emulator"], indirect=True)
+@pytest.mark.parametrize("cell", ["lstm", "gru_v1"])
+def test_results_do_not_depend_on_the_emulators_schedule(backend, kernels, schedule, cell):
+    """No atomics, sums in a fixed order: every block order and interleaving gives bitwise the
+    same outputs, cache and gradients (a race between blocks or threads would not)."""
+    results = []
+    for seed in (0, 1, 2):
+        schedule(seed)
+        results.append(_train_on_cuda(cell)[0])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["emulator"], indirect=True)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_refused_cooperative_launch_falls_back_to_per_step_kernels(backend, schedule, monkeypatch, cell):
+    """A GPU may refuse a cooperative launch (shared under MPS): nothing runs and the driver falls
+    back to one launch per step, with the same results."""
+    monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", "1")
+    emu = fastrnn.cuda._backend
+    assert emu.uses_persistent(plan_of(cell, 4, 6, 2, 2, np.float64), 7, 5, True, False)
+    schedule(1)
+    want, _ = _train_on_cuda(cell)
+    assert emu._emu_refused_launches() == 0
+    schedule(1, True)
+    got, cpu = _train_on_cuda(cell)
+    assert emu._emu_refused_launches() == 4  # forward and backward of each layer
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[0], cpu[0], rtol=1e-10, atol=1e-10)
+
+
 # ---------------------------------------------------------------- fastrnn.torch on CUDA tensors
 
 def torch_twins(ft, cell, dtype, **kw):
@@ -623,6 +753,27 @@ def test_torch_modules_on_the_cuda_backend(backend, kernels, cell, monkeypatch):
         assert not next(iter(params.values())).flags.writeable
         with pytest.raises(RuntimeError, match="NumPy views exist for CPU tensors only"):
             m.grads
+
+
+def test_torch_modules_run_on_the_tensors_device_and_restore_the_current_one(emulator, monkeypatch):
+    """The CUDA runtime's current device is torch's too: fastrnn.torch makes the tensors' device
+    current for its kernels (forward and backward) and the caller's current again after."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    from fastrnn import _torch_cuda
+    rec = Recording(emulator)
+    use_backend(monkeypatch, rec)
+    monkeypatch.setattr(ft, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(_torch_cuda, "_device_index", lambda t: 1)  # as if the tensors lived on cuda:1
+    emulator.set_device(0)
+    m = torch_twins(ft, "lstm", torch.float64)
+    out, _ = m(torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True))
+    assert emulator.get_device() == 0
+    out.sum().backward()
+    assert emulator.get_device() == 0
+    assert [c for c in rec.calls if c[0] != "synchronize"] == [
+        ("set_device", 1), ("forward on device", 1), ("set_device", 0),
+        ("set_device", 1), ("backward on device", 1), ("set_device", 0)]
 
 
 @pytest.mark.parametrize("backend", ["emulator"], indirect=True)

@@ -22,8 +22,11 @@ def _openblas():
 
 @pytest.fixture
 def threads():
-    """set(n_fastrnn, n_blas=None): fastrnn.set_num_threads sets both; OpenBLAS can be pinned after."""
+    """set(n_fastrnn, n_blas=None): fastrnn.set_num_threads sets both; OpenBLAS can be pinned after.
+    The pool's back-off (one thread for a while after slow barriers, e.g. 4 threads on 2 busy
+    cores) is off, so the threads a step runs on are the planner's choice alone."""
     previous = fastrnn.get_num_threads()
+    backoff = fastrnn._C._set_thread_backoff(False)
     set_blas = _openblas()
 
     def set_threads(n, blas=None):
@@ -32,18 +35,22 @@ def threads():
             set_blas(blas)
 
     yield set_threads
+    fastrnn._C._set_thread_backoff(backoff)
     fastrnn.set_num_threads(previous)
 
 
-def _run(cell, dtype, training, seed=0, T=20, N=8, C=12, H=100, D=2):
-    """Everything one call computes: outputs, states and (training) every gradient. H = 100 and
-    N = 8 give each step enough work that the driver splits a direction's units among threads."""
+def _run(cell, dtype, training, seed=0, T=20, N=16, C=12, H=128, D=2, regions=None):
+    """Everything one call computes: outputs, states and (training) every gradient. N = 16 and
+    H = 128 give a step of every cell enough work (RNN: 5.2e5 flop) that the planner splits a
+    direction's units among up to 4 threads. `regions`: a list that receives the parallel regions
+    the call ran (what, threads asked, threads that ran, on what)."""
     layer = make_layer(cell, C, H, dtype=dtype, seed=seed, num_layers=2, bidirectional=D == 2,
                        dropout=0.25 if training else 0.0)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, N, C)).astype(dtype)
     lengths = rng.integers(1, T + 1, N)
     layer.train(training)
+    fastrnn._C._record_regions(True)
     out, state = layer(x, lengths=lengths)
     res = {"out": out}
     res.update({f"state{i}": s for i, s in enumerate(state if isinstance(state, tuple) else (state,))})
@@ -51,7 +58,15 @@ def _run(cell, dtype, training, seed=0, T=20, N=8, C=12, H=100, D=2):
         back = layer.backward(np.cos(out), *(np.sin(s) for s in (state if isinstance(state, tuple) else (state,))))
         res.update({f"grad{i}": g for i, g in enumerate(back)})
         res.update({f"grads[{k}]": v for k, v in layer.grads.items()})
+    recorded = fastrnn._C._record_regions(False)
+    if regions is not None:
+        regions.extend(recorded)
     return res
+
+
+def _ran(regions, what):
+    """{(threads asked, threads that ran, on what)} of the `what` regions."""
+    return {(asked, ran, on) for w, asked, ran, on in regions if w == what}
 
 
 def _assert_bitwise(a, b, what):
@@ -80,25 +95,34 @@ def test_run_to_run_bitwise(isa, threads, cell, dtype, training):
 def test_kernels_independent_of_thread_count(isa, threads, cell, dtype):
     """Each element is computed by one thread with the same arithmetic whatever the partition
     (threads own whole unit blocks; reductions run in a fixed order), so with OpenBLAS pinned to
-    one thread the results are bitwise equal for 1..4 fastrnn threads."""
+    one thread the results are bitwise equal for 1..4 fastrnn threads. The recorded regions show
+    that the work was split: one direction over n threads, or two directions over n // 2 each."""
     for D in (1, 2):
         threads(1, blas=1)
         want = _run(cell, dtype, training=True, D=D)
         for n in (2, 3, 4):
             threads(n, blas=1)
-            _assert_bitwise(_run(cell, dtype, training=True, D=D), want, f"{isa}, D={D}, {n} threads vs 1")
+            regions = []
+            _assert_bitwise(_run(cell, dtype, training=True, D=D, regions=regions), want,
+                            f"{isa}, D={D}, {n} threads vs 1")
+            planned = n if D == 1 else 2 * (n // 2)
+            assert _ran(regions, "recurrence") == {(planned, planned, "pool")}, f"D={D}, {n} threads: {regions}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_blas_thread_count_changes_at_most_rounding(threads, dtype):
-    """The hoisted GEMMs run on OpenBLAS: one thread below 1e8 flop, fastrnn's thread count above.
-    Its partition may change rounding, never more (measured: none for these shapes; up to 7e-16
-    scaled in float64 weight gradients when every GEMM followed the thread count)."""
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_blas_thread_count_changes_at_most_rounding(threads, cell, dtype):
+    """The hoisted GEMMs run on OpenBLAS: one thread below 1e8 flop; above, split by output rows
+    over fastrnn's threads, each part a one-thread OpenBLAS call. The split may change rounding,
+    never more. T = 100 takes the second layer's input projection, dW_ih and dx (2·T·N·G·H·D·H
+    ≥ 1.05e8 flop) over the threshold for every cell; the regions show they were split."""
     threads(1)
-    want = _run("lstm", dtype, training=True)
+    want = _run(cell, dtype, training=True, T=100)
     for n in (2, 4):
         threads(n)
-        got = _run("lstm", dtype, training=True)
+        regions = []
+        got = _run(cell, dtype, training=True, T=100, regions=regions)
+        assert (n, n, "pool") in _ran(regions, "gemm"), regions
         assert _scaled_diff(got, want) <= {np.float32: 1e-6, np.float64: 1e-13}[dtype]
 
 

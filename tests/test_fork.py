@@ -162,3 +162,89 @@ def test_torch_dataloader_fork_workers(two_threads):
         warnings.simplefilter("ignore", DeprecationWarning)
         got = np.concatenate([b.numpy() for b in loader])
     np.testing.assert_array_equal(got, want)
+
+
+# ---- fastrnn.torch with more than one thread ---------------------------------------------------
+# With >1 thread on both sides, fastrnn.torch runs its parallel regions on torch's OpenMP team in
+# the parent. libgomp cannot run a team in a child forked after that (the child waits forever for
+# the parent's workers): a forked child must run them on fastrnn's own pool, with 2 threads.
+
+_TORCH = {}  # the module and input, set in the parent before forking (inherited by the children)
+
+
+def _torch_step():
+    """Output, input gradient and weight gradients of one training step, and its parallel regions."""
+    import torch
+    m, x = _TORCH["module"], _TORCH["x"]
+    m.zero_grad()
+    x = x.detach().requires_grad_(True)
+    fastrnn._C._record_regions(True)
+    try:
+        out, (h_n, _) = m(x)
+        (out.square().sum() + h_n.sum()).backward()
+    finally:
+        regions = fastrnn._C._record_regions(False)
+    return [t.detach().numpy().copy() for t in (out, x.grad, *(p.grad for p in m.parameters()))], regions
+
+
+def _recurrences(regions):
+    """(threads that ran, on what) of each recurrence region."""
+    return {(ran, on) for what, asked, ran, on in regions if what == "recurrence"}
+
+
+@pytest.fixture
+def torch_two_threads(two_threads):
+    """torch and fastrnn on 2 threads, a small bidirectional fastrnn.torch LSTM (each direction on
+    its own thread; the tensors are too small for torch's own operators to go parallel, which hang
+    in a forked child for the same reason)."""
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    _TORCH.update(module=ft.LSTM(16, 48, num_layers=2, bidirectional=True), x=torch.randn(20, 4, 16))
+    backoff = fastrnn._C._set_thread_backoff(False)  # the threads a step uses: the planner's choice only
+    yield ft
+    fastrnn._C._set_thread_backoff(backoff)
+    _TORCH.clear()
+    torch.set_num_threads(saved)
+
+
+def test_torch_frontend_in_a_child_forked_after_a_two_thread_call(torch_two_threads):
+    want, regions = _torch_step()
+    expected_parent = "openmp" if torch_two_threads._torch_omp() else "pool"
+    assert _recurrences(regions) == {(2, expected_parent)}
+    pid = _fork()
+    if pid == 0:  # child: report through the exit code only
+        code = 1
+        try:
+            got, regions = _torch_step()
+            code = 3 if not all(np.array_equal(a, b) for a, b in zip(got, want)) else \
+                4 if _recurrences(regions) != {(2, "pool")} else 0
+        finally:
+            os._exit(code)
+    assert _wait(pid, timeout=60) == 0, "child hung (None: killed), computed different results (3) or " \
+                                        "did not run on fastrnn's pool with 2 threads (4)"
+
+
+def _torch_pool_task(_):
+    return _torch_step()
+
+
+def test_torch_frontend_in_a_multiprocessing_fork_pool(torch_two_threads):
+    want, _ = _torch_step()
+    ctx = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():  # Python >= 3.12: fork with threads running (see _fork)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pool = ctx.Pool(2)
+    try:
+        results = pool.map_async(_torch_pool_task, range(4)).get(timeout=60)
+    except multiprocessing.TimeoutError:
+        pytest.fail("the fork pool's workers hung")
+    finally:
+        pool.terminate()
+        pool.join()
+    for got, regions in results:
+        assert _recurrences(regions) == {(2, "pool")}
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)

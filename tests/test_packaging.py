@@ -24,6 +24,8 @@ PRIVATE = {"cache_elements", "saturation_stats",
            "forward_scratch_elements", "backward_scratch_elements", "get_num_threads", "set_num_threads",
            "set_thread_omp", "get_isa", "available_isas", "set_isa", "forward", "backward", "forward_stats",
            "active_kernels", "parameter_layout", "validate_config",
+           # test hooks of the thread pool (tests/test_determinism.py, test_threads.py)
+           "record_regions", "recorded_regions", "set_backoff", "step_threads",
            # the plan (csrc/core/plan.h): constructor, destructor and methods
            "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes"}
 

@@ -18,12 +18,13 @@ from util import make_layer
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _progress_while(call, attempts=5):
+def _progress_while(call, attempts=5, before=None):
     """Whether another Python thread ran while `call()` was inside fastrnn, in one of `attempts`.
 
     The switch interval is set to 60 s, so a thread holding the GIL keeps it until it releases it
     itself: the main thread can only run between `inside` and `done` when the kernel dropped the
     GIL (the Python around the kernel does no GIL-releasing NumPy work for these inputs).
+    `before()` runs first on the same thread, outside that window (the forward of a backward).
     """
     old = sys.getswitchinterval()
     sys.setswitchinterval(60.0)
@@ -32,6 +33,8 @@ def _progress_while(call, attempts=5):
             inside, done = threading.Event(), threading.Event()
 
             def work():
+                if before is not None:
+                    before()
                 inside.set()
                 call()
                 done.set()
@@ -52,29 +55,53 @@ def _progress_while(call, attempts=5):
         sys.setswitchinterval(old)
 
 
-@pytest.mark.parametrize("what", ["inference", "training forward", "backward"])
-def test_gil_released_in_kernels(what):
+def _kernel_call(what):
+    """(before, call): `call` is one kernel call only, `before` what it needs (the forward that
+    makes the cache of a backward), run outside the measured window."""
     layer = fastrnn.LSTM(4, 128, dtype=np.float32, rng=0)
     x = np.random.default_rng(0).standard_normal((3000, 1, 4)).astype(np.float32)
     layer.train(what != "inference")
     if what == "backward":
-        def call():
-            out, _ = layer(x)  # noqa: F841 (kernel: forward, then the long BPTT)
-            layer.backward(g)
         g = np.ones((3000, 1, 128), np.float32)
-    else:
-        def call():
-            layer(x)
-    assert _progress_while(call), f"no other Python thread ran during a {what} kernel call"
+        return (lambda: layer(x)), (lambda: layer.backward(g))
+    return None, (lambda: layer(x))
+
+
+@pytest.mark.parametrize("what", ["inference", "training forward", "backward"])
+def test_gil_released_in_kernels(what):
+    before, call = _kernel_call(what)
+    assert _progress_while(call, before=before), f"no other Python thread ran during a {what} kernel call"
+
+
+def _hold_gil(*args, **kwargs):
+    """A stand-in kernel that keeps the GIL for 0.3 s (a pure-Python busy loop)."""
+    deadline = time.perf_counter() + 0.3
+    while time.perf_counter() < deadline:
+        pass
 
 
 def test_gil_held_is_detected():
     """The detector above fails when the GIL is not released (a pure-Python busy loop)."""
-    def hold():
-        deadline = time.perf_counter() + 0.3
-        while time.perf_counter() < deadline:
-            pass
-    assert not _progress_while(hold, attempts=2)
+    assert not _progress_while(_hold_gil, attempts=2)
+
+
+@pytest.mark.parametrize("what,kernel", [("inference", "forward"), ("training forward", "forward"),
+                                         ("backward", "backward")])
+def test_gil_held_in_a_kernel_is_detected(monkeypatch, what, kernel):
+    """Each case of test_gil_released_in_kernels fails when that kernel keeps the GIL: with the
+    plan's forward / backward (_C.Plan) replaced by a stand-in that holds it, no other thread runs
+    (the backward case measures the backward alone, so its forward's GIL release cannot count)."""
+    before, call = _kernel_call(what)
+    monkeypatch.setattr(fastrnn._C.Plan, kernel, _hold_gil)
+    assert not _progress_while(lambda: _swallow(call), attempts=2, before=before)
+
+
+def _swallow(fn):
+    """Calls fn; the stand-in kernel computes nothing, so what follows it may raise."""
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - only whether the GIL was released matters here
+        pass
 
 
 CASES = [("lstm", 1), ("gru", 2), ("gru_v1", 1), ("rnn_relu", 2), ("rnn_tanh", 1)]

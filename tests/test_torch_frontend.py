@@ -2,7 +2,9 @@
 gradcheck, optimizer trajectories, serialization, convert/revert, dropout, DDP and bad inputs."""
 import copy
 import datetime
+import importlib.metadata
 import io
+import json
 import os
 import subprocess
 import sys
@@ -540,9 +542,17 @@ def _ddp_worker(rank, world, init_file, out_dir):
     except BaseException:
         torch.distributed.destroy_process_group()
         raise
-    # The all-reduce is complete on both ranks once backward returns. Leave without gloo's
-    # teardown: it occasionally aborts at exit ("terminate called without an active exception",
-    # SIGABRT in a worker, seen twice in ~10 full runs).
+    # The all-reduce is complete on both ranks once backward returns. Leave without the
+    # interpreter's teardown, which occasionally aborted a worker ("terminate called without an
+    # active exception", SIGABRT; 5 of 60 runs of this worker with a normal exit, on a busy
+    # machine; 0 of 100 with torch.nn.LSTM in place of fastrnn.torch's). Backtraces of all 7:
+    # a gloo worker thread (c10d::ProcessGroupGloo::runLoop) destroys a finished allreduce
+    # (~AsyncAllreduceWork -> ~AsyncWork -> ~at::ThreadLocalState), whose captured state holds a
+    # Python object; its decref takes the GIL (gil_scoped_acquire -> PyEval_AcquireThread) while
+    # the interpreter finalizes, CPython ends the thread with pthread_exit, and that unwinding
+    # meets a noexcept destructor: std::terminate. gloo's thread, not fastrnn's (its pool is
+    # never destroyed; fastrnn's own calls take the GIL back in unwind-safe frames,
+    # tests/test_exit.py).
     os._exit(0)
 
 
@@ -601,3 +611,87 @@ def test_parallel_regions_run_on_torchs_openmp_threads_with_the_same_results(mon
     assert not fastrnn._C._use_foreign_omp(False)  # switched off again after each call
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+# ---- which OpenMP runtime is torch's ---------------------------------------------------------------
+# Run in a fresh interpreter: which runtimes are loaded, and how, is decided before torch is
+# imported. The probe reports the runtime fastrnn picked, the runtimes loaded, and the parallel
+# regions of one 2-thread fastrnn.torch training step.
+_OMP_PROBE = r"""
+import ctypes, json, os, sys
+for path in sys.argv[1:]:
+    ctypes.CDLL(path)  # loaded privately (RTLD_LOCAL): torch cannot bind to it
+import torch, fastrnn, fastrnn.torch as ft
+torch.set_num_threads(2)
+fastrnn.set_num_threads(2)
+fastrnn._C._set_thread_backoff(False)
+torch.manual_seed(0)
+m = ft.LSTM(16, 48, bidirectional=True)  # one thread per direction
+fastrnn._C._record_regions(True)
+m(torch.randn(20, 4, 16))[0].sum().backward()
+regions = fastrnn._C._record_regions(False)
+entry = ft._torch_omp()
+loaded = sorted({os.path.realpath(line.split()[-1]) for line in open("/proc/self/maps")
+                 if "libgomp" in line or "libiomp5" in line})
+print(json.dumps({"runtime": ft._library_of(entry[0]) if entry else None, "loaded": loaded, "regions": regions}))
+"""
+
+
+def _omp_probe(*load, **env):
+    full = dict(os.environ, **env)
+    r = subprocess.run([sys.executable, "-c", _OMP_PROBE, *load], capture_output=True, text=True, env=full, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["recurrences"] = {(ran, on) for what, asked, ran, on in out["regions"] if what == "recurrence"}
+    return out
+
+
+def _iomp5():
+    """libiomp5 from the intel-openmp wheel (a second OpenMP runtime), or None."""
+    try:
+        files = importlib.metadata.files("intel-openmp") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    paths = [os.path.realpath(f.locate()) for f in files if f.name == "libiomp5.so"]
+    return paths[0] if paths else None
+
+
+needs_torch_omp = pytest.mark.skipif("OpenMP" not in torch.__config__.parallel_info(),
+                                     reason="torch's CPU operators do not run on an OpenMP runtime here")
+needs_iomp5 = pytest.mark.skipif(_iomp5() is None, reason="intel-openmp (libiomp5, a second runtime) is not installed")
+
+
+@needs_torch_omp
+@needs_iomp5
+def test_torch_runtime_is_the_one_torch_binds_to_not_its_own_copy():
+    """libiomp5 preloaded: torch's OpenMP calls bind to it (global scope first), although torch's
+    own libgomp is loaded from torch's directory too. fastrnn must use libiomp5's team."""
+    out = _omp_probe(LD_PRELOAD=_iomp5())
+    assert len(out["loaded"]) == 2, out["loaded"]  # libiomp5 and torch's libgomp
+    assert out["runtime"] == _iomp5()
+    assert out["recurrences"] == {(2, "openmp")}
+
+
+@needs_torch_omp
+@needs_iomp5
+@pytest.mark.parametrize("hashseed", ["0", "1", "2"])
+def test_torch_runtime_is_not_guessed_among_foreign_runtimes(hashseed):
+    """A libgomp from outside torch's directory (preloaded: torch binds to it, and torch's own copy,
+    same soname, is not loaded) next to a privately loaded libiomp5: whatever the string hash seed
+    (the old choice followed a set's iteration order), fastrnn picks the libgomp."""
+    out = _omp_probe(_iomp5(), LD_PRELOAD="libgomp.so.1", PYTHONHASHSEED=hashseed)
+    gomp = [p for p in out["loaded"] if "libgomp" in p]
+    torch_dir = os.path.dirname(torch.__file__)
+    if len(gomp) != 1 or gomp[0].startswith(torch_dir):
+        pytest.skip("no libgomp.so.1 outside torch's directory on the library path")
+    assert out["runtime"] == gomp[0], out
+    assert out["recurrences"] == {(2, "openmp")}
+
+
+@needs_torch_omp
+def test_a_smaller_openmp_team_hands_the_region_to_fastrnns_pool():
+    """OMP_THREAD_LIMIT=1: the runtime gives a team of 1 where 2 threads were asked for. The region
+    then runs on fastrnn's pool with its 2 threads (it used to run on the team's one thread)."""
+    out = _omp_probe(OMP_THREAD_LIMIT="1")
+    assert out["runtime"] is not None
+    assert out["recurrences"] == {(2, "pool")}

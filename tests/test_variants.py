@@ -1,6 +1,7 @@
 """Cell variants (LSTMP, peepholes, LayerNorm LSTM/GRU) and in-kernel regularizers (recurrent
 dropout, zoneout, DropConnect): against the float64 reference and finite differences on every
-ISA and dtype, LSTMP against torch.nn.LSTM(proj_size), peepholes against ONNX Runtime, the
+ISA and dtype, LSTMP against torch.nn.LSTM(proj_size), LayerNorm cells, zoneout and recurrent
+dropout against plain torch loops (same masks), peepholes against ONNX Runtime, the
 regularizers' expectation, eval-mode and mask-reuse semantics, and thread-count invariance."""
 import numpy as np
 import pytest
@@ -607,3 +608,105 @@ def test_torch_regularizers_use_torchs_rng_and_gradcheck_in_eval():
     out = gru(x)[0]
     out.sum().backward()
     assert gru.ln_hh_weight_l0.grad.shape == (12,) and torch.isfinite(x.grad).all()
+
+
+# ---------------------------------------------------------------- against plain torch loops
+# An oracle independent of fastrnn/_reference.py: each variant's equations (docs/variants.md)
+# written step by step with torch operators (nn.functional.layer_norm, the cell's pointwise ops),
+# differentiated by autograd, in float64, on the same weights, initial states and masks.
+
+def _torch_loop(kind, x, p, h0, c0=None, *, layer_norm=False, rec_mask=None, zh=None, zc=None):
+    """Output sequence and final states of one layer and direction; `p` maps torch's parameter
+    names (suffix _l0) to tensors; masks as fastrnn's noise (rec_mask scaled, zoneout 1 = keep)."""
+    torch = pytest.importorskip("torch")
+    fn = torch.nn.functional
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+
+    def ln(v, gain, bias=None):
+        return fn.layer_norm(v, v.shape[-1:], gain, bias, eps=1e-5)
+    wx = x @ p["weight_ih_l0"].T  # [T, N, G*H]
+    if layer_norm:
+        wx = ln(wx, p["ln_ih_weight_l0"])
+    h, c, outs = h0, c0, []
+    for t in range(x.shape[0]):
+        wh = (h if rec_mask is None else h * rec_mask) @ p["weight_hh_l0"].T
+        if layer_norm:
+            wh = ln(wh, p["ln_hh_weight_l0"])
+        ax, ah = wx[t] + p["bias_ih_l0"], wh + p["bias_hh_l0"]
+        if kind == "rnn":
+            new_h = torch.tanh(ax + ah)
+        elif kind == "gru":  # reset_after=True
+            xr, xz, xn = ax.chunk(G, 1)
+            hr, hz, hn = ah.chunk(G, 1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            new_h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        else:
+            i, f, g, o = (ax + ah).chunk(G, 1)
+            c_til = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            new_h = torch.sigmoid(o) * torch.tanh(ln(c_til, p["ln_c_weight_l0"], p["ln_c_bias_l0"])
+                                                  if layer_norm else c_til)
+            c = c_til if zc is None else c_til + zc[t] * (c - c_til)
+        h = new_h if zh is None else new_h + zh[t] * (h - new_h)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+TORCH_LOOP_CASES = {  # name -> (kind, layer_norm, rates)
+    "ln_lstm": ("lstm", True, {}),
+    "ln_gru": ("gru", True, {}),
+    "lstm_zoneout_recurrent_dropout": ("lstm", False, dict(recurrent_dropout=0.4, zoneout_h=0.3, zoneout_c=0.2)),
+    "gru_zoneout_recurrent_dropout": ("gru", False, dict(recurrent_dropout=0.4, zoneout_h=0.3)),
+    "rnn_recurrent_dropout": ("rnn", False, dict(recurrent_dropout=0.4)),
+    "ln_lstm_zoneout_recurrent_dropout": ("lstm", True, dict(recurrent_dropout=0.4, zoneout_h=0.3, zoneout_c=0.2)),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_LOOP_CASES))
+def test_variants_match_a_plain_torch_loop(name):
+    """Outputs, final states and the gradients of the input, the initial states and every
+    parameter (LayerNorm gains included) equal those of the torch loop, with the masks fastrnn
+    was given (`noise=`) used in the loop too."""
+    torch = pytest.importorskip("torch")
+    kind, layer_norm, rates = TORCH_LOOP_CASES[name]
+    T, N, H = 6, 3, 5
+    gen = np.random.default_rng(11)
+    cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[kind]
+    if layer_norm:
+        cls = {"gru": fastrnn.LayerNormGRU, "lstm": fastrnn.LayerNormLSTM}[kind]
+    layer = cls(C, H, dtype=np.float64, rng=2)
+    params = {k: v + gen.uniform(-0.3, 0.3, v.shape) for k, v in layer.params.items()}  # gains off 1, biases off 0
+    x = gen.standard_normal((T, N, C))
+    h0 = gen.standard_normal((1, N, H))
+    c0 = gen.standard_normal((1, N, H)) if kind == "lstm" else None
+    noise = {}
+    if rates.get("recurrent_dropout"):
+        p = rates["recurrent_dropout"]
+        noise["rec_mask"] = (gen.random((1, N, H)) >= p) / (1 - p)
+    if rates.get("zoneout_h"):
+        noise["zh_mask"] = (gen.random((1, T, N, H)) < rates["zoneout_h"]).astype(np.float64)
+    if rates.get("zoneout_c"):
+        noise["zc_mask"] = (gen.random((1, T, N, H)) < rates["zoneout_c"]).astype(np.float64)
+    run = {"rnn": F.rnn_forward, "gru": F.gru_forward, "lstm": F.lstm_forward}[kind]
+    kw = dict(layer_norm=True) if layer_norm else {}
+    out, state, ctx = run(x, params, (h0, c0) if kind == "lstm" else h0, training=True, noise=noise or None,
+                          **rates, **kw)
+    g_out, g_h, g_c = gen.standard_normal(out.shape), gen.standard_normal(h0.shape), gen.standard_normal(h0.shape)
+    gx, gh0, gc0, grads = F.backward(ctx, g_out, g_h, g_c if kind == "lstm" else None)
+
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    tx, th0 = torch.tensor(x, requires_grad=True), torch.tensor(h0[0], requires_grad=True)
+    tc0 = torch.tensor(c0[0], requires_grad=True) if kind == "lstm" else None
+    masks = {k: torch.tensor(v[0]) for k, v in noise.items()}
+    t_out, t_h, t_c = _torch_loop(kind, tx, tp, th0, tc0, layer_norm=layer_norm, rec_mask=masks.get("rec_mask"),
+                                  zh=masks.get("zh_mask"), zc=masks.get("zc_mask"))
+    loss = (t_out * torch.tensor(g_out)).sum() + (t_h * torch.tensor(g_h[0])).sum()
+    if kind == "lstm":
+        loss = loss + (t_c * torch.tensor(g_c[0])).sum()
+    loss.backward()
+    states = state if kind == "lstm" else (state,)
+    pairs = [("out", out, t_out), ("h_n", states[0][0], t_h), ("grad_x", gx, tx.grad), ("grad_h0", gh0[0], th0.grad)]
+    if kind == "lstm":
+        pairs += [("c_n", states[1][0], t_c), ("grad_c0", gc0[0], tc0.grad)]
+    pairs += [(k, grads[k], tp[k].grad) for k in params]
+    for what, mine, theirs in pairs:
+        assert scaled_error(mine, theirs.detach().numpy()) <= 1e-12, what

@@ -20,6 +20,7 @@
 #include "plan_object.h"
 #include "../core/threads.h"
 #include "../dispatch/dispatch.h"
+#include "gil.h"
 
 namespace py = pybind11;
 using fastrnn::Desc;
@@ -145,14 +146,13 @@ void forward_impl(PyPlan& self, const py::object& x, const py::object& out, cons
     T* phn = data_of<T>(h_n, "h_n", S, true);
     T* pcn = lstm ? data_of<T>(c_n, "c_n", SC, true) : nullptr;
     std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
-    {
-        py::gil_scoped_release release;
+    fastrnn::without_gil([&] {
         if (use_packed && !pcache && !nz.w_mask) {  // inference: W_hh packed once while unchanged
             const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
             packed = self.plan->packed<T>(ks.nr, ks.pack_forward);
         }
         fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz, packed.get());
-    }
+    });
 }
 
 template <class T>
@@ -203,8 +203,8 @@ void backward_impl(PyPlan& self, const py::object& x, const py::object& cache, c
     if (!opt.diag.carried_sq != !opt.diag.prev_state_sq)
         throw std::invalid_argument("carried_sq and prev_state_sq go together");
     opt.noise = noise_of<T>(d, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask, cand_mask);
-    py::gil_scoped_release release;
-    fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt);
+    fastrnn::without_gil(
+        [&] { fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt); });
 }
 
 template <class T>
@@ -215,10 +215,7 @@ py::tuple forward_stats_impl(const fastrnn::Desc& d, bool dropout, const py::obj
     double* psat = data_of<double>(saturation, "saturation", d.L * d.D * d.T * fastrnn::saturation_stats(d), true,
                                    false);
     fastrnn::NonFinite f;
-    {
-        py::gil_scoped_release release;
-        f = fastrnn::forward_stats<T>(d, pcache, plen, dropout, psat);
-    }
+    fastrnn::without_gil([&] { f = fastrnn::forward_stats<T>(d, pcache, plen, dropout, psat); });
     return py::make_tuple(f.layer, f.direction, f.t, f.what);
 }
 
@@ -425,5 +422,16 @@ PYBIND11_MODULE(_C, m) {
         }
         return fastrnn::set_thread_omp(on ? &omp : nullptr) != nullptr;
     }, py::arg("on"), py::arg("parallel") = 0, py::arg("thread_num") = 0, py::arg("team_size") = 0);
+    // Test hooks: the calling thread's parallel regions as (what, asked, ran, on) while recording
+    // (on=True clears and starts, on=False stops and returns them); the recurrent steps' back-off
+    // to one thread (set it off, get the previous setting); the threads a step may use now.
+    m.def("_record_regions", [](bool on) {
+        fastrnn::record_regions(on);
+        py::list out;
+        for (const auto& r : fastrnn::recorded_regions()) out.append(py::make_tuple(r.what, r.asked, r.ran, r.on));
+        return out;
+    });
+    m.def("_set_thread_backoff", &fastrnn::set_backoff);
+    m.def("_step_threads", &fastrnn::step_threads);
     register_optim(m);
 }

@@ -10,6 +10,7 @@
 
 #include "../optim/optim.h"
 #include "arrays.h"
+#include "gil.h"
 
 namespace py = pybind11;
 namespace opt = fastrnn::optim;
@@ -66,9 +67,10 @@ public:
     template <class H>
     void run(void (*f32)(const opt::Slot<float>*, i64, const H&), void (*f64)(const opt::Slot<double>*, i64, const H&),
              const H& h) const {
-        py::gil_scoped_release release;
-        if (!f32_.empty()) f32(f32_.data(), i64(f32_.size()), h);
-        if (!f64_.empty()) f64(f64_.data(), i64(f64_.size()), h);
+        fastrnn::without_gil([&] {
+            if (!f32_.empty()) f32(f32_.data(), i64(f32_.size()), h);
+            if (!f64_.empty()) f64(f64_.data(), i64(f64_.size()), h);
+        });
     }
 
     i64 size() const { return i64(f32_.size() + f64_.size()); }

@@ -78,7 +78,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
         rows(0, m);
         return;
     }
-    parallel_run(threads, [&](int tid, int nt) { rows(m * tid / nt, m * (tid + 1) / nt); });
+    parallel_run(threads, [&](int tid, int nt) { rows(m * tid / nt, m * (tid + 1) / nt); }, "gemm");
 }
 
 }  // namespace fastrnn

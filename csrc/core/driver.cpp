@@ -162,7 +162,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         const int group = tid / plan.per_group, lt = tid % plan.per_group;
         for (i64 dir = 0; dir < D; ++dir)
             if (plan.groups == 1 || dir == group) recurrence(dir, tc[tid], lt, plan.per_group, barriers[group]);
-    });
+    }, "recurrence");
     report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
 }
 

@@ -41,6 +41,14 @@ void spin_then_yield(Pred pred, int spin_us) {
 // report of heavy waiting sends them there.
 std::atomic<std::int64_t> g_single_until{0};
 std::atomic<std::int64_t> g_backoff_ns{1000000000};
+std::atomic<bool> g_backoff_enabled{true};
+
+// The calling thread's record of its parallel regions (tests read what the planner chose).
+struct RegionLog {
+    bool on = false;
+    std::vector<RegionRecord> records;
+};
+thread_local RegionLog t_log;
 
 class Pool {
    public:
@@ -53,9 +61,10 @@ class Pool {
         for (auto& t : threads_) t.join();
     }
 
-    std::int64_t run(int n, const std::function<void(int, int)>& fn) {
+    std::int64_t run(int n, const std::function<void(int, int)>& fn, bool& alone) {
         std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-        if (!busy.owns_lock()) {  // another caller's job is running: do this one alone
+        alone = !busy.owns_lock();
+        if (alone) {  // another caller's job is running: do this one alone
             fn(0, 1);
             return 0;
         }
@@ -166,11 +175,19 @@ int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
 int step_threads() {
-    return now_ns() < g_single_until.load(std::memory_order_relaxed) ? 1 : get_num_threads();
+    const bool backed_off = g_backoff_enabled.load(std::memory_order_relaxed) &&
+                            now_ns() < g_single_until.load(std::memory_order_relaxed);
+    return backed_off ? 1 : get_num_threads();
+}
+
+bool set_backoff(bool enabled) {
+    g_single_until.store(0, std::memory_order_relaxed);
+    g_backoff_ns.store(1000000000, std::memory_order_relaxed);
+    return g_backoff_enabled.exchange(enabled);
 }
 
 void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
-    if (threads <= 1 || region_ns <= 0) return;
+    if (threads <= 1 || region_ns <= 0 || !g_backoff_enabled.load(std::memory_order_relaxed)) return;
     if (4 * wait_ns > std::int64_t(threads) * region_ns) {
         const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
         g_single_until.store(now_ns() + backoff, std::memory_order_relaxed);
@@ -182,45 +199,79 @@ void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
 
 namespace {
 thread_local const ForeignOmp* t_omp = nullptr;
-const int g_omp_atfork = pthread_atfork(nullptr, nullptr, [] { t_omp = nullptr; });
+// Set in a forked child (and inherited by its own children). libgomp cannot run a team in a
+// process forked after its parent ran one: the child waits forever for the parent's workers,
+// which do not exist there. Such a process runs its regions on fastrnn's pool, which resets
+// itself in the child (reset_pool_in_child).
+std::atomic<bool> g_forked_child{false};
+const int g_omp_atfork = pthread_atfork(nullptr, nullptr, [] {
+    t_omp = nullptr;
+    g_forked_child.store(true);
+});
 
 struct OmpJob {
     const std::function<void(int, int)>* fn;
     const ForeignOmp* omp;
     int n;
+    bool short_team;  // the runtime gave fewer threads than asked for: nobody ran the job
 };
 
-// Runs on every thread of the OpenMP team. A team smaller than asked for (nested region, thread
-// limit) gets the same treatment as a busy pool: its first thread does the job alone.
+// Runs on every thread of the OpenMP team. A team of another size than asked for (thread limit,
+// OMP_DYNAMIC, nested region) runs nothing: every thread sees the same size, and the job then
+// runs on fastrnn's pool with the threads it was planned for.
 void omp_trampoline(void* data) {
-    const OmpJob& job = *static_cast<const OmpJob*>(data);
+    OmpJob& job = *static_cast<OmpJob*>(data);
     const int tid = job.omp->thread_num(), size = job.omp->team_size();
     if (size == job.n)
         (*job.fn)(tid, job.n);
     else if (tid == 0)
-        (*job.fn)(0, 1);
-}
-}  // namespace
-
-const ForeignOmp* set_thread_omp(const ForeignOmp* omp) {
-    (void)g_omp_atfork;
-    const ForeignOmp* previous = t_omp;
-    t_omp = omp;
-    return previous;
+        job.short_team = true;
 }
 
-std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn) {
+std::int64_t run_region(int n, const std::function<void(int, int)>& fn, const char*& on) {
     if (n <= 1) {
+        on = "caller";
         fn(0, 1);
         return 0;
     }
     if (t_omp) {
-        OmpJob job{&fn, t_omp, n};
+        OmpJob job{&fn, t_omp, n, false};
         t_omp->parallel(omp_trampoline, &job, unsigned(n), 0);
-        return 0;  // the runtime joins its team itself
+        on = "openmp";
+        if (!job.short_team) return 0;  // the runtime joins its team itself
     }
-    return pool().run(n, fn);
+    bool alone = false;
+    const std::int64_t waited = pool().run(n, fn, alone);
+    on = alone ? "caller" : "pool";
+    return waited;
 }
+}  // namespace
+
+const ForeignOmp* set_thread_omp(const ForeignOmp* omp) {
+    const ForeignOmp* previous = t_omp;
+    t_omp = g_forked_child.load() ? nullptr : omp;
+    return previous;
+}
+
+std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn, const char* what) {
+    const char* on = "";
+    if (!t_log.on) return run_region(n, fn, on);
+    std::atomic<int> ran{0};
+    const std::function<void(int, int)> counted = [&](int tid, int nt) {
+        ran.fetch_add(1, std::memory_order_relaxed);
+        fn(tid, nt);
+    };
+    const std::int64_t waited = run_region(n, counted, on);
+    t_log.records.push_back(RegionRecord{what, n, ran.load(), on});
+    return waited;
+}
+
+void record_regions(bool on) {
+    t_log.on = on;
+    if (on) t_log.records.clear();
+}
+
+std::vector<RegionRecord> recorded_regions() { return t_log.records; }
 
 void Barrier::wait() {
     if (n_ <= 1) return;

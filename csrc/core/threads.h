@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace fastrnn {
 
@@ -18,14 +19,30 @@ void set_num_threads(int n);  // n >= 1
 // per-step barrier a scheduler time slice, and one thread is much faster.
 int step_threads();
 void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads);
+// Turns that back-off on (the default) or off, clearing any back-off in progress; returns the
+// previous setting. Off, results are the same and steps may be slower; tests turn it off so that
+// the threads a step uses depend on the planner alone, never on the machine's load.
+bool set_backoff(bool enabled);
 std::int64_t now_ns();
 
 // Runs fn(tid, nthreads) on n threads, the caller being tid 0, and returns when all are done.
 // When the pool is already running another caller's job (several Python threads), the job runs
 // on the calling thread alone (nthreads = 1): the kernels' results do not depend on the thread
 // count, so only the speed differs. fn must not throw. Returns the nanoseconds the caller
-// waited at the end for the other threads.
-std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn);
+// waited at the end for the other threads. `what` names the region in the calling thread's record.
+std::int64_t parallel_run(int n, const std::function<void(int, int)>& fn, const char* what = "");
+
+// What a parallel region ran on, for tests: `asked` threads were planned, `ran` threads called
+// the job, `on` is "pool" (fastrnn's), "openmp" (the foreign runtime) or "caller" (one thread:
+// planned so, or the pool was busy).
+struct RegionRecord {
+    const char* what;
+    int asked, ran;
+    const char* on;
+};
+// Starts (clearing the record) or stops recording the calling thread's parallel regions.
+void record_regions(bool on);
+std::vector<RegionRecord> recorded_regions();
 
 // An OpenMP runtime already loaded in the process (torch's libgomp or libiomp5, through their
 // GOMP_parallel entry point). While a thread has one set, its parallel regions run on that
@@ -36,8 +53,9 @@ struct ForeignOmp {
     int (*thread_num)();
     int (*team_size)();
 };
-// The calling thread's runtime (nullptr: fastrnn's pool); returns the previous one. A forked
-// child starts without one (libgomp does not survive fork).
+// The calling thread's runtime (nullptr: fastrnn's pool); returns the previous one. A team of
+// another size than asked for (OMP_THREAD_LIMIT, OMP_DYNAMIC, nesting) hands the region to the
+// pool. A forked child never uses one (libgomp hangs there): set_thread_omp is then a no-op.
 const ForeignOmp* set_thread_omp(const ForeignOmp* omp);
 
 // Held (shared) by every BLAS call. fork() takes it exclusively (pthread_atfork), so it waits

@@ -114,12 +114,6 @@ inline int current_device() {
 
 #else  // host emulator
 
-template <class K>
-bool launch(i64 blocks, int threads, std::size_t smem, Stream, const typename K::Args& a, bool cooperative = false) {
-    emu::launch(blocks, threads, smem, cooperative, [&] { K::run(a); });
-    return true;
-}
-
 // The emulated device: a small GPU, so that tests see the persistent kernel refused when it
 // does not fit.
 constexpr int kEmuSms = 4;
@@ -129,11 +123,21 @@ template <class K>
 i64 resident_blocks(int, std::size_t smem, const DeviceProps& p) {
     return i64(p.sms) * i64(std::min<std::size_t>(16, kEmuSmemPerSm / std::max<std::size_t>(smem, 1)));
 }
-inline int current_device() { return 0; }
+inline int current_device() { return emu::current_device(); }
+
+// Like cudaLaunchCooperativeKernel, the emulator refuses a cooperative launch whose blocks
+// cannot all be resident (or any, when a test forces refusal): false, nothing enqueued.
+template <class K>
+bool launch(i64 blocks, int threads, std::size_t smem, Stream, const typename K::Args& a, bool cooperative = false) {
+    const i64 resident = cooperative ? resident_blocks<K>(threads, smem, query_props(0)) : 0;
+    return emu::launch(blocks, threads, smem, cooperative, resident, [&] { K::run(a); });
+}
 
 #endif
 
-inline const DeviceProps& props() {
+// The current device's properties, by value: the cache grows when another thread first uses
+// another device, which would leave a reference into it dangling.
+inline DeviceProps props() {
     static std::mutex mu;
     static std::vector<DeviceProps> cache;  // per device, filled on first use
     const int dev = current_device();
@@ -267,7 +271,7 @@ struct Plan {
 
 template <class K>
 bool persistent_fits(i64 blocks, std::size_t smem) {
-    const DeviceProps& p = props();
+    const DeviceProps p = props();
     return p.cooperative && smem <= p.smem_optin && blocks <= resident_blocks<K>(kUnits, smem, p);
 }
 

@@ -1,5 +1,5 @@
 // The execution model the CUDA kernels are written against: thread and block indices, block and
-// grid barriers, dynamic shared memory, coherent loads. Under nvcc these are the CUDA built-ins;
+// grid barriers, dynamic shared memory, global loads and stores. Under nvcc these are the CUDA built-ins;
 // built by a host compiler with FASTRNN_CUDA_EMULATE they come from the host emulator
 // (csrc/cuda/emu.h), which runs every CUDA thread of a launch as a fiber, so the very same kernel
 // source is tested on machines without a GPU (tests/test_cuda.py).
@@ -16,6 +16,8 @@
 #include "emu.h"
 #define FASTRNN_DEV inline
 #define FASTRNN_UNROLL
+// The cells' loads and stores (csrc/simd/scalar.h) are global memory accesses on the device.
+#define FASTRNN_SCALAR_ACCESS() ::fastrnn::cuda::emu::memory_access()
 #else
 #error "csrc/cuda is compiled by nvcc, or by a host compiler with FASTRNN_CUDA_EMULATE"
 #endif
@@ -42,6 +44,11 @@ FASTRNN_DEV T* shared_memory() {
 // barrier: cached in L2 only, never a stale L1 line.
 template <class T>
 FASTRNN_DEV T load_coherent(const T* p) { return __ldcg(p); }
+// Global memory, read and written by the kernels themselves (the emulator may switch threads here).
+template <class T>
+FASTRNN_DEV T load(const T* p) { return *p; }
+template <class T>
+FASTRNN_DEV void store(T* p, T v) { *p = v; }
 #else
 inline int thread_index() { return emu::thread_index(); }
 inline int block_threads() { return emu::block_threads(); }
@@ -52,7 +59,18 @@ inline void sync_grid() { emu::sync_grid(); }
 template <class T>
 T* shared_memory() { return static_cast<T*>(emu::shared_memory()); }
 template <class T>
-T load_coherent(const T* p) { return *p; }
+T load(const T* p) {
+    emu::memory_access();
+    return *p;
+}
+template <class T>
+void store(T* p, T v) {
+    emu::memory_access();
+    *p = v;
+}
+// No cache is modelled: a plain load, which sees every earlier store.
+template <class T>
+T load_coherent(const T* p) { return load(p); }
 #endif
 
 }  // namespace cuda

@@ -88,12 +88,12 @@ struct Gemm {
             for (int e = t; e < kGK * kGM; e += kGemmThreads) {
                 const int kk = g.ta ? e / kGM : e % kGK, ii = g.ta ? e % kGM : e / kGK;
                 const i64 i = m0 + ii, k = k0 + kk;
-                As[kk * kGM + ii] = (i < g.M && k < g.K) ? (g.ta ? g.A[k * g.lda + i] : g.A[i * g.lda + k]) : T(0);
+                As[kk * kGM + ii] = (i < g.M && k < g.K) ? load(g.ta ? g.A + k * g.lda + i : g.A + i * g.lda + k) : T(0);
             }
             for (int e = t; e < kGK * kGN; e += kGemmThreads) {
                 const int kk = g.tb ? e % kGK : e / kGN, jj = g.tb ? e / kGK : e % kGN;
                 const i64 j = n0 + jj, k = k0 + kk;
-                Bs[kk * kGN + jj] = (j < g.N && k < g.K) ? (g.tb ? g.B[j * g.ldb + k] : g.B[k * g.ldb + j]) : T(0);
+                Bs[kk * kGN + jj] = (j < g.N && k < g.K) ? load(g.tb ? g.B + j * g.ldb + k : g.B + k * g.ldb + j) : T(0);
             }
             sync_block();
             for (int kk = 0; kk < kGK; ++kk) {
@@ -111,7 +111,7 @@ struct Gemm {
                 if (i < g.M && j < g.N) {
                     T* c = g.C + i * g.ldc + j;
                     // beta 0: C is not read (it may hold NaN patterns)
-                    *c = g.beta == T(0) ? g.alpha * acc[x][y] : g.alpha * acc[x][y] + g.beta * *c;
+                    store(c, g.beta == T(0) ? g.alpha * acc[x][y] : g.alpha * acc[x][y] + g.beta * load(c));
                 }
             }
     }
@@ -133,7 +133,7 @@ struct Transpose {
     };
     static FASTRNN_DEV void run(const Args& a) {
         const i64 i = global_index();
-        if (i < a.R * a.K) a.out[i] = a.in[(i % a.R) * a.K + i / a.R];
+        if (i < a.R * a.K) store(a.out + i, load(a.in + (i % a.R) * a.K + i / a.R));
     }
 };
 
@@ -152,9 +152,9 @@ struct FoldBias {
         const i64 j = global_index();
         if (j < a.GH) {
             const bool apart = a.split_hn && j >= 2 * a.H;
-            a.bias[j] = a.b_ih ? a.b_ih[j] + (apart ? T(0) : a.b_hh[j]) : T(0);
+            store(a.bias + j, a.b_ih ? load(a.b_ih + j) + (apart ? T(0) : load(a.b_hh + j)) : T(0));
         }
-        if (j < a.H) a.bhn[j] = (a.b_ih && a.split_hn) ? a.b_hh[2 * a.H + j] : T(0);
+        if (j < a.H) store(a.bhn + j, (a.b_ih && a.split_hn) ? load(a.b_hh + 2 * a.H + j) : T(0));
     }
 };
 
@@ -169,7 +169,7 @@ struct Multiply {
     };
     static FASTRNN_DEV void run(const Args& a) {
         const i64 i = global_index();
-        if (i < a.n) a.out[i] = a.a[i] * a.b[i];
+        if (i < a.n) store(a.out + i, load(a.a + i) * load(a.b + i));
     }
 };
 
@@ -185,8 +185,8 @@ struct ColumnSums {
         const i64 c = global_index();
         if (c >= a.cols) return;
         T s = T(0);
-        for (i64 r = 0; r < a.rows; ++r) s += a.a[r * a.lda + c];
-        a.out[c] += s;
+        for (i64 r = 0; r < a.rows; ++r) s += load(a.a + r * a.lda + c);
+        store(a.out + c, load(a.out + c) + s);
     }
 };
 
@@ -205,8 +205,8 @@ struct GatherFirstStep {
         const i64 i = global_index();
         if (i >= a.N * a.cols) return;
         const i64 n = i / a.cols, k = i % a.cols;
-        const i64 t0 = !a.reverse ? 0 : (a.lengths ? a.lengths[n] - 1 : a.T_ - 1);
-        a.gather[i] = a.dg[(t0 * a.N + n) * a.ld + k];
+        const i64 t0 = !a.reverse ? 0 : (a.lengths ? load(a.lengths + n) - 1 : a.T_ - 1);
+        store(a.gather + i, load(a.dg + (t0 * a.N + n) * a.ld + k));
     }
 };
 
@@ -230,7 +230,7 @@ struct StridedCopy {
             off += (rest % a.shape[k]) * a.strides[k];
             rest /= a.shape[k];
         }
-        a.dst[i] = *reinterpret_cast<const Word*>(a.src + off);
+        store(a.dst + i, load(reinterpret_cast<const Word*>(a.src + off)));
     }
 };
 
@@ -238,7 +238,7 @@ struct StridedCopy {
 
 // The step logic below mirrors csrc/kernels/steps.h (the CPU step kernels) one unit per thread;
 // the cell math itself is the shared csrc/cells code.
-FASTRNN_DEV bool row_valid(const i64* lengths, i64 n, i64 t) { return lengths == nullptr || t < lengths[n]; }
+FASTRNN_DEV bool row_valid(const i64* lengths, i64 n, i64 t) { return lengths == nullptr || t < load(lengths + n); }
 template <class T>
 FASTRNN_DEV i64 time_of(const Recurrence<T>& r, i64 s) { return r.reverse ? r.steps - 1 - s : s; }
 template <class T>
@@ -272,7 +272,7 @@ FASTRNN_DEV void tile_product(T (&acc)[kBN][NG], const T* A, i64 lda, i64 K, i64
             for (int kk = 0; kk < kc; ++kk) {
                 T w[NG];
                 FASTRNN_UNROLL
-                for (int q = 0; q < NG; ++q) w[q] = b.p[(k0 + kk) * b.ld + q * b.gs + u];
+                for (int q = 0; q < NG; ++q) w[q] = load(b.p + (k0 + kk) * b.ld + q * b.gs + u);
                 FASTRNN_UNROLL
                 for (int r = 0; r < kBN; ++r)
                     if (r < nrows) {  // uniform in the block; unrolled, so acc stays in registers
@@ -304,12 +304,12 @@ struct TilePos {
 template <class Cell, bool Train, class T>
 FASTRNN_DEV void forward_hold(const Recurrence<T>& r, i64 t, i64 n, i64 j, const T* h_prev, T* h_next) {
     const i64 N = r.N, H = r.H;
-    h_next[n * H + j] = h_prev[n * H + j];
-    r.y[(t * N + n) * r.ld_y + j] = T(0);
+    store(h_next + n * H + j, load(h_prev + n * H + j));
+    store(r.y + (t * N + n) * r.ld_y + j, T(0));
     if constexpr (Train) {
         T* g = r.gates + (t * N + n) * r.ld_gates + j;
-        for (int q = 0; q < Cell::cache_gates; ++q) g[q * H] = T(0);
-        if constexpr (Cell::has_c) r.c_hist[(t * N + n) * H + j] = r.c[n * H + j];
+        for (int q = 0; q < Cell::cache_gates; ++q) store(g + q * H, T(0));
+        if constexpr (Cell::has_c) store(r.c_hist + (t * N + n) * H + j, load(r.c + n * H + j));
     }
 }
 
@@ -370,7 +370,9 @@ FASTRNN_DEV void forward_rz_tile(const Recurrence<T>& r, i64 s, const TilePos& p
         T* grow = r.gates + (t * N + n) * r.ld_gates + j;
         T* rh = Train ? grow + 3 * H : r.rh + n * r.ld_rh + j;
         if (!row_valid(r.lengths, n, t)) {
-            grow[0] = grow[H] = *rh = T(0);
+            store(grow, T(0));
+            store(grow + H, T(0));
+            store(rh, T(0));
             continue;
         }
         FwdRow<T> row{};
@@ -446,7 +448,7 @@ FASTRNN_DEV void reduce_diag(const double (&v)[kBN][kDiagValues], const DiagSlot
         if (rr >= p.nrows) continue;
         double s = 0;
         for (int u = 0; u < nt; ++u) s += red[(q * kBN + rr) * nt + u];
-        d.partial[((t * d.unit_tiles + unit_tile) * N + p.n0 + rr) * kDiagValues + q] = s;
+        store(d.partial + ((t * d.unit_tiles + unit_tile) * N + p.n0 + rr) * kDiagValues + q, s);
     }
     sync_block();
 }
@@ -469,16 +471,19 @@ FASTRNN_DEV void backward_tile(const Recurrence<T>& r, const DiagSlots& diag, i6
             const i64 n = p.n0 + rr;
             T* carry = r.dh + n * H + j;
             if (!row_valid(r.lengths, n, t)) {  // the carries pass through; no gradient enters
-                *carry += acc[rr][0];
+                store(carry, load(carry) + acc[rr][0]);
                 T* dg = r.dgates + (t * N + n) * r.ld_dgates + j;
-                for (int q = 0; q < Cell::dgate_blocks; ++q) dg[q * H] = T(0);
+                for (int q = 0; q < Cell::dgate_blocks; ++q) store(dg + q * H, T(0));
                 continue;
             }
-            T total = acc[rr][0] + *carry;
+            T total = acc[rr][0] + load(carry);
             v[rr][0] = double(total) * double(total);
-            if (r.dy) total += r.dy[(t * N + n) * r.ld_dy + j];
+            if (r.dy) total += load(r.dy + (t * N + n) * r.ld_dy + j);
             v[rr][1] = double(total) * double(total);
-            if constexpr (Cell::has_c) v[rr][2] = double(r.dc[n * H + j]) * double(r.dc[n * H + j]);
+            if constexpr (Cell::has_c) {
+                const T dc = load(r.dc + n * H + j);
+                v[rr][2] = double(dc) * double(dc);
+            }
             T dc_total = T(0);
             T* dct = diag.partial ? &dc_total : nullptr;
             Cell::template backward<Lane<T>>(backward_row<Cell>(r, t, n, j, &total, dct), 1);
@@ -515,7 +520,8 @@ FASTRNN_DEV void backward_final_tile(const Recurrence<T>& r, const TilePos& p, O
     if (!p.active) return;
     for (int rr = 0; rr < kBN; ++rr) {
         if (rr >= p.nrows) break;
-        r.dh[(p.n0 + rr) * r.H + p.j] += acc[rr][0];
+        T* dh = r.dh + (p.n0 + rr) * r.H + p.j;
+        store(dh, load(dh) + acc[rr][0]);
     }
 }
 
@@ -625,7 +631,7 @@ struct ForwardPersistent {
         // slice[k][g][u] = W_hh^T[k, g*H + first unit + u] (zero past H)
         for (i64 e = thread_index(); e < elems; e += block_threads()) {
             const i64 k = e / width, g = (e / kUnits) % r.G, j = unit_tile * kUnits + e % kUnits;
-            sm.slice[e] = j < H ? r.packed[k * GH + g * H + j] : T(0);
+            sm.slice[e] = j < H ? load(r.packed + k * GH + g * H + j) : T(0);
         }
         sync_block();
         const Operand<T> w{sm.slice, width, kUnits};
@@ -656,7 +662,7 @@ struct BackwardPersistent {
         // slice[k][u] = W_hh[k, first unit + u] (zero past H)
         for (i64 e = thread_index(); e < elems; e += block_threads()) {
             const i64 k = e / kUnits, j = unit_tile * kUnits + e % kUnits;
-            sm.slice[e] = j < H ? r.packed[k * H + j] : T(0);
+            sm.slice[e] = j < H ? load(r.packed + k * H + j) : T(0);
         }
         sync_block();
         const Operand<T> w{sm.slice, kUnits, 0};
@@ -690,7 +696,7 @@ struct FinishDiagnostics {
     };
     static FASTRNN_DEV double slot_sum(const Args& a, i64 t, i64 n, int q) {
         double s = 0;
-        for (i64 u = 0; u < a.unit_tiles; ++u) s += a.partial[((t * a.unit_tiles + u) * a.N + n) * kDiagValues + q];
+        for (i64 u = 0; u < a.unit_tiles; ++u) s += load(a.partial + ((t * a.unit_tiles + u) * a.N + n) * kDiagValues + q);
         return s;
     }
     static FASTRNN_DEV void run(const Args& a) {
@@ -708,11 +714,11 @@ struct FinishDiagnostics {
                 previous += slot_sum(a, tp, n, 1) + slot_sum(a, tp, n, 2);
             }
         }
-        if (a.grad_h_sq) a.grad_h_sq[t] += gh;
-        if (a.grad_c_sq) a.grad_c_sq[t] += gc;
+        if (a.grad_h_sq) store(a.grad_h_sq + t, load(a.grad_h_sq + t) + gh);
+        if (a.grad_c_sq) store(a.grad_c_sq + t, load(a.grad_c_sq + t) + gc);
         if (a.carried_sq) {
-            a.carried_sq[t] += carried;
-            a.prev_state_sq[t] += previous;
+            store(a.carried_sq + t, load(a.carried_sq + t) + carried);
+            store(a.prev_state_sq + t, load(a.prev_state_sq + t) + previous);
         }
     }
 };

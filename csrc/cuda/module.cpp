@@ -15,8 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "../bindings/gil.h"
 #include "driver.h"
 #include "../bindings/plan_object.h"
+#ifdef FASTRNN_CUDA_EMULATE
+#include "emu.h"
+#endif
 
 #ifndef FASTRNN_CUDA_MODULE
 #define FASTRNN_CUDA_MODULE _cuda
@@ -59,12 +63,17 @@ void forward_impl(const fastrnn::Plan& p, const Desc& d, bool dropout, Ptr x, co
     auto W = p.arrange<T>(pointers<T>(p, ws, "weights"));
     const bool train = cache != 0;
     if (train && dropout && d.L > 1 && masks == 0) throw std::invalid_argument("masks is required with dropout");
-    py::gil_scoped_release release;
-    cu::forward<T>(d, W.data(), at<const T>(x, "x", true), at<const T>(h0, "h0", false),
-                   lstm ? at<const T>(c0, "c0", false) : nullptr, at<const i64>(lengths, "lengths", false),
-                   train && dropout ? at<const T>(masks, "masks", false) : nullptr, at<T>(out, "out", true),
-                   at<T>(h_n, "h_n", true), lstm ? at<T>(c_n, "c_n", true) : nullptr, at<T>(cache, "cache", false),
-                   reinterpret_cast<void*>(workspace), workspace_bytes, stream_of(stream));
+    const T *px = at<const T>(x, "x", true), *ph0 = at<const T>(h0, "h0", false);
+    const T* pc0 = lstm ? at<const T>(c0, "c0", false) : nullptr;
+    const i64* plen = at<const i64>(lengths, "lengths", false);
+    const T* pm = train && dropout ? at<const T>(masks, "masks", false) : nullptr;
+    T *pout = at<T>(out, "out", true), *phn = at<T>(h_n, "h_n", true);
+    T* pcn = lstm ? at<T>(c_n, "c_n", true) : nullptr;
+    T* pcache = at<T>(cache, "cache", false);
+    fastrnn::without_gil([&] {
+        cu::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, reinterpret_cast<void*>(workspace),
+                       workspace_bytes, stream_of(stream));
+    });
 }
 
 template <class T>
@@ -85,13 +94,18 @@ void backward_impl(const fastrnn::Plan& p, const Desc& d, bool dropout, Ptr x, c
     opt.diag.grad_c_sq = lstm ? at<double>(grad_c_sq, "grad_c_sq", false) : nullptr;
     opt.diag.carried_sq = at<double>(carried_sq, "carried_sq", false);
     opt.diag.prev_state_sq = at<double>(prev_state_sq, "prev_state_sq", false);
-    py::gil_scoped_release release;
-    cu::backward<T>(d, W.data(), at<const T>(x, "x", true), at<const i64>(lengths, "lengths", false),
-                    dropout ? at<const T>(masks, "masks", false) : nullptr, at<T>(cache, "cache", true),
-                    at<const T>(grad_out, "grad_out", false), at<const T>(grad_h_n, "grad_h_n", false),
-                    lstm ? at<const T>(grad_c_n, "grad_c_n", false) : nullptr, at<T>(grad_x, "grad_x", true),
-                    at<T>(grad_h0, "grad_h0", true), lstm ? at<T>(grad_c0, "grad_c0", true) : nullptr, G.data(), opt,
-                    reinterpret_cast<void*>(workspace), workspace_bytes, stream_of(stream));
+    const T* px = at<const T>(x, "x", true);
+    const i64* plen = at<const i64>(lengths, "lengths", false);
+    const T* pm = dropout ? at<const T>(masks, "masks", false) : nullptr;
+    T* pcache = at<T>(cache, "cache", true);
+    const T *pgo = at<const T>(grad_out, "grad_out", false), *pghn = at<const T>(grad_h_n, "grad_h_n", false);
+    const T* pgcn = lstm ? at<const T>(grad_c_n, "grad_c_n", false) : nullptr;
+    T *pgx = at<T>(grad_x, "grad_x", true), *pgh0 = at<T>(grad_h0, "grad_h0", true);
+    T* pgc0 = lstm ? at<T>(grad_c0, "grad_c0", true) : nullptr;
+    fastrnn::without_gil([&] {
+        cu::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt,
+                        reinterpret_cast<void*>(workspace), workspace_bytes, stream_of(stream));
+    });
 }
 
 py::buffer_info contiguous_buffer(const py::buffer& b, bool writable, const char* what) {
@@ -126,24 +140,24 @@ PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
     m.def("zero", [](Ptr dst, std::size_t bytes, Ptr stream) {
         cu::zero(reinterpret_cast<void*>(dst), bytes, stream_of(stream));
     });
-    m.def("synchronize", [](Ptr stream) {
-        py::gil_scoped_release release;
-        cu::synchronize(stream_of(stream));
-    });
+    m.def("synchronize", [](Ptr stream) { fastrnn::without_gil([&] { cu::synchronize(stream_of(stream)); }); });
     // Host <-> device copies of whole C-contiguous host buffers; both return when the host
     // buffer may be reused (to_host: when the data has arrived).
     m.def("copy_to_device", [](Ptr dst, const py::buffer& src, Ptr stream) {
         py::buffer_info info = contiguous_buffer(src, false, "copy_to_device");
-        py::gil_scoped_release release;
-        cu::copy(reinterpret_cast<void*>(dst), info.ptr, std::size_t(info.size * info.itemsize), stream_of(stream));
-        cu::synchronize(stream_of(stream));
+        fastrnn::without_gil([&] {
+            cu::copy(reinterpret_cast<void*>(dst), info.ptr, std::size_t(info.size * info.itemsize),
+                     stream_of(stream));
+            cu::synchronize(stream_of(stream));
+        });
     });
     m.def("copy_to_host", [](const py::buffer& dst, Ptr src, Ptr stream) {
         py::buffer_info info = contiguous_buffer(dst, true, "copy_to_host");
-        py::gil_scoped_release release;
-        cu::copy(info.ptr, reinterpret_cast<const void*>(src), std::size_t(info.size * info.itemsize),
-                 stream_of(stream));
-        cu::synchronize(stream_of(stream));
+        fastrnn::without_gil([&] {
+            cu::copy(info.ptr, reinterpret_cast<const void*>(src), std::size_t(info.size * info.itemsize),
+                     stream_of(stream));
+            cu::synchronize(stream_of(stream));
+        });
     });
     m.def("copy", [](Ptr dst, Ptr src, std::size_t bytes, Ptr stream) {
         cu::copy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes, stream_of(stream));
@@ -155,6 +169,12 @@ PYBIND11_MODULE(FASTRNN_CUDA_MODULE, m) {
         cu::copy_strided(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), int(shape.size()),
                          shape.data(), strides.data(), itemsize, stream_of(stream));
     });
+#ifdef FASTRNN_CUDA_EMULATE
+    // The emulator's schedule (csrc/cuda/emu.h): seed of the block order and thread switches,
+    // and whether cooperative launches are refused (as on a GPU shared under MPS).
+    m.def("_emu_set_schedule", &cu::emu::set_schedule, py::arg("seed"), py::arg("refuse_cooperative") = false);
+    m.def("_emu_refused_launches", &cu::emu::refused_launches);
+#endif
     // The plan (fastrnn._C.Plan) describes the layer stack; T and N are the call's.
     m.def("forward_workspace_bytes", [](const py::object& plan, i64 T, i64 N, bool training) {
         const fastrnn::Plan& p = plan_of(plan);

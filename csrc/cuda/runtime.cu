@@ -80,15 +80,13 @@ void synchronize(Stream stream) { check(cudaStreamSynchronize(native(stream)), "
 #else  // host emulator: one device, host memory, everything synchronous
 
 const char* backend() { return "emulator"; }
-int device_count(std::string*) { return 1; }
+int device_count(std::string*) { return emu::kDevices; }
 int runtime_version() { return 0; }
 int driver_version() { return 0; }
 std::string device_name(int) { return "fastrnn CUDA host emulator"; }
 int device_capability(int) { return 0; }
-int get_device() { return 0; }
-void set_device(int device) {
-    if (device != 0) throw std::invalid_argument("set_device: the emulator has device 0 only");
-}
+int get_device() { return emu::current_device(); }
+void set_device(int device) { emu::set_current_device(device); }
 
 void* device_malloc(std::size_t bytes) {
     void* p = std::malloc(std::max<std::size_t>(bytes, 1));

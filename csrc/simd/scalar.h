@@ -19,6 +19,12 @@
 #endif
 #endif
 
+// Called at each load and store of the scalar type: the CUDA host emulator (csrc/cuda/exec.h)
+// makes it a point where the emulated thread may yield to another; nothing anywhere else.
+#ifndef FASTRNN_SCALAR_ACCESS
+#define FASTRNN_SCALAR_ACCESS()
+#endif
+
 // Per-ISA namespace: each ISA's translation unit gets its own copies of every inline helper,
 // so the linker can never pick an AVX2-compiled copy for the scalar path.
 namespace fastrnn {
@@ -31,10 +37,16 @@ struct Scalar {
     static constexpr int regs = 16;
     T v;
 
-    FASTRNN_HD static Scalar load(const T* p) { return {*p}; }
+    FASTRNN_HD static Scalar load(const T* p) {
+        FASTRNN_SCALAR_ACCESS();
+        return {*p};
+    }
     FASTRNN_HD static Scalar set1(T x) { return {x}; }
     FASTRNN_HD static Scalar zero() { return {T(0)}; }
-    FASTRNN_HD void store(T* p) const { *p = v; }
+    FASTRNN_HD void store(T* p) const {
+        FASTRNN_SCALAR_ACCESS();
+        *p = v;
+    }
 
     FASTRNN_HD friend Scalar operator+(Scalar a, Scalar b) { return {a.v + b.v}; }
     FASTRNN_HD friend Scalar operator-(Scalar a, Scalar b) { return {a.v - b.v}; }

@@ -7,6 +7,7 @@ import numpy as np
 import fastrnn
 from fastrnn import _C
 from fastrnn import functional as F
+from fastrnn.core import cells as _cells
 
 fastrnn.set_num_threads(2)
 rng = np.random.default_rng(0)
@@ -48,22 +49,27 @@ for isa in fastrnn.available_isas():
             layer.eval()
             layer(x)
 
-# Errors raised by the bindings after they converted some arguments.
+# Errors raised by the bindings after they converted some arguments (the plan API of _C).
 layer = fastrnn.LSTM(3, 4, rng=0)
+plan = _C.Plan(_cells.code("lstm"), True, True, 3, 4, 1, 1, "float32")
+plan.set_weights([layer.params[name] for name, _, buffer in plan.parameters if not buffer])
 x = np.ones((5, 2, 3), np.float32)
-weights = [(layer.params["weight_ih_l0"], layer.params["weight_hh_l0"], layer.params["bias_ih_l0"],
-            layer.params["bias_hh_l0"])]
 out = np.empty((5, 2, 4), np.float32)
 h_n = np.empty((1, 2, 4), np.float32)
+c_n = h_n.copy()
+errors = 0
 for bad_lengths in (np.array([0, 1]), np.array([1, 9])):
     try:
-        _C.forward(2, True, True, 5, 2, 3, 4, 1, 1, False, x, weights, None, None, bad_lengths, None, out, h_n,
-                   h_n.copy(), None)
+        plan.forward(x, out, h_n, c_n, lengths=bad_lengths)
     except ValueError:
-        pass
+        errors += 1
 try:
-    _C.forward(2, True, True, 5, 2, 3, 4, 1, 1, False, x.astype(np.float64), weights, None, None, None, None, out,
-               h_n, h_n.copy(), None)
+    plan.forward(x.astype(np.float64), out, h_n, c_n)
 except TypeError:
-    pass
+    errors += 1
+try:
+    plan.set_weights([np.ones((3, 3), np.float32)])
+except (ValueError, TypeError):
+    errors += 1
+assert errors == 4, f"{errors} of 4 bad calls raised"
 print("leak workload done")

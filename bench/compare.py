@@ -14,6 +14,6 @@ if __name__ == "__main__":
         import fastrnn  # noqa: F401
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from fastrnn._bench import main
+    from fastrnn.bench.engine import main
 
     sys.exit(main())

@@ -14,7 +14,7 @@ import os
 import pytest
 
 import fastrnn
-from fastrnn import _bench
+from fastrnn.bench import engine as _bench
 
 SHAPES = [_bench.parse_shape(s) for s in os.environ.get("FASTRNN_BENCH_SHAPES", "A B").split()]
 THREADS = int(os.environ.get("FASTRNN_BENCH_THREADS", "1"))

@@ -28,7 +28,7 @@ NEEDS_SPEECHBRAIN = "# needs SpeechBrain"
 
 def _speechbrain_installed():
     try:
-        from fastrnn import _speechbrain
+        from fastrnn.bench import speechbrain as _speechbrain
     except ImportError:
         return False
     return _speechbrain.version() is not None

@@ -43,14 +43,20 @@ else:
     import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
     from . import _C
-    from . import clip, cuda, functional, init
+    # The package in wings (docs/design.md, "Architecture"): core <- gradients <- toolkit; bench
+    # and the torch front end on top. Public modules keep the names users import them by.
+    from .core import cuda, functional, layers
+    from .gradients import clip, diagnostics, init
+    from .toolkit import callbacks, demo, losses, modules, optim, tasks, training
+    for _module in (cuda, functional, layers, clip, diagnostics, init, callbacks, demo, losses, modules, optim, tasks,
+                    training):  # `import fastrnn.init`, `from fastrnn.functional import ...`, old pickles
+        _sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
+    del _module
     from ._embed import get_include, get_library, get_library_dir
-    from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, LiGRU, SLiGRU
-    from . import callbacks, losses, optim, tasks
-    from . import diagnostics
-    from .diagnostics import gradcheck
-    from .modules import LastStep, Linear, Sequential
-    from .training import History, fit
+    from .core.layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, LiGRU, SLiGRU
+    from .gradients.diagnostics import gradcheck
+    from .toolkit.modules import LastStep, Linear, Sequential
+    from .toolkit.training import History, fit
 
     __version__ = _C.version  # from the FASTRNN_VERSION_* macros of fastrnn.h, the one source
 

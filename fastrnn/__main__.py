@@ -5,12 +5,12 @@ import argparse
 import sys
 
 import fastrnn
-from . import _bench
-from . import demo as _demo
+from .bench import engine as _bench
+from .toolkit import demo as _demo
 
 
 def demo(args):
-    from . import demo as demo_module
+    from .toolkit import demo as demo_module
     return demo_module.run(args)
 
 

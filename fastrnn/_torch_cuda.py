@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _C, cuda
-from . import functional as F
+from . import _C
+from .core import cuda
+from .core import functional as F
 
 
 def _ptr(t):
@@ -124,9 +125,8 @@ class _CudaRNNFunction(torch.autograd.Function):
         out, h_n, c_n, cache = call.forward(h0, c0, training=True)
         ctx.fctx = None
         if spec.recorders:  # fastrnn.diagnostics.record: gate statistics from the cache
-            from .diagnostics import notify_forward
             ctx.fctx = call.context(cache)
-            notify_forward(spec.recorders, spec.module, ctx.fctx)
+            F.notify_forward(spec.recorders, spec.module, ctx.fctx)
         ctx.save_for_backward(call.x, cache, call.masks, call.lengths, *call.weights)
         call.x = call.masks = call.lengths = call.weights = None  # kept by autograd from here on
         ctx.call = call

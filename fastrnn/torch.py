@@ -50,8 +50,9 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _C, _cells
-from . import functional as F
+from . import _C
+from .core import cells as _cells
+from .core import functional as F
 
 __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "convert", "revert"]
 
@@ -197,8 +198,7 @@ class _RNNFunction(torch.autograd.Function):
     def forward(ctx, spec, x, h0, c0, masks, *weights):
         out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True)
         if spec.recorders:  # fastrnn.diagnostics.record: gate statistics from the cache
-            from .diagnostics import notify_forward
-            notify_forward(spec.recorders, spec.module, fctx)
+            F.notify_forward(spec.recorders, spec.module, fctx)
         # What BPTT reads is saved through torch, so retain_graph, the check against in-place
         # changes of x or the weights, and freeing the cache after backward behave as for torch ops.
         ctx.save_for_backward(x, *weights, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache), masks)
@@ -321,7 +321,7 @@ class _FastRNNBase:
 
     def _check_supported(self, where, tensors):
         for device in {t.device for t in tensors if t.device.type != "cpu"}:
-            from . import cuda
+            from .core import cuda
             why = cuda.reason() if device.type == "cuda" else f"fastrnn has no backend for '{device.type}' tensors"
             if why is not None:
                 raise RuntimeError(f"{where}: got a tensor on device '{device}' but the fastrnn CUDA backend is "

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fastrnn  # noqa: E402
-from fastrnn import _reference as ref  # noqa: E402
+from fastrnn.core import reference as ref  # noqa: E402
 from fastrnn import functional as F  # noqa: E402
 from util import CELLS, LAYER  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The benchmark runner (`fastrnn._bench`, ``python -m fastrnn bench``) on tiny shapes: JSON
+"""The benchmark runner (`fastrnn.bench.engine`, ``python -m fastrnn bench``) on tiny shapes: JSON
 fields, sane numbers, the output-agreement check and the error messages. No timing asserts."""
 import json
 import mmap
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _bench
+from fastrnn.bench import engine as _bench
 from fastrnn.__main__ import main as cli_main
 
 TINY = dict(shapes=["6,2,5,4"], repeats=2, min_time=0.002, gemm_size=64)

@@ -781,7 +781,7 @@ def test_bench_device_cuda_runs_the_numpy_layer_on_the_backend(backend, monkeypa
     """python -m fastrnn bench --device cuda, NumPy front end, on the emulator: the fastrnn rows run
     the CUDA backend and agree with the float64 oracle (torch on the GPU is the GPU test's job)."""
     torch = pytest.importorskip("torch")
-    from fastrnn import _bench
+    from fastrnn.bench import engine as _bench
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     r = _bench.run(cells=["lstm", "gru"], shapes=["5,3,4,6"], peers=["onnxruntime"], repeats=1, min_time=0.001,
                    device="cuda")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _reference as ref
+from fastrnn.core import reference as ref
 from fastrnn import diagnostics as dg
 from util import CELLS, make_layer, ref_kwargs, to_time_major
 

@@ -1,5 +1,5 @@
 """Li-GRU and SLi-GRU (fastrnn.LiGRU / SLiGRU, functional.ligru_forward / sligru_forward) against
-the float64 reference (fastrnn/_reference.py, itself checked against SpeechBrain's modules in
+the float64 reference (fastrnn/core/reference.py, itself checked against SpeechBrain's modules in
 tests/test_speechbrain.py) and central finite differences, on every ISA and both dtypes."""
 import copy
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _reference as ref
+from fastrnn.core import reference as ref
 from fastrnn import functional as F
 
 ACTS = ["relu", "tanh", "sin", "leaky_relu"]

@@ -18,7 +18,7 @@ import pytest
 
 import fastrnn
 from fastrnn import functional as F
-from fastrnn import _validation as V
+from fastrnn.core import validation as V
 
 BLAS_MAX = 2**31 - 1
 CELL_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _reference as ref
+from fastrnn.core import reference as ref
 
 from util import CELLS, make_layer
 

@@ -33,7 +33,7 @@ def test_import_inside_a_checkout_uses_the_installed_copy(checkout):
     assert res.returncode == 0, res.stderr
     init, ext, functional, roots = res.stdout.splitlines()
     assert init == os.path.join(INSTALLED, "__init__.py")
-    assert os.path.dirname(ext) == INSTALLED and os.path.dirname(functional) == INSTALLED
+    assert os.path.dirname(ext) == INSTALLED and os.path.dirname(functional) == os.path.join(INSTALLED, "core")
     assert roots == repr([os.path.dirname(INSTALLED)])  # no module of the checkout stays loaded
 
 

@@ -1,5 +1,5 @@
 """fastrnn.torch.LiGRU / SLiGRU against SpeechBrain's own modules (speechbrain.nnet.RNN, 1.1.2),
-loaded alone (fastrnn/_speechbrain.py; install with ``pip install --no-deps speechbrain==1.1.2``):
+loaded alone (fastrnn/bench/speechbrain.py; install with ``pip install --no-deps speechbrain==1.1.2``):
 outputs, final states, every gradient, the batch-norm running statistics, the recurrent-dropout
 masks of the pre-drawn bank, the bidirectional form and training steps; and the float64 reference
 of fastrnn's own Li-GRU against the same modules."""
@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastrnn.torch  # noqa: E402
-from fastrnn import _reference as ref  # noqa: E402
-from fastrnn import _speechbrain  # noqa: E402
+from fastrnn.core import reference as ref  # noqa: E402
+from fastrnn.bench import speechbrain as _speechbrain  # noqa: E402
 
 sb = _speechbrain.load()
 pytestmark = pytest.mark.skipif(sb is None, reason="SpeechBrain is not installed "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _reference as ref
+from fastrnn.core import reference as ref
 from fastrnn import functional as F
 
 from util import scaled_error
@@ -611,7 +611,7 @@ def test_torch_regularizers_use_torchs_rng_and_gradcheck_in_eval():
 
 
 # ---------------------------------------------------------------- against plain torch loops
-# An oracle independent of fastrnn/_reference.py: each variant's equations (docs/variants.md)
+# An oracle independent of fastrnn/core/reference.py: each variant's equations (docs/variants.md)
 # written step by step with torch operators (nn.functional.layer_norm, the cell's pointwise ops),
 # differentiated by autograd, in float64, on the same weights, initial states and masks.
 

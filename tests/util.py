@@ -37,7 +37,7 @@ def run_both(layer, x, hx=None, lengths=None, seed=7, rng_dropout=None):
 
     Returns two dicts with out, h_n, c_n, grad_x, grad_h0, grad_c0 and grads (all float64).
     """
-    from fastrnn import _reference as ref
+    from fastrnn.core import reference as ref
 
     kind, kw = ref_kwargs(layer)
     lstm = kind == "lstm"

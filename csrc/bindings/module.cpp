@@ -1,5 +1,5 @@
 // Thin pybind11 layer: re-check what Python validated (cheaply), release the GIL, call the core.
-// Arrays come in already allocated and typed by fastrnn/_validation.py and fastrnn/functional.py.
+// Arrays come in already allocated and typed by fastrnn/core/validation.py and fastrnn/core/functional.py.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

@@ -1,4 +1,4 @@
-// pybind11 layer of the multi-tensor optimizers (csrc/optim). fastrnn/optim.py validates and
+// pybind11 layer of the multi-tensor optimizers (csrc/optim). fastrnn/toolkit/optim.py validates and
 // builds one OptimTensors per optimizer, once; every step() is then a single call here that
 // releases the GIL and updates all tensors in C++.
 #include <pybind11/numpy.h>

@@ -218,7 +218,7 @@ Problem check_desc(const fastrnn_desc* p, bool plan = false, i64 call_T = 1, i64
     const i64 T = d.T, N = d.N, C = d.C, H = d.H, L = d.L, D = d.D, G = P.G;
     const i64 gates_kept = std::max<i64>(G, fastrnn::cell_cache_gates(d));
 
-    // The GEMM extents and strides the core hands to a 32-bit BLAS (as fastrnn/_validation.py).
+    // The GEMM extents and strides the core hands to a 32-bit BLAS (as fastrnn/core/validation.py).
     P.TN = product("T*N", {T, N});
     blas_limit("T*N", P.TN);
     P.x_elems = product("T*N*C", {P.TN, C});

@@ -2,7 +2,7 @@
 //   i,f,o = sigmoid(.), g = tanh(.), c' = f*c + i*g, h' = o*tanh(c').
 // Cache: post-activation i, f, g, o and c_t; tanh(c_t) is recomputed in backward.
 //
-// Variants handled here (the driver and csrc/kernels/steps.h do the rest):
+// Variants handled here (the driver and the step phases of csrc/kernels/ do the rest):
 // - Peepholes (Gers & Schmidhuber 2000, "Recurrent nets that time and count"; ONNX LSTM's P):
 //     i = sigmoid(a_i + p_i*c_{t-1}), f = sigmoid(a_f + p_f*c_{t-1}), o = sigmoid(a_o + p_o*c_t).
 //   Backward: dc_t gains d_o*p_o, dc_{t-1} gains di*p_i + df*p_f (d* = pre-activation

@@ -236,7 +236,7 @@ struct StridedCopy {
 
 // ---------------------------------------------------------------- recurrent steps
 
-// The step logic below mirrors csrc/kernels/steps.h (the CPU step kernels) one unit per thread;
+// The step logic below mirrors csrc/kernels/steps_plain.h and step_common.h (the CPU step kernels) one unit per thread;
 // the cell math itself is the shared csrc/cells code.
 FASTRNN_DEV bool row_valid(const i64* lengths, i64 n, i64 t) { return lengths == nullptr || t < load(lengths + n); }
 template <class T>
@@ -300,7 +300,7 @@ struct TilePos {
     bool active; // j < H
 };
 
-// Padded row: the state is held, the output is zero, the cache row is zeroed (steps.h forward_hold).
+// Padded row: the state is held, the output is zero, the cache row is zeroed (step_common.h forward_hold).
 template <class Cell, bool Train, class T>
 FASTRNN_DEV void forward_hold(const Recurrence<T>& r, i64 t, i64 n, i64 j, const T* h_prev, T* h_next) {
     const i64 N = r.N, H = r.H;
@@ -394,7 +394,7 @@ struct DiagSlots {
     i64 unit_tiles;
 };
 
-// dL/dh_{t-1} through W_hh from the gate gradients of processing step s (steps.h recurrent_grad).
+// dL/dh_{t-1} through W_hh from the gate gradients of processing step s (step_common.h recurrent_grad).
 template <class Cell, class T>
 FASTRNN_DEV void recurrent_grad_tile(const Recurrence<T>& r, T (&acc)[kBN][1], i64 s, const TilePos& p,
                                      Operand<T> w, T* As) {
@@ -410,7 +410,7 @@ FASTRNN_DEV void recurrent_grad_tile(const Recurrence<T>& r, T (&acc)[kBN][1], i
     }
 }
 
-// steps.h backward_row, for one unit.
+// step_common.h backward_row, for one unit.
 template <class Cell, class T>
 FASTRNN_DEV BwdRow<T> backward_row(const Recurrence<T>& r, i64 t, i64 n, i64 j, T* dh_total, T* dc_total) {
     const i64 N = r.N, H = r.H;
@@ -454,7 +454,7 @@ FASTRNN_DEV void reduce_diag(const double (&v)[kBN][kDiagValues], const DiagSlot
 }
 
 // One whole backward step (RNN, LSTM, GRU reset_after=true), or the first phase of GRU
-// reset_after=false (steps.h backward_step). `w` is the W_hh operand (rows of W_hh).
+// reset_after=false (steps_plain.h backward_step). `w` is the W_hh operand (rows of W_hh).
 template <class Cell, class T>
 FASTRNN_DEV void backward_tile(const Recurrence<T>& r, const DiagSlots& diag, i64 unit_tile, i64 s, const TilePos& p,
                                Operand<T> w, T* As, double* red) {
@@ -685,7 +685,7 @@ struct BackwardPersistent {
 
 // Per step t of one layer-direction, from the slots: the total dL/dh_t and dL/dc_t squared norms
 // over valid rows, and the propagation records over rows valid at t and at the step BPTT
-// processed before it (steps.h record_propagation). One thread per t; adds into the outputs.
+// processed before it (diagnostics.h record_propagation). One thread per t; adds into the outputs.
 struct FinishDiagnostics {
     struct Args {
         const double* partial;

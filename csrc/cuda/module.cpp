@@ -1,6 +1,6 @@
 // fastrnn._cuda: thin pybind11 layer over the CUDA driver (driver.h). Compiled by the host
 // compiler (no CUDA headers); pointers cross as Python ints (device addresses from cudaMalloc,
-// torch's data_ptr() or __cuda_array_interface__), 0 meaning "none". fastrnn/cuda.py validates
+// torch's data_ptr() or __cuda_array_interface__), 0 meaning "none". fastrnn/core/cuda.py validates
 // arguments and owns the allocations; this layer re-checks what it cheaply can, releases the GIL
 // and enqueues the work on the given stream (an int cudaStream_t, 0 = the default stream).
 //

@@ -130,7 +130,7 @@ struct KernelSet {
     // Backward: W [R, K] to panels [K/nr][R][nr], panel b holding columns b*nr + j.
     void (*pack_backward)(const T* w, std::int64_t R, std::int64_t K, T* out);
     // LayerNorm of whole rows (the hoisted input projection of LayerNorm cells) and its
-    // backward; x^ and 1/sigma go to columns xhat and rstd of each row (csrc/kernels/steps.h).
+    // backward; x^ and 1/sigma go to columns xhat and rstd of each row (csrc/kernels/norm_stats.h).
     void (*ln_rows)(T* rows, std::int64_t n_rows, std::int64_t ld, std::int64_t width, const T* gain,
                     std::int64_t xhat, std::int64_t rstd, bool train);
     void (*ln_rows_backward)(const T* rows, T* drows, std::int64_t n_rows, std::int64_t ld, std::int64_t width,

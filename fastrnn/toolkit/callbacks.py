@@ -35,40 +35,10 @@ import os
 
 import numpy as np
 
+from ..core.callback import Callback
+from ..gradients.diagnostics import _recurrent_layers, record
+
 __all__ = ["Callback", "TerminateOnNaN", "EarlyStopping", "ModelCheckpoint"]
-
-
-class Callback:
-    """Base class: every hook does nothing. ``self.model``, ``self.optimizer`` and
-    ``self.history`` are set by `fit`; ``self.stop(reason)`` ends training."""
-
-    model = optimizer = history = None
-
-    def _attach(self, model, optimizer, history):
-        self.model, self.optimizer, self.history = model, optimizer, history
-
-    def stop(self, reason):
-        """Ask `fit` to stop; the first reason given is kept in ``history.stop_reason``."""
-        if self.history.stop_reason is None:
-            self.history.stop_reason = str(reason)
-
-    def on_train_begin(self):
-        pass
-
-    def on_epoch_begin(self, epoch):
-        pass
-
-    def on_backward_end(self, step, logs):
-        pass
-
-    def on_batch_end(self, step, logs):
-        pass
-
-    def on_epoch_end(self, epoch, logs):
-        pass
-
-    def on_train_end(self):
-        pass
 
 
 def _nonfinite(arrays):
@@ -110,7 +80,6 @@ class TerminateOnNaN(Callback):
     def on_train_begin(self):
         if not self.locate:
             return
-        from .diagnostics import _recurrent_layers, record  # diagnostics imports this module
         layers = getattr(self.model, "modules", None)
         candidates = layers if isinstance(layers, (list, tuple)) else [self.model]
         for i, m in enumerate(candidates):

@@ -41,9 +41,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _cells
-from . import _validation as V
-from ._validation import array_view, choice as _choice, real as _real
+from ..core import cells as _cells
+from ..core import validation as V
+from ..core.validation import array_view, choice as _choice, real as _real
 
 __all__ = [
     "calculate_gain", "variance_scaling", "variance_scaling_",

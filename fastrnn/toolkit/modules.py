@@ -32,8 +32,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _validation as V
-from .layers import _RNNBase
+from ..core import validation as V
+from ..core.layers import _RNNBase
 
 __all__ = ["Linear", "LastStep", "Sequential"]
 

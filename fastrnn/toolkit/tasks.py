@@ -25,7 +25,7 @@ import numbers
 
 import numpy as np
 
-from . import _validation as V
+from ..core import validation as V
 
 __all__ = ["sine", "sine_baseline", "adding", "adding_baseline", "copy", "copy_baseline"]
 

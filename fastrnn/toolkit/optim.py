@@ -39,8 +39,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _C
-from . import _validation as V
+from .. import _C
+from ..core import validation as V
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "LRScheduler", "StepLR",
            "CosineAnnealingLR"]

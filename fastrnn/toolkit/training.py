@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .callbacks import Callback
-from .clip import clip_by_global_norm_, global_norm
+from ..gradients.clip import clip_by_global_norm_, global_norm
 
 __all__ = ["fit", "History"]
 

@@ -33,7 +33,7 @@ undefined). Diagnostics tests compare against them.
 Examples
 --------
 >>> import numpy as np
->>> from fastrnn import _reference as ref
+>>> from fastrnn.core import reference as ref
 >>> rng = np.random.default_rng(0)
 >>> p = {"weight_ih_l0": rng.standard_normal((4, 2)), "weight_hh_l0": rng.standard_normal((4, 4)),
 ...      "bias_ih_l0": np.zeros(4), "bias_hh_l0": np.zeros(4)}

@@ -38,8 +38,9 @@ import numbers
 
 import numpy as np
 
-from . import _C, _cells
-from . import _validation as V
+from .. import _C
+from . import cells as _cells
+from . import validation as V
 from . import cuda as _cuda
 
 __all__ = ["rnn_forward", "lstm_forward", "gru_forward", "ligru_forward", "sligru_forward", "backward",
@@ -530,6 +531,14 @@ def _propagation(carried_sq, prev_state_sq):
         prop = np.sqrt(carried_sq / prev_state_sq)
     prop[~np.isfinite(prop)] = np.nan  # no transition at this step (first BPTT step, padding)
     return prop
+
+
+def notify_forward(recorders, layer, ctx):
+    """Called by the layers after a training forward: the cache statistics, once for all recorders
+    (fastrnn.diagnostics.record objects, which the layers hold and call through `_on_forward`)."""
+    stats = forward_stats(ctx)  # one pass over the cache, before backward consumes it
+    for r in recorders:
+        r._on_forward(layer, ctx, stats)
 
 
 def forward_stats(ctx):

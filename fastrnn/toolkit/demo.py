@@ -26,8 +26,8 @@ import time
 import numpy as np
 
 import fastrnn
-from . import clip as C
-from . import diagnostics as dg
+from ..gradients import clip as C
+from ..gradients import diagnostics as dg
 
 CELL_NAMES = {"rnn": "tanh RNN", "relu": "ReLU RNN", "lstm": "LSTM", "gru": "GRU"}
 TASKS = ("adding", "sine", "copy")

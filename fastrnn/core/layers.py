@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _validation as V
+from . import validation as V
 from . import cuda
 from . import functional as F
 
@@ -250,8 +250,7 @@ class _RNNBase:
             self._ctx, self._ctx_thread = ctx, me
             recorders = [r for r in self._recorders if r.active]
             if recorders and ctx is not None:
-                from .diagnostics import notify_forward
-                notify_forward(recorders, self, ctx)
+                F.notify_forward(recorders, self, ctx)
         return out, h_n, c_n
 
     def _backward(self, grad_output, grad_h_n, grad_c_n):
@@ -548,7 +547,7 @@ class LiGRU(_RNNBase):
         """SpeechBrain's initialization: ``weight_ih`` as ``torch.nn.Linear`` (U(±1/sqrt(C_k))),
         ``weight_hh`` orthogonal (``rnn_init``), the normalizations' gains 1 and shifts 0, the
         running statistics 0 and 1."""
-        from . import init
+        from ..gradients import init
         gen = self.rng if rng is None else V.generator(rng, f"{type(self).__name__}.reset_parameters")
         for name, w in self.params.items():
             if name.startswith("weight_ih"):

@@ -45,7 +45,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._validation import array_view, choice, is_torch_tensor, real
+from ..core.validation import array_view, choice, is_torch_tensor, real
 
 __all__ = ["clip_by_value_", "clip_by_norm_", "clip_by_global_norm_", "global_norm",
            "adaptive_clip_", "max_norm_"]

@@ -54,8 +54,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import _cells
-from . import functional as F
+from ..core import cells as _cells
+from ..core import functional as F
+from ..core.callback import Callback
 
 __all__ = ["record", "GradientReport", "Monitor", "gradcheck", "GradcheckResult", "spectral_radius",
            "largest_singular_value", "GATE_NAMES", "VANISHING_DECADES", "EXPLODING_DECADES"]
@@ -414,13 +415,6 @@ def verdict_of(grad_h_norm, propagation, first_nonfinite=None):
 
 # --------------------------------------------------------------------------- recording
 
-def notify_forward(recorders, layer, ctx):
-    """Called by the layers after a training forward: the cache statistics, once for all recorders."""
-    stats = F.forward_stats(ctx)  # one pass over the cache, before backward consumes it
-    for r in recorders:
-        r._on_forward(layer, ctx, stats)
-
-
 def _recurrent_layers(obj):
     """The fastrnn recurrent layers (NumPy or torch) inside obj: itself, or a container's members."""
     if hasattr(obj, "_cell") and hasattr(obj, "params") and hasattr(obj, "hidden_size"):
@@ -540,7 +534,6 @@ def _first_nonfinite_gradient(grad_h_norm, grad_c_norm):
 
 # --------------------------------------------------------------------------- training monitor
 
-from .callbacks import Callback  # noqa: E402  (callbacks does not import diagnostics)
 
 
 class Monitor(Callback):

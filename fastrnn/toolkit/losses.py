@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validation as V
+from ..core import validation as V
 
 __all__ = ["mse", "bce_with_logits", "cross_entropy"]
 

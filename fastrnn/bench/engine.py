@@ -47,7 +47,9 @@ import numpy as np
 
 import fastrnn
 
-from . import _validation as V
+from ..core import reference as _reference
+from ..core import validation as V
+from . import speechbrain as _speechbrain
 
 CELLS = ("lstm", "gru", "rnn")  # the default rows
 LIGRU_CELLS = ("ligru", "sligru")  # SpeechBrain's defaults: 1 layer, batch norm, ReLU
@@ -462,8 +464,6 @@ class SpeechBrainImpl(TorchImpl):
 
     def __init__(self, cell, mode, weights, x, threads):
         torch = self.torch = _optional_import("torch")
-        from . import _speechbrain
-
         sb = _speechbrain.load()
         if sb is None:
             raise Unavailable("SpeechBrain is not installed (pip install --no-deps speechbrain==1.1.2)")
@@ -573,9 +573,7 @@ def _versions(modules):
     for name in modules:
         mod = sys.modules.get(name)
         versions[name] = getattr(mod, "__version__", "?") if mod else None
-    if "speechbrain" in modules:  # loaded as its RNN file alone (fastrnn._speechbrain): no module to ask
-        from . import _speechbrain
-
+    if "speechbrain" in modules:  # loaded as its RNN file alone (fastrnn.bench.speechbrain): no module to ask
         versions["speechbrain"] = _speechbrain.version()
     return versions
 
@@ -680,7 +678,7 @@ def _agreement(res, oracle):
 
 def _oracles(cell, weights, x, want_grads, notes):
     """float64 outputs (NumPy forward) and, when torch is installed, float64 gradients; for the
-    Li-GRU cells the float64 reference of ``fastrnn._reference`` gives both."""
+    Li-GRU cells the float64 reference of ``fastrnn.core.reference`` gives both."""
     w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     x64 = x.astype(np.float64)
     if cell in LIGRU_CELLS:
@@ -699,8 +697,6 @@ def _oracles(cell, weights, x, want_grads, notes):
 
 
 def _ligru_oracles(cell, w64, x64):
-    from . import _reference
-
     running = {k: v.copy() for k, v in w64.items() if "running" in k}
     infer = _reference.ligru_forward(cell, x64, w64, training=False, running=running)[0]
     out, _, cache = _reference.ligru_forward(cell, x64, w64, training=True, running=running)
@@ -766,7 +762,7 @@ def _measure_memory(impl, cell, shape, threads, dtype, seed, frontend):
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        code = "import sys; from fastrnn._bench import _memory_child; _memory_child(sys.argv[1])"
+        code = "import sys; from fastrnn.bench.engine import _memory_child; _memory_child(sys.argv[1])"
         proc = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -5,7 +5,7 @@ the variants it takes asks here; none spells them out itself.
 
 Examples
 --------
->>> from fastrnn import _cells
+>>> from fastrnn.core import cells as _cells
 >>> _cells.info("lstm").gates, _cells.info("gru", reset_after=False).saturation
 (4, ('reset', 'update', 'new'))
 >>> _cells.info("ligru").gate_names, _cells.names()[:4]
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import _C
+from .. import _C
 
 
 class CellInfo(NamedTuple):

@@ -31,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from . import _C
+from .. import _C
 
 __all__ = ["is_available", "reason", "device_count", "info", "check_device", "DeviceArray", "empty", "to_device"]
 
@@ -53,7 +53,7 @@ def _module():
     if not _loaded:
         _loaded = True
         try:
-            from . import _cuda
+            from .. import _cuda
         except ImportError:
             _cuda = None
         _backend = _cuda

@@ -53,6 +53,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _C
 from .core import cells as _cells
 from .core import functional as F
+from .core.stream import Stream
 
 __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "convert", "revert"]
 
@@ -319,6 +320,45 @@ class _FastRNNBase:
             out[name] = p.grad.numpy()
         return out
 
+    def stream(self, batch=1):
+        """Streaming inference on CPU tensors: a `fastrnn.core.stream.Stream` whose ``step`` takes
+        and returns tensors (no autograd: a stream is inference). The module must be in eval mode
+        and unidirectional. In-place updates of the parameters (an optimizer step,
+        ``load_state_dict``) are used by the next step; replaced parameters are picked up too.
+
+        Examples
+        --------
+        >>> import torch, fastrnn.torch
+        >>> s = fastrnn.torch.GRU(3, 4).eval().stream(batch=2)
+        >>> s.step(torch.zeros(2, 3)).shape
+        torch.Size([2, 4])
+        """
+        where = f"fastrnn.torch.{type(self).__name__}.stream"
+        self._update_flat_weights()
+        devices = {str(w.device) for w in self._flat_weights if w.device.type != "cpu"}
+        if devices:
+            raise RuntimeError(f"{where}: streams run on CPU tensors; the parameters are on {sorted(devices)} "
+                               "(move the module with .cpu(), or use torch.nn.LSTMCell/GRUCell on the GPU)")
+        self._check_supported(where, self._flat_weights)
+        return _TorchStream(self, batch, where=where, lstm=self.mode == "LSTM", weights=self._stream_weights,
+                            zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
+
+    def _stream_weights(self, where):
+        """The core's plan on NumPy views of the parameters, made again when one was replaced."""
+        tensors = [getattr(self, name) for name in self._flat_weights_names]
+        key = tuple((id(t), t.data_ptr()) for t in tensors)
+        kept = self.__dict__.get("_stream_plan")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        if any(t.device.type != "cpu" for t in tensors):
+            raise RuntimeError(f"{where}: the parameters moved off the CPU; streams run on CPU tensors")
+        params = dict(zip(self._flat_weights_names, (t.detach().numpy() for t in tensors)))
+        w = F.prepare(where, self._cell(), params, self.num_layers, self.bidirectional, self.bias,
+                      reset_after=getattr(self, "reset_after", True), proj_size=self.proj_size,
+                      peephole=self.peephole, layer_norm=self.layer_norm, zoneout_c=bool(self.zoneout_c))
+        self.__dict__["_stream_plan"] = (key, w)
+        return w
+
     def _check_supported(self, where, tensors):
         for device in {t.device for t in tensors if t.device.type != "cpu"}:
             from .core import cuda
@@ -427,6 +467,32 @@ class _FastRNNBase:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = tuple(s.squeeze(1) for s in hidden)
         return output, (hidden if lstm else hidden[0])
+
+
+class _TorchStream(Stream):
+    """A stream of a fastrnn.torch module: CPU tensors in and out, NumPy views in between."""
+
+    def _tensor(self, t, name):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{self._where}.step: {name} must be a Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise RuntimeError(f"{self._where}.step: {name} is on {t.device}; streams run on CPU tensors")
+        return t.detach().numpy()
+
+    def _inputs(self, x, active, out):
+        self._out_tensor = out
+        return (self._tensor(x, "x"), None if active is None else self._tensor(active, "active"),
+                None if out is None else self._tensor(out, "out"))
+
+    def _output(self, y):
+        out, self._out_tensor = self._out_tensor, None
+        return out if out is not None else torch.from_numpy(y)
+
+    def _state_in(self, value):
+        return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+    def _state_out(self, a):
+        return torch.from_numpy(a)
 
 
 class _VariantParams:

@@ -259,7 +259,7 @@ def test_struct_layouts_match_ctypes_mirror(tmp_path):
 def test_pxd_declares_every_function():
     pxd = read(os.path.join(os.path.dirname(fastrnn.__file__), "cython", "fastrnn.pxd"))
     functions = re.findall(r"FASTRNN_API [^;]*?\b(fastrnn_\w+)\(", read(HEADER))
-    assert len(functions) == 31
+    assert len(functions) == 37
     for name in functions:
         if name in ("fastrnn_desc_init_", "fastrnn_plan_options_init_"):
             name = name[:-1]  # the macro is what code calls
@@ -770,6 +770,19 @@ def test_cython_nogil_forward_matches_python_api(cython_example, dtype):
         cython_example.lstm_forward(params[:-1], x, 6, num_layers=2, bidirectional=True)
     with pytest.raises(ValueError, match=r"INVALID: lstm_forward_f(32|64): lengths.shape\[0\] \(N\) has 2, expected 3"):
         cython_example.lstm_forward(params, x, 6, num_layers=2, bidirectional=True, lengths=lengths[:2])
+
+
+def test_cython_stream_steps_match_python_api(cython_example):
+    """fastrnn_stream_* from Cython, one step per call without the GIL, as one Python call."""
+    layer = make_layer("lstm", 4, 6, dtype=np.float32, seed=5, num_layers=2).eval()
+    params = np.concatenate([p.ravel() for p in layer.params.values()])
+    x = np.random.default_rng(0).standard_normal((9, 3, 4)).astype(np.float32)
+    y, (h, c) = cython_example.lstm_stream_steps(params, x, 6, num_layers=2)
+    want, (h_n, c_n) = layer(x)
+    for got, ref in ((y, want), (h, h_n), (c, c_n)):
+        np.testing.assert_allclose(got, ref, **TOL[np.float32])
+    with pytest.raises(ValueError, match="FASTRNN_ERR_INVALID"):
+        cython_example.lstm_stream_steps(params, x, 6, num_layers=0)
 
 
 def test_cython_streams_and_python_threads(cython_example):

@@ -98,7 +98,7 @@ def test_exported_symbols():
     demangled = demangle(private)
     names = set()
     for d in demangled:
-        m = re.search(r"fastrnn::(?:Plan::)?(~?\w+)(?:<[^<>]*>)?(?:\[abi:\w+\])?\(", d)
+        m = re.search(r"fastrnn::(?:(?:Plan|Stream<\w+>)::)?(~?\w+)(?:<[^<>]*>)?(?:\[abi:\w+\])?\(", d)
         assert m, f"unexpected private export {d}"
         names.add(m.group(1))
     assert names == PRIVATE

@@ -27,6 +27,7 @@ using fastrnn::Desc;
 using i64 = std::int64_t;
 
 void register_optim(py::module_& m);  // csrc/bindings/optim.cpp
+void register_stream(py::module_& m);  // csrc/bindings/stream.cpp
 
 namespace {
 
@@ -434,4 +435,5 @@ PYBIND11_MODULE(_C, m) {
     m.def("_set_thread_backoff", &fastrnn::set_backoff);
     m.def("_step_threads", &fastrnn::step_threads);
     register_optim(m);
+    register_stream(m);
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <set>
@@ -22,6 +23,7 @@
 
 #include "../core/driver.h"
 #include "../core/plan.h"
+#include "../core/stream.h"
 #include "../core/threads.h"
 #include "../dispatch/dispatch.h"
 
@@ -1187,3 +1189,109 @@ fastrnn_status fastrnn_set_isa(const char* name) {
 }
 
 }  // extern "C"
+
+// ---- streams ---------------------------------------------------------------------------------
+
+struct fastrnn_stream {
+    const fastrnn_plan* plan;
+    std::unique_ptr<fastrnn::Stream<float>> f;
+    std::unique_ptr<fastrnn::Stream<double>> d;
+    i64 x_elems, y_elems;  // of one step: N*C, N*K
+};
+
+namespace {
+
+fastrnn_stream& need_stream(const fastrnn_stream* stream) {
+    if (!stream) invalid("stream: NULL");
+    return *const_cast<fastrnn_stream*>(stream);
+}
+
+template <class T>
+fastrnn::Stream<T>& typed(fastrnn_stream& s) {
+    if constexpr (std::is_same_v<T, float>) return *s.f; else return *s.d;
+}
+
+template <class T>
+void copy_state(fastrnn_stream& s, void* h, void* c, const void* h_in, const void* c_in) {
+    fastrnn::Stream<T>& st = typed<T>(s);
+    const std::size_t nh = std::size_t(st.state_elements()), nc = std::size_t(st.cell_state_elements());
+    if (h) std::memcpy(h, st.h(), nh * sizeof(T));
+    if (c && nc) std::memcpy(c, st.c(), nc * sizeof(T));
+    if (h_in) std::memcpy(st.h(), h_in, nh * sizeof(T));
+    if (c_in && nc) std::memcpy(st.c(), c_in, nc * sizeof(T));
+}
+
+}  // namespace
+
+fastrnn_status fastrnn_stream_create(const fastrnn_plan* plan, int64_t batch, double zoneout_h_rate,
+                                     double zoneout_c_rate, fastrnn_stream** stream) {
+    return guarded("fastrnn_stream_create", [&] {
+        if (!stream) invalid("stream: NULL");
+        *stream = nullptr;
+        const fastrnn_plan& p = need_plan(plan);
+        expect_positive("batch", batch);
+        const Problem P = check_desc(&p.desc, true, 1, batch);
+        // The C plan owns its core plan; the stream borrows it (destroy streams before their plan).
+        std::shared_ptr<const fastrnn::Plan> core(&p.core, [](const fastrnn::Plan*) {});
+        auto s = std::make_unique<fastrnn_stream>();
+        s->plan = plan;
+        s->x_elems = product("batch*input_size", {batch, P.d.C});
+        s->y_elems = product("batch*K", {batch, fastrnn::state_size(P.d)});
+        if (P.dtype == FASTRNN_FLOAT32)
+            s->f = std::make_unique<fastrnn::Stream<float>>(core, batch, zoneout_h_rate, zoneout_c_rate);
+        else
+            s->d = std::make_unique<fastrnn::Stream<double>>(core, batch, zoneout_h_rate, zoneout_c_rate);
+        *stream = s.release();
+    });
+}
+
+void fastrnn_stream_destroy(fastrnn_stream* stream) { delete stream; }
+
+fastrnn_status fastrnn_stream_step(fastrnn_stream* stream, int64_t steps, const void* x, void* y,
+                                   const uint8_t* active) {
+    return guarded("fastrnn_stream_step", [&] {
+        fastrnn_stream& s = need_stream(stream);
+        const fastrnn_plan& p = *s.plan;
+        if (steps < 1) invalid("steps = " + to_string(steps) + ", expected >= 1");
+        if (!p.param_data) invalid("plan: no parameters yet (fastrnn_plan_set_params)");
+        product("steps*batch*input_size", {steps, s.x_elems});
+        product("steps*batch*K", {steps, s.y_elems});
+        need(x, "x", p.problem.esize);
+        need(y, "y", p.problem.esize);
+        if (s.f)
+            s.f->step(static_cast<const float*>(x), steps, static_cast<float*>(y), active);
+        else
+            s.d->step(static_cast<const double*>(x), steps, static_cast<double*>(y), active);
+    });
+}
+
+fastrnn_status fastrnn_stream_reset(fastrnn_stream* stream, const int64_t* slots, int64_t count) {
+    return guarded("fastrnn_stream_reset", [&] {
+        fastrnn_stream& s = need_stream(stream);
+        if (slots && count < 0) invalid("count = " + to_string(count) + ", expected >= 0");
+        if (s.f)
+            s.f->reset(slots, count);
+        else
+            s.d->reset(slots, count);
+    });
+}
+
+fastrnn_status fastrnn_stream_get_state(const fastrnn_stream* stream, void* h, void* c) {
+    return guarded("fastrnn_stream_get_state", [&] {
+        fastrnn_stream& s = need_stream(stream);
+        if (!h && !c) invalid("h and c: both NULL");
+        check_aligned(h, "h", s.plan->problem.esize);
+        check_aligned(c, "c", s.plan->problem.esize);
+        if (s.f) copy_state<float>(s, h, c, nullptr, nullptr); else copy_state<double>(s, h, c, nullptr, nullptr);
+    });
+}
+
+fastrnn_status fastrnn_stream_set_state(fastrnn_stream* stream, const void* h, const void* c) {
+    return guarded("fastrnn_stream_set_state", [&] {
+        fastrnn_stream& s = need_stream(stream);
+        if (!h && !c) invalid("h and c: both NULL");
+        check_aligned(h, "h", s.plan->problem.esize);
+        check_aligned(c, "c", s.plan->problem.esize);
+        if (s.f) copy_state<float>(s, nullptr, nullptr, h, c); else copy_state<double>(s, nullptr, nullptr, h, c);
+    });
+}

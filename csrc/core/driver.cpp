@@ -1,6 +1,7 @@
 #include "driver.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -153,7 +154,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         if (!fwd) k.bwd_final(r, ctx, s0, s1);
     };
     const std::int64_t start = now_ns();
-    const std::int64_t join_wait = parallel_run(plan.total(), [&](int tid, int n) {
+    const auto job = [&](int tid, int n) {
         if (n != plan.total()) {  // the pool was busy: this caller does everything alone
             Barrier solo(1);
             for (i64 dir = 0; dir < D; ++dir) recurrence(dir, tc[0], 0, 1, solo);
@@ -162,7 +163,9 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         const int group = tid / plan.per_group, lt = tid % plan.per_group;
         for (i64 dir = 0; dir < D; ++dir)
             if (plan.groups == 1 || dir == group) recurrence(dir, tc[tid], lt, plan.per_group, barriers[group]);
-    }, "recurrence");
+    };
+    // std::ref: a std::function holds a reference_wrapper without allocating (none per step).
+    const std::int64_t join_wait = parallel_run(plan.total(), std::ref(job), "recurrence");
     report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
 }
 
@@ -442,11 +445,15 @@ struct CpuOps {
     const CellKernels<T>& k;
     const bool regularized;
     const ThreadPlan plan;
-    std::vector<ThreadCtx<T>> tc;
+    ThreadCtx<T> tc_inline[4];  // the usual thread counts need no allocation (streaming steps)
+    std::vector<ThreadCtx<T>> tc_more;
+    ThreadCtx<T>* tc;
 
     CpuOps(const Desc& d_, const Noise<T>& nz_, T* cache_)
         : d(d_), nz(nz_), cache(cache_), ks(active_kernels<T>()), k(cell_of(ks, d_, cell_noise(nz_))),
-          regularized(has_noise(nz_)), plan(plan_threads(d_, ks.nr)), tc(std::size_t(plan.total())) {}
+          regularized(has_noise(nz_)), plan(plan_threads(d_, ks.nr)),
+          tc_more(plan.total() > 4 ? std::size_t(plan.total()) : 0),
+          tc(plan.total() > 4 ? tc_more.data() : tc_inline) {}
     void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
               i64 ldc) {
         fastrnn::gemm<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -473,13 +480,14 @@ struct CpuForward : CpuOps<T> {
     using Base = CpuOps<T>;
     using Base::d, Base::nz, Base::cache, Base::ks, Base::k, Base::regularized, Base::plan, Base::tc;
     const PackedWeights<T>* pre;
+    const bool in_place;  // the recurrent products read W_hh (W_hr) row-major, in place: nothing packed
     Scratch buf;
     Carver carver;
     ForwardScratch<T> ws;
 
-    CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, T* cache_)
-        : Base(d_, nz_, cache_), pre(pre_), buf(size()), carver(buf.p, kAlign, true),
-          ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc.data(), pre_ != nullptr) {
+    CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_, T* cache_)
+        : Base(d_, nz_, cache_), pre(pre_), in_place(in_place_), buf(size()), carver(buf.p, kAlign, true),
+          ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc, pre_ != nullptr || in_place_) {
         if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
             const i64 K = state_size(d);
             for (i64 j = 0; j < K; ++j) ws.zrows[j] = nz.zh_rate;
@@ -488,7 +496,8 @@ struct CpuForward : CpuOps<T> {
     }
     std::size_t size() const {
         Carver sizing(nullptr, kAlign, true);
-        ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr, pre != nullptr);
+        ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr,
+                          pre != nullptr || in_place);
         return sizing.used();
     }
 
@@ -496,9 +505,11 @@ struct CpuForward : CpuOps<T> {
         const bool train = cache != nullptr;
         const i64 s_idx = l * d.D + dir, G = cell_gates(d), H = d.H, GH = G * H, K = state_size(d);
         const i64 NK = d.N * K, TN = d.T * d.N;
-        r.packed = pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
+        r.packed = in_place ? nullptr : pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
+        r.w_hh = in_place ? W.w_hh : nullptr;
         if (d.P > 0) {
-            r.packed_hr = pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
+            r.packed_hr = in_place ? nullptr : pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
+            r.w_hr = in_place ? W.w_hr : nullptr;
             r.m = train ? r.gates + lay.row.m : ws.m[dir];
             r.ld_m = train ? r.ld_gates : H;
         }
@@ -515,7 +526,7 @@ struct CpuForward : CpuOps<T> {
             ks.bn_rows(r.gates, d.T, d.N, r.lengths, r.ld_gates, GH, W.ln_ih, W.bn_mean, W.bn_var, d.bn_momentum,
                        train ? cache + lay.bn_rstd(l, dir) : nullptr, lay.row.xhat_ih, train && !d.bn_frozen,
                        ws.bn_work);
-        if (!pre) {
+        if (!pre && !in_place) {
             const T* w_hh =
                 effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
             ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
@@ -528,7 +539,7 @@ struct CpuForward : CpuOps<T> {
         }
     }
     void run(Recurrence<T>* rec, bool train) {
-        run_layer(k, true, train, rec, d.D, plan, tc.data(), blocks(d, ks.nr), state_blocks(d, ks.nr));
+        run_layer(k, true, train, rec, d.D, plan, tc, blocks(d, ks.nr), state_blocks(d, ks.nr));
     }
 };
 
@@ -548,7 +559,7 @@ struct CpuBackward : CpuOps<T> {
 
     CpuBackward(const Desc& d_, const BackwardOptions<T>& opt_, T* cache_)
         : Base(d_, opt_.noise, cache_), opt(opt_), buf(size()), carver(buf.p, kAlign, true),
-          ws(carver, d_, opt_.retain, regularized, plan.total(), ks.nr, tc.data()) {
+          ws(carver, d_, opt_.retain, regularized, plan.total(), ks.nr, tc) {
         const i64 K = state_size(d), H = d.H, D = d.D, T_ = d.T;
         if (regularized && !nz.zh_mask && !nz.zc_mask && (nz.zh_rate > T(0) || nz.zc_rate > T(0))) {
             zrate_rows.assign(std::size_t(K + H), T(0));
@@ -600,7 +611,7 @@ struct CpuBackward : CpuOps<T> {
             tc[i].prev_state_sq = diag_s.empty() ? nullptr : diag_s.data() + i * DT;
             tc[i].rows = diag_rows.empty() ? nullptr : diag_rows.data() + i * 3 * d.N;
         }
-        run_layer(k, false, true, rec, d.D, plan, tc.data(), blocks(d, ks.nr), state_blocks(d, ks.nr));
+        run_layer(k, false, true, rec, d.D, plan, tc, blocks(d, ks.nr), state_blocks(d, ks.nr));
     }
     // This direction's diagnostics records, summed in thread order.
     void finish(const Recurrence<T>&, i64 dir, i64 s_idx) {
@@ -673,10 +684,11 @@ struct CpuBackward : CpuOps<T> {
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
-             const PackedWeights<T>* pre) {
+             const PackedWeights<T>* pre, bool in_place) {
     const KernelSet<T>& ks = active_kernels<T>();
     if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;  // packed for another ISA, or DropConnect
-    CpuForward<T> backend(d, nz, pre, cache);  // scratch allocated once: nothing inside the time loop
+    if (cache || nz.w_mask) in_place = false;  // training: the backward needs the packed layout anyway
+    CpuForward<T> backend(d, nz, pre, in_place, cache);  // scratch allocated once: nothing inside the time loop
     forward_walk(backend, d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache);
 }
 
@@ -691,10 +703,10 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
 
 template void forward<float>(const Desc&, const LayerWeights<float>*, const float*, const float*, const float*,
                              const std::int64_t*, const float*, float*, float*, float*, float*, const Noise<float>&,
-                             const PackedWeights<float>*);
+                             const PackedWeights<float>*, bool);
 template void forward<double>(const Desc&, const LayerWeights<double>*, const double*, const double*, const double*,
                               const std::int64_t*, const double*, double*, double*, double*, double*,
-                              const Noise<double>&, const PackedWeights<double>*);
+                              const Noise<double>&, const PackedWeights<double>*, bool);
 template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*,
                               const float*, float*, const float*, const float*, const float*, float*, float*, float*,
                               const LayerGrads<float>*, const BackwardOptions<float>&);

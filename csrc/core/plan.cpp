@@ -135,6 +135,7 @@ void Plan::set_weights(const std::vector<T*>& arrays) {
         wd_ = std::move(w);
         packed_d_.reset();
     }
+    version_.fetch_add(1, std::memory_order_release);
 }
 
 namespace {

@@ -9,6 +9,7 @@
 // when they differ; training calls pack into their scratch as before, since their weights change
 // every step. docs/design.md ("The plan") has the reasoning and the cost.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -89,6 +90,14 @@ class Plan {
     std::vector<LayerWeights<T>> arrange(const std::vector<T*>& arrays) const;
     template <class T>
     const std::vector<LayerWeights<T>>& weights() const;
+    // Counts set_weights calls: a holder of a copy of `weights()` (a stream) knows when to take a new one.
+    std::uint64_t weights_version() const { return version_.load(std::memory_order_acquire); }
+    // A copy of `weights()` taken under the plan's lock (set_weights may run on another thread).
+    template <class T>
+    std::vector<LayerWeights<T>> weights_copy() const {
+        std::lock_guard<std::mutex> lock(mu_);
+        return weights<T>();
+    }
     // Gradient pointers in `layout()` order (buffers' entries ignored) as the driver takes them.
     template <class T>
     std::vector<LayerGrads<T>> grads(const std::vector<T*>& arrays) const;
@@ -108,6 +117,7 @@ class Plan {
     std::vector<float> ones_f_;  // SLi-GRU without affine recurrent LayerNorm: its unit gains
     std::vector<double> ones_d_;
     mutable std::mutex mu_;
+    std::atomic<std::uint64_t> version_{0};
     mutable std::shared_ptr<const PackedWeights<float>> packed_f_;  // a cache: calls on a const plan fill it
     mutable std::shared_ptr<const PackedWeights<double>> packed_d_;
 };

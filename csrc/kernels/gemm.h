@@ -171,5 +171,80 @@ void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, 
     }
 }
 
+// The same product with W read in place, row-major (rows of `depth` elements): C[r, n] of
+// c + n*ldc + r = dot(W row r, A row n), for `rows` rows and N rows of A. For the few rows of A
+// of a streaming step: nothing to pack, so the weights are always the caller's current ones,
+// and W is read once (R rows x S rows of A per register block, each W vector used S times).
+template <class V, int R, int S>
+inline void dot_block(std::int64_t depth, const typename V::value_type* w, const typename V::value_type* a,
+                      std::int64_t lda, typename V::value_type* c, std::int64_t ldc) {
+    using T = typename V::value_type;
+    V acc[R][S];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int s = 0; s < S; ++s) acc[r][s] = V::zero();
+    std::int64_t k = 0;
+    for (; k + V::width <= depth; k += V::width) {
+        V av[S];
+#pragma GCC unroll 4
+        for (int s = 0; s < S; ++s) av[s] = V::load(a + s * lda + k);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            const V wv = V::load(w + r * depth + k);
+#pragma GCC unroll 4
+            for (int s = 0; s < S; ++s) acc[r][s] = fmadd(wv, av[s], acc[r][s]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int s = 0; s < S; ++s) {
+            T sum = hsum(acc[r][s]);
+            for (std::int64_t j = k; j < depth; ++j) sum += w[r * depth + j] * a[s * lda + j];
+            c[s * ldc + r] = sum;
+        }
+}
+
+// Rows r..r+R of W against every row of A, S at a time (then the rest one by one).
+template <class V, int R, int S>
+inline void dot_rows(std::int64_t depth, const typename V::value_type* w, std::int64_t N,
+                     const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc) {
+    std::int64_t n = 0;
+    for (; n + S <= N; n += S) dot_block<V, R, S>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
+    for (; n < N; ++n) dot_block<V, R, 1>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
+}
+
+template <class V>
+void rows_gemm(std::int64_t rows, std::int64_t depth, const typename V::value_type* w, std::int64_t N,
+               const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc) {
+    // One row of A: 8 rows of W give 8 independent FMA chains; more rows of A share each W load.
+    constexpr int R1 = V::width > 1 ? 8 : 4, RN = 4;
+    std::int64_t r = 0;
+    if (N == 1) {
+        for (; r + R1 <= rows; r += R1) dot_block<V, R1, 1>(depth, w + r * depth, a, lda, c + r, ldc);
+    } else {
+        for (; r + RN <= rows; r += RN) dot_rows<V, RN, 4>(depth, w + r * depth, N, a, lda, c + r, ldc);
+    }
+    for (; r < rows; ++r) dot_rows<V, 1, 4>(depth, w + r * depth, N, a, lda, c + r, ldc);
+}
+
+// The sum of p[0..n) in eight independent vector chains: a read-bandwidth probe with this ISA's
+// loads (python -m fastrnn bench --streaming states a streaming step's bound with it).
+template <class V>
+typename V::value_type read_sum(const typename V::value_type* p, std::int64_t n) {
+    using T = typename V::value_type;
+    V acc[8];
+    for (auto& a : acc) a = V::zero();
+    std::int64_t i = 0;
+    for (; i + 8 * V::width <= n; i += 8 * V::width)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) acc[j] = acc[j] + V::load(p + i + j * V::width);
+    T sum = 0;
+    for (auto& a : acc) sum += hsum(a);
+    for (; i < n; ++i) sum += p[i];
+    return sum;
+}
+
 }  // namespace FASTRNN_ISA_NS
 }  // namespace fastrnn

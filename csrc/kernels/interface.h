@@ -43,6 +43,7 @@ struct Recurrence {
     bool train;                    // keep the cache (post-activation gates, c_t)
     const std::int64_t* lengths;   // null: every sequence has length T
     const T* packed;               // W_hh packed by pack_forward (forward) or pack_backward
+    const T* w_hh;                 // forward: W_hh [G*H, K] row-major, read in place instead of `packed` (null: packed)
     const T* bias;                 // [G*H] folded biases (b_ih + b_hh, but GRU reset_after's b_hn)
     const T* bhn;                  // [H] GRU reset_after: b_hn, inside r*(.)
     T* gates;  std::int64_t ld_gates;
@@ -55,6 +56,7 @@ struct Recurrence {
     // Variants (null / off for the plain cells).
     RowLayout row;                 // extra columns of the cached rows
     const T* packed_hr;            // LSTMP: W_hr packed like W_hh (forward: [1][P/nr][H][nr]; backward: [H/nr][P][nr])
+    const T* w_hr;                 // LSTMP forward: W_hr [P, H] row-major, in place of `packed_hr` (null: packed)
     T* m;      std::int64_t ld_m;  // LSTMP: m_t rows (the cache block in training, else scratch [N, H])
     T* dproj;                      // LSTMP backward: dL/d(W_hr m_t) [T, N, P] for dW_hr
     const T* peep;                 // [3, H] peepholes (i, f, o)
@@ -147,6 +149,8 @@ struct KernelSet {
     // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
     // their accuracy on every ISA.
     void (*activation)(int fn, const T* x, T* y, std::int64_t n);
+    // The sum of n elements with this ISA's loads: a read-bandwidth probe (gemm.h).
+    T (*read_sum)(const T* p, std::int64_t n);
 };
 
 }  // namespace fastrnn

@@ -134,6 +134,7 @@ KernelSet<T> make_kernel_set() {
     ks.bn_rows_backward = &bn_rows_backward<CV, T>;
     make_cells<GV, CV, T>(ks, std::make_integer_sequence<int, kCellRows>{});
     ks.activation = &activation<CV, T>;
+    ks.read_sum = &read_sum<GV>;
     return ks;
 }
 

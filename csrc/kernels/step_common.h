@@ -43,11 +43,22 @@ constexpr i64 units_group(int gemm_gates) { return gemm_gates >= 4 ? 1 : gemm_ga
 
 // tile[N, ng*bb*nr] = A[N, depth] W^T restricted to gates g0..g0+ng of unit blocks b..b+bb, W
 // packed forward ([G][nblk][depth][nr]); gate q of unit block u lands at column (q*bb + u)*nr,
-// so the tile's gate stride is bb*nr.
+// so the tile's gate stride is bb*nr. With `rows` (W row-major [G*units, depth], read in place:
+// a streaming plan's weights) the same tile from rows_gemm, zero past `units`.
 template <class GV, class T>
 void forward_gemm(i64 N, T* tile, const T* a, i64 lda, const T* packed, i64 nblk, i64 depth, int g0, int ng, i64 b,
-                  i64 bb) {
+                  i64 bb, const T* rows = nullptr, i64 units = 0) {
     constexpr int NR = panel_width<GV>();
+    if (rows) {
+        const i64 ldt = i64(ng) * bb * NR, u0 = b * NR, cnt = std::min(bb * NR, units - u0);
+        for (int q = 0; q < ng; ++q) {
+            T* out = tile + q * bb * NR;
+            rows_gemm<GV>(cnt, depth, rows + ((g0 + q) * units + u0) * depth, N, a, lda, out, ldt);
+            if (cnt < bb * NR)
+                for (i64 n = 0; n < N; ++n) zero_units(out + n * ldt + cnt, bb * NR - cnt);
+        }
+        return;
+    }
     const T* panels[kMaxTilePanels];
     int np = 0;
     for (int g = g0; g < g0 + ng; ++g)

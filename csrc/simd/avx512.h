@@ -32,6 +32,7 @@ inline Avx512F operator-(Avx512F a, Avx512F b) { return {_mm512_sub_ps(a.v, b.v)
 inline Avx512F operator*(Avx512F a, Avx512F b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline Avx512F operator/(Avx512F a, Avx512F b) { return {_mm512_div_ps(a.v, b.v)}; }
 inline Avx512F fmadd(Avx512F a, Avx512F b, Avx512F c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline float hsum(Avx512F a) { return _mm512_reduce_add_ps(a.v); }  // the sum of the lanes
 inline Avx512F vmax(Avx512F a, Avx512F b) { return {_mm512_max_ps(b.v, a.v)}; }
 inline Avx512F step(Avx512F a) {  // 1 if a > 0, 0 if a <= 0, NaN if NaN
     const __mmask16 pos = _mm512_cmp_ps_mask(a.v, _mm512_setzero_ps(), _CMP_GT_OQ);
@@ -62,6 +63,7 @@ struct Avx512D {
 };
 inline Avx512D operator+(Avx512D a, Avx512D b) { return {_mm512_add_pd(a.v, b.v)}; }
 inline Avx512D fmadd(Avx512D a, Avx512D b, Avx512D c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+inline double hsum(Avx512D a) { return _mm512_reduce_add_pd(a.v); }
 
 }  // namespace FASTRNN_ISA_NS
 }  // namespace fastrnn

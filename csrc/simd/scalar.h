@@ -54,6 +54,7 @@ struct Scalar {
     FASTRNN_HD friend Scalar operator/(Scalar a, Scalar b) { return {a.v / b.v}; }
     // a*b + c; kept as separate ops so the scalar path is bit-stable across compilers.
     FASTRNN_HD friend Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
+    FASTRNN_HD friend T hsum(Scalar a) { return a.v; }  // the sum of the lanes (one)
     FASTRNN_HD friend Scalar vmax(Scalar a, Scalar b) { return {a.v > b.v ? a.v : b.v}; }
     // Heaviside step, the relu derivative: 1 where a > 0, 0 where a <= 0, NaN stays NaN so that
     // a NaN state shows up in the gradient instead of being silently zeroed.

@@ -64,3 +64,43 @@ def lstm_forward_streams(const float[::1] params, const float[:, :, :, ::1] xs, 
         if sv[s] != fr.FASTRNN_OK:  # the message is the failing thread's: rerun here to get it
             _raise(fr.lstm_forward_f32(params, xs[s], yv[s], hv[s], cv[s]))
     return ys, hs, cs
+
+
+def lstm_stream_steps(const float[::1] params, const float[:, :, ::1] x, int hidden_size, int num_layers=1):
+    """A streaming LSTM (fastrnn_stream_*), one step per call without the GIL: x [T, N, C] float32
+    fed one step at a time, the state carried; returns y [T, N, H] and the final (h, c) [L, N, H].
+    The same numbers as one forward over the whole sequence."""
+    cdef fr.fastrnn_desc d
+    cdef fr.fastrnn_plan* plan = NULL
+    cdef fr.fastrnn_stream* stream = NULL
+    cdef int status
+    cdef Py_ssize_t t, T = x.shape[0], N = x.shape[1]
+    fr.fastrnn_desc_init(&d)
+    d.cell, d.dtype, d.input_size, d.hidden_size, d.num_layers = fr.FASTRNN_LSTM, fr.FASTRNN_FLOAT32, x.shape[2], \
+        hidden_size, num_layers
+    y = np.empty((T, N, hidden_size), np.float32)
+    h = np.empty((num_layers, N, hidden_size), np.float32)
+    c = np.empty_like(h)
+    cdef float[:, :, ::1] yv = y, hv = h, cv = c
+    status = fr.fastrnn_plan_create(&d, NULL, &plan)
+    if status != fr.FASTRNN_OK:
+        _raise(status)
+    try:
+        status = fr.fastrnn_plan_set_params(plan, &params[0], NULL)
+        if status == fr.FASTRNN_OK:
+            status = fr.fastrnn_stream_create(plan, N, 0.0, 0.0, &stream)
+        if status != fr.FASTRNN_OK:
+            _raise(status)
+        with nogil:
+            for t in range(T):
+                status = fr.fastrnn_stream_step(stream, 1, &x[t, 0, 0], &yv[t, 0, 0], NULL)
+                if status != fr.FASTRNN_OK:
+                    break
+            if status == fr.FASTRNN_OK:
+                status = fr.fastrnn_stream_get_state(stream, &hv[0, 0, 0], &cv[0, 0, 0])
+        if status != fr.FASTRNN_OK:
+            _raise(status)
+    finally:
+        fr.fastrnn_stream_destroy(stream)
+        fr.fastrnn_plan_destroy(plan)
+    return y, (h, c)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import threading
 from collections import OrderedDict
 
@@ -21,6 +22,7 @@ import numpy as np
 from . import validation as V
 from . import cuda
 from . import functional as F
+from .stream import Stream
 
 
 # Guards every layer's `_user` check-and-set (one shared lock: a lock per layer would make layers
@@ -202,13 +204,35 @@ class _RNNBase:
         w = self._kept_weights()
         return 0 if w is None else int(w.plan.packed_bytes)
 
+    def stream(self, batch=1):
+        """A `fastrnn.core.stream.Stream`: inference one step (or a chunk of steps) per call for
+        ``batch`` slots, the state carried between calls (eval mode, unidirectional, CPU).
+
+        Examples
+        --------
+        >>> import numpy as np, fastrnn
+        >>> s = fastrnn.LSTM(3, 5, rng=0).eval().stream(batch=2)
+        >>> s.step(np.zeros((2, 3), np.float32)).shape, s.state[1].shape
+        ((2, 5), (1, 2, 5))
+        """
+        where = f"{type(self).__name__}.stream"
+        if self.device != "cpu":
+            raise RuntimeError(f"{where}: streams run on the CPU (this layer has device={self.device!r}); make a "
+                               "CPU layer with the same parameters for streaming")
+        return Stream(self, batch, where=where, lstm=self._cell() == "lstm", weights=self._prepared,
+                      zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
+
     def _kept_weights(self):
         """The plan of the last call while ``params`` and ``buffers`` still hold its arrays, else None."""
         w = self._weights
         if w is None or w.copied:
             return None
-        current = [self.buffers.get(name, self.params.get(name)) for name in w.plan_names]
-        return w if all(a is b for a, b in zip(current, w.sources)) else None
+        params, buffers = self.params, self.buffers
+        if buffers:
+            current = [buffers[name] if name in buffers else params.get(name) for name in w.plan_names]
+        else:  # the common case, at a streaming step's cost: a few dict lookups
+            current = map(params.get, w.plan_names)
+        return w if all(map(operator.is_, current, w.sources)) else None
 
     def _prepared(self, where):
         """The core's plan and the arrays it reads, kept between calls while ``params`` (and

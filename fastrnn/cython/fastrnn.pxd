@@ -12,7 +12,7 @@
 # See fastrnn.h for the meaning of every field and argument; this file only mirrors it.
 # No bounds checks (header directives): the helpers check every shape before taking an address.
 #
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.stdio cimport snprintf
 
@@ -193,6 +193,18 @@ cdef extern from "fastrnn/fastrnn.h" nogil:
                                          const fastrnn_plan_call_options* call,
                                          const fastrnn_backward_options* options)
     fastrnn_status fastrnn_plan_packed_bytes(const fastrnn_plan* plan, size_t* bytes)
+
+    ctypedef struct fastrnn_stream:
+        pass
+
+    fastrnn_status fastrnn_stream_create(const fastrnn_plan* plan, int64_t batch, double zoneout_h_rate,
+                                         double zoneout_c_rate, fastrnn_stream** stream)
+    void fastrnn_stream_destroy(fastrnn_stream* stream)
+    fastrnn_status fastrnn_stream_step(fastrnn_stream* stream, int64_t steps, const void* x, void* y,
+                                       const uint8_t* active)
+    fastrnn_status fastrnn_stream_reset(fastrnn_stream* stream, const int64_t* slots, int64_t count)
+    fastrnn_status fastrnn_stream_get_state(const fastrnn_stream* stream, void* h, void* c)
+    fastrnn_status fastrnn_stream_set_state(fastrnn_stream* stream, const void* h, const void* c)
 
     fastrnn_status fastrnn_set_num_threads(int n)
     int fastrnn_get_num_threads()

@@ -365,6 +365,43 @@ FASTRNN_API fastrnn_status fastrnn_plan_backward(const fastrnn_plan* plan, const
  * when they changed); 0 before its first inference call. */
 FASTRNN_API fastrnn_status fastrnn_plan_packed_bytes(const fastrnn_plan* plan, size_t* bytes);
 
+/* ---- Streams ------------------------------------------------------------------------------ */
+
+/* A stream runs a plan's inference one step (or a few) per call with the state carried between
+ * calls, for `batch` independent slots (streams) that start and stop on their own: online speech,
+ * keyword spotting, noise suppression, control. The plan must be unidirectional and have its
+ * parameters set before the first step. With up to 8 slots the recurrent products read the
+ * plan's arrays in place (nothing packed: whatever the caller writes into them is used by the
+ * next step); with more, the plan's packed copy, checked against the arrays at every step. New
+ * arrays set with fastrnn_plan_set_params are picked up at the next step. A step allocates
+ * nothing (after the first step on a thread, which sizes that thread's scratch).
+ *
+ * Threads: one stream is used by one thread at a time; streams of one plan may step at once.
+ * Destroy every stream of a plan before the plan. */
+typedef struct fastrnn_stream fastrnn_stream; /* opaque */
+
+/* A stream of `batch` slots on `plan`, its state zero. zoneout_*_rate: inference's expected update
+ * with zoneout (0: off; as fastrnn_plan_call_options). *stream receives it; free it with
+ * fastrnn_stream_destroy. FASTRNN_ERR_INVALID for a bidirectional plan. */
+FASTRNN_API fastrnn_status fastrnn_stream_create(const fastrnn_plan* plan, int64_t batch, double zoneout_h_rate,
+                                                 double zoneout_c_rate, fastrnn_stream** stream);
+/* Frees the stream (NULL: nothing). */
+FASTRNN_API void fastrnn_stream_destroy(fastrnn_stream* stream);
+
+/* `steps` (>= 1) steps: x [steps, N, C] -> y [steps, N, K] (K = proj_size if set, else H), the state
+ * carried. active [N] (NULL: every slot): slots with 0 wait, keeping their state, and get zero
+ * output rows. */
+FASTRNN_API fastrnn_status fastrnn_stream_step(fastrnn_stream* stream, int64_t steps, const void* x, void* y,
+                                               const uint8_t* active);
+
+/* Zeroes the state of `count` slots listed in `slots` (indices in [0, N)); slots NULL: every slot. */
+FASTRNN_API fastrnn_status fastrnn_stream_reset(fastrnn_stream* stream, const int64_t* slots, int64_t count);
+
+/* Copies the state out, or in: h [L, N, K], c [L, N, H] (LSTM; ignored for other cells). Either
+ * pointer may be NULL (that part is not copied), not both. */
+FASTRNN_API fastrnn_status fastrnn_stream_get_state(const fastrnn_stream* stream, void* h, void* c);
+FASTRNN_API fastrnn_status fastrnn_stream_set_state(fastrnn_stream* stream, const void* h, const void* c);
+
 /* ---- Threads and instruction sets -------------------------------------------------------- */
 
 /* Threads of fastrnn's kernels and of its BLAS (n >= 1). */

@@ -1,0 +1,215 @@
+"""``python -m fastrnn bench --streaming``: the latency of one streaming step (one frame per call,
+the state carried; inference, N slots), fastrnn against its peers.
+
+Rows, per cell and hidden size (input size = hidden size, one layer, float32):
+
+- fastrnn stream, Python: ``layer.stream(N).step(x, out=out)``, the mean of a timed loop;
+- fastrnn stream, C: ``fastrnn_stream_step``'s path timed step by step from C++ (no Python in
+  between): p50 and p99 of every step;
+- fastrnn layer T=1: ``layer(x, state)`` with one time step, the state fed back;
+- torch ``nn.LSTMCell`` / ``nn.GRUCell`` and ``nn.LSTM`` / ``nn.GRU`` with T=1 (no_grad);
+- ONNX Runtime: an LSTM / GRU node with seq_len 1, one ``run`` per step, the state fed back;
+- the bound: one step reads W_ih and W_hh (``4 G H (C + H)`` bytes), which stay in cache between
+  steps; at the read bandwidth measured here on a buffer of that size with fastrnn's own vector
+  loads (``_C._read_bandwidth``) that takes ``bytes / bandwidth``. The pointwise work is not in it.
+
+Each Python-timed row is the best of ``repeats`` rounds of a loop of at least ``min_time``
+seconds. OpenVINO is not a peer here (no wheel for this environment).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import _C
+
+CELLS = ("lstm", "gru")
+HIDDEN = (128, 512)
+GATES = {"lstm": 4, "gru": 3}
+
+
+def _loop(fn, min_time, repeats):
+    """Seconds per call: the best of `repeats` rounds, each a loop of at least `min_time` s."""
+    for _ in range(20):
+        fn()
+    n, t = 1, 0.0
+    while True:  # calibrate the loop length
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t = time.perf_counter() - t0
+        if t >= min_time / 4 or n > 1 << 20:
+            break
+        n *= 2
+    n = max(1, int(n * min_time / max(t, 1e-9)))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def _onnx_step(cell, layer, N, threads):
+    """An ONNX Runtime session of one step of `layer` (fastrnn's weights, ONNX gate order), and a
+    function running it with the state fed back."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    H, C = layer.hidden_size, layer.input_size
+    p = layer.params
+    order = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}[cell]  # torch i f g o -> ONNX i o f c; r z n -> z r h
+
+    def reorder(w):
+        return np.concatenate([w.reshape(len(order), H, -1)[k] for k in order]).reshape(w.shape)
+    W = reorder(p["weight_ih_l0"])[None]
+    R = reorder(p["weight_hh_l0"])[None]
+    B = np.concatenate([reorder(p["bias_ih_l0"][:, None])[:, 0], reorder(p["bias_hh_l0"][:, None])[:, 0]])[None]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((W, "W"), (R, "R"), (B, "B"))]
+    state_in = ["h0"] + (["c0"] if cell == "lstm" else [])
+    state_out = ["Y_h"] + (["Y_c"] if cell == "lstm" else [])
+    ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, N, C])] + [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, N, H]) for n in state_in]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, N, H]) for n in state_out]
+    attrs = {"hidden_size": H}
+    if cell == "gru":
+        attrs["linear_before_reset"] = 1  # torch's GRU (reset_after)
+    node = helper.make_node(cell.upper(), ["X", "W", "R", "B", "", *state_in], ["", *state_out], **attrs)
+    model = helper.make_model(helper.make_graph([node], "step", ins, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, N, C)).astype(np.float32)
+    state = {n: np.zeros((1, N, H), np.float32) for n in state_in}
+
+    def step():
+        res = sess.run(state_out, {"X": x, **state})
+        for n, v in zip(state_in, res):
+            state[n] = v
+    return step
+
+
+def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxruntime"), repeats=5, min_time=0.2,
+        c_steps=10000, progress=None):
+    """Every row's seconds per step: {"columns": [...], "rows": {name: [s or None]}, "notes": [...],
+    "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: (bytes, B/s, s)}}."""
+    import fastrnn
+
+    say = progress or (lambda line: None)
+    fastrnn.set_num_threads(threads)
+    torch = None
+    if "torch" in peers:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+    notes = []
+    if "torch" in peers and torch is None:
+        notes.append("torch: not installed, its rows are skipped")
+    columns, rows, pct, bound = [], {}, {}, {}
+    names = ["fastrnn stream (Python)", "fastrnn stream (C, mean)", "fastrnn layer T=1", "torch Cell",
+             "torch nn T=1", "onnxruntime 1 step/run", "bound: weights / read bandwidth"]
+    for name in names:
+        rows[name] = []
+    for cell in cells:
+        for H in hidden:
+            col = f"{cell.upper()} H={H}"
+            columns.append(col)
+            say(f"streaming: {col}, N={batch}, {threads} thread(s)")
+            cls = fastrnn.LSTM if cell == "lstm" else fastrnn.GRU
+            layer = cls(H, H, rng=0).eval()
+            x = np.random.default_rng(1).standard_normal((batch, H)).astype(np.float32)
+            s = layer.stream(batch)
+            out = np.empty((batch, H), np.float32)
+            rows[names[0]].append(_loop(lambda: s.step(x, out=out), min_time, repeats))
+            ns = s._core.time_steps(x, out, c_steps if H <= 256 else max(c_steps // 10, 100))
+            rows[names[1]].append(float(ns.mean()) * 1e-9)
+            pct[col] = (float(np.percentile(ns, 50)) * 1e-9, float(np.percentile(ns, 99)) * 1e-9)
+            x3 = x[None]
+            state = {"hx": None}
+
+            def layer_step():
+                _, state["hx"] = layer(x3, state["hx"])
+            rows[names[2]].append(_loop(layer_step, min_time / 2, max(2, repeats // 2)))
+            if torch is not None:
+                tc = (torch.nn.LSTMCell if cell == "lstm" else torch.nn.GRUCell)(H, H)
+                tn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H)
+                sd = {k: torch.from_numpy(v) for k, v in layer.state_dict().items()}
+                tn.load_state_dict(sd)
+                tc.load_state_dict({k[:-3]: v for k, v in sd.items()})
+                xt = torch.from_numpy(x)
+                cs, ns_ = {"s": None}, {"s": None}
+
+                def cell_step():
+                    with torch.no_grad():
+                        cs["s"] = tc(xt, cs["s"])
+
+                def nn_step():
+                    with torch.no_grad():
+                        _, ns_["s"] = tn(xt[None], ns_["s"])
+                rows[names[3]].append(_loop(cell_step, min_time, repeats))
+                rows[names[4]].append(_loop(nn_step, min_time / 2, max(2, repeats // 2)))
+            else:
+                rows[names[3]].append(None)
+                rows[names[4]].append(None)
+            ort_time = None
+            if "onnxruntime" in peers:
+                try:
+                    ort_time = _loop(_onnx_step(cell, layer, batch, threads), min_time, repeats)
+                except ImportError:
+                    if "onnxruntime: not installed, its row is skipped" not in notes:
+                        notes.append("onnxruntime: not installed, its row is skipped")
+            rows[names[5]].append(ort_time)
+            nbytes = 4 * GATES[cell] * H * (H + H)
+            bw = _C._read_bandwidth(nbytes)
+            bound[col] = (nbytes, bw, nbytes / bw)
+            rows[names[6]].append(nbytes / bw)
+    return {"columns": columns, "rows": rows, "notes": notes, "percentiles": pct, "bound": bound,
+            "batch": batch, "threads": threads, "isa": fastrnn.get_isa(), "cpu": _cpu_name()}
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def format_table(result, markdown=False):
+    """Microseconds per step, then the ratios a reader asks for."""
+    cols = result["columns"]
+    lines = [f"streaming inference, one step per call, N={result['batch']}, {result['threads']} thread(s), "
+             f"float32, isa {result['isa']}, {result['cpu']}"]
+    fast = result["rows"]["fastrnn stream (Python)"]
+    table = [["us per step"] + cols]
+    for name, vals in result["rows"].items():
+        table.append([name] + ["-" if v is None else f"{v * 1e6:.2f}" for v in vals])
+    table.append(["p50 / p99 (C)"] + [f"{result['percentiles'][c][0] * 1e6:.2f} / {result['percentiles'][c][1] * 1e6:.2f}"
+                                      for c in cols])
+    for name in ("torch Cell", "torch nn T=1", "onnxruntime 1 step/run", "fastrnn layer T=1"):
+        vals = result["rows"][name]
+        table.append([f"{name} / stream (Python)"] + ["-" if v is None else f"{v / f:.2f}x" for v, f in zip(vals, fast)])
+    table.append(["stream (C p50) / bound"] + [f"{result['percentiles'][c][0] / result['bound'][c][2]:.2f}x"
+                                               for c in cols])
+    table.append(["read bandwidth GB/s"] + [f"{result['bound'][c][1] / 1e9:.0f} ({result['bound'][c][0] // 1024} KB)"
+                                            for c in cols])
+    if markdown:
+        out = ["| " + " | ".join(table[0]) + " |", "|" + "---|" + "---:|" * len(cols)]
+        out += ["| " + " | ".join(r) + " |" for r in table[1:]]
+    else:
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        out = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+               for r in table]
+    return "\n".join(lines + out + [f"note: {n}" for n in result["notes"]])

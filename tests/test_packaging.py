@@ -27,7 +27,10 @@ PRIVATE = {"cache_elements", "saturation_stats",
            # test hooks of the thread pool (tests/test_determinism.py, test_threads.py)
            "record_regions", "recorded_regions", "set_backoff", "step_threads",
            # the plan (csrc/core/plan.h): constructor, destructor and methods
-           "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes"}
+           "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes",
+           # the stream (csrc/core/stream.h): constructor and methods, per dtype
+           "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "state_elements",
+           "cell_state_elements"}
 
 
 def header_text():

@@ -12,6 +12,7 @@
 #include "../dispatch/dispatch.h"
 #include "blas.h"
 #include "skeleton.h"
+#include "stream.h"
 #include "threads.h"
 
 namespace fastrnn {
@@ -153,7 +154,8 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
             }
         if (!fwd) k.bwd_final(r, ctx, s0, s1);
     };
-    const std::int64_t start = now_ns();
+    const bool timed = plan.total() > 1;  // waits exist only between threads (clock reads cost ~20 ns)
+    const std::int64_t start = timed ? now_ns() : 0;
     const auto job = [&](int tid, int n) {
         if (n != plan.total()) {  // the pool was busy: this caller does everything alone
             Barrier solo(1);
@@ -166,7 +168,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
     };
     // std::ref: a std::function holds a reference_wrapper without allocating (none per step).
     const std::int64_t join_wait = parallel_run(plan.total(), std::ref(job), "recurrence");
-    report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
+    if (timed) report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
 }
 
 template <class T>
@@ -499,6 +501,16 @@ struct CpuForward : CpuOps<T> {
         ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr,
                           pre != nullptr || in_place);
         return sizing.used();
+    }
+
+    // The hoisted input product X W_ih^T of a few rows (a streaming step) with the weights read in
+    // place, like the recurrent one: BLAS's gemv is slower at these sizes and starts its threads.
+    void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
+              i64 ldc) {
+        if (in_place && !ta && tb && alpha == T(1) && beta == T(0) && m <= kStreamInPlaceSlots && ldb == k)
+            ks.rows_gemm(n, k, B, m, A, lda, C, ldc);
+        else
+            Base::gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
 
     void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const CacheLayout& lay, i64 l, i64 dir) {

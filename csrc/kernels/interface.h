@@ -149,6 +149,10 @@ struct KernelSet {
     // The cells' activation functions on an array (fn 0 sigmoid, 1 tanh, 2 relu): for tests of
     // their accuracy on every ISA.
     void (*activation)(int fn, const T* x, T* y, std::int64_t n);
+    // c[n*ldc + r] = dot(w row r, a row n) for `rows` rows of w [rows, depth] (row-major, in place)
+    // and N rows of a: the products of a few rows (streaming steps) without packing (gemm.h).
+    void (*rows_gemm)(std::int64_t rows, std::int64_t depth, const T* w, std::int64_t N, const T* a, std::int64_t lda,
+                      T* c, std::int64_t ldc);
     // The sum of n elements with this ISA's loads: a read-bandwidth probe (gemm.h).
     T (*read_sum)(const T* p, std::int64_t n);
 };

@@ -135,6 +135,7 @@ KernelSet<T> make_kernel_set() {
     make_cells<GV, CV, T>(ks, std::make_integer_sequence<int, kCellRows>{});
     ks.activation = &activation<CV, T>;
     ks.read_sum = &read_sum<GV>;
+    ks.rows_gemm = &rows_gemm<GV>;
     return ks;
 }
 

@@ -30,6 +30,14 @@ from .stream import Stream
 _USE_LOCK = threading.Lock()
 
 
+def _aligned_copy(a):
+    if not isinstance(a, np.ndarray) or a.ctypes.data % 64 == 0:
+        return a
+    out = V.aligned_zeros(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 class _RNNBase:
     """Shared by RNN, LSTM and GRU: parameters, gradients, modes, state dicts, forward/backward.
 
@@ -79,12 +87,13 @@ class _RNNBase:
         self._ctx = None
         shapes = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
                                 self.bidirectional, self.bias, **self._shape_options())
-        self.params = OrderedDict((name, np.empty(shape, self.dtype)) for name, shape in shapes)
-        self.grads = OrderedDict((name, np.zeros(shape, self.dtype)) for name, shape in shapes)
+        # Cache-line aligned: the kernels stream these rows with full-vector loads (V.aligned_zeros).
+        self.params = OrderedDict((name, V.aligned_zeros(shape, self.dtype)) for name, shape in shapes)
+        self.grads = OrderedDict((name, V.aligned_zeros(shape, self.dtype)) for name, shape in shapes)
         buffers = F.param_shapes(self._cell(), self.input_size, self.hidden_size, self.num_layers,
                                  self.bidirectional, self.bias, buffers=True, **self._shape_options())
         if buffers:
-            self.buffers = OrderedDict((name, np.empty(shape, self.dtype)) for name, shape in buffers)
+            self.buffers = OrderedDict((name, V.aligned_zeros(shape, self.dtype)) for name, shape in buffers)
         self.reset_parameters()
 
     def _shape_options(self):
@@ -257,6 +266,14 @@ class _RNNBase:
         state["_ctx"] = None
         state.pop("_user", None)
         return state
+
+    def __setstate__(self, state):
+        # Unpickled arrays are NumPy's, 16-byte aligned: back on cache lines (V.aligned_zeros).
+        for key in ("params", "grads", "buffers"):
+            arrays = state.get(key)
+            if isinstance(arrays, OrderedDict) and arrays:
+                state[key] = OrderedDict((name, _aligned_copy(a)) for name, a in arrays.items())
+        self.__dict__.update(state)
 
     def _forward(self, x, hx, lengths):
         where = f"{type(self).__name__}.forward"

@@ -70,6 +70,7 @@ class Stream:
         self._weights_of = weights
         self._rates = (float(zoneout_h), float(zoneout_c))
         self._lock = threading.Lock()
+        self._converts = type(self)._inputs is not Stream._inputs  # a frontend's conversions (fastrnn.torch)
         self._w = weights(where)
         self._core = _C.Stream(self._w.plan, int(batch), *self._rates)
         self.batch = int(batch)
@@ -87,18 +88,13 @@ class Stream:
                                "carries one state, so step it from one thread at a time (give each thread its own "
                                "stream: streams of one layer step concurrently)")
 
-    def _current(self):
-        """The core stream on the layer's current weights (a new plan keeps the state)."""
-        if self._layer.training:
-            raise RuntimeError(f"{self._where}.step: the layer is in training mode; call layer.eval() to stream")
-        w = self._weights_of(self._where)
-        if w is not self._w:
-            core = _C.Stream(w.plan, self.batch, *self._rates)
-            core.h[...] = self._core.h
-            if self._lstm:
-                core.c[...] = self._core.c
-            self._w, self._core = w, core
-        return self._core
+    def _rebind(self, w):
+        """The core stream on new weights (a new plan: an array was replaced), keeping the state."""
+        core = _C.Stream(w.plan, self.batch, *self._rates)
+        core.h[...] = self._core.h
+        if self._lstm:
+            core.c[...] = self._core.c
+        self._w, self._core = w, core
 
     def step(self, x, active=None, out=None):
         """Run one step, ``x`` ``[N, C]``, or a chunk of k steps, ``[k, N, C]`` (``[N, k, C]`` for a
@@ -109,32 +105,28 @@ class Stream:
         allocated per step). Raises TypeError for another dtype than the layer's, ValueError for the
         wrong N or C.
         """
-        self._enter("step")
+        if not self._lock.acquire(blocking=False):
+            self._enter("step")
         try:
-            core = self._current()
-            x, active, out = self._inputs(x, active, out)
-            if type(x) is not np.ndarray:
-                x = np.asarray(x)
-                if x.dtype.kind != "f":
-                    x = x.astype(self.dtype)
+            if self._layer.training:
+                raise RuntimeError(f"{self._where}.step: the layer is in training mode; call layer.eval() to stream")
+            w = self._weights_of(self._where)  # the same object while the layer's arrays are unchanged
+            if w is not self._w:
+                self._rebind(w)
+            if self._converts:
+                x, active, out = self._inputs(x, active, out)
+            if type(x) is not np.ndarray or not x.flags.c_contiguous or (self._batch_first and x.ndim == 3):
+                x = self._as_input(x)
+            if active is not None and (type(active) is not np.ndarray or active.dtype != np.bool_
+                                       or not active.flags.c_contiguous):
+                active = self._as_mask(active)
             chunk = x.ndim == 3
-            if chunk and self._batch_first:
-                x = x.transpose(1, 0, 2)
-            if not x.flags.c_contiguous:
-                x = np.ascontiguousarray(x)
-            if active is not None and (type(active) is not np.ndarray or active.dtype != np.bool_):
-                active = np.asarray(active)
-                if active.dtype != np.bool_:
-                    raise TypeError(f"{self._where}.step: active must be a bool array of shape ({self.batch},), "
-                                    f"got dtype {active.dtype}")
-                active = np.ascontiguousarray(active)
             if out is None or (chunk and self._batch_first):
-                shape = (x.shape[0], self.batch, self._K) if chunk else (self.batch, self._K)
-                y = np.empty(shape, self.dtype)
+                y = np.empty((x.shape[0], self.batch, self._K) if chunk else (self.batch, self._K), self.dtype)
             else:
                 y = out
             try:
-                core.step(x, y, active)
+                self._core.step(x, y, active)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{self._where}.step: {e}") from None
             if chunk and self._batch_first:
@@ -142,9 +134,25 @@ class Stream:
                 if out is not None:
                     out[...] = y
                     y = out
-            return self._output(y)
+            return self._output(y) if self._converts else y
         finally:
             self._lock.release()
+
+    def _as_input(self, x):
+        if type(x) is not np.ndarray:
+            x = np.asarray(x)
+            if x.dtype.kind != "f":
+                x = x.astype(self.dtype)
+        if self._batch_first and x.ndim == 3:
+            x = x.transpose(1, 0, 2)
+        return np.ascontiguousarray(x)
+
+    def _as_mask(self, active):
+        a = np.asarray(active)
+        if a.dtype != np.bool_:
+            raise TypeError(f"{self._where}.step: active must be a bool array of shape ({self.batch},), got dtype "
+                            f"{a.dtype}")
+        return np.ascontiguousarray(a)
 
     __call__ = step
 

@@ -67,6 +67,17 @@ def expect_shape(arr, expected, where, name, letters):
         raise ValueError(f"{where}: {name} has shape {tuple(arr.shape)}, expected ({want})")
 
 
+def aligned_zeros(shape, dtype, align=64):
+    """A zeroed C-contiguous array whose data starts on a cache line. NumPy aligns to 16 bytes
+    only; a weight matrix whose rows straddle cache lines costs every vector load two lines (a
+    streaming step, which reads the weights in place, took 2.2x as long on AVX-512)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(n + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 def contiguous(arr):
     """C-contiguous array (a copy only when needed; never written by fastrnn). Device arrays
     (fastrnn.cuda.DeviceArray) stay on the device."""

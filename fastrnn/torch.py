@@ -495,6 +495,45 @@ class _TorchStream(Stream):
         return torch.from_numpy(a)
 
 
+class _LiGRUStream:
+    """A stream of a fastrnn.torch Li-GRU / SLi-GRU stack: one core stream per layer (SpeechBrain's
+    layers are separate modules), a frame through all of them per step."""
+
+    def __init__(self, module, batch, where):
+        self._module, self._where = module, where
+        self._layers = [_TorchStream(layer, batch, where=where, lstm=False, weights=layer._stream_weights)
+                        for layer in module.rnn]
+        self.batch = batch
+
+    def step(self, x, active=None, out=None):
+        if self._module.training:
+            raise RuntimeError(f"{self._where}.step: the module is in training mode; call module.eval() to stream")
+        chunk = isinstance(x, torch.Tensor) and x.dim() == 3
+        y = x.transpose(0, 1).contiguous() if chunk else x  # batch-first -> the streams' time-major
+        for s in self._layers:
+            y = s.step(y, active=active)
+        y = y.transpose(0, 1) if chunk else y
+        if out is not None:
+            out.copy_(y)
+            return out
+        return y
+
+    __call__ = step
+
+    def reset(self, slots=None, h=None):
+        """Zero (or set, ``h`` ``[L, len(slots), H]``) the state of ``slots`` in every layer."""
+        for i, s in enumerate(self._layers):
+            s.reset(slots, h=None if h is None else h[i:i + 1])
+
+    @property
+    def state(self):
+        return torch.cat([s.state for s in self._layers])
+
+    @state.setter
+    def state(self, value):
+        self.reset(None, h=value)
+
+
 class _VariantParams:
     """Registers the variants' extra parameters (peepholes, LayerNorm gains) on a
     torch.nn.LSTM/GRU, after torch's own and in ``_flat_weights_names``; initializes them like
@@ -811,6 +850,22 @@ class _LiGRULayer(torch.nn.Module):
             options["recurrent_affine"] = affine
         return ("sligru" if self.stabilised else "ligru"), names, params, buffers, options
 
+    def _stream_weights(self, where):
+        """The core's plan of this layer on NumPy views of its tensors (made again when one was
+        replaced; buffers are read in place)."""
+        kind, names, params, buffers, options = self._spec()
+        tensors = params + ([self.norm.running_mean, self.norm.running_var] if buffers else [])
+        key = tuple((id(t), t.data_ptr()) for t in tensors)
+        kept = self.__dict__.get("_stream_plan")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        if any(t.device.type != "cpu" for t in tensors):
+            raise RuntimeError(f"{where}: the parameters are not on the CPU; streams run on CPU tensors")
+        w = F.prepare(where, kind, dict(zip(names, (t.detach().numpy() for t in params))), 1, False, self.bias,
+                      buffers=buffers, **{k: v for k, v in options.items() if k != "bias"})
+        self.__dict__["_stream_plan"] = (key, w)
+        return w
+
     def forward(self, x, hx=None):
         if self.bidirectional:
             x = torch.cat([x, x.flip(1)], dim=0)
@@ -910,6 +965,20 @@ class LiGRU(torch.nn.Module):
         else:
             h = h.transpose(0, 1)
         return x, h
+
+    def stream(self, batch=1):
+        """Streaming inference on CPU tensors: ``step(x)`` takes one frame ``[N, C]`` (or a chunk
+        ``[N, k, C]``, batch-first like ``forward``) and returns ``[N, H]`` (``[N, k, H]``), the
+        state of every layer carried (`fastrnn.core.stream.Stream` per layer; ``reset``, ``active``,
+        ``state`` ``[L, N, H]`` as there). Eval mode and unidirectional only."""
+        where = f"fastrnn.torch.{type(self).__name__}.stream"
+        if self.bidirectional:
+            raise ValueError(f"{where}: a bidirectional layer cannot stream: its reverse direction reads each "
+                             "sequence from its end, which a stream has not seen yet")
+        if self.training:
+            raise RuntimeError(f"{where}: the module is in training mode; a stream runs inference (call "
+                               "module.eval() first)")
+        return _LiGRUStream(self, batch, where)
 
 
 class SLiGRU(LiGRU):

@@ -557,3 +557,37 @@ def test_c_latency_example(tmp_path):
     assert "p50" in r.stdout and "p99" in r.stdout and r.stdout.count("#") > 10
     assert "a step of 0 frames: fastrnn_stream_step: steps" in r.stdout
 
+
+
+def test_layer_arrays_start_on_cache_lines():
+    """The kernels stream weight rows with full-vector loads: a row that straddles cache lines
+    costs two lines per load (NumPy aligns to 16 bytes; a stream step took 2.2x as long)."""
+    import copy
+    import pickle
+    layer = fastrnn.LSTM(7, 19, num_layers=2, rng=0)
+    li = fastrnn.LiGRU(7, 19, rng=0)
+    for obj in (layer, pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer), li, pickle.loads(pickle.dumps(li))):
+        for group in (obj.params, obj.grads, obj.buffers):
+            for name, a in group.items():
+                assert a.ctypes.data % 64 == 0, name
+                assert a.flags.c_contiguous and a.flags.writeable
+    assert np.array_equal(pickle.loads(pickle.dumps(layer)).params["weight_hh_l1"], layer.params["weight_hh_l1"])
+
+
+def test_torch_ligru_stream():
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+    for cls, kw in ((ft.LiGRU, {}), (ft.SLiGRU, {}), (ft.LiGRU, {"normalization": "layernorm", "nonlinearity": "tanh"})):
+        m = cls(8, input_shape=(3, 5, 6), num_layers=2, **kw).eval()
+        x = torch.randn(3, 5, 6)
+        with torch.no_grad():
+            want, hh = m(x)
+        s = m.stream(3)
+        got = torch.stack([s.step(x[:, t]) for t in range(5)], 1)
+        assert rel_err(got.numpy(), want.numpy()) < 1e-5 and rel_err(s.state.numpy(), hh.numpy()) < 1e-5
+        s.reset()
+        assert rel_err(torch.cat([s.step(x[:, :2]), s.step(x[:, 2:])], 1).numpy(), want.numpy()) < 1e-5
+    with pytest.raises(ValueError, match="bidirectional"):
+        ft.LiGRU(8, input_shape=(3, 5, 6), bidirectional=True).eval().stream()
+    with pytest.raises(RuntimeError, match="training mode"):
+        ft.LiGRU(8, input_shape=(3, 5, 6)).stream()

@@ -102,15 +102,20 @@ def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxrun
     "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: (bytes, B/s, s)}}."""
     import fastrnn
 
+    from .engine import _threads
+
     say = progress or (lambda line: None)
-    fastrnn.set_num_threads(threads)
     torch = None
     if "torch" in peers:
         try:
             import torch
-            torch.set_num_threads(threads)
         except ImportError:
             pass
+    with _threads(threads):  # fastrnn, torch and NumPy's BLAS (threadpoolctl), restored afterwards
+        return _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time, c_steps, say)
+
+
+def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time, c_steps, say):
     notes = []
     if "torch" in peers and torch is None:
         notes.append("torch: not installed, its rows are skipped")

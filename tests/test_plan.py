@@ -259,3 +259,15 @@ def test_plan_rebuilt_while_another_thread_computes():
         assert any(np.array_equal(o, e) for e in expected)
     layer.params = OrderedDict((k, v.copy()) for k, v in sets[2].items())
     np.testing.assert_array_equal(layer(x)[0], expected[2])
+
+
+def test_sizes_whose_parameter_count_overflows_are_refused():
+    """LSTM(2^62, 2^62): the layout's sizes overflowed int64 in the core (undefined behaviour,
+    reported by UBSan under .ci/sanitize); the plan refuses them with a ValueError instead."""
+    from fastrnn import _C
+    from fastrnn.core import cells
+    for C, H in ((2**62, 2**62), (1, 2**62), (2**40, 2**40)):
+        with pytest.raises(ValueError, match="overflows int64"):
+            _C.Plan(cells.code("lstm"), True, True, C, H, 1, 1, "float32")
+    with pytest.raises(ValueError, match="overflows int64"):
+        _C.Plan(cells.code("gru"), True, True, 2**31, 2**31, 2**30, 2, "float32")

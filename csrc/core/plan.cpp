@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -59,6 +60,20 @@ void validate_config(const Desc& d) {
     if (int(d.activation) < 0 || int(d.activation) > 3) bad("nonlinearity: unknown kind " + std::to_string(int(d.activation)));
     if (d.recurrent_affine && d.cell != CellKind::SLIGRU) refuse("recurrent_elementwise_affine");
     if (!(d.bn_momentum >= 0.0 && d.bn_momentum <= 1.0)) bad("momentum must be in [0, 1]");
+    // Every size the layout derives must be an int64 (LSTM(2^62, 2^62) overflowed in
+    // parameter_layout: undefined behaviour, caught by UBSan).
+    auto mul = [](i64 a, i64 b, const char* what) {
+        i64 r;
+        if (__builtin_mul_overflow(a, b, &r)) bad(std::string("sizes too large: ") + what + " overflows int64");
+        return r;
+    };
+    const i64 GH = mul(cell_gates(d), d.H, "gates*hidden_size"), K = state_size(d);
+    const i64 DK = mul(d.D, K, "num_directions*K");
+    const i64 per_layer = mul(GH, std::max(d.C, DK), "a weight matrix's size");
+    i64 total = 0;
+    if (__builtin_add_overflow(per_layer, mul(GH, K, "W_hh's size"), &total) ||
+        __builtin_mul_overflow(total, mul(d.L, d.D, "num_layers*num_directions"), &total))
+        bad("sizes too large: the parameter count overflows int64");
 }
 
 std::vector<ParamInfo> parameter_layout(const Desc& d) {

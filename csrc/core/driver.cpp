@@ -207,11 +207,12 @@ void add_column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
 // reset_after's b_hn, which r multiplies). Either may be absent.
 template <class T>
 void fold_bias(const Desc& d, const LayerWeights<T>& w, T* bias, T* bhn) {
-    const i64 GH = cell_gates(d) * d.H, H = d.H;
+    const i64 G = cell_gates(d), H = d.H;
     const int apart = cell_info(d).bias_apart;
-    for (i64 j = 0; j < GH; ++j) {
-        const bool keep_apart = apart >= 0 && j / H == apart;
-        bias[j] = (w.b_ih ? w.b_ih[j] : T(0)) + (w.b_hh && !keep_apart ? w.b_hh[j] : T(0));
+    for (i64 g = 0; g < G; ++g) {  // gate by gate: no division per element (a streaming GRU step spent 20 % there)
+        const T* b_hh = w.b_hh && g != apart ? w.b_hh + g * H : nullptr;
+        const T* b_ih = w.b_ih ? w.b_ih + g * H : nullptr;
+        for (i64 j = 0; j < H; ++j) bias[g * H + j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
     }
     for (i64 j = 0; j < H; ++j) bhn[j] = (apart >= 0 && w.b_hh) ? w.b_hh[apart * H + j] : T(0);
 }

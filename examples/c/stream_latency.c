@@ -100,17 +100,20 @@ int main(int argc, char** argv) {
            worst, mean);
     printf("weights %.0f KB per step: %.1f GB/s at p50\n", weight_bytes / 1024, weight_bytes / p50 * 1e-3);
 
-    /* Histogram from the fastest step to p99.9 (the slower tail is counted in the last row). */
+    /* Histogram from the fastest step to p99; the slower 1 % is the last row. */
     enum { BINS = 16, WIDTH = 50 };
-    int64_t count[BINS] = {0}, most = 0;
-    const double lo = lat[0], span = (p999 - lo) > 0 ? (p999 - lo) : 1e-9;
+    int64_t count[BINS + 1] = {0}, most = 0;
+    const double lo = lat[0], span = (p99 - lo) > 0 ? (p99 - lo) : 1e-9;
     for (int64_t i = 0; i < steps; ++i) {
         int b = (int)((lat[i] - lo) / span * BINS);
-        count[b < 0 ? 0 : b >= BINS ? BINS - 1 : b]++;
+        count[b < 0 ? 0 : b > BINS ? BINS : b]++;
     }
-    for (int b = 0; b < BINS; ++b) most = count[b] > most ? count[b] : most;
-    for (int b = 0; b < BINS; ++b) {
-        printf("%8.2f us %7lld ", lo + span * b / BINS, (long long)count[b]);
+    for (int b = 0; b <= BINS; ++b) most = count[b] > most ? count[b] : most;
+    for (int b = 0; b <= BINS; ++b) {
+        if (b < BINS)
+            printf("%8.2f us %7lld ", lo + span * b / BINS, (long long)count[b]);
+        else
+            printf(">%7.2f us %7lld ", p99, (long long)count[b]);
         for (int j = 0; j < (int)((double)count[b] / (double)most * WIDTH + 0.5); ++j) putchar('#');
         putchar('\n');
     }

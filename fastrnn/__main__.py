@@ -6,6 +6,7 @@ import sys
 
 import fastrnn
 from .bench import engine as _bench
+from .bench import streaming as _streaming
 from .toolkit import demo as _demo
 
 
@@ -59,6 +60,11 @@ def config(args):
     return 0
 
 
+def _run_bench(args):
+    """The bench: the per-shape tables, or the streaming latencies with --streaming."""
+    return (_streaming.run_args if args.streaming else _bench.run_args)(args)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastrnn", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -67,7 +73,7 @@ def main(argv=None):
     _demo.add_arguments(d)
     d.set_defaults(func=demo)
     b = sub.add_parser("bench", help="compare fastrnn with torch.nn, ONNX Runtime and NumPy (ms, GFLOP/s, speedups)")
-    _bench.add_arguments(b).set_defaults(func=_bench.run_args)
+    _bench.add_arguments(b).set_defaults(func=_run_bench)
     i = sub.add_parser("info", help="version, ISA, threads, BLAS")
     i.set_defaults(func=info)
     c = sub.add_parser("config", help="compiler/linker flags and paths for embedding fastrnn (C ABI)")

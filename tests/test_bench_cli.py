@@ -275,3 +275,23 @@ def test_float64_run():
     assert r["config"]["dtype"] == "float64"
     assert r["rows"][0]["impls"]["numpy"]["rel_diff"] < 1e-12
     assert "DGEMM" in _bench.format_table(r)
+
+
+def test_cli_streaming_quick(tmp_path, capsys):
+    """`bench --streaming`: every row and the bound for each column, the JSON, settings restored."""
+    threads_before = fastrnn.get_num_threads()
+    path = tmp_path / "stream.json"
+    assert cli_main(["bench", "--streaming", "--quick", "--peers", "--stream-batch", "2", "--json", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert fastrnn.get_num_threads() == threads_before
+    r = json.loads(path.read_text())
+    assert r["columns"] == ["LSTM H=32", "GRU H=32"] and r["batch"] == 2
+    for name in ("fastrnn stream (Python)", "fastrnn stream (C, mean)", "fastrnn layer T=1"):
+        assert all(v > 0 for v in r["rows"][name]), name
+    assert r["rows"]["torch Cell"] == [None, None]  # no peers asked for
+    for col in r["columns"]:
+        nbytes, bandwidth, seconds = r["bound"][col]
+        assert nbytes == 4 * (4 if col.startswith("LSTM") else 3) * 32 * 64 and bandwidth > 0
+        p50, p99 = r["percentiles"][col]
+        assert 0 < p50 <= p99
+    assert "stream (C p50) / bound" in table and "fastrnn stream (Python)" in table

@@ -1164,17 +1164,6 @@ def add_arguments(p):
 def run_args(args):
     """Run from parsed `add_arguments` options: print the table, write JSON; exit status."""
     quick = args.quick
-    if args.streaming:
-        from . import streaming
-        result = streaming.run(hidden=(32,) if quick else streaming.HIDDEN, batch=args.stream_batch,
-                               threads=args.thread_counts[0], peers=args.peers, repeats=args.repeats or (2 if quick else 5),
-                               min_time=args.min_time or (0.01 if quick else 0.2), c_steps=300 if quick else 10000,
-                               progress=lambda line: print(line, file=sys.stderr, flush=True))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1, default=float)
-        print(streaming.format_table(result, markdown=args.markdown))
-        return 0
     try:
         result = run(cells=args.cells, shapes=args.shapes or ([QUICK_SHAPE] if quick else list(SHAPES)),
                      threads=args.thread_counts, modes=args.modes, peers=args.peers,

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from .. import _C
+from .engine import _threads
 
 CELLS = ("lstm", "gru")
 HIDDEN = (128, 512)
@@ -101,8 +102,6 @@ def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxrun
     """Every row's seconds per step: {"columns": [...], "rows": {name: [s or None]}, "notes": [...],
     "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: (bytes, B/s, s)}}."""
     import fastrnn
-
-    from .engine import _threads
 
     say = progress or (lambda line: None)
     torch = None
@@ -218,3 +217,20 @@ def format_table(result, markdown=False):
         out = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
                for r in table]
     return "\n".join(lines + out + [f"note: {n}" for n in result["notes"]])
+
+
+def run_args(args):
+    """``python -m fastrnn bench --streaming`` from the bench's parsed options: print the table,
+    write the JSON; exit status."""
+    import json
+    import sys
+    quick = args.quick
+    result = run(hidden=(32,) if quick else HIDDEN, batch=args.stream_batch, threads=args.thread_counts[0],
+                 peers=args.peers, repeats=args.repeats or (2 if quick else 5),
+                 min_time=args.min_time or (0.01 if quick else 0.2), c_steps=300 if quick else 10000,
+                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=float)
+    print(format_table(result, markdown=args.markdown))
+    return 0

@@ -53,7 +53,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _C
 from .core import cells as _cells
 from .core import functional as F
-from .core.stream import Stream
+from .core.stream import Stream, check_streamable
 
 __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "convert", "revert"]
 
@@ -346,18 +346,11 @@ class _FastRNNBase:
     def _stream_weights(self, where):
         """The core's plan on NumPy views of the parameters, made again when one was replaced."""
         tensors = [getattr(self, name) for name in self._flat_weights_names]
-        key = tuple((id(t), t.data_ptr()) for t in tensors)
-        kept = self.__dict__.get("_stream_plan")
-        if kept is not None and kept[0] == key:
-            return kept[1]
-        if any(t.device.type != "cpu" for t in tensors):
-            raise RuntimeError(f"{where}: the parameters moved off the CPU; streams run on CPU tensors")
-        params = dict(zip(self._flat_weights_names, (t.detach().numpy() for t in tensors)))
-        w = F.prepare(where, self._cell(), params, self.num_layers, self.bidirectional, self.bias,
-                      reset_after=getattr(self, "reset_after", True), proj_size=self.proj_size,
-                      peephole=self.peephole, layer_norm=self.layer_norm, zoneout_c=bool(self.zoneout_c))
-        self.__dict__["_stream_plan"] = (key, w)
-        return w
+        return _kept_plan(self, where, tensors, lambda: F.prepare(
+            where, self._cell(), dict(zip(self._flat_weights_names, (t.detach().numpy() for t in tensors))),
+            self.num_layers, self.bidirectional, self.bias, reset_after=getattr(self, "reset_after", True),
+            proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
+            zoneout_c=bool(self.zoneout_c)))
 
     def _check_supported(self, where, tensors):
         for device in {t.device for t in tensors if t.device.type != "cpu"}:
@@ -467,6 +460,20 @@ class _FastRNNBase:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = tuple(s.squeeze(1) for s in hidden)
         return output, (hidden if lstm else hidden[0])
+
+
+def _kept_plan(module, where, tensors, make):
+    """A stream's plan on NumPy views of `tensors`, kept on `module` while the same tensors with the
+    same storage are there (in-place updates are seen through the views); `make()` makes a new one."""
+    key = tuple((id(t), t.data_ptr()) for t in tensors)
+    kept = module.__dict__.get("_stream_plan")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    if any(t.device.type != "cpu" for t in tensors):
+        raise RuntimeError(f"{where}: the parameters are not on the CPU; streams run on CPU tensors")
+    w = make()
+    module.__dict__["_stream_plan"] = (key, w)
+    return w
 
 
 class _TorchStream(Stream):
@@ -855,16 +862,9 @@ class _LiGRULayer(torch.nn.Module):
         replaced; buffers are read in place)."""
         kind, names, params, buffers, options = self._spec()
         tensors = params + ([self.norm.running_mean, self.norm.running_var] if buffers else [])
-        key = tuple((id(t), t.data_ptr()) for t in tensors)
-        kept = self.__dict__.get("_stream_plan")
-        if kept is not None and kept[0] == key:
-            return kept[1]
-        if any(t.device.type != "cpu" for t in tensors):
-            raise RuntimeError(f"{where}: the parameters are not on the CPU; streams run on CPU tensors")
-        w = F.prepare(where, kind, dict(zip(names, (t.detach().numpy() for t in params))), 1, False, self.bias,
-                      buffers=buffers, **{k: v for k, v in options.items() if k != "bias"})
-        self.__dict__["_stream_plan"] = (key, w)
-        return w
+        return _kept_plan(self, where, tensors, lambda: F.prepare(
+            where, kind, dict(zip(names, (t.detach().numpy() for t in params))), 1, False, self.bias,
+            buffers=buffers, **{k: v for k, v in options.items() if k != "bias"}))
 
     def forward(self, x, hx=None):
         if self.bidirectional:
@@ -972,12 +972,7 @@ class LiGRU(torch.nn.Module):
         state of every layer carried (`fastrnn.core.stream.Stream` per layer; ``reset``, ``active``,
         ``state`` ``[L, N, H]`` as there). Eval mode and unidirectional only."""
         where = f"fastrnn.torch.{type(self).__name__}.stream"
-        if self.bidirectional:
-            raise ValueError(f"{where}: a bidirectional layer cannot stream: its reverse direction reads each "
-                             "sequence from its end, which a stream has not seen yet")
-        if self.training:
-            raise RuntimeError(f"{where}: the module is in training mode; a stream runs inference (call "
-                               "module.eval() first)")
+        check_streamable(self, where)
         return _LiGRUStream(self, batch, where)
 
 

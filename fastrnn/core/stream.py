@@ -37,6 +37,16 @@ from .. import _C
 __all__ = ["Stream"]
 
 
+def check_streamable(layer, where):
+    """What every stream needs of its layer (or module): eval mode, one direction."""
+    if layer.bidirectional:
+        raise ValueError(f"{where}: a bidirectional layer cannot stream: its reverse direction reads each "
+                         "sequence from its end, which a stream has not seen yet")
+    if layer.training:
+        raise RuntimeError(f"{where}: the layer is in training mode; a stream runs inference (call "
+                           "layer.eval() first)")
+
+
 class Stream:
     """Inference on a layer one step (or a chunk of steps) per call, for ``batch`` slots.
 
@@ -60,12 +70,7 @@ class Stream:
             raise TypeError(f"{where}: batch must be an int, got {type(batch).__name__}")
         if batch < 1:
             raise ValueError(f"{where}: batch must be >= 1, got {batch}")
-        if layer.training:
-            raise RuntimeError(f"{where}: the layer is in training mode; a stream runs inference (call "
-                               "layer.eval() first)")
-        if layer.bidirectional:
-            raise ValueError(f"{where}: a bidirectional layer cannot stream: its reverse direction reads each "
-                             "sequence from its end, which a stream has not seen yet")
+        check_streamable(layer, where)
         self._layer, self._where, self._lstm = layer, where, lstm
         self._weights_of = weights
         self._rates = (float(zoneout_h), float(zoneout_c))

@@ -173,6 +173,13 @@ def test_state_get_set_and_reset_to_values():
     assert not s.state[0][:, 3].any() and not s.state[1][:, 3].any()
 
 
+def test_lists_take_the_stream_dtype():
+    layer = make("gru", L=1)
+    s = layer.stream(2)
+    x = np.random.default_rng(0).standard_normal((2, 7)).astype(np.float32)
+    assert rel_err(s.step(x.tolist()), layer(x[None])[0][0]) < 1e-6
+
+
 def test_out_is_reused():
     layer = make("gru")
     s = layer.stream(2)

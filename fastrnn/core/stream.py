@@ -144,10 +144,8 @@ class Stream:
             self._lock.release()
 
     def _as_input(self, x):
-        if type(x) is not np.ndarray:
-            x = np.asarray(x)
-            if x.dtype.kind != "f":
-                x = x.astype(self.dtype)
+        if not isinstance(x, np.ndarray):  # a list or a scalar sequence: no dtype of its own to check
+            x = np.asarray(x, dtype=self.dtype)
         if self._batch_first and x.ndim == 3:
             x = x.transpose(1, 0, 2)
         return np.ascontiguousarray(x)

@@ -314,6 +314,17 @@ class _RNNBase:
                 r._on_backward(self, self._ctx)
         return grad_x, grad_h0, grad_c0
 
+    # The cells whose state is h alone (RNN, GRU, Li-GRU); LSTM returns and takes (h, c).
+    def forward(self, x, hx=None, lengths=None):
+        """Returns ``(output, h_n)``; see `fastrnn.functional` (``rnn_forward``, ``gru_forward``, ...)."""
+        out, h_n, _ = self._forward(x, hx, lengths)
+        return out, h_n
+
+    def backward(self, grad_output, grad_h_n=None):
+        """Returns ``(grad_x, grad_h0)``; parameter gradients accumulate into ``.grads``."""
+        grad_x, grad_h0, _ = self._backward(grad_output, grad_h_n, None)
+        return grad_x, grad_h0
+
     def _cell_options(self):
         """Options of the cell beyond the torch ones (Li-GRU: activation, normalization...)."""
         return {}
@@ -360,16 +371,6 @@ class RNN(_RNNBase):
 
     def _cell(self):
         return f"rnn_{self.nonlinearity}"
-
-    def forward(self, x, hx=None, lengths=None):
-        """Returns ``(output, h_n)``; see `fastrnn.functional.rnn_forward`."""
-        out, h_n, _ = self._forward(x, hx, lengths)
-        return out, h_n
-
-    def backward(self, grad_output, grad_h_n=None):
-        """Returns ``(grad_x, grad_h0)``; parameter gradients accumulate into ``.grads``."""
-        grad_x, grad_h0, _ = self._backward(grad_output, grad_h_n, None)
-        return grad_x, grad_h0
 
     def _extra_repr(self):
         return ", nonlinearity='relu'" if self.nonlinearity == "relu" else ""
@@ -449,16 +450,6 @@ class GRU(_RNNBase):
         self.reset_after = bool(reset_after)
         self.zoneout_h = F._check_rate(zoneout_h, "zoneout_h", type(self).__name__)
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
-
-    def forward(self, x, hx=None, lengths=None):
-        """Returns ``(output, h_n)``."""
-        out, h_n, _ = self._forward(x, hx, lengths)
-        return out, h_n
-
-    def backward(self, grad_output, grad_h_n=None):
-        """Returns ``(grad_x, grad_h0)``; parameter gradients accumulate into ``.grads``."""
-        grad_x, grad_h0, _ = self._backward(grad_output, grad_h_n, None)
-        return grad_x, grad_h0
 
     def _extra_repr(self):
         return ", reset_after=False" if not self.reset_after else ""
@@ -601,16 +592,6 @@ class LiGRU(_RNNBase):
         for name, b in self.buffers.items():
             b[...] = 1.0 if "var" in name else 0.0
         return self
-
-    def forward(self, x, hx=None, lengths=None):
-        """Returns ``(output, h_n)``; see `fastrnn.functional.ligru_forward`."""
-        out, h_n, _ = self._forward(x, hx, lengths)
-        return out, h_n
-
-    def backward(self, grad_output, grad_h_n=None):
-        """Returns ``(grad_x, grad_h0)``; parameter gradients accumulate into ``.grads``."""
-        grad_x, grad_h0, _ = self._backward(grad_output, grad_h_n, None)
-        return grad_x, grad_h0
 
     def _extra_repr(self):
         opts = [f"nonlinearity={self.nonlinearity!r}", f"normalization={self.normalization!r}"]

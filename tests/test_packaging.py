@@ -25,7 +25,7 @@ PRIVATE = {"cache_elements", "saturation_stats",
            "set_thread_omp", "get_isa", "available_isas", "set_isa", "forward", "backward", "forward_stats",
            "active_kernels", "parameter_layout", "validate_config",
            # test hooks of the thread pool (tests/test_determinism.py, test_threads.py)
-           "record_regions", "recorded_regions", "set_backoff", "step_threads",
+           "record_regions", "recorded_regions", "set_backoff", "step_threads", "wait_stats", "barrier_ns", "report_waits",
            # the plan (csrc/core/plan.h): constructor, destructor and methods
            "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes",
            # the stream (csrc/core/stream.h): constructor and methods, per dtype

@@ -264,6 +264,36 @@ def test_streams_of_one_layer_step_concurrently():
         assert rel_err(got, want) < 1e-6
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "lstm_proj", "layernorm_gru", "ligru"])
+@pytest.mark.parametrize("N", [1, 3])
+def test_two_threads_split_each_step_by_units(name, N):
+    """With 2 threads a streaming step of a few slots runs its input product and its recurrence
+    on both, each thread on the gate rows of its own units (weight-stationary), and gives bitwise
+    what one thread gives. C = 256: the input product counts in the planner's step work (an RNN
+    step at N = 1 and an LSTMP's 5-unit recurrence have too little work without it)."""
+    layer = make(name, C=256, H=256, L=1)
+    x = np.random.default_rng(3).standard_normal((6, N, 256)).astype(np.float32)
+    previous, backoff = fastrnn.get_num_threads(), fastrnn._C._set_thread_backoff(False)
+    try:
+        outs = {}
+        for threads in (1, 2):
+            fastrnn.set_num_threads(threads)
+            s = layer.stream(N)
+            fastrnn._C._record_regions(True)
+            outs[threads] = np.stack([s.step(x[t]) for t in range(6)])
+            regions = fastrnn._C._record_regions(False)
+            assert s._core.in_place
+            if threads == 2:
+                assert regions.count(("input rows", 2, 2, "pool")) == 6, regions
+                assert regions.count(("recurrence", 2, 2, "pool")) == 6, regions
+            else:
+                assert all(r[1] == 1 for r in regions), regions
+        np.testing.assert_array_equal(outs[1], outs[2])
+    finally:
+        fastrnn.set_num_threads(previous)
+        fastrnn._C._set_thread_backoff(backoff)
+
+
 def test_one_stream_from_two_threads_is_refused():
     s = make("gru").stream(1)
     s._lock.acquire()  # another thread is inside step

@@ -300,3 +300,47 @@ def test_thread_pool_runs_every_job_exactly_once(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "0 of 4000 jobs incorrect" in res.stdout
 
+
+
+# ---- the back-off to one thread -------------------------------------------------------------------
+
+@pytest.fixture
+def backoff_on():
+    """Two threads with the back-off on and its window empty; restored after."""
+    previous, was = fastrnn.get_num_threads(), fastrnn._C._set_thread_backoff(True)
+    fastrnn.set_num_threads(2)
+    yield
+    fastrnn._C._set_thread_backoff(was)
+    fastrnn.set_num_threads(previous)
+
+
+def test_one_slow_short_region_does_not_back_off(backoff_on):
+    """A streaming step lasts microseconds: one interrupt in one of them (here 60 % of a 20 us
+    region spent waiting) must not send the next second of steps to one thread."""
+    fastrnn._C._report_waits(24_000, 20_000, 2)
+    assert fastrnn._C._step_threads() == 2
+    for _ in range(40):  # light steps after it: the window's share stays low
+        fastrnn._C._report_waits(1_000, 20_000, 2)
+    assert fastrnn._C._step_threads() == 2
+
+
+def test_sustained_waiting_backs_off(backoff_on):
+    """Heavy waiting in every short region (threads descheduled: more threads than cores) sends
+    the steps to one thread once a millisecond of them has been seen."""
+    for _ in range(49):
+        fastrnn._C._report_waits(20_000, 20_000, 2)  # half of each thread's time waiting
+    assert fastrnn._C._step_threads() == 2  # 0.98 ms: not judged yet
+    fastrnn._C._report_waits(20_000, 20_000, 2)
+    assert fastrnn._C._step_threads() == 1
+    assert fastrnn._C._wait_stats()[3] >= 1
+
+
+def test_one_long_slow_region_backs_off_at_once(backoff_on):
+    fastrnn._C._report_waits(6_000_000, 5_000_000, 2)
+    assert fastrnn._C._step_threads() == 1
+
+
+def test_barrier_cost_is_measured():
+    ns = fastrnn._C._barrier_ns(2, 200)
+    assert 0 < ns < 1e8
+    assert fastrnn._C._barrier_ns(1, 200) == 0

@@ -434,6 +434,14 @@ PYBIND11_MODULE(_C, m) {
     });
     m.def("_set_thread_backoff", &fastrnn::set_backoff);
     m.def("_step_threads", &fastrnn::step_threads);
+    m.def("_report_waits", &fastrnn::report_waits, py::arg("wait_ns"), py::arg("region_ns"), py::arg("threads"));
+    // The pool's waits since the last reset: regions, waited ns, thread-ns in regions, back-offs.
+    m.def("_wait_stats", [](bool reset) {
+        const fastrnn::WaitStats s = fastrnn::wait_stats(reset);
+        return py::make_tuple(s.regions, s.wait_ns, s.thread_ns, s.backoffs);
+    }, py::arg("reset") = false);
+    m.def("_barrier_ns", &fastrnn::barrier_ns, py::arg("threads") = 2, py::arg("rounds") = 2000,
+          py::call_guard<py::gil_scoped_release>());
     register_optim(m);
     register_stream(m);
 }

@@ -33,7 +33,10 @@ inline void gemv(CBLAS_TRANSPOSE t, int m, int n, double alpha, const double* a,
 // by set_thread_omp), each calling a one-thread BLAS: OpenBLAS's own threads would form a second
 // pool whose idle threads spin after each call and take cores from the step threads (and from
 // torch's OpenMP workers under fastrnn.torch). Small products (a few hundred microseconds) run
-// on the calling thread: waking threads would cost more than it saves.
+// on the calling thread: waking threads would cost more than it saves. The line, 2e7 flops
+// (~150 us of one core's SGEMM here; waking a parked pool thread costs 10-50 us), lets the
+// input product of a sequence at N = 1 (T = 100, H = 256: 5e7 flops) run on the threads
+// that then split its steps.
 // Checked on every call (from the calling thread, before any parallel region): someone else
 // (threadpoolctl, a user) may have given OpenBLAS threads since, and each part would then start
 // its own threads on cores that are already busy.
@@ -66,7 +69,8 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
         return;
     }
     const double flops = 2.0 * double(m) * double(n) * double(k);
-    const int threads = flops >= 1e8 ? int(std::min<std::int64_t>(get_num_threads(), m / 16)) : 1;
+    constexpr double kSplitFlops = 2e7;
+    const int threads = flops >= kSplitFlops ? int(std::min<std::int64_t>(get_num_threads(), m / 16)) : 1;
     auto rows = [&](std::int64_t i0, std::int64_t i1) {
         if (i1 <= i0) return;
         BlasCall in_blas;  // per thread, never around parallel_run: a fork waits for each call

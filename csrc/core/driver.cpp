@@ -104,11 +104,15 @@ struct ThreadPlan {
     int total() const { return groups * per_group; }
 };
 
-ThreadPlan plan_threads(const Desc& d, int nr) {
+// `input_in_steps`: a streaming step's input product runs on the same threads (weights read in
+// place), so its flops count too (the smallest layer input: layer 0's C or the state below).
+ThreadPlan plan_threads(const Desc& d, int nr, bool input_in_steps = false) {
     const int nth = step_threads();
     const int groups = (d.D == 2 && nth >= 2) ? 2 : 1;
     const double K = double(state_size(d));  // LSTMP: the recurrent GEMM is [G*H, P], plus the projection
-    const double step_flops = 2.0 * double(d.N) * double(cell_gates(d) * d.H) * K + (d.P > 0 ? 2.0 * double(d.N) * K * double(d.H) : 0.0);
+    const double GH = double(cell_gates(d) * d.H), N = double(d.N);
+    const double input = input_in_steps ? double(d.L > 1 ? std::min(d.C, state_size(d) * d.D) : d.C) : 0.0;
+    const double step_flops = 2.0 * N * GH * (K + input) + (d.P > 0 ? 2.0 * N * K * double(d.H) : 0.0);
     constexpr double kMinFlopsPerThread = 1.2e5;  // ~1.5 us of GEMM per thread and step: a barrier costs a fraction
     i64 per = std::min<i64>(nth / groups, blocks(d, nr));
     per = std::min<i64>(per, std::max<i64>(1, i64(step_flops / kMinFlopsPerThread)));
@@ -150,13 +154,24 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
                     steps[p](r, ctx, s, s0, s1);
                 else
                     steps[p](r, ctx, s, b0, b1);
-                bar.wait();
+                bar.wait(lt);
             }
         if (!fwd) k.bwd_final(r, ctx, s0, s1);
     };
     const bool timed = plan.total() > 1;  // waits exist only between threads (clock reads cost ~20 ns)
     const std::int64_t start = timed ? now_ns() : 0;
+    // When each thread started: the first barrier's waits for a pool worker still waking up (tens
+    // of microseconds after an idle spell) are start-up, not the contention the back-off is for;
+    // counted, they sent every stream step and short sequence after a pause to one thread.
+    std::atomic<std::int64_t> last_start{start}, sum_starts{0};
     const auto job = [&](int tid, int n) {
+        if (timed) {
+            const std::int64_t t = now_ns();
+            sum_starts.fetch_add(t, std::memory_order_relaxed);
+            std::int64_t seen = last_start.load(std::memory_order_relaxed);
+            while (t > seen && !last_start.compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
+            }
+        }
         if (n != plan.total()) {  // the pool was busy: this caller does everything alone
             Barrier solo(1);
             for (i64 dir = 0; dir < D; ++dir) recurrence(dir, tc[0], 0, 1, solo);
@@ -168,7 +183,11 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
     };
     // std::ref: a std::function holds a reference_wrapper without allocating (none per step).
     const std::int64_t join_wait = parallel_run(plan.total(), std::ref(job), "recurrence");
-    if (timed) report_waits(barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait, now_ns() - start, plan.total());
+    if (timed) {
+        const std::int64_t startup = std::int64_t(plan.total()) * last_start.load() - sum_starts.load();
+        const std::int64_t waits = barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait;
+        report_waits(std::max<std::int64_t>(0, waits - startup), now_ns() - start, plan.total());
+    }
 }
 
 template <class T>
@@ -452,9 +471,9 @@ struct CpuOps {
     std::vector<ThreadCtx<T>> tc_more;
     ThreadCtx<T>* tc;
 
-    CpuOps(const Desc& d_, const Noise<T>& nz_, T* cache_)
+    CpuOps(const Desc& d_, const Noise<T>& nz_, T* cache_, bool input_in_steps = false)
         : d(d_), nz(nz_), cache(cache_), ks(active_kernels<T>()), k(cell_of(ks, d_, cell_noise(nz_))),
-          regularized(has_noise(nz_)), plan(plan_threads(d_, ks.nr)),
+          regularized(has_noise(nz_)), plan(plan_threads(d_, ks.nr, input_in_steps)),
           tc_more(plan.total() > 4 ? std::size_t(plan.total()) : 0),
           tc(plan.total() > 4 ? tc_more.data() : tc_inline) {}
     void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
@@ -489,7 +508,7 @@ struct CpuForward : CpuOps<T> {
     ForwardScratch<T> ws;
 
     CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_, T* cache_)
-        : Base(d_, nz_, cache_), pre(pre_), in_place(in_place_), buf(size()), carver(buf.p, kAlign, true),
+        : Base(d_, nz_, cache_, in_place_), pre(pre_), in_place(in_place_), buf(size()), carver(buf.p, kAlign, true),
           ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc, pre_ != nullptr || in_place_) {
         if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
             const i64 K = state_size(d);
@@ -509,9 +528,25 @@ struct CpuForward : CpuOps<T> {
     void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
               i64 ldc) {
         if (in_place && !ta && tb && alpha == T(1) && beta == T(0) && m <= kStreamInPlaceSlots && ldb == k)
-            ks.rows_gemm(n, k, B, m, A, lda, C, ldc);
+            input_rows(m, n, k, A, lda, B, C, ldc);
         else
             Base::gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+    // On the recurrence's threads, each computing the gate rows of the units it steps
+    // (weight-stationary: a thread reads the same slice of W_ih on every call, as of W_hh). Each
+    // row's dot product is the same whatever the split: the results do not depend on the threads.
+    void input_rows(i64 m, i64 n, i64 k, const T* A, i64 lda, const T* W, T* C, i64 ldc) {
+        const i64 H = d.H, G = n / H, nr = ks.nr, nblk = blocks(d, int(nr));
+        if (plan.total() == 1 || d.D != 1 || G * H != n) {
+            ks.rows_gemm(n, k, W, m, A, lda, C, ldc);
+            return;
+        }
+        const auto job = [&](int tid, int threads) {
+            const i64 u0 = std::min(H, nblk * tid / threads * nr), u1 = std::min(H, nblk * (tid + 1) / threads * nr);
+            for (i64 g = 0; u1 > u0 && g < G; ++g)
+                ks.rows_gemm(u1 - u0, k, W + (g * H + u0) * k, m, A, lda, C + g * H + u0, ldc);
+        };
+        parallel_run(plan.total(), std::ref(job), "input rows");
     }
 
     void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const CacheLayout& lay, i64 l, i64 dir) {

@@ -42,6 +42,8 @@ void spin_then_yield(Pred pred, int spin_us) {
 std::atomic<std::int64_t> g_single_until{0};
 std::atomic<std::int64_t> g_backoff_ns{1000000000};
 std::atomic<bool> g_backoff_enabled{true};
+std::atomic<std::int64_t> g_window_wait{0}, g_window_thread_ns{0};  // reports not judged yet
+std::atomic<std::int64_t> g_stat_regions{0}, g_stat_wait{0}, g_stat_thread_ns{0}, g_stat_backoffs{0};
 
 // The calling thread's record of its parallel regions (tests read what the planner chose).
 struct RegionLog {
@@ -182,19 +184,64 @@ int step_threads() {
 
 bool set_backoff(bool enabled) {
     g_single_until.store(0, std::memory_order_relaxed);
+    g_window_wait.store(0);
+    g_window_thread_ns.store(0);
     g_backoff_ns.store(1000000000, std::memory_order_relaxed);
     return g_backoff_enabled.exchange(enabled);
 }
 
 void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
-    if (threads <= 1 || region_ns <= 0 || !g_backoff_enabled.load(std::memory_order_relaxed)) return;
-    if (4 * wait_ns > std::int64_t(threads) * region_ns) {
+    if (threads <= 1 || region_ns <= 0) return;
+    g_stat_regions.fetch_add(1, std::memory_order_relaxed);
+    g_stat_wait.fetch_add(wait_ns, std::memory_order_relaxed);
+    g_stat_thread_ns.fetch_add(std::int64_t(threads) * region_ns, std::memory_order_relaxed);
+    if (!g_backoff_enabled.load(std::memory_order_relaxed)) return;
+    // The window: one parallel job runs at a time (the pool's busy lock), so its reports do not
+    // race each other; a report from a caller that ran alone adds nothing (it waited 0).
+    const std::int64_t thread_ns = g_window_thread_ns.fetch_add(std::int64_t(threads) * region_ns) +
+                                   std::int64_t(threads) * region_ns;
+    const std::int64_t waited = g_window_wait.fetch_add(wait_ns) + wait_ns;
+    if (thread_ns < std::int64_t(threads) * kWaitWindowNs) return;
+    g_window_thread_ns.store(0);
+    g_window_wait.store(0);
+    if (4 * waited > thread_ns) {
+        g_stat_backoffs.fetch_add(1, std::memory_order_relaxed);
         const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
         g_single_until.store(now_ns() + backoff, std::memory_order_relaxed);
         g_backoff_ns.store(std::min<std::int64_t>(2 * backoff, 60000000000), std::memory_order_relaxed);
     } else {
         g_backoff_ns.store(1000000000, std::memory_order_relaxed);
     }
+}
+
+WaitStats wait_stats(bool reset) {
+    const auto take = [reset](std::atomic<std::int64_t>& a) {
+        return reset ? a.exchange(0, std::memory_order_relaxed) : a.load(std::memory_order_relaxed);
+    };
+    const std::int64_t regions = take(g_stat_regions), wait = take(g_stat_wait), thread_ns = take(g_stat_thread_ns);
+    return WaitStats{regions, wait, thread_ns, take(g_stat_backoffs)};
+}
+
+double barrier_ns(int threads, int rounds) {
+    if (threads < 2 || rounds < 1) return 0.0;
+    Barrier bar(threads);
+    std::vector<std::int64_t> times(std::size_t(threads) * std::size_t(rounds));
+    const std::function<void(int, int)> job = [&](int tid, int n) {
+        if (n != threads) return;  // the pool was busy: nothing to measure
+        for (int i = 0; i < rounds; ++i) {
+            const std::int64_t t0 = now_ns();
+            bar.wait(tid);
+            times[std::size_t(tid) * std::size_t(rounds) + std::size_t(i)] = now_ns() - t0;
+        }
+    };
+    parallel_run(threads, job, "barrier_ns");
+    // Each round's cost is what its slowest arrival waited: the earliest thread waits the longest.
+    std::vector<std::int64_t> per_round(std::size_t(rounds), 0);
+    for (int i = 0; i < rounds; ++i)
+        for (int t = 0; t < threads; ++t)
+            per_round[std::size_t(i)] = std::max(per_round[std::size_t(i)], times[std::size_t(t) * std::size_t(rounds) + std::size_t(i)]);
+    std::nth_element(per_round.begin(), per_round.begin() + rounds / 2, per_round.end());
+    return double(per_round[std::size_t(rounds / 2)]);
 }
 
 namespace {
@@ -273,8 +320,23 @@ void record_regions(bool on) {
 
 std::vector<RegionRecord> recorded_regions() { return t_log.records; }
 
-void Barrier::wait() {
+void Barrier::wait(int tid) {
     if (n_ <= 1) return;
+    if (n_ <= kFlagBarrierThreads) {
+        Slot& mine = slots_[tid];
+        const std::uint32_t target = mine.arrived.load(std::memory_order_relaxed) + 1;
+        mine.arrived.store(target, std::memory_order_release);
+        const auto all_arrived = [&] {
+            for (int j = 0; j < n_; ++j)  // counts only grow: a thread already past reads as arrived
+                if (std::int32_t(slots_[j].arrived.load(std::memory_order_acquire) - target) < 0) return false;
+            return true;
+        };
+        if (all_arrived()) return;
+        const std::int64_t t0 = now_ns();
+        spin_then_yield(all_arrived, 200);
+        mine.wait_ns.store(mine.wait_ns.load(std::memory_order_relaxed) + now_ns() - t0, std::memory_order_relaxed);
+        return;
+    }
     const std::uint32_t phase = phase_.load(std::memory_order_acquire);
     if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
         count_.store(0, std::memory_order_relaxed);
@@ -284,6 +346,12 @@ void Barrier::wait() {
     const std::int64_t t0 = now_ns();
     spin_then_yield([&] { return phase_.load(std::memory_order_acquire) != phase; }, 200);
     wait_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+}
+
+std::int64_t Barrier::wait_ns() const {
+    std::int64_t sum = wait_ns_.load(std::memory_order_relaxed);
+    for (const Slot& s : slots_) sum += s.wait_ns.load(std::memory_order_relaxed);
+    return sum;
 }
 
 }  // namespace fastrnn

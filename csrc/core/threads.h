@@ -13,10 +13,14 @@ int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 
 // Threads a recurrent step may use now: get_num_threads(), or 1 for a while (1 s, doubling up
-// to a minute while it repeats) after report_waits() saw threads spend over a quarter of a
-// parallel region waiting for each other — which happens when there are more runnable threads
-// than cores (another program, DataLoader workers): a descheduled thread then costs every
-// per-step barrier a scheduler time slice, and one thread is much faster.
+// to a minute while it repeats) after report_waits() saw threads spend over a quarter of their
+// time in parallel regions waiting for each other — which happens when there are more runnable
+// threads than cores (another program, DataLoader workers): a descheduled thread then costs every
+// per-step barrier a scheduler time slice, and one thread is much faster. Reports are judged
+// over at least a millisecond of threads' time (kWaitWindowNs per thread), not one by one: a
+// streaming step lasts microseconds, and one interrupt in one of them must not send the next
+// hundred thousand steps to one thread.
+constexpr std::int64_t kWaitWindowNs = 1000000;
 int step_threads();
 void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads);
 // Turns that back-off on (the default) or off, clearing any back-off in progress; returns the
@@ -24,6 +28,17 @@ void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads);
 // the threads a step uses depend on the planner alone, never on the machine's load.
 bool set_backoff(bool enabled);
 std::int64_t now_ns();
+
+// What report_waits() has seen since the last reset: regions reported, the threads' summed
+// waits and summed time in those regions (thread-nanoseconds), and how many times a report sent
+// the steps to one thread (the bench shows it beside its rows).
+struct WaitStats {
+    std::int64_t regions, wait_ns, thread_ns, backoffs;
+};
+WaitStats wait_stats(bool reset);
+// The round trip of one barrier among `threads` threads of the pool that do nothing else, in
+// nanoseconds (median of `rounds` barriers per thread): the fixed cost a parallel step pays.
+double barrier_ns(int threads, int rounds);
 
 // Runs fn(tid, nthreads) on n threads, the caller being tid 0, and returns when all are done.
 // When the pool is already running another caller's job (several Python threads), the job runs
@@ -69,19 +84,30 @@ class BlasCall {
     BlasCall& operator=(const BlasCall&) = delete;
 };
 
-// Barrier for a fixed group of threads: sense-reversing, spins briefly, then yields (a VM may
-// deschedule a vCPU, and spinning would then starve the thread being waited for).
+// Barrier for a fixed group of threads, each passing its index in the group. Up to
+// kFlagBarrierThreads threads, each announces its arrival count on its own cache line and waits
+// until every other count has reached it: one cache-line transfer between two cores per step
+// (a shared counter takes three in a row: measured 0.47 us a round trip between this Xeon's two
+// cores, 0.12 us with flags -- a streaming step at H = 256 on two threads lasts ~8 us). Larger
+// groups share a sense-reversing counter. Either spins briefly, then yields (a VM may deschedule
+// a vCPU, and spinning would then starve the thread being waited for).
 class Barrier {
    public:
+    static constexpr int kFlagBarrierThreads = 8;
     explicit Barrier(int n) : n_(n) {}
-    void wait();
-    std::int64_t wait_ns() const { return wait_ns_.load(std::memory_order_relaxed); }  // summed over threads
+    void wait(int tid);
+    std::int64_t wait_ns() const;  // summed over threads
 
    private:
+    struct alignas(64) Slot {
+        std::atomic<std::uint32_t> arrived{0};
+        std::atomic<std::int64_t> wait_ns{0};
+    };
     const int n_;
-    std::atomic<int> count_{0};
+    Slot slots_[kFlagBarrierThreads];
+    alignas(64) std::atomic<int> count_{0};
     std::atomic<std::uint32_t> phase_{0};
-    std::atomic<std::int64_t> wait_ns_{0};
+    alignas(64) std::atomic<std::int64_t> wait_ns_{0};
 };
 
 }  // namespace fastrnn

@@ -295,3 +295,28 @@ def test_cli_streaming_quick(tmp_path, capsys):
         p50, p99 = r["percentiles"][col]
         assert 0 < p50 <= p99
     assert "stream (C p50) / bound" in table and "fastrnn stream (Python)" in table
+
+
+def test_cli_streaming_thread_scaling(tmp_path, capsys):
+    """`bench --streaming --threads 1 2`: per thread count a stream step and a sequence per step,
+    the speed-up, the back-offs and the barrier cost, in the table and the JSON."""
+    path = tmp_path / "stream.json"
+    assert cli_main(["bench", "--streaming", "--quick", "--peers", "--threads", "1", "2", "--json", str(path)]) == 0
+    table = capsys.readouterr().out
+    s = json.loads(path.read_text())["threads_scaling"]
+    assert s["columns"] == ["LSTM H=32", "GRU H=32"]
+    for what in ("stream", "sequence"):
+        assert set(s[what]) == {"1", "2"} and all(v > 0 for n in ("1", "2") for v in s[what][n])
+    assert all(k >= 0 for k in s["backoffs"]["2"]) and s["barrier_ns"]["2"] > 0
+    assert "stream: 2 threads speed-up" in table and "back-offs to 1 thread (2 threads)" in table
+    assert "barrier round trip at 2 threads" in table
+
+
+def test_backoffs_are_noted():
+    """A row whose fastrnn steps backed off to one thread says so in the table's notes and its
+    progress line."""
+    r = _run(cells=["lstm"], modes=["inference"], peers=["numpy"], threads=(2,))
+    assert "2" in r.get("barrier_ns", {}) and "backoffs" in r["rows"][0]
+    r["rows"][0]["backoffs"] = 3
+    assert "dropped to one thread" in _bench.format_table(r) and "(3x)" in _bench.format_table(r)
+    assert "backed off to 1 thread 3x" in _bench._progress_line(r["rows"][0], "fastrnn")

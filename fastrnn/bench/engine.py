@@ -15,7 +15,9 @@ of the same-run NumPy GEMM rate at the same thread count, and for every peer the
 per-round ratios ``peer time / fastrnn time`` (> 1: fastrnn is faster).
 
 Only the public API of fastrnn is used (``fastrnn.RNN/LSTM/GRU``, ``forward``, ``backward``,
-``eval``, ``set_num_threads``, ``get_isa``), so the instrument survives kernel rewrites.
+``eval``, ``set_num_threads``, ``get_isa``), so the instrument survives kernel rewrites; at more
+than one thread it also reads the thread pool's barrier cost and back-offs (``_C._barrier_ns``,
+``_C._wait_stats``) where the build has them.
 torch, onnx/onnxruntime and threadpoolctl are optional: a missing one skips its peer with a note.
 
 Examples
@@ -896,6 +898,8 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     for n in threads:
         with _threads(n):
             result["gemm_gflops"][str(n)] = gemm_rate(dtype, gemm_size, max_foreign_load=max_foreign_load)
+            if n > 1 and _pool_hook("_barrier_ns"):
+                result.setdefault("barrier_ns", {})[str(n)] = _pool_hook("_barrier_ns")(n, 2000)
 
     for cell in cells:
         for shape in shapes:
@@ -937,7 +941,12 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
                 f"{entry['worst']} = {entry['rel_diff']:.3g} of its largest magnitude (> {RTOL:g}); not timed"))
             continue
         steps[name] = impl.step
+    waits = _pool_hook("_wait_stats")
+    if waits:
+        waits(True)
     samples, inner = _round_robin(steps, repeats, min_time, max_foreign_load)
+    if waits and threads > 1:  # fastrnn's pool sent its steps to one thread (threads waited > 1/4)
+        row["backoffs"] = waits(True)[3]
     gemm = result["gemm_gflops"][str(threads)]
     base = [t for t, _, _ in samples.get(subject, [])]
     for name, taken in samples.items():
@@ -952,6 +961,12 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
             ratios = [t / b for t, b in zip(times, base)]
             entry.update(speedup=statistics.median(ratios), ratios=ratios)
     return row
+
+
+def _pool_hook(name):
+    """fastrnn's thread-pool probe `name` (a private hook), or None in a build without it."""
+    import fastrnn
+    return getattr(fastrnn._C, name, None)
 
 
 def _add_memory(row, shape, dtype, seed, frontend):
@@ -977,7 +992,8 @@ def _progress_line(row, subject):
         else:
             parts.append(f"{name} {_fmt_ms(e['median_ms'])} ms" +
                          (f" ({e['speedup']:.2f}x)" if "speedup" in e else ""))
-    return f"{row['cell']} {s.label} {row['threads']}t {row['mode']}: " + ", ".join(parts)
+    backed = f" [fastrnn's pool backed off to 1 thread {row['backoffs']}x]" if row.get("backoffs") else ""
+    return f"{row['cell']} {s.label} {row['threads']}t {row['mode']}: " + ", ".join(parts) + backed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1065,6 +1081,15 @@ def format_table(result, markdown=False):
                              f"{row['mode']}: {e['reason']}")
             if e.get("memory_error"):
                 notes.append(f"note: {row['cell']} {Shape(**row['shape']).label} {name}: {e['memory_error']}")
+    backed = [row for row in result["rows"] if row.get("backoffs")]
+    if backed:
+        notes.append("note: fastrnn's thread pool dropped to one thread (its threads waited for each other over "
+                     "a quarter of a millisecond window: more runnable threads than cores) during " +
+                     ", ".join(f"{r['cell']} {Shape(**r['shape']).label} {r['threads']}t {r['mode']} "
+                               f"({r['backoffs']}x)" for r in backed))
+    for n, ns in result.get("barrier_ns", {}).items():
+        notes.append(f"note: fastrnn's step barrier costs {ns / 1e3:.2f} us a round trip at {n} threads "
+                     f"(one per step phase)")
     timed = [(row, e) for row in result["rows"] for e in row["impls"].values() if e["status"] == "timed"]
     disturbed = [(row, e) for row, e in timed if e.get("disturbed")]
     if disturbed:

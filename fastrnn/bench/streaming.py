@@ -15,6 +15,11 @@ Rows, per cell and hidden size (input size = hidden size, one layer, float32):
 
 Each Python-timed row is the best of ``repeats`` rounds of a loop of at least ``min_time``
 seconds. OpenVINO is not a peer here (no wheel for this environment).
+
+With several thread counts (``--threads 1 2``) a second table follows (`thread_scaling`): at
+H = 128, 256 and 512, a stream step's C-timed p50 and a T = 100 sequence call's time per step at
+each count (rounds alternate the counts), the speed-up over the first, how often the pool's
+back-off sent the steps to one thread, and the barrier's round trip.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from .engine import _threads
 
 CELLS = ("lstm", "gru")
 HIDDEN = (128, 512)
+SCALING_HIDDEN = (128, 256, 512)  # 256: half of an LSTM's W_hh (512 KB) fits one core's L2
 GATES = {"lstm": 4, "gru": 3}
 
 
@@ -180,6 +186,89 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
             "batch": batch, "threads": threads, "isa": fastrnn.get_isa(), "cpu": _cpu_name()}
 
 
+def thread_scaling(cells=CELLS, hidden=SCALING_HIDDEN, thread_counts=(1, 2), batch=1, T=100, rounds=5, c_steps=2000,
+                   progress=None):
+    """Part of a step's time that more threads save, at N = ``batch``: per thread count, a stream's
+    C-timed p50 and a T-step sequence call's time per step, in rounds that alternate the counts;
+    the pool's back-offs to one thread (left on, as users run it) and its barrier cost.
+    {"columns", "stream": {n: [s]}, "sequence": {n: [s]}, "backoffs": {n: [k]}, "barrier_ns": {n: ns}}."""
+    import fastrnn
+
+    say = progress or (lambda line: None)
+    res = {"columns": [], "stream": {}, "sequence": {}, "backoffs": {}, "batch": batch, "T": T,
+           "barrier_ns": {}, "cpu": _cpu_name(), "isa": fastrnn.get_isa()}
+    for n in thread_counts:
+        for key in ("stream", "sequence", "backoffs"):
+            res[key][n] = []
+        if n > 1:
+            with _threads(n):
+                res["barrier_ns"][n] = _C._barrier_ns(n, 2000)
+    for cell in cells:
+        for H in hidden:
+            col = f"{cell.upper()} H={H}"
+            res["columns"].append(col)
+            say(f"streaming threads: {col}, N={batch}, threads {', '.join(map(str, thread_counts))}")
+            layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(H, H, rng=0).eval()
+            g = np.random.default_rng(1)
+            x = g.standard_normal((batch, H)).astype(np.float32)
+            seq = g.standard_normal((T, batch, H)).astype(np.float32)
+            out = np.empty((batch, H), np.float32)
+            s = layer.stream(batch)
+            taken = {n: ([], [], 0) for n in thread_counts}
+            steps = c_steps if H <= 256 else max(c_steps // 10, 50)
+            for r in range(rounds):
+                for n in thread_counts[r % len(thread_counts):] + thread_counts[:r % len(thread_counts)]:
+                    with _threads(n):
+                        _C._wait_stats(True)
+                        p50 = float(np.percentile(s._core.time_steps(x, out, steps), 50)) * 1e-9
+                        best = min(_timed(lambda: layer(seq)) for _ in range(3)) / T
+                        st, sq, k = taken[n]
+                        taken[n] = (st + [p50], sq + [best], k + _C._wait_stats(True)[3])
+            for n, (st, sq, k) in taken.items():
+                res["stream"][n].append(float(np.median(st)))
+                res["sequence"][n].append(float(np.median(sq)))
+                res["backoffs"][n].append(k)
+    return res
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def format_scaling(res, markdown=False):
+    """Microseconds per step at each thread count, the speed-up over the first, the back-offs."""
+    cols, counts = res["columns"], list(res["stream"])
+    lines = [f"threads at N={res['batch']}: stream step (C p50) and a T={res['T']} sequence call per step, "
+             f"float32, isa {res['isa']}, {res['cpu']}"]
+    table = [["us per step"] + cols]
+    for what in ("stream", "sequence"):
+        for n in counts:
+            table.append([f"{what}, {n} thread(s)"] + [f"{v * 1e6:.2f}" for v in res[what][n]])
+        for n in counts[1:]:
+            table.append([f"{what}: {n} threads speed-up"] + [
+                f"{a / b:.2f}x" for a, b in zip(res[what][counts[0]], res[what][n])])
+    for n in counts[1:]:
+        table.append([f"back-offs to 1 thread ({n} threads)"] + [str(k) for k in res["backoffs"][n]])
+    out = _table(table, markdown)
+    notes = [f"note: barrier round trip at {n} threads: {ns / 1e3:.2f} us (one per step phase)"
+             for n, ns in res["barrier_ns"].items()]
+    if any(k for n in counts[1:] for k in res["backoffs"][n]):
+        notes.append("note: a back-off ran the steps on one thread for a while (threads waited over a quarter "
+                     "of a millisecond window); those rows mix 1- and n-thread steps")
+    return "\n".join(lines + out + notes)
+
+
+def _table(table, markdown):
+    if markdown:
+        out = ["| " + " | ".join(table[0]) + " |", "|" + "---|" + "---:|" * (len(table[0]) - 1)]
+        return out + ["| " + " | ".join(r) + " |" for r in table[1:]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+            for r in table]
+
+
 def _cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -209,13 +298,7 @@ def format_table(result, markdown=False):
                                                for c in cols])
     table.append(["read bandwidth GB/s"] + [f"{result['bound'][c][1] / 1e9:.0f} ({result['bound'][c][0] // 1024} KB)"
                                             for c in cols])
-    if markdown:
-        out = ["| " + " | ".join(table[0]) + " |", "|" + "---|" + "---:|" * len(cols)]
-        out += ["| " + " | ".join(r) + " |" for r in table[1:]]
-    else:
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        out = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-               for r in table]
+    out = _table(table, markdown)
     return "\n".join(lines + out + [f"note: {n}" for n in result["notes"]])
 
 
@@ -229,8 +312,18 @@ def run_args(args):
                  peers=args.peers, repeats=args.repeats or (2 if quick else 5),
                  min_time=args.min_time or (0.01 if quick else 0.2), c_steps=300 if quick else 10000,
                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    scaling = None
+    if len(args.thread_counts) > 1:  # --threads 1 2: how far more threads cut a step at this N
+        scaling = thread_scaling(hidden=(32,) if quick else SCALING_HIDDEN, thread_counts=tuple(args.thread_counts),
+                                 batch=args.stream_batch, rounds=2 if quick else 5, c_steps=100 if quick else 2000,
+                                 progress=say)
+        result["threads_scaling"] = scaling
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=float)
     print(format_table(result, markdown=args.markdown))
+    if scaling:
+        print()
+        print(format_scaling(scaling, markdown=args.markdown))
     return 0

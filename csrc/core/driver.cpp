@@ -129,11 +129,29 @@ void carve_threads(Carver& cv, const Desc& d, int threads, int nr, ThreadCtx<T>*
     }
 }
 
+// A streaming step's input product X W_ih^T (a few rows, W_ih read in place), by units: the gate
+// rows of units [u0, u1). Each row's dot product is the same whatever the split, so the results
+// do not depend on the threads.
+template <class T>
+struct InputRows {
+    void (*rows_gemm)(i64 rows, i64 depth, const T* w, i64 N, const T* a, i64 lda, T* c, i64 ldc) = nullptr;
+    const T *A = nullptr, *W = nullptr;
+    T* C = nullptr;
+    i64 m = 0, k = 0, lda = 0, ldc = 0, G = 0, H = 0, nr = 0;
+    void units(i64 u0, i64 u1) const {
+        for (i64 g = 0; u1 > u0 && g < G; ++g)
+            rows_gemm(u1 - u0, k, W + (g * H + u0) * k, m, A, lda, C + g * H + u0, ldc);
+    }
+    void blocks(i64 b0, i64 b1) const { units(std::min(H, b0 * nr), std::min(H, b1 * nr)); }
+};
+
 // Runs the recurrences of one layer (one per direction) for all steps on the planned threads.
+// `input` (a stream's step, one direction): each thread first computes the input product of its
+// own units, which its steps alone read: no barrier, and no parallel region of its own.
 // Phases over cell units split the H units' blocks, phases over state units (LSTMP) the K ones.
 template <class T>
 void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec, i64 D, const ThreadPlan& plan,
-               ThreadCtx<T>* tc, i64 nblk, i64 nblk_state) {
+               ThreadCtx<T>* tc, i64 nblk, i64 nblk_state, const InputRows<T>* input = nullptr) {
     Barrier barriers[2] = {Barrier(plan.per_group), Barrier(plan.per_group)};
     const StepKernel<T>* steps = fwd ? (train ? k.fwd_train : k.fwd_infer) : k.bwd;
     const bool* on_state = fwd ? k.fwd_on_state : k.bwd_on_state;
@@ -148,6 +166,7 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
         if (ctx.rows) std::fill(ctx.rows, ctx.rows + 3 * r.N, 0.0);
         const i64 b0 = nblk * lt / per, b1 = nblk * (lt + 1) / per;
         const i64 s0 = nblk_state * lt / per, s1 = nblk_state * (lt + 1) / per;
+        if (input && dir == 0) input->blocks(b0, b1);
         for (i64 s = 0; s < r.steps; ++s)
             for (int p = 0; p < phases; ++p) {
                 if (on_state[p])
@@ -533,21 +552,22 @@ struct CpuForward : CpuOps<T> {
             Base::gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
     // On the recurrence's threads, each computing the gate rows of the units it steps
-    // (weight-stationary: a thread reads the same slice of W_ih on every call, as of W_hh). Each
-    // row's dot product is the same whatever the split: the results do not depend on the threads.
+    // (weight-stationary: a thread reads the same slice of W_ih on every call, as of W_hh):
+    // inside the recurrence's region, or in a region of its own when the cell normalizes the
+    // whole projection first (LayerNorm, batch norm: every row needs all its columns).
     void input_rows(i64 m, i64 n, i64 k, const T* A, i64 lda, const T* W, T* C, i64 ldc) {
-        const i64 H = d.H, G = n / H, nr = ks.nr, nblk = blocks(d, int(nr));
+        const i64 H = d.H, G = n / H, nblk = blocks(d, ks.nr);
         if (plan.total() == 1 || d.D != 1 || G * H != n) {
             ks.rows_gemm(n, k, W, m, A, lda, C, ldc);
             return;
         }
-        const auto job = [&](int tid, int threads) {
-            const i64 u0 = std::min(H, nblk * tid / threads * nr), u1 = std::min(H, nblk * (tid + 1) / threads * nr);
-            for (i64 g = 0; u1 > u0 && g < G; ++g)
-                ks.rows_gemm(u1 - u0, k, W + (g * H + u0) * k, m, A, lda, C + g * H + u0, ldc);
-        };
+        input = InputRows<T>{ks.rows_gemm, A, W, C, m, k, lda, ldc, G, H, ks.nr};
+        if (!ln_ih(d) && !bn_ih(d)) return;  // run() computes it
+        const auto job = [&](int tid, int threads) { input.blocks(nblk * tid / threads, nblk * (tid + 1) / threads); };
         parallel_run(plan.total(), std::ref(job), "input rows");
+        input = InputRows<T>{};
     }
+    InputRows<T> input;  // deferred into run()
 
     void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const CacheLayout& lay, i64 l, i64 dir) {
         const bool train = cache != nullptr;
@@ -587,7 +607,9 @@ struct CpuForward : CpuOps<T> {
         }
     }
     void run(Recurrence<T>* rec, bool train) {
-        run_layer(k, true, train, rec, d.D, plan, tc, blocks(d, ks.nr), state_blocks(d, ks.nr));
+        run_layer(k, true, train, rec, d.D, plan, tc, blocks(d, ks.nr), state_blocks(d, ks.nr),
+                  input.rows_gemm ? &input : nullptr);
+        input = InputRows<T>{};
     }
 };
 

@@ -434,6 +434,9 @@ PYBIND11_MODULE(_C, m) {
     });
     m.def("_set_thread_backoff", &fastrnn::set_backoff);
     m.def("_step_threads", &fastrnn::step_threads);
+    // The AVX-512 microkernel's rows per register block (6 or 8; 0 sets the detected value).
+    m.def("_microkernel_rows", &fastrnn::microkernel_rows);
+    m.def("_set_microkernel_rows", &fastrnn::set_microkernel_rows);
     register_optim(m);
     register_stream(m);
 }

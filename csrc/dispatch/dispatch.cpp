@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 namespace fastrnn {
 
@@ -79,7 +80,37 @@ std::atomic<int>& active() {
     return isa;
 }
 
+int detect_rows() {
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") ? 6 : 8;
+#else
+    return 8;
+#endif
+}
+
+int rows_from_env() {
+    const char* env = std::getenv("FASTRNN_MICROKERNEL_ROWS");
+    if (!env || !*env) return detect_rows();
+    const std::string v(env);
+    return v == "6" ? 6 : v == "8" ? 8 : detect_rows();  // anything else: the detected value
+}
+
+std::atomic<int>& rows() {
+    static std::atomic<int> r{rows_from_env()};
+    return r;
+}
+
 }  // namespace
+
+int microkernel_rows() { return rows().load(std::memory_order_relaxed); }
+int detected_microkernel_rows() { return detect_rows(); }
+
+void set_microkernel_rows(int r) {
+    if (r != 0 && r != 6 && r != 8)
+        throw std::invalid_argument("microkernel rows: " + std::to_string(r) + ", expected 6, 8 or 0 (detect)");
+    rows().store(r == 0 ? detect_rows() : r);
+}
 
 std::vector<std::string> available_isas() {
     std::vector<std::string> out;

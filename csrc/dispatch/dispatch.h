@@ -17,6 +17,13 @@ std::string get_isa();
 // Forces an ISA by name; throws std::invalid_argument naming the available ones.
 void set_isa(const std::string& name);
 
+// The AVX-512 microkernel's rows per register block: 6 on Intel cores (two full 512-bit FMA
+// ports: 6 rows measured 1.3-1.4x faster than 8 on a Xeon), 8 elsewhere (Zen 4 splits 512-bit
+// FMAs in two halves; its tuning chose 8). FASTRNN_MICROKERNEL_ROWS=6|8 overrides it at start;
+// set_microkernel_rows(0) goes back to the detected value. Results are bitwise the same.
+void set_microkernel_rows(int rows);
+int detected_microkernel_rows();
+
 // The kernels of the ISA in use now (a call reads this once, so it never mixes two ISAs).
 template <class T>
 const KernelSet<T>& active_kernels();

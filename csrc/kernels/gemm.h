@@ -105,7 +105,8 @@ template <class V>
 constexpr int accumulator_budget() {
     return V::regs >= 32 ? 24 : 12;
 }
-// Rows per register block: more rows reuse each loaded B vector more often.
+// Rows per register block: more rows reuse each loaded B vector more often. With 32 registers
+// the dispatch file chooses 8 or 6 per microarchitecture at run time (microkernel_rows()).
 template <class V>
 constexpr int max_rows() {
     return V::regs >= 32 ? 8 : 6;
@@ -151,13 +152,13 @@ inline void row_tail(int rem, std::int64_t kc, const typename V::value_type* a, 
 }
 
 // tile[N, np*nr] (+)= A[N, K] * [panels], K in passes of kKC. `panels[p]` points at row 0 of
-// panel p (stride nr per k). The tile's row stride is np*nr.
-template <class V>
-void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
-               const typename V::value_type* const* panels, int np, typename V::value_type* tile,
-               bool accumulate) {
+// panel p (stride nr per k). The tile's row stride is np*nr. MR rows of A per register block.
+template <class V, int MR>
+void tile_gemm_rows(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
+                    const typename V::value_type* const* panels, int np, typename V::value_type* tile,
+                    bool accumulate) {
     using T = typename V::value_type;
-    constexpr int NR = panel_width<V>(), MR = max_rows<V>();
+    constexpr int NR = panel_width<V>();
     const std::int64_t ldc = std::int64_t(np) * NR;
     const T* b[kMaxTilePanels];
     for (std::int64_t k0 = 0; k0 < K; k0 += kKC) {
@@ -169,6 +170,18 @@ void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, 
         for (; r + MR <= N; r += MR) row_block<V, MR>(kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
         row_tail<V, MR - 1>(int(N - r), kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
     }
+}
+
+// Every k-sum runs in the same order whatever MR is: the choice changes speed, never a bit of the
+// result (tests/test_blocking.py).
+template <class V>
+void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
+               const typename V::value_type* const* panels, int np, typename V::value_type* tile,
+               bool accumulate) {
+    if constexpr (max_rows<V>() == 8) {
+        if (microkernel_rows() == 6) return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, accumulate);
+    }
+    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, accumulate);
 }
 
 // The same product with W read in place, row-major (rows of `depth` elements): C[r, n] of

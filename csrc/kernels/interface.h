@@ -8,6 +8,10 @@
 
 namespace fastrnn {
 
+// Rows of A per register block of the recurrent GEMM's microkernel on ISAs with 32 vector
+// registers (AVX-512): a choice per microarchitecture made in csrc/dispatch/ (8 or 6; gemm.h).
+int microkernel_rows();
+
 // Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
 constexpr int kMaxTilePanels = 6;
 // Most phases (barrier-separated parts) of one step: LayerNorm LSTM has three.

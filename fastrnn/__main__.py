@@ -22,6 +22,10 @@ def info(_args):
 
     print(f"fastrnn {fastrnn.__version__} (python {platform.python_version()}, {platform.machine()})")
     print(f"isa: {fastrnn.get_isa()} (available: {', '.join(fastrnn.available_isas())}; force with FASTRNN_ISA)")
+    if "avx512" in fastrnn.available_isas():
+        rows = fastrnn._C._microkernel_rows()
+        print(f"avx512 microkernel: {rows} rows per register block ({'6 on Intel' if rows == 6 else '8 elsewhere'}"
+              " by default; FASTRNN_MICROKERNEL_ROWS=6|8 overrides)")
     print(f"threads: {fastrnn.get_num_threads()} (FASTRNN_NUM_THREADS / fastrnn.set_num_threads)")
     print(f"blas: scipy-openblas32 {sob.__version__} ({sob.get_openblas_config().strip()})")
     print("dtypes: float32, float64")

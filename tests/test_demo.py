@@ -58,3 +58,5 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "isa:" in out and "threads:" in out and "blas: scipy-openblas32" in out
+    if "avx512" in fastrnn.available_isas():  # the blocking chosen for this CPU, and how to override it
+        assert f"avx512 microkernel: {fastrnn._C._microkernel_rows()} rows" in out

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+import fastrnn
 from fastrnn.__main__ import main
 
 pytest.importorskip("matplotlib")

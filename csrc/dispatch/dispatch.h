@@ -20,7 +20,8 @@ void set_isa(const std::string& name);
 // The AVX-512 microkernel's rows per register block: 6 on Intel cores (two full 512-bit FMA
 // ports: 6 rows measured 1.3-1.4x faster than 8 on a Xeon), 8 elsewhere (Zen 4 splits 512-bit
 // FMAs in two halves; its tuning chose 8). FASTRNN_MICROKERNEL_ROWS=6|8 overrides it at start;
-// set_microkernel_rows(0) goes back to the detected value. Results are bitwise the same.
+// set_microkernel_rows(0) goes back to the detected value. Up to 8 rows of A (N <= 8) one 8-row
+// block is used either way (gemm.h). Results are bitwise the same.
 void set_microkernel_rows(int rows);
 int detected_microkernel_rows();
 

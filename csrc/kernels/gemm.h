@@ -178,8 +178,8 @@ template <class V>
 void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                const typename V::value_type* const* panels, int np, typename V::value_type* tile,
                bool accumulate) {
-    if constexpr (max_rows<V>() == 8) {
-        if (microkernel_rows() == 6) return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, accumulate);
+    if constexpr (max_rows<V>() == 8) {  // up to 8 rows, one 8-row block loads each B vector once
+        if (N > 8 && microkernel_rows() == 6) return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, accumulate);
     }
     tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, accumulate);
 }

@@ -335,6 +335,18 @@ def test_sustained_waiting_backs_off(backoff_on):
     assert fastrnn._C._wait_stats()[3] >= 1
 
 
+def test_short_waits_of_short_steps_do_not_back_off(backoff_on):
+    """Steps of a few microseconds on idle cores: a third of the time goes to waits of under a
+    microsecond each (barrier round trip, skew). That is the planner's cost to weigh, not a sign
+    of descheduled threads: no back-off."""
+    for _ in range(60):  # 1.2 ms of regions: 20 us each, 10 barrier passes per thread, 14 us waited
+        fastrnn._C._report_waits(14_000, 20_000, 2, 10)
+    assert fastrnn._C._step_threads() == 2
+    for _ in range(60):  # the same with 100 us waits: threads lose time slices
+        fastrnn._C._report_waits(2_000_000, 1_200_000, 2, 10)
+    assert fastrnn._C._step_threads() == 1
+
+
 def test_one_long_slow_region_backs_off_at_once(backoff_on):
     fastrnn._C._report_waits(6_000_000, 5_000_000, 2)
     assert fastrnn._C._step_threads() == 1

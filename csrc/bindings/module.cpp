@@ -434,7 +434,8 @@ PYBIND11_MODULE(_C, m) {
     });
     m.def("_set_thread_backoff", &fastrnn::set_backoff);
     m.def("_step_threads", &fastrnn::step_threads);
-    m.def("_report_waits", &fastrnn::report_waits, py::arg("wait_ns"), py::arg("region_ns"), py::arg("threads"));
+    m.def("_report_waits", &fastrnn::report_waits, py::arg("wait_ns"), py::arg("region_ns"), py::arg("threads"),
+          py::arg("passes") = 1);
     // The pool's waits since the last reset: regions, waited ns, thread-ns in regions, back-offs.
     m.def("_wait_stats", [](bool reset) {
         const fastrnn::WaitStats s = fastrnn::wait_stats(reset);

@@ -205,7 +205,9 @@ void run_layer(const CellKernels<T>& k, bool fwd, bool train, Recurrence<T>* rec
     if (timed) {
         const std::int64_t startup = std::int64_t(plan.total()) * last_start.load() - sum_starts.load();
         const std::int64_t waits = barriers[0].wait_ns() + barriers[1].wait_ns() + join_wait;
-        report_waits(std::max<std::int64_t>(0, waits - startup), now_ns() - start, plan.total());
+        i64 passes = 1;  // per thread: a barrier per step phase, and the join
+        for (i64 dir = 0; dir < D; ++dir) passes = std::max(passes, 1 + rec[dir].steps * phases);
+        report_waits(std::max<std::int64_t>(0, waits - startup), now_ns() - start, plan.total(), passes);
     }
 }
 

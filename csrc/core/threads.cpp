@@ -42,7 +42,7 @@ void spin_then_yield(Pred pred, int spin_us) {
 std::atomic<std::int64_t> g_single_until{0};
 std::atomic<std::int64_t> g_backoff_ns{1000000000};
 std::atomic<bool> g_backoff_enabled{true};
-std::atomic<std::int64_t> g_window_wait{0}, g_window_thread_ns{0};  // reports not judged yet
+std::atomic<std::int64_t> g_window_wait{0}, g_window_thread_ns{0}, g_window_passes{0};  // not judged yet
 std::atomic<std::int64_t> g_stat_regions{0}, g_stat_wait{0}, g_stat_thread_ns{0}, g_stat_backoffs{0};
 
 // The calling thread's record of its parallel regions (tests read what the planner chose).
@@ -186,11 +186,12 @@ bool set_backoff(bool enabled) {
     g_single_until.store(0, std::memory_order_relaxed);
     g_window_wait.store(0);
     g_window_thread_ns.store(0);
+    g_window_passes.store(0);
     g_backoff_ns.store(1000000000, std::memory_order_relaxed);
     return g_backoff_enabled.exchange(enabled);
 }
 
-void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
+void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads, std::int64_t passes) {
     if (threads <= 1 || region_ns <= 0) return;
     g_stat_regions.fetch_add(1, std::memory_order_relaxed);
     g_stat_wait.fetch_add(wait_ns, std::memory_order_relaxed);
@@ -201,10 +202,12 @@ void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads) {
     const std::int64_t thread_ns = g_window_thread_ns.fetch_add(std::int64_t(threads) * region_ns) +
                                    std::int64_t(threads) * region_ns;
     const std::int64_t waited = g_window_wait.fetch_add(wait_ns) + wait_ns;
+    const std::int64_t pass_count = g_window_passes.fetch_add(std::int64_t(threads) * passes) + std::int64_t(threads) * passes;
     if (thread_ns < std::int64_t(threads) * kWaitWindowNs) return;
     g_window_thread_ns.store(0);
     g_window_wait.store(0);
-    if (4 * waited > thread_ns) {
+    g_window_passes.store(0);
+    if (4 * waited > thread_ns && waited > kSlowWaitNs * pass_count) {
         g_stat_backoffs.fetch_add(1, std::memory_order_relaxed);
         const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
         g_single_until.store(now_ns() + backoff, std::memory_order_relaxed);

@@ -19,10 +19,14 @@ void set_num_threads(int n);  // n >= 1
 // per-step barrier a scheduler time slice, and one thread is much faster. Reports are judged
 // over at least a millisecond of threads' time (kWaitWindowNs per thread), not one by one: a
 // streaming step lasts microseconds, and one interrupt in one of them must not send the next
-// hundred thousand steps to one thread.
-constexpr std::int64_t kWaitWindowNs = 1000000;
+// hundred thousand steps to one thread. And only long waits count as contention: a descheduled
+// thread costs a barrier a scheduler time slice (milliseconds), while the waits of steps of a
+// few microseconds on idle cores (barrier round trip, start skew, the last thread's join) can
+// reach a quarter of the time at under a microsecond each: the back-off needs the window's mean
+// wait per barrier pass over kSlowWaitNs too. `passes`: the barriers each thread passed.
+constexpr std::int64_t kWaitWindowNs = 1000000, kSlowWaitNs = 5000;
 int step_threads();
-void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads);
+void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads, std::int64_t passes = 1);
 // Turns that back-off on (the default) or off, clearing any back-off in progress; returns the
 // previous setting. Off, results are the same and steps may be slower; tests turn it off so that
 // the threads a step uses depend on the planner alone, never on the machine's load.

@@ -39,8 +39,20 @@ if not _has_extension(_os.path.dirname(_os.path.abspath(__file__))):
     _hand_over_to_installed_copy()
 else:
 
-    # Loads libscipy_openblas globally before the extension that links it (no rpath needed).
-    import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+    # Loads libscipy_openblas globally before the extension that links it (no rpath needed),
+    # with one thread: fastrnn calls it on one thread per part (csrc/core/blas.h), and the server
+    # threads OpenBLAS starts at load spin ~0.1 s on the cores the first multi-threaded steps
+    # need (a first 2-thread call was 4-6x slower, and the pool backed off to one thread).
+    # OPENBLAS_NUM_THREADS is read once, at load; the user's value (for NumPy's BLAS) is put back.
+    _user_blas_threads = _os.environ.get("OPENBLAS_NUM_THREADS")
+    _os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+    finally:
+        if _user_blas_threads is None:
+            del _os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            _os.environ["OPENBLAS_NUM_THREADS"] = _user_blas_threads
 
     from . import _C
     # The package in wings (docs/design.md, "Architecture"): core <- gradients <- toolkit; bench

@@ -356,3 +356,24 @@ def test_barrier_cost_is_measured():
     ns = fastrnn._C._barrier_ns(2, 200)
     assert 0 < ns < 1e8
     assert fastrnn._C._barrier_ns(1, 200) == 0
+
+
+def test_import_starts_no_blas_threads():
+    """fastrnn calls its BLAS (scipy-openblas32) on one thread per part, so that library must
+    not start its own server threads when it loads: they spin ~0.1 s on the cores the first
+    multi-threaded steps need (a first 2-thread call was 4-6x slower and sent the steps to one
+    thread). The environment the user set is left as it was."""
+    code = ("import os, numpy\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "import fastrnn\n"
+            "after = len(os.listdir('/proc/self/task'))\n"
+            "print(before, after, os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc (Linux)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    before, after, var = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                        check=True).stdout.split()
+    assert after == before and var == "None", (before, after, var)
+    env["OPENBLAS_NUM_THREADS"] = "3"  # the user's setting (for NumPy's BLAS) survives the import
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True).stdout.split()[2] == "3"

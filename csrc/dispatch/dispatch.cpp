@@ -104,7 +104,6 @@ std::atomic<int>& rows() {
 }  // namespace
 
 int microkernel_rows() { return rows().load(std::memory_order_relaxed); }
-int detected_microkernel_rows() { return detect_rows(); }
 
 void set_microkernel_rows(int r) {
     if (r != 0 && r != 6 && r != 8)

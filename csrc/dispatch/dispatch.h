@@ -23,7 +23,6 @@ void set_isa(const std::string& name);
 // set_microkernel_rows(0) goes back to the detected value. Up to 8 rows of A (N <= 8) one 8-row
 // block is used either way (gemm.h). Results are bitwise the same.
 void set_microkernel_rows(int rows);
-int detected_microkernel_rows();
 
 // The kernels of the ISA in use now (a call reads this once, so it never mixes two ISAs).
 template <class T>

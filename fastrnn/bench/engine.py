@@ -898,8 +898,9 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     for n in threads:
         with _threads(n):
             result["gemm_gflops"][str(n)] = gemm_rate(dtype, gemm_size, max_foreign_load=max_foreign_load)
-            if n > 1 and _pool_hook("_barrier_ns"):
-                result.setdefault("barrier_ns", {})[str(n)] = _pool_hook("_barrier_ns")(n, 2000)
+            barrier = _pool_hook("_barrier_ns")
+            if n > 1 and barrier:
+                result.setdefault("barrier_ns", {})[str(n)] = barrier(n, 2000)
 
     for cell in cells:
         for shape in shapes:
@@ -1083,8 +1084,8 @@ def format_table(result, markdown=False):
                 notes.append(f"note: {row['cell']} {Shape(**row['shape']).label} {name}: {e['memory_error']}")
     backed = [row for row in result["rows"] if row.get("backoffs")]
     if backed:
-        notes.append("note: fastrnn's thread pool dropped to one thread (its threads waited for each other over "
-                     "a quarter of a millisecond window: more runnable threads than cores) during " +
+        notes.append("note: fastrnn's thread pool dropped to one thread (over a 1 ms window its threads spent a "
+                     "quarter of their time in long waits for each other: more runnable threads than cores) during " +
                      ", ".join(f"{r['cell']} {Shape(**r['shape']).label} {r['threads']}t {r['mode']} "
                                f"({r['backoffs']}x)" for r in backed))
     for n, ns in result.get("barrier_ns", {}).items():

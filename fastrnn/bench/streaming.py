@@ -255,8 +255,9 @@ def format_scaling(res, markdown=False):
     notes = [f"note: barrier round trip at {n} threads: {ns / 1e3:.2f} us (one per step phase)"
              for n, ns in res["barrier_ns"].items()]
     if any(k for n in counts[1:] for k in res["backoffs"][n]):
-        notes.append("note: a back-off ran the steps on one thread for a while (threads waited over a quarter "
-                     "of a millisecond window); those rows mix 1- and n-thread steps")
+        notes.append("note: a back-off ran the steps on one thread for a while (over a 1 ms window the threads "
+                     "spent a quarter of their time in long waits for each other); those rows mix 1- and "
+                     "n-thread steps")
     return "\n".join(lines + out + notes)
 
 

@@ -72,7 +72,7 @@ else:
 
     __version__ = _C.version  # from the FASTRNN_VERSION_* macros of fastrnn.h, the one source
 
-    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa",
+    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa", "precision_features",
                "set_num_threads", "get_num_threads", "get_include", "get_library", "get_library_dir", "__version__",
                "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
                "diagnostics", "gradcheck", "cuda"]
@@ -86,6 +86,20 @@ else:
     def available_isas():
         """Instruction sets this CPU and build support, best first."""
         return list(_C.available_isas())
+
+
+    def precision_features():
+        """The reduced-precision instructions this CPU has (and its OS enables), by name.
+
+        ``{"avx512_bf16": bool, "amx_bf16": bool, "avx512_vnni": bool, "avx_vnni": bool}``, apart
+        from :func:`available_isas`, which names the float32 kernels' instruction set. bf16 work runs
+        natively where ``avx512_bf16`` is true and the float32 ISA is ``avx512``; elsewhere it runs on
+        a portable path that gives the same bits, only slower (``python -m fastrnn info`` says which).
+
+        >>> sorted(fastrnn.precision_features())
+        ['amx_bf16', 'avx512_bf16', 'avx512_vnni', 'avx_vnni']
+        """
+        return dict(_C.precision_features())
 
 
     def set_isa(name):

@@ -26,6 +26,14 @@ def info(_args):
         rows = fastrnn._C._microkernel_rows()
         print(f"avx512 microkernel: {rows} rows per register block ({'6 on Intel' if rows == 6 else '8 elsewhere'}"
               " by default; FASTRNN_MICROKERNEL_ROWS=6|8 overrides)")
+    features = fastrnn.precision_features()
+    have = [name for name, on in features.items() if on]
+    lacks = [name for name, on in features.items() if not on]
+    print(f"precision features: {', '.join(have) or 'none'}" + (f" (not here: {', '.join(lacks)})" if lacks else ""))
+    path = fastrnn._C._bf16_path()
+    print("bf16 kernels: " + ("native (avx512_bf16)" if path != "portable" else
+                              "portable (emulated, same bits as avx512_bf16; needs it and isa avx512 for native)")
+          + "; layers compute in float32/float64 only so far")
     print(f"threads: {fastrnn.get_num_threads()} (FASTRNN_NUM_THREADS / fastrnn.set_num_threads)")
     print(f"blas: scipy-openblas32 {sob.__version__} ({sob.get_openblas_config().strip()})")
     print("dtypes: float32, float64")

@@ -37,6 +37,20 @@ using fastrnn::Role;
 
 using fastrnn::bindings::holds;
 
+// The bf16 kernels of a test hook's `path`: "active", "native" (only with AVX512-BF16), "portable".
+const fastrnn::bf16::Kernels& bf16_path(const std::string& path) {
+    if (path == "active") return fastrnn::bf16_kernels();
+    if (path == "portable") return fastrnn::bf16::portable_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+    if (path == "native") {
+        if (!fastrnn::precision_features().avx512_bf16)
+            throw std::invalid_argument("bf16 path 'native': this CPU has no AVX512-BF16");
+        return fastrnn::bf16::native_kernels();
+    }
+#endif
+    throw std::invalid_argument("bf16 path '" + path + "': expected active, native or portable");
+}
+
 // Checks dtype, C-contiguity and element count of an array handed over by Python; null for None.
 template <class T>
 T* data_of(const py::object& obj, const std::string& name, i64 size, bool writable, bool required = true) {
@@ -406,6 +420,43 @@ PYBIND11_MODULE(_C, m) {
     m.def("get_isa", &fastrnn::get_isa);
     m.def("available_isas", &fastrnn::available_isas);
     m.def("set_isa", &fastrnn::set_isa);
+    m.def("precision_features", [] {
+        const fastrnn::PrecisionFeatures f = fastrnn::precision_features();
+        py::dict d;
+        d["avx512_bf16"] = f.avx512_bf16;
+        d["amx_bf16"] = f.amx_bf16;
+        d["avx512_vnni"] = f.avx512_vnni;
+        d["avx_vnni"] = f.avx_vnni;
+        return d;
+    });
+    // Test and bench hooks of the bf16 building blocks (csrc/kernels/bf16.h). `path`: "active"
+    // (what the plans use now), "native" or "portable".
+    m.def("_bf16_path", [] { return std::string(fastrnn::bf16_kernels().name); });
+    m.def("_bf16_round", [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::string& path) {
+        const auto& k = bf16_path(path);
+        py::array_t<std::uint16_t> out(x.request().shape);
+        k.round(x.data(), x.size(), out.mutable_data());
+        return out;
+    }, py::arg("x"), py::arg("path") = "active");
+    m.def("_bf16_pack", [](py::array_t<float, py::array::c_style | py::array::forcecast> w) {
+        if (w.ndim() != 2) throw std::invalid_argument("_bf16_pack: w must be 2-D [rows, depth]");
+        py::array_t<std::uint16_t> out(fastrnn::bf16::packed_elements(w.shape(0), w.shape(1)));
+        fastrnn::bf16::pack(w.data(), w.shape(0), w.shape(1), w.shape(1), out.mutable_data());
+        return out;
+    });
+    m.def("_bf16_gemm", [](py::array_t<std::uint16_t, py::array::c_style> a, py::array_t<std::uint16_t, py::array::c_style> packed,
+                           py::array_t<float, py::array::c_style> c, bool accumulate, const std::string& path) {
+        // c [N, 16*panels] (+)= a [N, depth] (bf16, depth even) x W^T, W packed by _bf16_pack.
+        if (a.ndim() != 2 || c.ndim() != 2 || a.shape(0) != c.shape(0) || a.shape(1) % 2 || c.shape(1) % 16 ||
+            packed.size() != a.shape(1) * c.shape(1))
+            throw std::invalid_argument("_bf16_gemm: expected a [N, depth even], packed [(c cols / 16) * 16 * depth], c [N, 16*k]");
+        const auto& k = bf16_path(path);
+        const std::int64_t N = a.shape(0), depth = a.shape(1), panels = c.shape(1) / 16;
+        const std::uint16_t* ap = a.data();
+        const std::uint16_t* wp = packed.data();
+        float* cp = c.mutable_data();
+        fastrnn::without_gil([&] { k.gemm(N, depth, ap, depth, wp, panels, cp, 16 * panels, accumulate); });
+    }, py::arg("a"), py::arg("packed"), py::arg("c"), py::arg("accumulate") = false, py::arg("path") = "active");
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
         fastrnn::set_num_threads(n);  // also caps the BLAS threads of the large hoisted GEMMs (core/blas.h)

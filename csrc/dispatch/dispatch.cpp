@@ -1,6 +1,9 @@
 #include "dispatch.h"
 
 #include <atomic>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -101,7 +104,51 @@ std::atomic<int>& rows() {
     return r;
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+struct CpuidLeaf {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+};
+CpuidLeaf cpuid(unsigned leaf, unsigned sub) {
+    CpuidLeaf r;
+    if (!__get_cpuid_count(leaf, sub, &r.eax, &r.ebx, &r.ecx, &r.edx)) return CpuidLeaf{};
+    return r;
+}
+// XCR0: the register states the OS saves (AMX tiles: bits 17 and 18). Needs OSXSAVE.
+unsigned long long xcr0() {
+    if (!((cpuid(1, 0).ecx >> 27) & 1u)) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (static_cast<unsigned long long>(hi) << 32) | lo;
+}
+#endif
+
+PrecisionFeatures detect_precision() {
+    PrecisionFeatures f;
+#if defined(__x86_64__) || defined(_M_X64)
+    const CpuidLeaf l70 = cpuid(7, 0), l71 = cpuid(7, 1);
+    const bool zmm = cpu_has_avx512(), ymm = cpu_has_avx2();  // these check the OS's register state
+    f.avx512_bf16 = zmm && ((l71.eax >> 5) & 1u);
+    f.avx512_vnni = zmm && ((l70.ecx >> 11) & 1u);
+    f.avx_vnni = ymm && ((l71.eax >> 4) & 1u);
+    const unsigned long long tiles = (1ull << 17) | (1ull << 18);
+    f.amx_bf16 = ((l70.edx >> 22) & 1u) && ((l70.edx >> 24) & 1u) && (xcr0() & tiles) == tiles;
+#endif
+    return f;
+}
+
 }  // namespace
+
+PrecisionFeatures precision_features() {
+    static const PrecisionFeatures f = detect_precision();
+    return f;
+}
+
+const bf16::Kernels& bf16_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (Isa(active().load()) == Isa::avx512 && precision_features().avx512_bf16) return bf16::native_kernels();
+#endif
+    return bf16::portable_kernels();
+}
 
 int microkernel_rows() { return rows().load(std::memory_order_relaxed); }
 

@@ -2,6 +2,7 @@
 #pragma once
 #include <string>
 #include <vector>
+#include "../kernels/bf16.h"
 #include "../kernels/interface.h"
 
 namespace fastrnn {
@@ -23,6 +24,20 @@ void set_isa(const std::string& name);
 // set_microkernel_rows(0) goes back to the detected value. Up to 8 rows of A (N <= 8) one 8-row
 // block is used either way (gemm.h). Results are bitwise the same.
 void set_microkernel_rows(int rows);
+
+// The reduced-precision instructions of this CPU (and enabled by its OS), apart from the float32
+// kernel ISA above: they serve the bf16 and int8 paths, whatever float32 ISA runs.
+struct PrecisionFeatures {
+    bool avx512_bf16 = false;  // vdpbf16ps, vcvtneps2bf16 (Cooper Lake, Sapphire Rapids, Zen 4...)
+    bool amx_bf16 = false;     // AMX tiles with bf16 (Sapphire Rapids and later), CPU and OS state
+    bool avx512_vnni = false;  // vpdpbusd on 512 bits
+    bool avx_vnni = false;     // vpdpbusd on 256 bits, VEX-encoded (Alder Lake, Sapphire Rapids...)
+};
+PrecisionFeatures precision_features();
+
+// The bf16 kernels in use: native (AVX512-BF16) while the active ISA is avx512 on a CPU that has
+// it, else the portable path that gives the same bits (so set_isa("scalar") tests it).
+const bf16::Kernels& bf16_kernels();
 
 // The kernels of the ISA in use now (a call reads this once, so it never mixes two ISAs).
 template <class T>

@@ -1,0 +1,76 @@
+// bfloat16 building blocks of the reduced-precision plans: rounding float32 to bf16, and the
+// packed GEMM that multiplies bf16 operands with float32 accumulation.
+//
+// Two paths give the same bits: `native` (AVX512-BF16: vcvtneps2bf16, vdpbf16ps) and `portable`
+// (any CPU: an exact model of those two instructions, in plain C++). The model, checked against
+// the hardware on an Intel Xeon (Emerald Rapids): every float32 bit pattern for the rounding,
+// 128 million random dot-product pairs with denormals, overflows and signed zeros for the GEMM.
+//   - Rounding: round to nearest even; denormal inputs become zero of their sign (DAZ); a NaN
+//     stays a NaN (quiet, its sign and top payload bits kept).
+//   - A dot-product pair: acc = FTZ(RN(acc + a[2i+1]*w[2i+1])), then the same with a[2i]*w[2i]:
+//     the odd element first, each product exact (bf16 x bf16 fits float32's significand, with
+//     an unbounded exponent), each sum rounded once to float32, results below float32's
+//     smallest normal become zero (FTZ), and denormal inputs (acc, a, w) count as zero (DAZ).
+// NaN payloads are not modeled (both paths give a NaN where one is due). The GEMM sums k in the
+// same order on both paths, so their results are bitwise equal (tests/test_bf16.py).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace fastrnn {
+namespace bf16 {
+
+using bf16_t = std::uint16_t;
+
+constexpr int kPanel = 16;  // outputs per packed panel (one 512-bit vector of float32)
+
+// Depth in whole pairs (an odd depth gets a zero pair element), and the packed size of W.
+inline std::int64_t padded_depth(std::int64_t depth) { return (depth + 1) & ~std::int64_t(1); }
+inline std::int64_t panel_count(std::int64_t rows) { return (rows + kPanel - 1) / kPanel; }
+inline std::int64_t packed_elements(std::int64_t rows, std::int64_t depth) {
+    return panel_count(rows) * kPanel * padded_depth(depth);
+}
+
+inline std::uint32_t bits(float x) {
+    std::uint32_t b;
+    std::memcpy(&b, &x, 4);
+    return b;
+}
+inline float from_bits(std::uint32_t b) {
+    float x;
+    std::memcpy(&x, &b, 4);
+    return x;
+}
+
+// float32 -> bf16 as vcvtneps2bf16 does it.
+inline bf16_t round_one(float x) {
+    std::uint32_t b = bits(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return bf16_t((b >> 16) | 0x40u);  // NaN: quiet
+    if ((b & 0x7f800000u) == 0) b &= 0x80000000u;                            // DAZ
+    return bf16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+inline float to_float(bf16_t h) { return from_bits(std::uint32_t(h) << 16); }
+
+// The kernels of one path.
+struct Kernels {
+    const char* name;  // "avx512_bf16" or "portable"
+    // out[i] = round_one(x[i]), i < n.
+    void (*round)(const float* x, std::int64_t n, bf16_t* out);
+    // C[N, 16*panels] (+)= A W^T: A [N, depth] bf16 rows (row stride lda >= depth, depth even),
+    // W packed by pack(). Row n, output j sums k = 0, 2, 4... in order, one pair at a time.
+    void (*gemm)(std::int64_t N, std::int64_t depth, const bf16_t* a, std::int64_t lda, const bf16_t* packed,
+                 std::int64_t panels, float* c, std::int64_t ldc, bool accumulate);
+};
+
+const Kernels& portable_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+const Kernels& native_kernels();  // call only on a CPU with AVX512-BF16
+#endif
+
+// W [rows, depth] float32 (row stride ldw) -> panels [panel][depth/2 pairs][16 outputs][2], each
+// element rounded by round_one; rows past `rows` and the odd depth's last element are zero.
+// `out` holds packed_elements(rows, depth).
+void pack(const float* w, std::int64_t rows, std::int64_t depth, std::int64_t ldw, bf16_t* out);
+
+}  // namespace bf16
+}  // namespace fastrnn

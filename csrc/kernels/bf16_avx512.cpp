@@ -1,0 +1,116 @@
+// The native bf16 path (AVX512-BF16): vcvtneps2bf16 rounds, vdpbf16ps multiplies pairs with
+// float32 accumulation. Same results as the portable path (csrc/kernels/bf16.h). Built with a
+// target pragma; dispatch calls it only on a CPU that has the instructions.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "bf16.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")
+#endif
+
+namespace fastrnn {
+namespace bf16 {
+
+namespace {
+
+using i64 = std::int64_t;
+
+void round_native(const float* x, i64 n, bf16_t* out) {
+    i64 i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256bh r = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), reinterpret_cast<const __m256i&>(r));
+    }
+    if (i < n) {
+        const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+        const __m256bh r = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+        _mm256_mask_storeu_epi16(out + i, m, reinterpret_cast<const __m256i&>(r));
+    }
+}
+
+// MR rows of A x NP panels: MR*NP accumulators (6 x 4 = 24 of the 32 registers), per pair NP
+// panel loads and MR broadcasts of an A pair.
+template <int MR, int NP>
+void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, float* c, i64 ldc,
+           bool accumulate) {
+    __m512 acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+        for (int p = 0; p < NP; ++p)
+            acc[r][p] = accumulate ? _mm512_loadu_ps(c + r * ldc + p * kPanel) : _mm512_setzero_ps();
+    for (i64 q = 0; q < pairs; ++q) {
+        __m512bh b[NP];
+        for (int p = 0; p < NP; ++p) {
+            const __m512i v = _mm512_loadu_si512(w + p * panel_stride + q * 2 * kPanel);
+            b[p] = reinterpret_cast<const __m512bh&>(v);
+        }
+        for (int r = 0; r < MR; ++r) {
+            std::int32_t pair;
+            std::memcpy(&pair, a + r * lda + 2 * q, 4);
+            const __m512i av = _mm512_set1_epi32(pair);
+            const __m512bh ab = reinterpret_cast<const __m512bh&>(av);
+            for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], ab, b[p]);
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int p = 0; p < NP; ++p) _mm512_storeu_ps(c + r * ldc + p * kPanel, acc[r][p]);
+}
+
+constexpr int kRows = 6, kPanels = 4;
+
+template <int MR>
+void row_block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 stride, float* c, i64 ldc,
+               bool accumulate) {
+    i64 p = 0;
+    for (; p + kPanels <= panels; p += kPanels)
+        block<MR, kPanels>(pairs, a, lda, packed + p * stride, stride, c + p * kPanel, ldc, accumulate);
+    const bf16_t* w = packed + p * stride;
+    float* cp = c + p * kPanel;
+    switch (panels - p) {
+        case 3: block<MR, 3>(pairs, a, lda, w, stride, cp, ldc, accumulate); break;
+        case 2: block<MR, 2>(pairs, a, lda, w, stride, cp, ldc, accumulate); break;
+        case 1: block<MR, 1>(pairs, a, lda, w, stride, cp, ldc, accumulate); break;
+        default: break;
+    }
+}
+
+void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, float* c, i64 ldc,
+                 bool accumulate) {
+    const i64 pairs = depth / 2, stride = depth * kPanel;
+    i64 n = 0;
+    for (; n + kRows <= N; n += kRows)
+        row_block<kRows>(pairs, a + n * lda, lda, packed, panels, stride, c + n * ldc, ldc, accumulate);
+    const bf16_t* ar = a + n * lda;
+    float* cr = c + n * ldc;
+    switch (N - n) {
+        case 5: row_block<5>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
+        case 4: row_block<4>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
+        case 3: row_block<3>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
+        case 2: row_block<2>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
+        case 1: row_block<1>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
+        default: break;
+    }
+}
+
+}  // namespace
+
+const Kernels& native_kernels() {
+    static const Kernels k{"avx512_bf16", round_native, gemm_native};
+    return k;
+}
+
+}  // namespace bf16
+}  // namespace fastrnn
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86-64

@@ -96,7 +96,7 @@ else:
         natively where ``avx512_bf16`` is true and the float32 ISA is ``avx512``; elsewhere it runs on
         a portable path that gives the same bits, only slower (``python -m fastrnn info`` says which).
 
-        >>> sorted(fastrnn.precision_features())
+        >>> sorted(precision_features())
         ['amx_bf16', 'avx512_bf16', 'avx512_vnni', 'avx_vnni']
         """
         return dict(_C.precision_features())

@@ -32,7 +32,10 @@ PRIVATE = {"cache_elements", "saturation_stats",
            "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes",
            # the stream (csrc/core/stream.h): constructor and methods, per dtype
            "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "state_elements",
-           "cell_state_elements"}
+           "cell_state_elements",
+           # reduced precision (csrc/dispatch/dispatch.h, csrc/kernels/bf16.h and int8.h)
+           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "native_kernels", "pack",
+           "quantize_weights"}
 
 
 def header_text():
@@ -103,7 +106,7 @@ def test_exported_symbols():
     demangled = demangle(private)
     names = set()
     for d in demangled:
-        m = re.search(r"fastrnn::(?:(?:Plan|Stream<\w+>)::)?(~?\w+)(?:<[^<>]*>)?(?:\[abi:\w+\])?\(", d)
+        m = re.search(r"fastrnn::(?:(?:Plan|Stream<\w+>|bf16|int8)::)?(~?\w+)(?:<[^<>]*>)?(?:\[abi:\w+\])?\(", d)
         assert m, f"unexpected private export {d}"
         names.add(m.group(1))
     assert names == PRIVATE

@@ -37,18 +37,33 @@ using fastrnn::Role;
 
 using fastrnn::bindings::holds;
 
-// The bf16 kernels of a test hook's `path`: "active", "native" (only with AVX512-BF16), "portable".
-const fastrnn::bf16::Kernels& bf16_path(const std::string& path) {
-    if (path == "active") return fastrnn::bf16_kernels();
-    if (path == "portable") return fastrnn::bf16::portable_kernels();
-#if defined(__x86_64__) || defined(_M_X64)
+// The kernels of a reduced-precision test hook's `path`: "active" (what the plans use now),
+// "native" (only on a CPU with `feature`) or "portable".
+template <class Kernels>
+const Kernels& precision_path(const std::string& path, const char* kind, const Kernels& active,
+                              const Kernels& portable, const Kernels& (*native)(), bool has, const char* feature) {
+    if (path == "active") return active;
+    if (path == "portable") return portable;
     if (path == "native") {
-        if (!fastrnn::precision_features().avx512_bf16)
-            throw std::invalid_argument("bf16 path 'native': this CPU has no AVX512-BF16");
-        return fastrnn::bf16::native_kernels();
+        if (!has || !native) throw std::invalid_argument(std::string(kind) + " path 'native': this CPU has no " + feature);
+        return native();
     }
+    throw std::invalid_argument(std::string(kind) + " path '" + path + "': expected active, native or portable");
+}
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr auto kNativeBf16 = &fastrnn::bf16::native_kernels;
+constexpr auto kNativeInt8 = &fastrnn::int8::native_kernels;
+#else
+constexpr const fastrnn::bf16::Kernels& (*kNativeBf16)() = nullptr;
+constexpr const fastrnn::int8::Kernels& (*kNativeInt8)() = nullptr;
 #endif
-    throw std::invalid_argument("bf16 path '" + path + "': expected active, native or portable");
+const fastrnn::bf16::Kernels& bf16_path(const std::string& path) {
+    return precision_path(path, "bf16", fastrnn::bf16_kernels(), fastrnn::bf16::portable_kernels(), kNativeBf16,
+                          fastrnn::precision_features().avx512_bf16, "AVX512-BF16");
+}
+const fastrnn::int8::Kernels& int8_path(const std::string& path) {
+    return precision_path(path, "int8", fastrnn::int8_kernels(), fastrnn::int8::portable_kernels(), kNativeInt8,
+                          fastrnn::precision_features().avx512_vnni, "AVX512-VNNI");
 }
 
 // Checks dtype, C-contiguity and element count of an array handed over by Python; null for None.
@@ -457,6 +472,48 @@ PYBIND11_MODULE(_C, m) {
         float* cp = c.mutable_data();
         fastrnn::without_gil([&] { k.gemm(N, depth, ap, depth, wp, panels, cp, 16 * panels, accumulate); });
     }, py::arg("a"), py::arg("packed"), py::arg("c"), py::arg("accumulate") = false, py::arg("path") = "active");
+    m.def("_int8_path", [] { return std::string(fastrnn::int8_kernels().name); });
+    m.def("_int8_quantize_weights", [](py::array_t<float, py::array::c_style | py::array::forcecast> w) {
+        // -> (packed int8, scale [panels*16], wsum [panels*16]) of W [rows, depth]
+        if (w.ndim() != 2) throw std::invalid_argument("_int8_quantize_weights: w must be 2-D [rows, depth]");
+        const std::int64_t rows = w.shape(0), depth = w.shape(1), cols = fastrnn::int8::panel_count(rows) * 16;
+        py::array_t<std::int8_t> packed(fastrnn::int8::packed_elements(rows, depth));
+        py::array_t<float> scale(cols);
+        py::array_t<std::int32_t> wsum(cols);
+        fastrnn::int8::quantize_weights(w.data(), rows, depth, depth, packed.mutable_data(), scale.mutable_data(),
+                                        wsum.mutable_data());
+        return py::make_tuple(packed, scale, wsum);
+    });
+    m.def("_int8_quantize_rows", [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::string& path) {
+        // -> (codes uint8 [N, depth rounded up to 4], scales [N]) of x [N, depth]
+        if (x.ndim() != 2) throw std::invalid_argument("_int8_quantize_rows: x must be 2-D [N, depth]");
+        const auto& k = int8_path(path);
+        const std::int64_t N = x.shape(0), depth = x.shape(1), dp = fastrnn::int8::padded_depth(depth);
+        py::array_t<std::uint8_t> q({N, dp});
+        py::array_t<float> t(N);
+        k.quantize_rows(N, depth, x.data(), depth, q.mutable_data(), dp, t.mutable_data());
+        return py::make_tuple(q, t);
+    }, py::arg("x"), py::arg("path") = "active");
+    m.def("_int8_gemm", [](py::array_t<std::uint8_t, py::array::c_style> q, py::array_t<float, py::array::c_style> t,
+                           py::array_t<std::int8_t, py::array::c_style> packed, py::array_t<float, py::array::c_style> scale,
+                           py::array_t<std::int32_t, py::array::c_style> wsum, py::array_t<float, py::array::c_style> c,
+                           bool accumulate, const std::string& path) {
+        // c [N, 16*panels] (+)= dequantized product of codes q [N, depth] and the quantized W
+        const std::int64_t N = q.ndim() == 2 ? q.shape(0) : -1, depth = q.ndim() == 2 ? q.shape(1) : -1;
+        const std::int64_t cols = c.ndim() == 2 ? c.shape(1) : -1;
+        if (N < 0 || depth % 4 || depth > 65536 || c.ndim() != 2 || c.shape(0) != N || cols % 16 || t.size() != N ||
+            packed.size() != depth * cols || scale.size() != cols || wsum.size() != cols)
+            throw std::invalid_argument("_int8_gemm: expected q [N, depth a multiple of 4, <= 65536], t [N], packed [cols*depth], "
+                                        "scale and wsum [cols], c [N, cols a multiple of 16]");
+        const auto& k = int8_path(path);
+        const std::uint8_t* qp = q.data();
+        const float *tp = t.data(), *sp = scale.data();
+        const std::int8_t* wp = packed.data();
+        const std::int32_t* ws = wsum.data();
+        float* cp = c.mutable_data();
+        fastrnn::without_gil([&] { k.gemm(N, depth, qp, depth, tp, wp, sp, ws, cols / 16, cp, cols, accumulate); });
+    }, py::arg("q"), py::arg("t"), py::arg("packed"), py::arg("scale"), py::arg("wsum"), py::arg("c"),
+       py::arg("accumulate") = false, py::arg("path") = "active");
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));
         fastrnn::set_num_threads(n);  // also caps the BLAS threads of the large hoisted GEMMs (core/blas.h)

@@ -150,6 +150,13 @@ const bf16::Kernels& bf16_kernels() {
     return bf16::portable_kernels();
 }
 
+const int8::Kernels& int8_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (Isa(active().load()) == Isa::avx512 && precision_features().avx512_vnni) return int8::native_kernels();
+#endif
+    return int8::portable_kernels();
+}
+
 int microkernel_rows() { return rows().load(std::memory_order_relaxed); }
 
 void set_microkernel_rows(int r) {

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "bf16.h"
+#include "blocks.h"
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"))), apply_to = function)
@@ -35,7 +36,7 @@ void round_native(const float* x, i64 n, bf16_t* out) {
     }
 }
 
-// MR rows of A x NP panels: MR*NP accumulators (6 x 4 = 24 of the 32 registers), per pair NP
+// MR rows of A x NP panels: MR*NP accumulators (up to 6 x 4 = 24 of the 32 registers), per pair NP
 // panel loads and MR broadcasts of an A pair.
 template <int MR, int NP>
 void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, float* c, i64 ldc,
@@ -62,40 +63,15 @@ void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_strid
         for (int p = 0; p < NP; ++p) _mm512_storeu_ps(c + r * ldc + p * kPanel, acc[r][p]);
 }
 
-constexpr int kRows = 6, kPanels = 4;
-
-template <int MR>
-void row_block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 stride, float* c, i64 ldc,
-               bool accumulate) {
-    i64 p = 0;
-    for (; p + kPanels <= panels; p += kPanels)
-        block<MR, kPanels>(pairs, a, lda, packed + p * stride, stride, c + p * kPanel, ldc, accumulate);
-    const bf16_t* w = packed + p * stride;
-    float* cp = c + p * kPanel;
-    switch (panels - p) {
-        case 3: block<MR, 3>(pairs, a, lda, w, stride, cp, ldc, accumulate); break;
-        case 2: block<MR, 2>(pairs, a, lda, w, stride, cp, ldc, accumulate); break;
-        case 1: block<MR, 1>(pairs, a, lda, w, stride, cp, ldc, accumulate); break;
-        default: break;
-    }
-}
-
 void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, float* c, i64 ldc,
                  bool accumulate) {
     const i64 pairs = depth / 2, stride = depth * kPanel;
-    i64 n = 0;
-    for (; n + kRows <= N; n += kRows)
-        row_block<kRows>(pairs, a + n * lda, lda, packed, panels, stride, c + n * ldc, ldc, accumulate);
-    const bf16_t* ar = a + n * lda;
-    float* cr = c + n * ldc;
-    switch (N - n) {
-        case 5: row_block<5>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
-        case 4: row_block<4>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
-        case 3: row_block<3>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
-        case 2: row_block<2>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
-        case 1: row_block<1>(pairs, ar, lda, packed, panels, stride, cr, ldc, accumulate); break;
-        default: break;
-    }
+    for_blocks<6>(N, [&](auto rows, i64 n) {
+        for_blocks<4>(panels, [&](auto cols, i64 p) {
+            block<decltype(rows)::value, decltype(cols)::value>(pairs, a + n * lda, lda, packed + p * stride, stride, c + n * ldc + p * kPanel,
+                                          ldc, accumulate);
+        });
+    });
 }
 
 }  // namespace

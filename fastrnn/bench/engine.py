@@ -550,6 +550,45 @@ def gemm_rate(dtype=np.float32, size=2048, samples=3, max_foreign_load=math.inf)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def precision_gemm_rates(N=96, depth=512, rows=256, samples=5):
+    """Operations per second (GFLOP/s, GOP/s for int8) of fastrnn's own bf16 and int8 GEMM kernels
+    on one thread, operands in cache: ``[N, depth] x [depth, rows]``, ``2·N·depth·rows`` operations,
+    median of ``samples``. ``{"bf16": (rate, path), "int8": (rate, path)}``, the path being
+    "avx512_bf16", "avx512_vnni" or "portable" (the exact emulation, much slower). The peak that
+    reduced precision is measured against, as SGEMM's is for float32.
+
+    >>> sorted(precision_gemm_rates(N=6, depth=16, rows=16, samples=1))
+    ['bf16', 'int8']
+    """
+    C = fastrnn._C
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, depth)).astype(np.float32)
+    w = rng.standard_normal((rows, depth)).astype(np.float32)
+    cols = -(-rows // 16) * 16
+    dp = depth + depth % 2
+    a16 = np.zeros((N, dp), np.uint16)
+    a16[:, :depth] = C._bf16_round(x)
+    p16 = C._bf16_pack(w)
+    packed, scale, wsum = C._int8_quantize_weights(w)
+    q, t = C._int8_quantize_rows(x)
+    out = np.zeros((N, cols), np.float32)
+    kernels = {"bf16": (lambda: C._bf16_gemm(a16, p16, out), C._bf16_path()),
+               "int8": (lambda: C._int8_gemm(q, t, packed, scale, wsum, out), C._int8_path())}
+    rates = {}
+    for name, (run, path) in kernels.items():
+        t0 = time.perf_counter()
+        run()
+        reps = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-9)))
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                run()
+            times.append((time.perf_counter() - t0) / reps)
+        rates[name] = (2 * N * depth * rows / statistics.median(times) / 1e9, path)
+    return rates
+
+
 def _cpu_info():
     info = {}
     try:
@@ -893,6 +932,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
         "versions": _versions(["torch", "onnxruntime", "onnx", "threadpoolctl"]
                               + (["speechbrain"] if "speechbrain" in factories else [])),
         "isa": fastrnn.get_isa(), "available_isas": fastrnn.available_isas(),
+        "precision_features": fastrnn.precision_features(),
         "numpy_blas": _numpy_blas(), "gemm_gflops": {}, "notes": notes, "rows": [],
     }
     for n in threads:
@@ -901,6 +941,10 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
             barrier = _pool_hook("_barrier_ns")
             if n > 1 and barrier:
                 result.setdefault("barrier_ns", {})[str(n)] = barrier(n, 2000)
+
+    if dtype == np.float32:
+        with _threads(1):
+            result["precision_gops"] = {k: list(v) for k, v in precision_gemm_rates().items()}
 
     for cell in cells:
         for shape in shapes:
@@ -1024,7 +1068,7 @@ def format_table(result, markdown=False):
     --------
     >>> r = run(cells=["gru"], shapes=["3,1,4,4"], peers=[], modes=["inference"], repeats=1,
     ...         min_time=0.001, gemm_size=32)
-    >>> print(format_table(r, markdown=True).splitlines()[6])
+    >>> print(next(l for l in format_table(r, markdown=True).splitlines() if l.startswith("| cell")))
     | cell | shape | thr | mode | fastrnn ms | GFLOP/s | % GEMM |
     """
     cfg = result["config"]
@@ -1071,6 +1115,14 @@ def format_table(result, markdown=False):
         f"versions: python {v['python']}, fastrnn {v['fastrnn']} (isa {result['isa']}), numpy {v['numpy']}"
         + (f" ({result['numpy_blas']})" if result.get("numpy_blas") else "") + (f", {others}" if others else ""),
         f"numpy {gemm_name} {cfg['gemm_size']}³: {gemm}; dtype {cfg['dtype']}",
+    ]
+    if result.get("precision_gops"):
+        sgemm = result["gemm_gflops"].get("1")
+        parts = [f"{name} {rate:.1f} {'GOP' if name == 'int8' else 'GFLOP'}/s ({path}"
+                 + (f", {rate / sgemm:.2f}× SGEMM" if sgemm else "") + ")"
+                 for name, (rate, path) in result["precision_gops"].items()]
+        header.append("fastrnn's reduced-precision GEMM kernels (1 thread, 96×512×256 in cache): " + ", ".join(parts))
+    header += [
         f"method: round-robin in one process, {cfg['repeats']} rounds × ≥{cfg['min_time']:g} s per sample, "
         f"median ms; ×peer = median per-round ratio peer/{subject} (> 1: {subject} faster)",
     ]

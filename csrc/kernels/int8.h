@@ -1,0 +1,52 @@
+// int8 building blocks of dynamic quantization (inference): weights quantized once, per output
+// row, symmetric, to int8 with a float32 scale; activations quantized at every use, per row, to
+// uint8 with a zero point of 128 (vpdpbusd multiplies unsigned by signed bytes); products
+// accumulated exactly in int32, then scaled back to float32.
+//
+//   weights      s[j] = max_k |w[j,k]| / 127,  qw[j,k] = round(w[j,k] / s[j])  in [-127, 127]
+//   activations  t[n] = max_k |x[n,k]| / 127,  qx[n,k] = round(x[n,k] / t[n]) + 128  in [1, 255]
+//   product      y[n,j] = float(sum_k qx[n,k] qw[j,k] - 128 sum_k qw[j,k]) * t[n] * s[j]
+// evaluated as (float(sum) * t[n]) * s[j]; accumulating into c, the last product and the add are
+// one fused multiply-add. round() is to nearest even; a row of zeros gets scale 0 (and codes 0 / 128). The sums are exact
+// integers, so the native (AVX512-VNNI) and portable paths agree bitwise: the float operations
+// after the sum run in the same order on both.
+#pragma once
+#include <cstdint>
+
+namespace fastrnn {
+namespace int8 {
+
+constexpr int kPanel = 16;  // outputs per packed panel (one 512-bit vector of int32)
+constexpr std::uint8_t kZeroPoint = 128;
+
+// Depth in whole quads (vpdpbusd sums 4 products); the packed size of W.
+inline std::int64_t padded_depth(std::int64_t depth) { return (depth + 3) & ~std::int64_t(3); }
+inline std::int64_t panel_count(std::int64_t rows) { return (rows + kPanel - 1) / kPanel; }
+inline std::int64_t packed_elements(std::int64_t rows, std::int64_t depth) {
+    return panel_count(rows) * kPanel * padded_depth(depth);
+}
+
+// W [rows, depth] float32 (row stride ldw) -> codes packed [panel][depth/4 quads][16 outputs][4],
+// scale [panels*16] and code sums wsum [panels*16] (zero past `rows`, and past `depth` in a quad).
+void quantize_weights(const float* w, std::int64_t rows, std::int64_t depth, std::int64_t ldw, std::int8_t* packed,
+                      float* scale, std::int32_t* wsum);
+
+struct Kernels {
+    const char* name;  // "avx512_vnni" or "portable"
+    // x [N, depth] (row stride ldx) -> q [N, padded_depth] (row stride ldq; padding = 128), t [N].
+    void (*quantize_rows)(std::int64_t N, std::int64_t depth, const float* x, std::int64_t ldx, std::uint8_t* q,
+                          std::int64_t ldq, float* t);
+    // c[N, 16*panels] (+)= the product above: q, t from quantize_rows (depth a multiple of 4),
+    // packed, scale, wsum from quantize_weights.
+    void (*gemm)(std::int64_t N, std::int64_t depth, const std::uint8_t* q, std::int64_t ldq, const float* t,
+                 const std::int8_t* packed, const float* scale, const std::int32_t* wsum, std::int64_t panels,
+                 float* c, std::int64_t ldc, bool accumulate);
+};
+
+const Kernels& portable_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+const Kernels& native_kernels();  // call only on a CPU with AVX512-VNNI
+#endif
+
+}  // namespace int8
+}  // namespace fastrnn

@@ -31,12 +31,12 @@ def info(_args):
     lacks = [name for name, on in features.items() if not on]
     print(f"precision features: {', '.join(have) or 'none'}" + (f" (not here: {', '.join(lacks)})" if lacks else ""))
     path = fastrnn._C._bf16_path()
-    print("bf16 kernels: " + ("native (avx512_bf16)" if path != "portable" else
-                              "portable (emulated, same bits as avx512_bf16; needs it and isa avx512 for native)")
+    print("bf16 kernels: " + (f"native ({path})" if path != "portable" else
+                              "portable (emulated, same bits as avx512_bf16, which needs isa avx512)")
           + "; layers compute in float32/float64 only so far")
     path = fastrnn._C._int8_path()
-    print("int8 kernels: " + ("native (avx512_vnni)" if path != "portable" else
-                              "portable (emulated, same bits as avx512_vnni; needs it and isa avx512 for native)"))
+    print("int8 kernels: " + (f"native ({path})" if path != "portable" else
+                              "portable (emulated, same bits as avx512_vnni / avx_vnni, which need isa avx512 / avx2)"))
     print(f"threads: {fastrnn.get_num_threads()} (FASTRNN_NUM_THREADS / fastrnn.set_num_threads)")
     print(f"blas: scipy-openblas32 {sob.__version__} ({sob.get_openblas_config().strip()})")
     print("dtypes: float32, float64")

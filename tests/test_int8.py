@@ -11,8 +11,12 @@ import pytest
 import fastrnn
 from fastrnn import _C
 
-NATIVE = fastrnn.precision_features()["avx512_vnni"]
-PATHS = ["portable"] + (["native"] if NATIVE else [])
+FEATURES = fastrnn.precision_features()
+ISAS = fastrnn.available_isas()
+# the native paths this CPU can run: AVX512-VNNI, and AVX-VNNI (256-bit, also on AVX2-only CPUs)
+NATIVE = ([n for n in ("avx512_vnni",) if FEATURES[n] and "avx512" in ISAS]
+          + [n for n in ("avx_vnni",) if FEATURES[n] and "avx2" in ISAS])
+PATHS = ["portable"] + NATIVE
 
 
 def scales(a):
@@ -66,9 +70,13 @@ def test_the_active_path_follows_the_isa():
     try:
         fastrnn.set_isa("scalar")
         assert _C._int8_path() == "portable"
-        if NATIVE:
+        if "avx2" in ISAS:
+            fastrnn.set_isa("avx2")
+            assert _C._int8_path() == ("avx_vnni" if FEATURES["avx_vnni"] else "portable")
+        if "avx512" in ISAS:
             fastrnn.set_isa("avx512")
-            assert _C._int8_path() == "avx512_vnni"
+            want = "avx512_vnni" if FEATURES["avx512_vnni"] else "avx_vnni" if FEATURES["avx_vnni"] else "portable"
+            assert _C._int8_path() == want
     finally:
         fastrnn.set_isa(before)
 
@@ -134,15 +142,16 @@ def test_zero_nan_and_infinite_rows(path):
     np.testing.assert_array_equal(c[~np.isnan(c)], want[~np.isnan(want)])
 
 
-@pytest.mark.skipif(not NATIVE, reason="needs AVX512-VNNI")
+@pytest.mark.skipif(not NATIVE, reason="needs AVX512-VNNI or AVX-VNNI")
+@pytest.mark.parametrize("path", NATIVE or ["none"])
 @pytest.mark.parametrize("N", [1, 2, 5, 6, 7, 12, 13])
 @pytest.mark.parametrize("rows,depth", [(16, 4), (48, 17), (64, 64), (80, 100), (130, 255)])
-def test_native_equals_portable_bitwise(N, rows, depth):
+def test_native_equals_portable_bitwise(path, N, rows, depth):
     r = np.random.default_rng(N * 7 + rows)
     x = (r.standard_normal((N, depth)) * 10.0 ** r.integers(-3, 4, (N, 1))).astype(np.float32)
     w = r.standard_normal((rows, depth)).astype(np.float32)
     x.flat[r.integers(0, x.size, 2)] = [1e-41, -0.0]  # a denormal and a negative zero
-    nat, (_, _, _, qn, tn) = run(x, w, "native")
+    nat, (_, _, _, qn, tn) = run(x, w, path)
     por, (_, _, _, qp, tp) = run(x, w, "portable")
     np.testing.assert_array_equal(qn, qp)
     np.testing.assert_array_equal(tn, tp)
@@ -154,8 +163,9 @@ def test_bad_arguments_are_refused():
     q, t = _C._int8_quantize_rows(np.ones((2, 8), np.float32))
     with pytest.raises(ValueError, match="expected q"):
         _C._int8_gemm(q, t, packed, scale, wsum, np.zeros((3, 16), np.float32), False, "active")
-    with pytest.raises(ValueError, match="expected active, native or portable"):
+    with pytest.raises(ValueError, match="expected active, portable, avx512_vnni, avx_vnni"):
         _C._int8_quantize_rows(np.ones((2, 8), np.float32), "avx9")
-    if not NATIVE:
-        with pytest.raises(ValueError, match="no AVX512-VNNI"):
-            _C._int8_quantize_rows(np.ones((2, 8), np.float32), "native")
+    for name in ("avx512_vnni", "avx_vnni"):
+        if name not in NATIVE:
+            with pytest.raises(ValueError, match="does not have it"):
+                _C._int8_quantize_rows(np.ones((2, 8), np.float32), name)

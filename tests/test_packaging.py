@@ -34,7 +34,7 @@ PRIVATE = {"cache_elements", "saturation_stats",
            "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "state_elements",
            "cell_state_elements",
            # reduced precision (csrc/dispatch/dispatch.h, csrc/kernels/bf16.h and int8.h)
-           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "native_kernels", "pack",
+           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "avx512_bf16_kernels", "avx512_vnni_kernels", "avx_vnni_kernels", "pack",
            "quantize_weights"}
 
 

@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <stdexcept>
@@ -38,32 +39,45 @@ using fastrnn::Role;
 using fastrnn::bindings::holds;
 
 // The kernels of a reduced-precision test hook's `path`: "active" (what the plans use now),
-// "native" (only on a CPU with `feature`) or "portable".
+// "portable", or a native path by its name, on a CPU that has its instructions.
 template <class Kernels>
-const Kernels& precision_path(const std::string& path, const char* kind, const Kernels& active,
-                              const Kernels& portable, const Kernels& (*native)(), bool has, const char* feature) {
+struct NativePath {
+    const char* name;
+    bool has;
+    const Kernels& (*get)();
+};
+template <class Kernels>
+const Kernels& precision_path(const std::string& path, const char* kind, const Kernels& active, const Kernels& portable,
+                              const std::vector<NativePath<Kernels>>& natives) {
     if (path == "active") return active;
     if (path == "portable") return portable;
-    if (path == "native") {
-        if (!has || !native) throw std::invalid_argument(std::string(kind) + " path 'native': this CPU has no " + feature);
-        return native();
+    std::string names = "active, portable";
+    for (const auto& n : natives) {
+        if (path == n.name) {
+            if (!n.has) throw std::invalid_argument(std::string(kind) + " path '" + path + "': this CPU does not have it");
+            return n.get();
+        }
+        names += std::string(", ") + n.name;
     }
-    throw std::invalid_argument(std::string(kind) + " path '" + path + "': expected active, native or portable");
+    throw std::invalid_argument(std::string(kind) + " path '" + path + "': expected " + names);
 }
-#if defined(__x86_64__) || defined(_M_X64)
-constexpr auto kNativeBf16 = &fastrnn::bf16::native_kernels;
-constexpr auto kNativeInt8 = &fastrnn::int8::native_kernels;
-#else
-constexpr const fastrnn::bf16::Kernels& (*kNativeBf16)() = nullptr;
-constexpr const fastrnn::int8::Kernels& (*kNativeInt8)() = nullptr;
-#endif
 const fastrnn::bf16::Kernels& bf16_path(const std::string& path) {
-    return precision_path(path, "bf16", fastrnn::bf16_kernels(), fastrnn::bf16::portable_kernels(), kNativeBf16,
-                          fastrnn::precision_features().avx512_bf16, "AVX512-BF16");
+    std::vector<NativePath<fastrnn::bf16::Kernels>> natives;
+#if defined(__x86_64__) || defined(_M_X64)
+    natives.push_back({"avx512_bf16", fastrnn::precision_features().avx512_bf16, &fastrnn::bf16::avx512_bf16_kernels});
+#endif
+    return precision_path(path, "bf16", fastrnn::bf16_kernels(), fastrnn::bf16::portable_kernels(), natives);
 }
 const fastrnn::int8::Kernels& int8_path(const std::string& path) {
-    return precision_path(path, "int8", fastrnn::int8_kernels(), fastrnn::int8::portable_kernels(), kNativeInt8,
-                          fastrnn::precision_features().avx512_vnni, "AVX512-VNNI");
+    std::vector<NativePath<fastrnn::int8::Kernels>> natives;
+#if defined(__x86_64__) || defined(_M_X64)
+    const fastrnn::PrecisionFeatures f = fastrnn::precision_features();
+    const auto isas = fastrnn::available_isas();
+    const bool avx2 = std::find(isas.begin(), isas.end(), "avx2") != isas.end();
+    natives.push_back({"avx512_vnni", f.avx512_vnni, &fastrnn::int8::avx512_vnni_kernels});
+    natives.push_back({"avx_vnni", f.avx_vnni && avx2, &fastrnn::int8::avx_vnni_kernels});
+#endif
+    return precision_path(path, "int8", fastrnn::int8_kernels(), fastrnn::int8::portable_kernels(), natives);
 }
 
 // Checks dtype, C-contiguity and element count of an array handed over by Python; null for None.
@@ -444,8 +458,8 @@ PYBIND11_MODULE(_C, m) {
         d["avx_vnni"] = f.avx_vnni;
         return d;
     });
-    // Test and bench hooks of the bf16 building blocks (csrc/kernels/bf16.h). `path`: "active"
-    // (what the plans use now), "native" or "portable".
+    // Test and bench hooks of the bf16 and int8 building blocks (csrc/kernels/bf16.h, int8.h).
+    // `path`: "active" (what the plans use now), "portable" or a native path's name.
     m.def("_bf16_path", [] { return std::string(fastrnn::bf16_kernels().name); });
     m.def("_bf16_round", [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::string& path) {
         const auto& k = bf16_path(path);

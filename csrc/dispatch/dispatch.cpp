@@ -145,14 +145,16 @@ PrecisionFeatures precision_features() {
 
 const bf16::Kernels& bf16_kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (Isa(active().load()) == Isa::avx512 && precision_features().avx512_bf16) return bf16::native_kernels();
+    if (Isa(active().load()) == Isa::avx512 && precision_features().avx512_bf16) return bf16::avx512_bf16_kernels();
 #endif
     return bf16::portable_kernels();
 }
 
 const int8::Kernels& int8_kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (Isa(active().load()) == Isa::avx512 && precision_features().avx512_vnni) return int8::native_kernels();
+    const Isa isa = Isa(active().load());
+    if (isa == Isa::avx512 && precision_features().avx512_vnni) return int8::avx512_vnni_kernels();
+    if (isa >= Isa::avx2 && precision_features().avx_vnni) return int8::avx_vnni_kernels();
 #endif
     return int8::portable_kernels();
 }

@@ -39,8 +39,9 @@ PrecisionFeatures precision_features();
 // The bf16 kernels in use: native (AVX512-BF16) while the active ISA is avx512 on a CPU that has
 // it, else the portable path that gives the same bits (so set_isa("scalar") tests it).
 const bf16::Kernels& bf16_kernels();
-// The int8 kernels in use: native (AVX512-VNNI) while the active ISA is avx512 on a CPU that has
-// it, else the portable path (same bits). AVX-VNNI alone (256-bit) has no native path yet.
+// The int8 kernels in use: AVX512-VNNI while the active ISA is avx512 on a CPU that has it, else
+// AVX-VNNI while the ISA is avx2 or better on a CPU that has that, else the portable path (all
+// give the same bits).
 const int8::Kernels& int8_kernels();
 
 // The kernels of the ISA in use now (a call reads this once, so it never mixes two ISAs).

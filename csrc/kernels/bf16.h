@@ -64,7 +64,7 @@ struct Kernels {
 
 const Kernels& portable_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
-const Kernels& native_kernels();  // call only on a CPU with AVX512-BF16
+const Kernels& avx512_bf16_kernels();  // call only on a CPU with AVX512-BF16
 #endif
 
 // W [rows, depth] float32 (row stride ldw) -> panels [panel][depth/2 pairs][16 outputs][2], each

@@ -76,7 +76,7 @@ void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packe
 
 }  // namespace
 
-const Kernels& native_kernels() {
+const Kernels& avx512_bf16_kernels() {
     static const Kernels k{"avx512_bf16", round_native, gemm_native};
     return k;
 }

@@ -8,7 +8,7 @@
 //   product      y[n,j] = float(sum_k qx[n,k] qw[j,k] - 128 sum_k qw[j,k]) * t[n] * s[j]
 // evaluated as (float(sum) * t[n]) * s[j]; accumulating into c, the last product and the add are
 // one fused multiply-add. round() is to nearest even; a row of zeros gets scale 0 (and codes 0 / 128). The sums are exact
-// integers, so the native (AVX512-VNNI) and portable paths agree bitwise: the float operations
+// integers, so the native paths (AVX512-VNNI, AVX-VNNI) and the portable one agree bitwise: the float operations
 // after the sum run in the same order on both.
 #pragma once
 #include <cstdint>
@@ -32,7 +32,7 @@ void quantize_weights(const float* w, std::int64_t rows, std::int64_t depth, std
                       float* scale, std::int32_t* wsum);
 
 struct Kernels {
-    const char* name;  // "avx512_vnni" or "portable"
+    const char* name;  // "avx512_vnni", "avx_vnni" or "portable"
     // x [N, depth] (row stride ldx) -> q [N, padded_depth] (row stride ldq; padding = 128), t [N].
     void (*quantize_rows)(std::int64_t N, std::int64_t depth, const float* x, std::int64_t ldx, std::uint8_t* q,
                           std::int64_t ldq, float* t);
@@ -45,7 +45,8 @@ struct Kernels {
 
 const Kernels& portable_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
-const Kernels& native_kernels();  // call only on a CPU with AVX512-VNNI
+const Kernels& avx512_vnni_kernels();  // call only on a CPU with AVX512-VNNI
+const Kernels& avx_vnni_kernels();     // call only on a CPU with AVX-VNNI (and AVX2)
 #endif
 
 }  // namespace int8

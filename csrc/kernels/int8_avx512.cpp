@@ -104,7 +104,7 @@ void gemm_native(i64 N, i64 depth, const std::uint8_t* q, i64 ldq, const float* 
 
 }  // namespace
 
-const Kernels& native_kernels() {
+const Kernels& avx512_vnni_kernels() {
     static const Kernels k{"avx512_vnni", quantize_rows_native, gemm_native};
     return k;
 }

@@ -31,8 +31,9 @@ def info(_args):
     lacks = [name for name, on in features.items() if not on]
     print(f"precision features: {', '.join(have) or 'none'}" + (f" (not here: {', '.join(lacks)})" if lacks else ""))
     path = fastrnn._C._bf16_path()
-    print("bf16 kernels: " + (f"native ({path})" if path != "portable" else
-                              "portable (emulated, same bits as avx512_bf16, which needs isa avx512)")
+    print("bf16 kernels: " + {"avx512_bf16": "avx512_bf16 (vdpbf16ps)",
+                              "portable": "portable (emulated: the same bits as vdpbf16ps, slowly)"}.get(
+        path, f"{path} (float32 FMAs on widened bf16: the same bits as vdpbf16ps)")
           + "; layers compute in float32/float64 only so far")
     path = fastrnn._C._int8_path()
     print("int8 kernels: " + (f"native ({path})" if path != "portable" else

@@ -13,7 +13,11 @@ from fastrnn import _C
 FEATURES = fastrnn.precision_features()
 NATIVE = FEATURES["avx512_bf16"]
 needs_native = pytest.mark.skipif(not NATIVE, reason="needs AVX512-BF16")
-PATHS = ["portable"] + (["avx512_bf16"] if NATIVE else [])
+ISAS = fastrnn.available_isas()
+# every path this CPU can run: vdpbf16ps, float32 FMAs on widened bf16 (AVX-512F, AVX2), portable
+NATIVE_PATHS = ((["avx512_bf16"] if NATIVE else []) + (["avx512_fma"] if "avx512" in ISAS else [])
+                + (["avx2_fma"] if "avx2" in ISAS else []))
+PATHS = ["portable"] + NATIVE_PATHS
 
 
 def cpu_flags():
@@ -80,6 +84,15 @@ def gemm_model(a16, w16, c0=None):
     return acc
 
 
+def assert_model(got, want, path):
+    """Bitwise, but for vdpbf16ps on a non-Intel CPU: the model is the order Intel documents (and
+    that was measured on an Intel Xeon); other vendors' order was not measured."""
+    if path == "avx512_bf16" and not is_intel():
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
 def gemm(a, w, path, c0=None):
     """C = A W^T through the hook: a [N, depth], w [rows, depth] float32 (rounded by the kernels)."""
     N, depth = a.shape
@@ -107,8 +120,9 @@ def test_precision_features_are_the_cpus():
     assert FEATURES["avx512_bf16"] == (avx512 and "avx512_bf16" in flags)
     assert FEATURES["avx512_vnni"] == (avx512 and "avx512_vnni" in flags)
     assert FEATURES["avx_vnni"] == ("avx2" in fastrnn.available_isas() and "avx_vnni" in flags)
-    # Linux lists amx_* only when it supports the tile state, as fastrnn's XCR0 check requires
-    assert FEATURES["amx_bf16"] == ("amx_bf16" in flags and "amx_tile" in flags)
+    # the tile state must also be enabled by the OS (XCR0), which kernels before 5.16 do not do
+    # while they may list the CPU's flags: the feature implies the flags
+    assert not FEATURES["amx_bf16"] or ("amx_bf16" in flags and "amx_tile" in flags)
 
 
 def test_the_active_path_follows_the_isa():
@@ -116,9 +130,12 @@ def test_the_active_path_follows_the_isa():
     try:
         fastrnn.set_isa("scalar")
         assert _C._bf16_path() == "portable"
-        if NATIVE:
+        if "avx2" in ISAS:
+            fastrnn.set_isa("avx2")
+            assert _C._bf16_path() == "avx2_fma"
+        if "avx512" in ISAS:
             fastrnn.set_isa("avx512")
-            assert _C._bf16_path() == "avx512_bf16"
+            assert _C._bf16_path() == ("avx512_bf16" if NATIVE and not is_intel() else "avx512_fma")
     finally:
         fastrnn.set_isa(before)
 
@@ -130,7 +147,7 @@ def test_info_reports_the_features(capsys):
     line = next(l for l in out.splitlines() if l.startswith("precision features:"))
     for name, on in FEATURES.items():
         assert (name in line.split("(")[0]) == on, line
-    assert ("bf16 kernels: native" in out) == (_C._bf16_path() != "portable")
+    assert f"bf16 kernels: {_C._bf16_path()} (" in out
 
 
 def test_bad_paths_are_refused():
@@ -169,9 +186,9 @@ def test_round_matches_the_model(path):
 
 
 @needs_native
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 33, 1000])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 33, 1000, 1_000_000])
 def test_round_native_equals_portable_bitwise(n):
-    x = bit_samples(4099)[: n * 1000].reshape(-1)[:n * 997]
+    x = bit_samples(4099)[:n]
     np.testing.assert_array_equal(_C._bf16_round(x, "avx512_bf16"), _C._bf16_round(x, "portable"))
 
 
@@ -196,7 +213,7 @@ def test_gemm_matches_the_model_and_the_float64_product(path, N, rows, depth):
     w16 = round_model(w)
     if depth % 2:
         w16 = np.pad(w16, ((0, 0), (0, 1)))
-    np.testing.assert_array_equal(c, gemm_model(a16, w16))
+    assert_model(c, gemm_model(a16, w16), path)
     # and near the exact product of the rounded operands: float32 accumulation over depth terms
     exact = to_f32(a16).astype(np.float64) @ to_f32(w16).astype(np.float64).T
     bound = depth * 2.0**-24 * (np.abs(to_f32(a16)).astype(np.float64) @ np.abs(to_f32(w16)).astype(np.float64).T)
@@ -207,6 +224,45 @@ def test_gemm_matches_the_model_and_the_float64_product(path, N, rows, depth):
     assert (np.abs(c - f32) <= 2 * 2.0**-8 * scale + bound).all()
 
 
+def bf(x):
+    return int(round_model(np.float32(x)))
+
+
+# (c0, a pair [even, odd] as bf16 bits, w pair [even, odd], expected): each pins one rule of the model
+EDGES = [
+    # the flush boundary: 2^-126 - 2^-151 ties between 2^-126 - 2^-150 (odd) and 2^-126 (even): kept
+    (2.0**-126, [0, bf(-(2.0**-75))], [0.0, 2.0**-76], 2.0**-126),
+    # just below that tie the sum rounds to 2^-126 - 2^-150, below the smallest normal: flushed
+    (2.0**-126, [0, bf(-1.5 * 2.0**-75)], [0.0, 2.0**-76], 0.0),
+    # a denormal accumulator counts as zero (DAZ): 2^-127 + 2^-127 gives 2^-127 -> flushed, not 2^-126
+    (2.0**-127, [0, bf(2.0**-63)], [0.0, 2.0**-64], 0.0),
+    # a denormal bf16 input counts as zero
+    (0.0, [0, 0x0001], [0.0, 2.0**127], 0.0),
+    # the odd element first: (1 + 2^24) + 1 rounds to 2^24 (even first: 1 + 1 + 2^24 = 2^24 + 2)
+    (1.0, [bf(1.0), bf(2.0**24)], [1.0, 1.0], 2.0**24),
+    # products are exact beyond float32's range; the first sum overflows to inf and stays there
+    (0.0, [bf(-(2.0**100)), bf(2.0**100)], [2.0**100, 2.0**100], np.inf),
+    # -0 + (+0) is +0
+    (-0.0, [0, 0], [1.0, 1.0], 0.0),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", range(len(EDGES)))
+def test_gemm_edges_of_the_model(path, case):
+    c0, a_bits, w_pair, want = EDGES[case]
+    a16 = np.array([a_bits], np.uint16)
+    w = np.zeros((16, 2), np.float32)
+    w[0] = w_pair
+    with np.errstate(over="ignore"):
+        c = np.zeros((1, 16), np.float32)
+        c[0, 0] = c0
+        _C._bf16_gemm(a16, _C._bf16_pack(w), c, True, path)
+    if path == "avx512_bf16" and not is_intel():
+        pytest.skip("vdpbf16ps's edge behaviour was measured on Intel only")
+    assert c[0, 0].view(np.uint32) == np.float32(want).view(np.uint32), (c[0, 0], want)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_gemm_accumulates(path):
     r = np.random.default_rng(5)
@@ -214,13 +270,14 @@ def test_gemm_accumulates(path):
     w = r.standard_normal((40, 20)).astype(np.float32)
     c0 = r.standard_normal((5, 40)).astype(np.float32)
     c, a16 = gemm(a, w, path, c0)
-    np.testing.assert_array_equal(c, gemm_model(a16, round_model(w), c0))
+    assert_model(c, gemm_model(a16, round_model(w), c0), path)
 
 
-@needs_native
+@pytest.mark.skipif(not NATIVE_PATHS, reason="needs AVX2, AVX-512 or AVX512-BF16")
+@pytest.mark.parametrize("path", NATIVE_PATHS or ["none"])
 @pytest.mark.parametrize("N", [1, 2, 5, 6, 7, 12, 13])
 @pytest.mark.parametrize("rows", [16, 48, 64, 80, 130])
-def test_gemm_native_equals_portable_bitwise(N, rows):
+def test_gemm_native_equals_portable_bitwise(path, N, rows):
     """Random data, then data that reaches every edge of the model: denormals (DAZ), products and
     sums below float32's normal range (FTZ), overflow to infinity, infinities, NaN, signed zeros."""
     r = np.random.default_rng(N * 7 + rows)
@@ -242,14 +299,45 @@ def test_gemm_native_equals_portable_bitwise(N, rows):
             w.flat[r.integers(0, w.size, 3)] = [-np.inf, np.nan, -1e-42]
         for acc in (None, c0):
             with np.errstate(over="ignore", invalid="ignore"):
-                nat, _ = gemm(a, w, "avx512_bf16", acc)
+                nat, _ = gemm(a, w, path, acc)
                 por, _ = gemm(a, w, "portable", acc)
             nan = np.isnan(nat)
             np.testing.assert_array_equal(nan, np.isnan(por))
-            if is_intel():  # the model is Intel's documented order; other vendors: see the docs
+            # the model is Intel's documented vdpbf16ps; the FMA paths follow IEEE FMA, so on normal
+            # data they match it on any CPU; other vendors' vdpbf16ps and FTZ: see the docs
+            if is_intel() or (path != "avx512_bf16" and scale == "normal"):
                 np.testing.assert_array_equal(nat.view(np.uint32)[~nan], por.view(np.uint32)[~nan])
             elif scale == "normal":
                 np.testing.assert_allclose(nat, por, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_the_model_is_this_cpus(tmp_path):
+    """bench/bf16_hardware_model.c compares the model (and the FMA path's trick) with the CPU's own
+    vcvtneps2bf16 and vdpbf16ps; --quick: every 257th bit pattern and 320,000 pairs."""
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    source = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "bf16_hardware_model.c")
+    exe = str(tmp_path / "bf16_model")
+    subprocess.run([cc, "-O2", "-o", exe, source, "-lm"], check=True, capture_output=True)
+    run = subprocess.run([exe, "--quick"], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0 and not is_intel():  # measured on Intel only (docs/design.md)
+        pytest.skip(f"this CPU's vdpbf16ps differs from the model of Intel's: {run.stdout}")
+    assert run.returncode == 0, run.stdout
+    assert "0 mismatches with the model, 0 with FMAs" in run.stdout, run.stdout
+
+
+def test_gemm_output_must_be_the_callers_array():
+    """c is written in place: an array that would need converting is refused, not copied (the
+    copy would take the result)."""
+    packed = _C._bf16_pack(np.ones((16, 4), np.float32))
+    a = np.ones((2, 4), np.uint16)
+    for c in (np.zeros((2, 16), np.float64), np.zeros((2, 32), np.float32)[:, ::2]):
+        with pytest.raises(TypeError):
+            _C._bf16_gemm(a, packed, c)
 
 
 def test_gemm_checks_its_arguments():

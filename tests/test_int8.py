@@ -151,11 +151,24 @@ def test_native_equals_portable_bitwise(path, N, rows, depth):
     x = (r.standard_normal((N, depth)) * 10.0 ** r.integers(-3, 4, (N, 1))).astype(np.float32)
     w = r.standard_normal((rows, depth)).astype(np.float32)
     x.flat[r.integers(0, x.size, 2)] = [1e-41, -0.0]  # a denormal and a negative zero
+    if N > 2:
+        x[1, depth // 2] = np.nan  # a NaN row: the same NaN bits out of every path
+        x[2, 0] = np.inf
     nat, (_, _, _, qn, tn) = run(x, w, path)
     por, (_, _, _, qp, tp) = run(x, w, "portable")
     np.testing.assert_array_equal(qn, qp)
     np.testing.assert_array_equal(tn, tp)
-    np.testing.assert_array_equal(nat.view(np.uint32), por.view(np.uint32))
+    np.testing.assert_array_equal(nat.view(np.uint32), por.view(np.uint32))  # NaNs included
+    if N > 2:
+        assert np.isnan(nat[1]).all() and not np.isfinite(nat[2]).any()
+
+
+def test_gemm_output_must_be_the_callers_array():
+    packed, scale, wsum = _C._int8_quantize_weights(np.ones((16, 8), np.float32))
+    q, t = _C._int8_quantize_rows(np.ones((2, 8), np.float32))
+    for c in (np.zeros((2, 16), np.float64), np.zeros((2, 32), np.float32)[:, ::2]):
+        with pytest.raises(TypeError):
+            _C._int8_gemm(q, t, packed, scale, wsum, c, False, "active")
 
 
 def test_bad_arguments_are_refused():

@@ -4,6 +4,7 @@ import ctypes
 import glob
 import importlib.metadata
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -34,8 +35,9 @@ PRIVATE = {"cache_elements", "saturation_stats",
            "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "state_elements",
            "cell_state_elements",
            # reduced precision (csrc/dispatch/dispatch.h, csrc/kernels/bf16.h and int8.h)
-           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "avx512_bf16_kernels", "avx512_vnni_kernels", "avx_vnni_kernels", "pack",
-           "quantize_weights"}
+           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "pack", "quantize_weights"}
+if platform.machine() in ("x86_64", "AMD64"):  # the native reduced-precision paths exist on x86-64 only
+    PRIVATE |= {"avx512_bf16_kernels", "avx512_fma_kernels", "avx2_fma_kernels", "avx512_vnni_kernels", "avx_vnni_kernels"}
 
 
 def header_text():

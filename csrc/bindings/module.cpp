@@ -64,7 +64,11 @@ const Kernels& precision_path(const std::string& path, const char* kind, const K
 const fastrnn::bf16::Kernels& bf16_path(const std::string& path) {
     std::vector<NativePath<fastrnn::bf16::Kernels>> natives;
 #if defined(__x86_64__) || defined(_M_X64)
+    const auto isas = fastrnn::available_isas();
+    const auto has = [&](const char* isa) { return std::find(isas.begin(), isas.end(), isa) != isas.end(); };
     natives.push_back({"avx512_bf16", fastrnn::precision_features().avx512_bf16, &fastrnn::bf16::avx512_bf16_kernels});
+    natives.push_back({"avx512_fma", has("avx512"), &fastrnn::bf16::avx512_fma_kernels});
+    natives.push_back({"avx2_fma", has("avx2"), &fastrnn::bf16::avx2_fma_kernels});
 #endif
     return precision_path(path, "bf16", fastrnn::bf16_kernels(), fastrnn::bf16::portable_kernels(), natives);
 }
@@ -485,7 +489,7 @@ PYBIND11_MODULE(_C, m) {
         const std::uint16_t* wp = packed.data();
         float* cp = c.mutable_data();
         fastrnn::without_gil([&] { k.gemm(N, depth, ap, depth, wp, panels, cp, 16 * panels, accumulate); });
-    }, py::arg("a"), py::arg("packed"), py::arg("c"), py::arg("accumulate") = false, py::arg("path") = "active");
+    }, py::arg("a"), py::arg("packed"), py::arg("c").noconvert(), py::arg("accumulate") = false, py::arg("path") = "active");
     m.def("_int8_path", [] { return std::string(fastrnn::int8_kernels().name); });
     m.def("_int8_quantize_weights", [](py::array_t<float, py::array::c_style | py::array::forcecast> w) {
         // -> (packed int8, scale [panels*16], wsum [panels*16]) of W [rows, depth]
@@ -515,9 +519,9 @@ PYBIND11_MODULE(_C, m) {
         // c [N, 16*panels] (+)= dequantized product of codes q [N, depth] and the quantized W
         const std::int64_t N = q.ndim() == 2 ? q.shape(0) : -1, depth = q.ndim() == 2 ? q.shape(1) : -1;
         const std::int64_t cols = c.ndim() == 2 ? c.shape(1) : -1;
-        if (N < 0 || depth % 4 || depth > 65536 || c.ndim() != 2 || c.shape(0) != N || cols % 16 || t.size() != N ||
+        if (N < 0 || depth % 4 || depth > fastrnn::int8::kMaxDepth || c.ndim() != 2 || c.shape(0) != N || cols % 16 || t.size() != N ||
             packed.size() != depth * cols || scale.size() != cols || wsum.size() != cols)
-            throw std::invalid_argument("_int8_gemm: expected q [N, depth a multiple of 4, <= 65536], t [N], packed [cols*depth], "
+            throw std::invalid_argument("_int8_gemm: expected q [N, depth a multiple of 4, <= 65536 (kMaxDepth)], t [N], packed [cols*depth], "
                                         "scale and wsum [cols], c [N, cols a multiple of 16]");
         const auto& k = int8_path(path);
         const std::uint8_t* qp = q.data();
@@ -526,7 +530,7 @@ PYBIND11_MODULE(_C, m) {
         const std::int32_t* ws = wsum.data();
         float* cp = c.mutable_data();
         fastrnn::without_gil([&] { k.gemm(N, depth, qp, depth, tp, wp, sp, ws, cols / 16, cp, cols, accumulate); });
-    }, py::arg("q"), py::arg("t"), py::arg("packed"), py::arg("scale"), py::arg("wsum"), py::arg("c"),
+    }, py::arg("q"), py::arg("t"), py::arg("packed"), py::arg("scale"), py::arg("wsum"), py::arg("c").noconvert(),
        py::arg("accumulate") = false, py::arg("path") = "active");
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));

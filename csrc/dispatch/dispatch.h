@@ -36,8 +36,10 @@ struct PrecisionFeatures {
 };
 PrecisionFeatures precision_features();
 
-// The bf16 kernels in use: native (AVX512-BF16) while the active ISA is avx512 on a CPU that has
-// it, else the portable path that gives the same bits (so set_isa("scalar") tests it).
+// The bf16 kernels in use (all give the same bits), by the active ISA: avx512 -> vdpbf16ps where
+// the CPU has AVX512-BF16 and is not an Intel core (Zen 4 runs it at twice its FMA rate, Intel
+// cores at about 0.6 of theirs), else float32 FMAs on widened bf16; avx2 -> the FMAs on 8 lanes;
+// scalar -> the portable model (so set_isa("scalar") tests it).
 const bf16::Kernels& bf16_kernels();
 // The int8 kernels in use: AVX512-VNNI while the active ISA is avx512 on a CPU that has it, else
 // AVX-VNNI while the ISA is avx2 or better on a CPU that has that, else the portable path (all

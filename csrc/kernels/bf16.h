@@ -1,8 +1,9 @@
 // bfloat16 building blocks of the reduced-precision plans: rounding float32 to bf16, and the
 // packed GEMM that multiplies bf16 operands with float32 accumulation.
 //
-// Two paths give the same bits: `native` (AVX512-BF16: vcvtneps2bf16, vdpbf16ps) and `portable`
-// (any CPU: an exact model of those two instructions, in plain C++). The model, checked against
+// Every path gives the same bits: AVX512-BF16 (vcvtneps2bf16, vdpbf16ps), float32 FMAs on widened
+// bf16 (AVX-512F or AVX2; csrc/kernels/bf16_fma.cpp) and `portable` (any CPU: an exact model of
+// those two instructions, in plain C++). The model, checked against
 // the hardware on an Intel Xeon (Emerald Rapids): every float32 bit pattern for the rounding,
 // 128 million random dot-product pairs with denormals, overflows and signed zeros for the GEMM.
 //   - Rounding: round to nearest even; denormal inputs become zero of their sign (DAZ); a NaN
@@ -53,10 +54,11 @@ inline float to_float(bf16_t h) { return from_bits(std::uint32_t(h) << 16); }
 
 // The kernels of one path.
 struct Kernels {
-    const char* name;  // "avx512_bf16" or "portable"
+    const char* name;  // "avx512_bf16", "avx512_fma", "avx2_fma" or "portable"
     // out[i] = round_one(x[i]), i < n.
     void (*round)(const float* x, std::int64_t n, bf16_t* out);
-    // C[N, 16*panels] (+)= A W^T: A [N, depth] bf16 rows (row stride lda >= depth, depth even),
+    // C[N, 16*panels] (+)= A W^T: A [N, depth] bf16 rows (row stride lda >= depth, depth even; an
+    // odd depth's pad element must be finite, zero by convention, as inf * 0 is NaN),
     // W packed by pack(). Row n, output j sums k = 0, 2, 4... in order, one pair at a time.
     void (*gemm)(std::int64_t N, std::int64_t depth, const bf16_t* a, std::int64_t lda, const bf16_t* packed,
                  std::int64_t panels, float* c, std::int64_t ldc, bool accumulate);
@@ -65,6 +67,10 @@ struct Kernels {
 const Kernels& portable_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 const Kernels& avx512_bf16_kernels();  // call only on a CPU with AVX512-BF16
+// float32 FMAs on widened bf16, the same bits (csrc/kernels/bf16_fma.cpp); call only on a CPU
+// with AVX-512F, or AVX2 and FMA.
+const Kernels& avx512_fma_kernels();
+const Kernels& avx2_fma_kernels();
 #endif
 
 // W [rows, depth] float32 (row stride ldw) -> panels [panel][depth/2 pairs][16 outputs][2], each

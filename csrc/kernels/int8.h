@@ -7,9 +7,10 @@
 //   activations  t[n] = max_k |x[n,k]| / 127,  qx[n,k] = round(x[n,k] / t[n]) + 128  in [1, 255]
 //   product      y[n,j] = float(sum_k qx[n,k] qw[j,k] - 128 sum_k qw[j,k]) * t[n] * s[j]
 // evaluated as (float(sum) * t[n]) * s[j]; accumulating into c, the last product and the add are
-// one fused multiply-add. round() is to nearest even; a row of zeros gets scale 0 (and codes 0 / 128). The sums are exact
-// integers, so the native paths (AVX512-VNNI, AVX-VNNI) and the portable one agree bitwise: the float operations
-// after the sum run in the same order on both.
+// one fused multiply-add. round() is to nearest even; a row of zeros gets scale 0 (codes 0, or
+// 128), a row with a NaN the default NaN. The sums are exact integers (depth <= kMaxDepth), so the
+// native paths (AVX512-VNNI, AVX-VNNI) and the portable one agree bitwise: the float operations
+// after the sum run in the same order on all of them.
 #pragma once
 #include <cstdint>
 
@@ -25,6 +26,8 @@ inline std::int64_t panel_count(std::int64_t rows) { return (rows + kPanel - 1) 
 inline std::int64_t packed_elements(std::int64_t rows, std::int64_t depth) {
     return panel_count(rows) * kPanel * padded_depth(depth);
 }
+// The sums are exact in int32 while 255 * 127 * depth < 2^31: depth up to 65536 (callers check).
+constexpr std::int64_t kMaxDepth = 65536;
 
 // W [rows, depth] float32 (row stride ldw) -> codes packed [panel][depth/4 quads][16 outputs][4],
 // scale [panels*16] and code sums wsum [panels*16] (zero past `rows`, and past `depth` in a quad).

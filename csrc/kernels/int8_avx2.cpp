@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "blocks.h"
 #include "int8.h"
@@ -52,7 +53,7 @@ float row_scale(const float* x, i64 n) {
         any_nan = any_nan || a != a;
         mx = a > mx ? a : mx;
     }
-    return any_nan ? __builtin_nanf("") : mx / 127.0f;
+    return any_nan ? std::numeric_limits<float>::quiet_NaN() : mx / 127.0f;
 }
 
 void quantize_rows_avx2(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_t* q, i64 ldq, float* t) {

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <limits>
 
 #include "blocks.h"
 #include "int8.h"
@@ -34,7 +35,7 @@ float row_scale(const float* x, i64 n) {
         nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
         m = _mm512_max_ps(a, m);  // a NaN lane keeps m (the second operand)
     }
-    return nan ? __builtin_nanf("") : _mm512_reduce_max_ps(m) / 127.0f;
+    return nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(m) / 127.0f;
 }
 
 void quantize_rows_native(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_t* q, i64 ldq, float* t) {

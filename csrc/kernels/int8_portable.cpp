@@ -2,6 +2,7 @@
 // exact, and the float steps run in the native path's order, so both give the same bits.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "int8.h"
 
@@ -17,7 +18,8 @@ float row_scale(const float* x, i64 n) {
     float m = 0.0f;
     for (i64 k = 0; k < n; ++k) {
         const float a = std::fabs(x[k]);
-        m = a > m || a != a ? a : m;
+        if (a != a) return std::numeric_limits<float>::quiet_NaN();
+        m = a > m ? a : m;
     }
     return m / 127.0f;
 }
@@ -45,10 +47,12 @@ void gemm_portable(i64 N, i64 depth, const std::uint8_t* q, i64 ldq, const float
         for (i64 p = 0; p < panels; ++p)
             for (int j = 0; j < kPanel; ++j) {
                 const std::int8_t* w = packed + p * depth * kPanel + 4 * j;
-                std::int32_t acc = 0;
+                std::int32_t acc = 0;  // exact for depth <= kMaxDepth
                 for (i64 k = 0; k < depth; ++k) acc += std::int32_t(q[n * ldq + k]) * w[(k / 4) * 4 * kPanel + k % 4];
                 const i64 col = p * kPanel + j;
-                const float y = float(acc - std::int32_t(kZeroPoint) * wsum[col]) * t[n];
+                // acc - 128 * wsum wrapping as the vector instructions do (never undefined)
+                const auto wrapped = std::int32_t(std::uint32_t(acc) - (std::uint32_t(wsum[col]) << 7));
+                const float y = float(wrapped) * t[n];
                 float& out = c[n * ldc + col];
                 out = accumulate ? std::fma(y, scale[col], out) : y * scale[col];  // one rounding, as vfmadd
             }

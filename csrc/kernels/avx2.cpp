@@ -7,14 +7,10 @@
 #include <cstring>
 #include <immintrin.h>
 
+#include "target.h"
 #include "../dispatch/dispatch.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FASTRNN_TARGET_BEGIN("avx2,fma")
 
 #define FASTRNN_ISA_NS isa_avx2
 #include "../simd/avx2.h"
@@ -33,9 +29,5 @@ KernelSet<double> avx2_kernels<double>() {
 
 }  // namespace fastrnn
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTRNN_TARGET_END
 #endif  // x86-64

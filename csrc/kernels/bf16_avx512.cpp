@@ -6,15 +6,11 @@
 
 #include <cstring>
 
+#include "target.h"
 #include "bf16.h"
 #include "blocks.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")
-#endif
+FASTRNN_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")
 
 namespace fastrnn {
 namespace bf16 {
@@ -84,9 +80,5 @@ const Kernels& avx512_bf16_kernels() {
 }  // namespace bf16
 }  // namespace fastrnn
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTRNN_TARGET_END
 #endif  // x86-64

@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "target.h"
 #include "../dispatch/dispatch.h"
 #include "bf16.h"
 #include "blocks.h"
@@ -43,12 +44,7 @@ const float* widen_rows(const bf16_t* a, i64 lda, i64 rows, i64 depth) {
 }  // namespace fastrnn
 
 // ---- AVX-512F ------------------------------------------------------------------------------
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-#endif
+FASTRNN_TARGET_BEGIN("avx512f,avx2,fma")
 namespace fastrnn {
 namespace bf16 {
 namespace {
@@ -112,19 +108,10 @@ const Kernels& avx512_fma_kernels() {
 
 }  // namespace bf16
 }  // namespace fastrnn
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTRNN_TARGET_END
 
 // ---- AVX2 ----------------------------------------------------------------------------------
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FASTRNN_TARGET_BEGIN("avx2,fma")
 namespace fastrnn {
 namespace bf16 {
 namespace {
@@ -174,9 +161,5 @@ const Kernels& avx2_fma_kernels() {
 
 }  // namespace bf16
 }  // namespace fastrnn
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTRNN_TARGET_END
 #endif  // x86-64

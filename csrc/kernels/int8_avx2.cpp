@@ -10,15 +10,11 @@
 #include <cstring>
 #include <limits>
 
+#include "target.h"
 #include "blocks.h"
 #include "int8.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,avxvnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avxvnni")
-#endif
+FASTRNN_TARGET_BEGIN("avx2,fma,avxvnni")
 
 namespace fastrnn {
 namespace int8 {
@@ -129,9 +125,5 @@ const Kernels& avx_vnni_kernels() {
 }  // namespace int8
 }  // namespace fastrnn
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTRNN_TARGET_END
 #endif  // x86-64

@@ -7,15 +7,11 @@
 #include <cstring>
 #include <limits>
 
+#include "target.h"
 #include "blocks.h"
 #include "int8.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")
-#endif
+FASTRNN_TARGET_BEGIN("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")
 
 namespace fastrnn {
 namespace int8 {
@@ -113,9 +109,5 @@ const Kernels& avx512_vnni_kernels() {
 }  // namespace int8
 }  // namespace fastrnn
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FASTRNN_TARGET_END
 #endif  // x86-64

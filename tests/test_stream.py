@@ -270,9 +270,11 @@ def test_two_threads_split_each_step_by_units(name, N):
     """With 2 threads a streaming step of a few slots runs its input product and its recurrence
     on both, each thread on the gate rows of its own units (weight-stationary), in one parallel
     region (two when LayerNorm or batch norm needs the whole projection first), and gives bitwise what one
-    thread gives. C = 256: the input product counts in the planner's step work (an RNN
-    step at N = 1 and an LSTMP's 5-unit recurrence have too little work without it)."""
-    layer = make(name, C=256, H=256, L=1)
+    thread gives. C = 256: the input product counts in the planner's step work (an LSTMP's
+    5-unit recurrence has too little work without it); the RNN gets H = 384, as its step at
+    H = 256 and N = 1 is too small for a single-step call to split (see the next test)."""
+    H = 384 if name == "rnn_tanh" else 256
+    layer = make(name, C=256, H=H, L=1)
     x = np.random.default_rng(3).standard_normal((6, N, 256)).astype(np.float32)
     previous, backoff = fastrnn.get_num_threads(), fastrnn._C._set_thread_backoff(False)
     try:
@@ -291,6 +293,27 @@ def test_two_threads_split_each_step_by_units(name, N):
             else:
                 assert all(r[1] == 1 for r in regions), regions
         np.testing.assert_array_equal(outs[1], outs[2])
+    finally:
+        fastrnn.set_num_threads(previous)
+        fastrnn._C._set_thread_backoff(backoff)
+
+
+@pytest.mark.parametrize("H,frames,threads", [(128, 1, 1), (160, 1, 2), (128, 8, 2)])
+def test_two_threads_only_for_steps_that_pay(H, frames, threads):
+    """A call of one frame starts a parallel region for one step, and waking the second thread
+    costs a few microseconds: an LSTM stream step at H = 128 (2.6e5 flops) took 7.2 us on two
+    threads against 6.5 on one, at H = 160 (4.1e5) 10.1 against 12.1. One-frame calls split from
+    3.2e5 flops per step; a chunk of frames shares one region and splits from 2.4e5, as sequences."""
+    layer = fastrnn.LSTM(H, H, rng=0).eval()
+    x = np.random.default_rng(0).standard_normal((frames, 1, H)).astype(np.float32)
+    previous, backoff = fastrnn.get_num_threads(), fastrnn._C._set_thread_backoff(False)
+    try:
+        fastrnn.set_num_threads(2)
+        s = layer.stream(1)
+        fastrnn._C._record_regions(True)
+        s.step(x if frames > 1 else x[0])
+        regions = fastrnn._C._record_regions(False)
+        assert [r[1] for r in regions if r[0] == "recurrence"] == [threads], regions
     finally:
         fastrnn.set_num_threads(previous)
         fastrnn._C._set_thread_backoff(backoff)

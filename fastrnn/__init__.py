@@ -92,9 +92,10 @@ else:
         """The reduced-precision instructions this CPU has (and its OS enables), by name.
 
         ``{"avx512_bf16": bool, "amx_bf16": bool, "avx512_vnni": bool, "avx_vnni": bool}``, apart
-        from :func:`available_isas`, which names the float32 kernels' instruction set. bf16 work runs
-        natively where ``avx512_bf16`` is true and the float32 ISA is ``avx512``; elsewhere it runs on
-        a portable path that gives the same bits, only slower (``python -m fastrnn info`` says which).
+        from :func:`available_isas`, which names the float32 kernels' instruction set. bf16 products
+        run on ``vdpbf16ps`` or on float32 FMAs (the same bits) with the avx2 and avx512 ISAs, int8
+        products on VNNI where the CPU has it; otherwise a portable path gives the same bits, only
+        slower (``python -m fastrnn info`` says which path runs).
 
         >>> sorted(precision_features())
         ['amx_bf16', 'avx512_bf16', 'avx512_vnni', 'avx_vnni']

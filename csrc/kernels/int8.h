@@ -12,6 +12,8 @@
 // native paths (AVX512-VNNI, AVX-VNNI) and the portable one agree bitwise: the float operations
 // after the sum run in the same order on all of them.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 namespace fastrnn {
@@ -33,6 +35,14 @@ constexpr std::int64_t kMaxDepth = 65536;
 // scale [panels*16] and code sums wsum [panels*16] (zero past `rows`, and past `depth` in a quad).
 void quantize_weights(const float* w, std::int64_t rows, std::int64_t depth, std::int64_t ldw, std::int8_t* packed,
                       float* scale, std::int32_t* wsum);
+
+// One code: round(x / s) to nearest even, clamped to [-127, 127]; 0 where s is 0 or the quotient
+// NaN. Every path's scalar elements (and the weights) go through this.
+inline int quantize_code(float x, float s) {
+    if (s == 0.0f) return 0;
+    const float r = std::nearbyint(x / s);
+    return r != r ? 0 : int(std::min(127.0f, std::max(-127.0f, r)));
+}
 
 struct Kernels {
     const char* name;  // "avx512_vnni", "avx_vnni" or "portable"

@@ -23,13 +23,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-// One element as the portable path computes it (the tails of a row).
-inline int code(float x, float s) {
-    if (s == 0.0f) return 0;
-    const float r = std::nearbyint(x / s);
-    return r != r ? 0 : int(std::min(127.0f, std::max(-127.0f, r)));
-}
-
 float row_scale(const float* x, i64 n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
@@ -71,7 +64,7 @@ void quantize_rows_avx2(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_t*
                 _mm256_store_si256(reinterpret_cast<__m256i*>(c), _mm256_cvtps_epi32(r));
                 for (int e = 0; e < 8; ++e) qr[k + e] = std::uint8_t(c[e] + kZeroPoint);
             }
-        for (; k < depth; ++k) qr[k] = std::uint8_t(code(xr[k], s) + kZeroPoint);
+        for (; k < depth; ++k) qr[k] = std::uint8_t(quantize_code(xr[k], s) + kZeroPoint);
         for (; k < dp; ++k) qr[k] = kZeroPoint;
     }
 }

@@ -24,19 +24,12 @@ float row_scale(const float* x, i64 n) {
     return m / 127.0f;
 }
 
-// round(x / s) to nearest even, clamped to [-127, 127]; 0 where s is 0.
-inline int code(float x, float s) {
-    if (s == 0.0f) return 0;
-    const float r = std::nearbyint(x / s);
-    return r != r ? 0 : int(std::min(127.0f, std::max(-127.0f, r)));
-}
-
 void quantize_rows_portable(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_t* q, i64 ldq, float* t) {
     const i64 dp = padded_depth(depth);
     for (i64 n = 0; n < N; ++n) {
         const float s = row_scale(x + n * ldx, depth);
         t[n] = s;
-        for (i64 k = 0; k < depth; ++k) q[n * ldq + k] = std::uint8_t(code(x[n * ldx + k], s) + kZeroPoint);
+        for (i64 k = 0; k < depth; ++k) q[n * ldq + k] = std::uint8_t(quantize_code(x[n * ldx + k], s) + kZeroPoint);
         for (i64 k = depth; k < dp; ++k) q[n * ldq + k] = kZeroPoint;
     }
 }
@@ -77,7 +70,7 @@ void quantize_weights(const float* w, i64 rows, i64 depth, i64 ldw, std::int8_t*
             for (int j = 0; j < kPanel; ++j)
                 for (int e = 0; e < 4; ++e) {
                     const i64 r = p * kPanel + j, k = 4 * qd + e;
-                    const int v = r < rows && k < depth ? code(w[r * ldw + k], scale[r]) : 0;
+                    const int v = r < rows && k < depth ? quantize_code(w[r * ldw + k], scale[r]) : 0;
                     *packed++ = std::int8_t(v);
                     wsum[r] += v;
                 }

@@ -163,6 +163,27 @@ def test_native_equals_portable_bitwise(path, N, rows, depth):
         assert np.isnan(nat[1]).all() and not np.isfinite(nat[2]).any()
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("N,rows,depth", [(1, 5, 8), (7, 17, 12), (3, 33, 20), (9, 100, 36)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gemm_writes_only_the_columns_asked_for(path, N, rows, depth, accumulate):
+    # c [N, rows] with rows not a multiple of 16: the last panel's outputs past `rows` would land
+    # in the next row of c (row stride = rows), and after the last row in the guard
+    r = np.random.default_rng(rows + depth)
+    x = r.standard_normal((N, depth)).astype(np.float32)
+    w = (r.standard_normal((rows, depth)) * 0.1).astype(np.float32)
+    packed, scale, wsum = _C._int8_quantize_weights(w)
+    q, t = _C._int8_quantize_rows(x, path)
+    c0 = r.standard_normal((N, rows)).astype(np.float32)
+    buf = np.full(N * rows + 64, 7.0, np.float32)
+    c = buf[:N * rows].reshape(N, rows)
+    c[...] = c0 if accumulate else -1.0
+    _C._int8_gemm(q, t, packed, scale, wsum, c, accumulate, path)
+    want, _ = run(x, w, path, c0 if accumulate else None)
+    np.testing.assert_array_equal(c, want)
+    assert (buf[N * rows:] == 7.0).all()
+
+
 def test_gemm_output_must_be_the_callers_array():
     packed, scale, wsum = _C._int8_quantize_weights(np.ones((16, 8), np.float32))
     q, t = _C._int8_quantize_rows(np.ones((2, 8), np.float32))

@@ -172,7 +172,8 @@ void forward_impl(PyPlan& self, const py::object& x, const py::object& out, cons
                   const py::object& c_n, const py::object& h0, const py::object& c0, const py::object& lengths,
                   const py::object& cache, const py::object& masks, const py::object& rec_mask,
                   const py::object& zh_mask, const py::object& zc_mask, double zh_rate, double zc_rate,
-                  const py::object& w_mask, const py::object& cand_mask, bool use_packed, bool bn_frozen) {
+                  const py::object& w_mask, const py::object& cand_mask, bool use_packed, bool bn_frozen,
+                  bool int8) {
     const Plan& p = *self.plan;
     const auto [T_, N] = sizes_of(p, x);
     fastrnn::Desc d = p.call(T_, N);
@@ -193,13 +194,18 @@ void forward_impl(PyPlan& self, const py::object& x, const py::object& out, cons
     T* pout = data_of<T>(out, "out", TN * d.D * K, true);
     T* phn = data_of<T>(h_n, "h_n", S, true);
     T* pcn = lstm ? data_of<T>(c_n, "c_n", SC, true) : nullptr;
+    if (int8 && (pcache || nz.w_mask || p.is_double()))
+        throw std::invalid_argument("forward: int8 runs inference calls of a float32 plan (no cache, no weight_drop mask)");
     std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
+    std::shared_ptr<const fastrnn::QuantizedWeights> quantized;
     fastrnn::without_gil([&] {
-        if (use_packed && !pcache && !nz.w_mask) {  // inference: W_hh packed once while unchanged
-            const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
+        const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
+        if (int8)  // quantized once while the weights are unchanged
+            quantized = self.plan->quantized(ks.nr, fastrnn::int8_kernels());
+        else if (use_packed && !pcache && !nz.w_mask)  // inference: W_hh packed once while unchanged
             packed = self.plan->packed<T>(ks.nr, ks.pack_forward);
-        }
-        fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz, packed.get());
+        fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz, packed.get(), false,
+                            quantized.get());
     });
 }
 
@@ -381,20 +387,20 @@ PYBIND11_MODULE(_C, m) {
                 const py::object& h0, const py::object& c0, const py::object& lengths, const py::object& cache,
                 const py::object& masks, const py::object& rec_mask, const py::object& zh_mask,
                 const py::object& zc_mask, double zh_rate, double zc_rate, const py::object& w_mask,
-                const py::object& cand_mask, bool packed, bool bn_frozen) {
+                const py::object& cand_mask, bool packed, bool bn_frozen, bool int8) {
                  if (s.plan->is_double())
                      forward_impl<double>(s, x, out, h_n, c_n, h0, c0, lengths, cache, masks, rec_mask, zh_mask,
-                                          zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen);
+                                          zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen, int8);
                  else
                      forward_impl<float>(s, x, out, h_n, c_n, h0, c0, lengths, cache, masks, rec_mask, zh_mask,
-                                         zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen);
+                                         zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen, int8);
              },
              py::arg("x"), py::arg("out"), py::arg("h_n"), py::arg("c_n") = py::none(), py::arg("h0") = py::none(),
              py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("cache") = py::none(),
              py::arg("masks") = py::none(), py::arg("rec_mask") = py::none(), py::arg("zh_mask") = py::none(),
              py::arg("zc_mask") = py::none(), py::arg("zh_rate") = 0.0, py::arg("zc_rate") = 0.0,
              py::arg("w_mask") = py::none(), py::arg("cand_mask") = py::none(), py::arg("packed") = false,
-             py::arg("bn_frozen") = false)
+             py::arg("bn_frozen") = false, py::arg("int8") = false)
         .def("backward",
              [](PyPlan& s, const py::object& x, const py::object& cache, const py::object& grad_out,
                 const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,
@@ -516,20 +522,23 @@ PYBIND11_MODULE(_C, m) {
                            py::array_t<std::int8_t, py::array::c_style> packed, py::array_t<float, py::array::c_style> scale,
                            py::array_t<std::int32_t, py::array::c_style> wsum, py::array_t<float, py::array::c_style> c,
                            bool accumulate, const std::string& path) {
-        // c [N, 16*panels] (+)= dequantized product of codes q [N, depth] and the quantized W
+        // c [N, cols] (+)= dequantized product of codes q [N, depth] and the first `cols` rows of
+        // the quantized W (panels of 16 rows: cols rounded up)
         const std::int64_t N = q.ndim() == 2 ? q.shape(0) : -1, depth = q.ndim() == 2 ? q.shape(1) : -1;
-        const std::int64_t cols = c.ndim() == 2 ? c.shape(1) : -1;
-        if (N < 0 || depth % 4 || depth > fastrnn::int8::kMaxDepth || c.ndim() != 2 || c.shape(0) != N || cols % 16 || t.size() != N ||
-            packed.size() != depth * cols || scale.size() != cols || wsum.size() != cols)
-            throw std::invalid_argument("_int8_gemm: expected q [N, depth a multiple of 4, <= 65536 (kMaxDepth)], t [N], packed [cols*depth], "
-                                        "scale and wsum [cols], c [N, cols a multiple of 16]");
+        const std::int64_t cols = c.ndim() == 2 ? c.shape(1) : -1, panels = fastrnn::int8::panel_count(cols);
+        if (N < 0 || depth % 4 || depth > fastrnn::int8::kMaxDepth || c.ndim() != 2 || c.shape(0) != N || cols < 1 ||
+            t.size() != N || packed.size() != depth * 16 * panels || scale.size() != 16 * panels ||
+            wsum.size() != 16 * panels)
+            throw std::invalid_argument("_int8_gemm: expected q [N, depth a multiple of 4, <= 65536 (kMaxDepth)], t [N], "
+                                        "packed [16*panels*depth], scale and wsum [16*panels], c [N, cols] with "
+                                        "panels = ceil(cols / 16)");
         const auto& k = int8_path(path);
         const std::uint8_t* qp = q.data();
         const float *tp = t.data(), *sp = scale.data();
         const std::int8_t* wp = packed.data();
         const std::int32_t* ws = wsum.data();
         float* cp = c.mutable_data();
-        fastrnn::without_gil([&] { k.gemm(N, depth, qp, depth, tp, wp, sp, ws, cols / 16, cp, cols, accumulate); });
+        fastrnn::without_gil([&] { k.gemm(N, depth, qp, depth, tp, wp, sp, ws, panels, cols, cp, cols, accumulate); });
     }, py::arg("q"), py::arg("t"), py::arg("packed"), py::arg("scale"), py::arg("wsum"), py::arg("c").noconvert(),
        py::arg("accumulate") = false, py::arg("path") = "active");
     m.def("set_num_threads", [](int n) {

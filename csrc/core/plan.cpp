@@ -146,6 +146,7 @@ void Plan::set_weights(const std::vector<T*>& arrays) {
     if constexpr (std::is_same_v<T, float>) {
         wf_ = std::move(w);
         packed_f_.reset();
+        quantized_.reset();
     } else {
         wd_ = std::move(w);
         packed_d_.reset();
@@ -268,9 +269,97 @@ std::shared_ptr<const PackedWeights<T>> Plan::packed(int nr, void (*pack)(const 
     return p;
 }
 
+namespace {
+
+// Rows of W [G*units, depth] in the float32 kernels' unit-block order (gate g, block b of nr
+// units: rows g*units + b*nr + j), each block padded with zero rows to whole int8 panels.
+std::vector<float> block_rows(const float* w, i64 G, i64 units, i64 depth, int nr) {
+    const i64 nblk = (units + nr - 1) / nr, per = int8::panel_count(nr) * int8::kPanel;  // rows per block
+    std::vector<float> out(std::size_t(G * nblk * per * depth), 0.0f);
+    for (i64 g = 0; g < G; ++g)
+        for (i64 b = 0; b < nblk; ++b)
+            for (i64 j = 0; j < nr && b * nr + j < units; ++j)
+                std::memcpy(&out[std::size_t(((g * nblk + b) * per + j) * depth)], w + (g * units + b * nr + j) * depth,
+                            sizeof(float) * std::size_t(depth));
+    return out;
+}
+
+}  // namespace
+
+std::shared_ptr<const QuantizedWeights> Plan::quantized(int nr, const int8::Kernels& kernels) const {
+    const Desc& d = config_;
+    if (double_) bad("int8 inference takes a float32 plan");
+    const i64 G = cell_gates(d), H = d.H, K = state_size(d), GH = G * H, S = d.L * d.D;
+    const i64 per = int8::panel_count(nr), nblk = (H + nr - 1) / nr, kblk = (K + nr - 1) / nr;
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::vector<LayerWeights<float>>& w = wf_;
+    if (w.empty()) bad("the plan has no weights (set_weights)");
+    for (i64 s = 0; s < S; ++s) {
+        const i64 C_l = s < d.D ? d.C : d.D * K;
+        if (std::max({C_l, K, H}) > int8::kMaxDepth)
+            bad("int8 inference: rows of at most " + std::to_string(int8::kMaxDepth) + " elements (input_size, " +
+                "hidden_size, proj_size)");
+    }
+    // What each layer-direction quantizes: W_ih [GH, C_l] in row order, W_hh [G*H, K] and W_hr
+    // [K, H] (LSTMP) in block order.
+    struct Part { const float* w; i64 rows, depth, G, units; bool blocks; };
+    std::vector<Part> parts;
+    for (i64 s = 0; s < S; ++s) {
+        const LayerWeights<float>& e = w[std::size_t(s)];
+        parts.push_back({e.w_ih, GH, s < d.D ? d.C : d.D * K, 1, GH, false});
+        parts.push_back({e.w_hh, G * nblk * per * int8::kPanel, K, G, H, true});
+        if (d.P > 0) parts.push_back({e.w_hr, kblk * per * int8::kPanel, H, 1, K, true});
+    }
+    auto& cached = quantized_;
+    if (cached && cached->nr == nr && cached->kernels == &kernels) {  // unchanged since quantized?
+        bool same = true;
+        const float* snap = cached->snapshot.data();
+        for (const Part& p : parts) {
+            const i64 n = p.G * p.units * p.depth;
+            if (!(same = std::memcmp(p.w, snap, sizeof(float) * std::size_t(n)) == 0)) break;
+            snap += n;
+        }
+        if (same) return cached;
+    }
+    auto q = std::make_shared<QuantizedWeights>();
+    q->nr = nr;
+    q->kernels = &kernels;
+    i64 codes = 0, cols = 0, snap = 0;
+    for (const Part& p : parts) {
+        codes += int8::packed_elements(p.rows, p.depth);
+        cols += int8::panel_count(p.rows) * int8::kPanel;
+        snap += p.G * p.units * p.depth;
+    }
+    q->codes.resize(std::size_t(codes));
+    q->scales.resize(std::size_t(cols));
+    q->wsums.resize(std::size_t(cols));
+    q->snapshot.resize(std::size_t(snap));
+    std::int8_t* code = q->codes.data();
+    float* scale = q->scales.data();
+    std::int32_t* wsum = q->wsums.data();
+    float* copy = q->snapshot.data();
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        const Part& p = parts[i];
+        const i64 n = p.G * p.units * p.depth;
+        std::memcpy(copy, p.w, sizeof(float) * std::size_t(n));
+        copy += n;
+        const std::vector<float> rows = p.blocks ? block_rows(p.w, p.G, p.units, p.depth, nr) : std::vector<float>();
+        int8::quantize_weights(p.blocks ? rows.data() : p.w, p.rows, p.depth, p.depth, code, scale, wsum);
+        const int8::Matrix m{&kernels, code, scale, wsum, p.depth, p.blocks ? per : 0};
+        const std::size_t at = i % (d.P > 0 ? 3 : 2);
+        (at == 0 ? q->w_ih : at == 1 ? q->w_hh : q->w_hr).push_back(m);
+        code += int8::packed_elements(p.rows, p.depth);
+        scale += int8::panel_count(p.rows) * int8::kPanel;
+        wsum += int8::panel_count(p.rows) * int8::kPanel;
+    }
+    cached = q;
+    return q;
+}
+
 std::size_t Plan::packed_bytes() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return (packed_f_ ? packed_f_->bytes() : 0) + (packed_d_ ? packed_d_->bytes() : 0);
+    return (packed_f_ ? packed_f_->bytes() : 0) + (packed_d_ ? packed_d_->bytes() : 0) +
+           (quantized_ ? quantized_->bytes() : 0);
 }
 
 template void Plan::set_weights<float>(const std::vector<float*>&);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "desc.h"
+#include "../kernels/int8.h"
 
 namespace fastrnn {
 
@@ -71,6 +72,22 @@ struct PackedWeights {
     std::size_t bytes() const { return sizeof(T) * (panels.size() + snapshot.size()); }
 };
 
+// int8 inference (dynamic quantization, csrc/kernels/int8.h): W_ih, W_hh (and W_hr) of every
+// layer-direction quantized per output row, the recurrent matrices in the unit-block order of a
+// float32 ISA's panels (nr), with a copy of the float32 weights they were quantized from.
+struct QuantizedWeights {
+    int nr = 0;
+    const int8::Kernels* kernels = nullptr;
+    std::vector<int8::Matrix> w_ih, w_hh, w_hr;  // per layer-direction (w_hr: LSTMP)
+    std::vector<std::int8_t, CacheLineAllocator<std::int8_t>> codes;
+    std::vector<float, CacheLineAllocator<float>> scales;
+    std::vector<std::int32_t, CacheLineAllocator<std::int32_t>> wsums;
+    std::vector<float> snapshot;
+    std::size_t bytes() const {
+        return codes.size() + sizeof(float) * (scales.size() + snapshot.size()) + sizeof(std::int32_t) * wsums.size();
+    }
+};
+
 class Plan {
    public:
     Plan(const Desc& config, bool double_precision);  // config.T, config.N unused
@@ -106,7 +123,10 @@ class Plan {
     template <class T>
     std::shared_ptr<const PackedWeights<T>> packed(int nr, void (*pack)(const T*, std::int64_t, std::int64_t,
                                                                          std::int64_t, T*)) const;
-    std::size_t packed_bytes() const;
+    // The weights quantized for int8 inference with `kernels` and a float32 ISA of panel width nr,
+    // again when the weights changed since (float32 plans only).
+    std::shared_ptr<const QuantizedWeights> quantized(int nr, const int8::Kernels& kernels) const;
+    std::size_t packed_bytes() const;  // packed and quantized copies, with their snapshots
 
    private:
     Desc config_;
@@ -120,6 +140,7 @@ class Plan {
     std::atomic<std::uint64_t> version_{0};
     mutable std::shared_ptr<const PackedWeights<float>> packed_f_;  // a cache: calls on a const plan fill it
     mutable std::shared_ptr<const PackedWeights<double>> packed_d_;
+    mutable std::shared_ptr<const QuantizedWeights> quantized_;
 };
 
 }  // namespace fastrnn

@@ -12,6 +12,8 @@
 //   copy(dst, src, n), copy_or_zero(dst, src, n), multiply(a, m, out, n)  (out = a * m)
 //   gather_first_steps(dg, ld_dg, rows, lengths, reverse, out)   each sequence's first-step row
 //   fold_bias(W, bias, bhn)
+//   input_gemm(s_idx, m, n, k, X, W, C, ldc)   the hoisted C = X W^T of layer-direction s_idx
+//                                              (the CPU's int8 inference quantizes it)
 // and the hooks of a pass: prepare (a direction, before its steps: packing, normalization, the
 // variants' pointers), run (the steps of one layer), and in backward the gradient pieces that
 // variants add (see forward_walk and backward_walk).
@@ -164,7 +166,7 @@ void forward_walk(B& b, const Desc& d, const LayerWeights<T>* w, const T* x, con
             r.rh = ws.rh[dir]; r.ld_rh = H;
             r.y = Y + dir * K; r.ld_y = DK;
             r.bptt_clip = T(0);
-            b.gemm(false, true, TN, GH, C_l, T(1), X, C_l, W.w_ih, C_l, T(0), r.gates, r.ld_gates);
+            b.input_gemm(s_idx, TN, GH, C_l, X, W.w_ih, r.gates, r.ld_gates);
             b.fold_bias(W, ws.bias[dir], ws.bhn[dir]);
             b.copy_or_zero(r.hbuf, h0 ? h0 + s_idx * NK : nullptr, NK);
             if (has_c) b.copy_or_zero(r.c, c0 ? c0 + s_idx * NH : nullptr, NH);

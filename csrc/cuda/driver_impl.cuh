@@ -334,6 +334,9 @@ struct CudaOps {
               i64 ldc) {
         cuda::gemm<T>(stream, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
+    void input_gemm(i64, i64 m, i64 n, i64 k, const T* X, const T* W, T* C, i64 ldc) {
+        gemm(false, true, m, n, k, T(1), X, k, W, k, T(0), C, ldc);
+    }
     void column_sums(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
         launch_elementwise<ColumnSums<T>>(cols, stream, {a, rows, cols, lda, out});
     }

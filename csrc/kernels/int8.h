@@ -49,11 +49,26 @@ struct Kernels {
     // x [N, depth] (row stride ldx) -> q [N, padded_depth] (row stride ldq; padding = 128), t [N].
     void (*quantize_rows)(std::int64_t N, std::int64_t depth, const float* x, std::int64_t ldx, std::uint8_t* q,
                           std::int64_t ldq, float* t);
-    // c[N, 16*panels] (+)= the product above: q, t from quantize_rows (depth a multiple of 4),
-    // packed, scale, wsum from quantize_weights.
+    // c[N, cols] (+)= the product above with the first `cols` (<= 16*panels) outputs of the
+    // panels: q, t from quantize_rows (depth a multiple of 4), packed, scale, wsum from
+    // quantize_weights. Columns past `cols` are neither read nor written.
     void (*gemm)(std::int64_t N, std::int64_t depth, const std::uint8_t* q, std::int64_t ldq, const float* t,
                  const std::int8_t* packed, const float* scale, const std::int32_t* wsum, std::int64_t panels,
-                 float* c, std::int64_t ldc, bool accumulate);
+                 std::int64_t cols, float* c, std::int64_t ldc, bool accumulate);
+};
+
+// One weight matrix quantized by quantize_weights, as a product reads it: the kernels of the
+// call, the panels and the depth of W's rows (unpadded). A recurrent matrix (W_hh, W_hr) is
+// quantized in the float32 kernels' unit-block order: `block_panels` int8 panels per block of nr
+// units (nr rounded up to 16), block (gate g, unit block b) at panel (g * nblk + b) * block_panels;
+// the hoisted W_ih in its own row order (block_panels 0).
+struct Matrix {
+    const Kernels* kernels = nullptr;
+    const std::int8_t* codes = nullptr;
+    const float* scale = nullptr;
+    const std::int32_t* wsum = nullptr;
+    std::int64_t depth = 0, block_panels = 0;
+    const std::int8_t* panel(std::int64_t p) const { return codes + p * padded_depth(depth) * kPanel; }
 };
 
 const Kernels& portable_kernels();

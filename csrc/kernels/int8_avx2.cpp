@@ -73,7 +73,7 @@ void quantize_rows_avx2(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_t*
 // accumulators, two panel loads and a broadcast in the 16 registers.
 template <int MR>
 void block(i64 quads, const std::uint8_t* q, i64 ldq, const float* t, const std::int8_t* w, const float* scale,
-           const std::int32_t* wsum, float* c, i64 ldc, bool accumulate) {
+           const std::int32_t* wsum, i64 cols, float* c, i64 ldc, bool accumulate) {
     __m256i acc[MR][2];
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (i64 qd = 0; qd < quads; ++qd) {
@@ -87,24 +87,29 @@ void block(i64 quads, const std::uint8_t* q, i64 ldq, const float* t, const std:
             acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], a, b1);
         }
     }
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < 2 && 8 * h < cols; ++h) {
+        // lanes below `cols` (outputs past it stay as they are)
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<i64>(cols - 8 * h, 8))),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + 8 * h)), 7);
         const __m256 sw = _mm256_loadu_ps(scale + 8 * h);
         for (int r = 0; r < MR; ++r) {
             float* out = c + r * ldc + 8 * h;
             const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], corr)), _mm256_set1_ps(t[r]));
-            _mm256_storeu_ps(out, accumulate ? _mm256_fmadd_ps(y, sw, _mm256_loadu_ps(out)) : _mm256_mul_ps(y, sw));
+            _mm256_maskstore_ps(out, m,
+                                accumulate ? _mm256_fmadd_ps(y, sw, _mm256_maskload_ps(out, m)) : _mm256_mul_ps(y, sw));
         }
     }
 }
 
 void gemm_avx2(i64 N, i64 depth, const std::uint8_t* q, i64 ldq, const float* t, const std::int8_t* packed,
-               const float* scale, const std::int32_t* wsum, i64 panels, float* c, i64 ldc, bool accumulate) {
+               const float* scale, const std::int32_t* wsum, i64 panels, i64 cols, float* c, i64 ldc, bool accumulate) {
     const i64 quads = depth / 4, stride = depth * kPanel;
+    panels = std::min(panels, (cols + kPanel - 1) / kPanel);
     for_blocks<6>(N, [&](auto rows, i64 n) {
         for (i64 p = 0; p < panels; ++p)
             block<decltype(rows)::value>(quads, q + n * ldq, ldq, t + n, packed + p * stride, scale + p * kPanel,
-                                         wsum + p * kPanel, c + n * ldc + p * kPanel, ldc, accumulate);
+                                         wsum + p * kPanel, cols - p * kPanel, c + n * ldc + p * kPanel, ldc, accumulate);
     });
 }
 

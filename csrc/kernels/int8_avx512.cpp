@@ -4,6 +4,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -62,7 +63,7 @@ void quantize_rows_native(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_
 // MR broadcasts of four activation bytes.
 template <int MR, int NP>
 void block(i64 quads, const std::uint8_t* q, i64 ldq, const float* t, const std::int8_t* w, i64 panel_stride,
-           const float* scale, const std::int32_t* wsum, float* c, i64 ldc, bool accumulate) {
+           const float* scale, const std::int32_t* wsum, i64 cols, float* c, i64 ldc, bool accumulate) {
     __m512i acc[MR][NP];
     for (int r = 0; r < MR; ++r)
         for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_si512();
@@ -76,24 +77,27 @@ void block(i64 quads, const std::uint8_t* q, i64 ldq, const float* t, const std:
             for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], a, b[p]);
         }
     }
-    for (int p = 0; p < NP; ++p) {
+    for (int p = 0; p < NP && p * kPanel < cols; ++p) {
+        const __mmask16 m = tail_mask(cols - p * kPanel);  // the outputs past `cols` stay as they are
         const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(wsum + p * kPanel), 7);  // 128 * wsum
         const __m512 sw = _mm512_loadu_ps(scale + p * kPanel);
         for (int r = 0; r < MR; ++r) {
             float* out = c + r * ldc + p * kPanel;
             const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], corr)), _mm512_set1_ps(t[r]));
-            _mm512_storeu_ps(out, accumulate ? _mm512_fmadd_ps(y, sw, _mm512_loadu_ps(out)) : _mm512_mul_ps(y, sw));
+            _mm512_mask_storeu_ps(out, m,
+                                  accumulate ? _mm512_fmadd_ps(y, sw, _mm512_maskz_loadu_ps(m, out)) : _mm512_mul_ps(y, sw));
         }
     }
 }
 
 void gemm_native(i64 N, i64 depth, const std::uint8_t* q, i64 ldq, const float* t, const std::int8_t* packed,
-                 const float* scale, const std::int32_t* wsum, i64 panels, float* c, i64 ldc, bool accumulate) {
+                 const float* scale, const std::int32_t* wsum, i64 panels, i64 cols, float* c, i64 ldc, bool accumulate) {
     const i64 quads = depth / 4, stride = depth * kPanel;
+    panels = std::min(panels, (cols + kPanel - 1) / kPanel);
     for_blocks<6>(N, [&](auto rows, i64 n) {
-        for_blocks<4>(panels, [&](auto cols, i64 p) {
-            block<decltype(rows)::value, decltype(cols)::value>(quads, q + n * ldq, ldq, t + n, packed + p * stride, stride,
-                                          scale + p * kPanel, wsum + p * kPanel, c + n * ldc + p * kPanel, ldc,
+        for_blocks<4>(panels, [&](auto np, i64 p) {
+            block<decltype(rows)::value, decltype(np)::value>(quads, q + n * ldq, ldq, t + n, packed + p * stride, stride,
+                                          scale + p * kPanel, wsum + p * kPanel, cols - p * kPanel, c + n * ldc + p * kPanel, ldc,
                                           accumulate);
         });
     });

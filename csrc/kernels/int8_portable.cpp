@@ -35,10 +35,11 @@ void quantize_rows_portable(i64 N, i64 depth, const float* x, i64 ldx, std::uint
 }
 
 void gemm_portable(i64 N, i64 depth, const std::uint8_t* q, i64 ldq, const float* t, const std::int8_t* packed,
-                   const float* scale, const std::int32_t* wsum, i64 panels, float* c, i64 ldc, bool accumulate) {
+                   const float* scale, const std::int32_t* wsum, i64 panels, i64 cols, float* c, i64 ldc,
+                   bool accumulate) {
     for (i64 n = 0; n < N; ++n)
         for (i64 p = 0; p < panels; ++p)
-            for (int j = 0; j < kPanel; ++j) {
+            for (int j = 0; j < kPanel && p * kPanel + j < cols; ++j) {
                 const std::int8_t* w = packed + p * depth * kPanel + 4 * j;
                 std::int32_t acc = 0;  // exact for depth <= kMaxDepth
                 for (i64 k = 0; k < depth; ++k) acc += std::int32_t(q[n * ldq + k]) * w[(k / 4) * 4 * kPanel + k % 4];

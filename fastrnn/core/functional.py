@@ -280,11 +280,38 @@ def _check_noise(noise, where, dtype, shapes):
     return out
 
 
+COMPUTE_DTYPES = ("float32", "float64", "int8")
+
+
+def _check_compute_dtype(compute_dtype, dtype, training, device, where):
+    """True for int8 inference; None (or the parameters' dtype) computes in that dtype."""
+    if compute_dtype is None:
+        return False
+    name = compute_dtype if isinstance(compute_dtype, str) else getattr(np.dtype(compute_dtype), "name", None) \
+        if isinstance(compute_dtype, (type, np.dtype)) else None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"{where}: compute_dtype={compute_dtype!r}; expected None (the parameters' dtype), "
+                         f"{', '.join(map(repr, COMPUTE_DTYPES))}")
+    if name != "int8":
+        if name != np.dtype(dtype).name:
+            raise ValueError(f"{where}: compute_dtype={name!r} with {np.dtype(dtype).name} parameters; float "
+                             "compute runs in the parameters' dtype (or use 'int8' for float32 inference)")
+        return False
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"{where}: compute_dtype='int8' quantizes float32 parameters, got {np.dtype(dtype).name}")
+    if training:
+        raise ValueError(f"{where}: compute_dtype='int8' is dynamic quantization for inference (training=False); "
+                         "int8 has no gradients: train in float32 and quantize the trained weights")
+    if device != "cpu":
+        raise ValueError(f"{where}: compute_dtype='int8' runs on the CPU, got device={device!r}")
+    return True
+
+
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
              training, rng, reset_after, where, masks=None, proj_size=0, peephole=False, layer_norm=False,
              recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0, weight_drop=0.0, noise=None,
              sample_noise=True, device="cpu", nonlinearity="relu", normalization=None, momentum=0.05,
-             recurrent_affine=False, candidate_dropout=0.0, buffers=None, weights=None):
+             recurrent_affine=False, candidate_dropout=0.0, buffers=None, weights=None, compute_dtype=None):
     # sample_noise=False: a training forward (a cache for backward) with the regularizers in their
     # inference form (the torch front end differentiating a module in eval mode).
     # weights: a `_Weights` a layer prepared earlier (its plan reused; W_hh stays packed in inference).
@@ -311,6 +338,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
                           zoneout_c=zc_layout, nonlinearity=nonlinearity, normalization=normalization,
                           momentum=momentum, recurrent_affine=recurrent_affine)
     plan, dtype, C, H = weights.plan, weights.dtype, weights.C, weights.H
+    int8 = _check_compute_dtype(compute_dtype, dtype, training, device, where)
     D = 2 if bidirectional else 1
     L = num_layers
     K = proj_size or H
@@ -401,7 +429,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         cache = np.empty(size, dtype) if device == "cpu" else _cuda.empty(size, dtype)
     if device == "cpu":
         plan.forward(x3, out, h_n, c_n, h0, c0, lens, cache, masks, packed=weights.key is not None, bn_frozen=bn_frozen,
-                     **noise)
+                     int8=int8, **noise)
     else:
         _cuda.numpy_core.forward(plan, weights.arrays, x3, out, h_n, c_n, h0, c0, lens, cache, masks)
 
@@ -570,7 +598,7 @@ def forward_stats(ctx):
 
 def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="tanh", bias=True,
                 batch_first=False, bidirectional=False, dropout=0.0, training=False, rng=None, masks=None,
-                recurrent_dropout=0.0, weight_drop=0.0, noise=None, device="cpu"):
+                recurrent_dropout=0.0, weight_drop=0.0, noise=None, device="cpu", compute_dtype=None):
     """Elman RNN stack: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu.
 
     Returns ``(output, h_n, ctx)``; ``ctx`` is None unless ``training`` (then pass it to `backward`).
@@ -587,14 +615,14 @@ def rnn_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity=
                                 bidirectional=bidirectional, bias=bias, batch_first=batch_first, dropout=dropout,
                                 training=training, rng=rng, reset_after=True, where="rnn_forward",
                                 masks=masks, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
-                                noise=noise, device=device)
+                                noise=noise, device=device, compute_dtype=compute_dtype)
     return out, h_n, ctx
 
 
 def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
                  bidirectional=False, dropout=0.0, training=False, rng=None, masks=None, proj_size=0,
                  peephole=False, layer_norm=False, recurrent_dropout=0.0, zoneout_h=0.0, zoneout_c=0.0,
-                 weight_drop=0.0, noise=None, device="cpu"):
+                 weight_drop=0.0, noise=None, device="cpu", compute_dtype=None):
     """LSTM stack (gates i, f, g, o): ``c' = f*c + i*g``, ``h' = o*tanh(c')``, and its variants.
 
     `hx` is None or ``(h0, c0)``, h0 ``[L*D, N, K]``, c0 ``[L*D, N, H]``. Returns
@@ -640,13 +668,14 @@ def lstm_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, b
                                   reset_after=True, where="lstm_forward", masks=masks, proj_size=proj_size,
                                   peephole=peephole, layer_norm=layer_norm, recurrent_dropout=recurrent_dropout,
                                   zoneout_h=zoneout_h, zoneout_c=zoneout_c, weight_drop=weight_drop, noise=noise,
-                                  device=device)
+                                  device=device, compute_dtype=compute_dtype)
     return out, (h_n, c_n), ctx
 
 
 def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, batch_first=False,
                 bidirectional=False, dropout=0.0, training=False, rng=None, reset_after=True, masks=None,
-                layer_norm=False, recurrent_dropout=0.0, zoneout_h=0.0, weight_drop=0.0, noise=None, device="cpu"):
+                layer_norm=False, recurrent_dropout=0.0, zoneout_h=0.0, weight_drop=0.0, noise=None, device="cpu",
+                compute_dtype=None):
     """GRU stack (gates r, z, n): ``h' = (1-z)*n + z*h``; ``reset_after`` selects
     ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`` (True, PyTorch) or
     ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`` (False, Keras v1 / ONNX default).
@@ -666,7 +695,7 @@ def gru_forward(x, params, hx=None, lengths=None, *, num_layers=1, bias=True, ba
                                 bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
                                 reset_after=bool(reset_after), where="gru_forward", masks=masks,
                                 layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, zoneout_h=zoneout_h,
-                                weight_drop=weight_drop, noise=noise, device=device)
+                                weight_drop=weight_drop, noise=noise, device=device, compute_dtype=compute_dtype)
     return out, h_n, ctx
 
 
@@ -684,7 +713,7 @@ def _check_ligru(where, nonlinearity, normalization, momentum):
 
 def ligru_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="relu", normalization="batchnorm",
                   bias=True, batch_first=False, bidirectional=False, dropout=0.0, candidate_dropout=0.0,
-                  training=False, rng=None, buffers=None, momentum=0.05, masks=None, noise=None):
+                  training=False, rng=None, buffers=None, momentum=0.05, masks=None, noise=None, compute_dtype=None):
     """Li-GRU stack (Ravanelli et al. 2018; SpeechBrain's ``LiGRU``), gates a (candidate) and z::
 
         w = norm(W_ih x)                  over the whole sequence, before the recurrence
@@ -717,14 +746,14 @@ def ligru_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearit
                                 bias=bias, batch_first=batch_first, dropout=dropout, training=training, rng=rng,
                                 reset_after=True, where="ligru_forward", masks=masks, noise=noise,
                                 nonlinearity=nonlinearity, normalization=normalization, momentum=momentum,
-                                candidate_dropout=candidate_dropout, buffers=buffers)
+                                candidate_dropout=candidate_dropout, buffers=buffers, compute_dtype=compute_dtype)
     return out, h_n, ctx
 
 
 def sligru_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlinearity="relu", normalization="batchnorm",
                    recurrent_affine=False, bias=True, batch_first=False, bidirectional=False, dropout=0.0,
                    candidate_dropout=0.0, training=False, rng=None, buffers=None, momentum=0.05, masks=None,
-                   noise=None):
+                   noise=None, compute_dtype=None):
     """SLi-GRU stack (Moumen & Parcollet 2023; SpeechBrain's ``SLiGRU``): `ligru_forward` with a
     LayerNorm of the recurrent product, ``U h -> LN(U h)`` (over its 2H features, eps 1e-5), with
     a gain and shift (``ln_hh_weight_l{k}``, ``ln_hh_bias_l{k}``) when ``recurrent_affine``
@@ -735,5 +764,5 @@ def sligru_forward(x, params, hx=None, lengths=None, *, num_layers=1, nonlineari
                                 reset_after=True, where="sligru_forward", masks=masks, noise=noise,
                                 nonlinearity=nonlinearity, normalization=normalization, momentum=momentum,
                                 recurrent_affine=recurrent_affine, candidate_dropout=candidate_dropout,
-                                buffers=buffers)
+                                buffers=buffers, compute_dtype=compute_dtype)
     return out, h_n, ctx

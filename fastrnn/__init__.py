@@ -65,7 +65,7 @@ else:
         _sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
     del _module
     from ._embed import get_include, get_library, get_library_dir
-    from .core.layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, LiGRU, SLiGRU
+    from .core.layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, LiGRU, SLiGRU, quantize_dynamic
     from .gradients.diagnostics import gradcheck
     from .toolkit.modules import LastStep, Linear, Sequential
     from .toolkit.training import History, fit
@@ -75,7 +75,7 @@ else:
     __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa", "precision_features",
                "set_num_threads", "get_num_threads", "get_include", "get_library", "get_library_dir", "__version__",
                "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
-               "diagnostics", "gradcheck", "cuda"]
+               "diagnostics", "gradcheck", "cuda", "quantize_dynamic"]
 
 
     def get_isa():

@@ -11,11 +11,12 @@
 namespace fastrnn {
 
 template <class T>
-Stream<T>::Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h, double zoneout_c)
-    : plan_(std::move(plan)), N_(batch) {
+Stream<T>::Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h, double zoneout_c, bool int8)
+    : plan_(std::move(plan)), N_(batch), int8_(int8) {
     const Desc& d = plan_->config();
     if (plan_->is_double() != std::is_same_v<T, double>)
         throw std::invalid_argument("stream: the plan's dtype differs from the stream's");
+    if (int8 && plan_->is_double()) throw std::invalid_argument("stream: int8 quantizes a float32 plan");
     if (d.D != 1)
         throw std::invalid_argument("stream: a bidirectional layer cannot stream (its reverse direction reads "
                                     "the sequence from its end, which a stream has not seen yet)");
@@ -48,13 +49,15 @@ void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* act
         lengths = lengths_.data();
     }
     std::shared_ptr<const PackedWeights<T>> packed;
-    if (!in_place()) {
-        const KernelSet<T>& ks = active_kernels<T>();
+    std::shared_ptr<const QuantizedWeights> quantized;
+    const KernelSet<T>& ks = active_kernels<T>();
+    if (int8_)
+        quantized = plan_->quantized(ks.nr, int8_kernels());
+    else if (!in_place())
         packed = plan_->packed<T>(ks.nr, ks.pack_forward);
-    }
     // The state is read (h0) before it is written (h_n) layer by layer, so one buffer serves both.
     forward<T>(d, w_.data(), x, h_.data(), c(), lengths, nullptr, out, h_.data(), c(), nullptr, noise_, packed.get(),
-               in_place());
+               in_place(), quantized.get());
 }
 
 template <class T>

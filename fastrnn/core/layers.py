@@ -12,9 +12,11 @@ thread its own layer, or use `fastrnn.functional`, whose contexts are per call.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import operator
 import threading
+import types
 from collections import OrderedDict
 
 import numpy as np
@@ -60,6 +62,8 @@ class _RNNBase:
     layer_norm = False
     zoneout_h = 0.0
     zoneout_c = 0.0
+    # None: compute in `dtype`; "int8": dynamic quantization for inference (`fastrnn.quantize_dynamic`)
+    compute_dtype = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None,
@@ -213,6 +217,40 @@ class _RNNBase:
         w = self._kept_weights()
         return 0 if w is None else int(w.plan.packed_bytes)
 
+    def quantize_dynamic(self):
+        """A copy of this layer for int8 inference (dynamic quantization); this one is unchanged.
+
+        The copy keeps the float32 parameters (``params``, ``state_dict`` and pickles hold them,
+        so it saves, loads and converts like any layer) and computes every product in int8: its
+        first eval-mode call quantizes W_ih, W_hh (and LSTMP's W_hr) per output row, symmetric,
+        with a float32 scale, and keeps them on the layer's plan (again when a weight changes);
+        each call quantizes the inputs per row (x for the input product, h at every step) to
+        uint8 with a float32 scale. The sums are exact int32; the biases, the gate functions and
+        the states stay float32 (docs/precision.md has the arithmetic and the error bounds).
+        Inference only: a training-mode forward raises RuntimeError. `fastrnn.quantize_dynamic`
+        does the same for every layer of a model.
+
+        Examples
+        --------
+        >>> import numpy as np, fastrnn
+        >>> layer = fastrnn.LSTM(16, 32, rng=0).eval()
+        >>> q = layer.quantize_dynamic()
+        >>> q
+        LSTM(16, 32, dtype=float32, compute_dtype='int8')
+        >>> x = np.random.default_rng(0).standard_normal((20, 2, 16)).astype(np.float32)
+        >>> float(np.abs(q(x)[0] - layer(x)[0]).max()) < 0.01
+        True
+        """
+        where = f"{type(self).__name__}.quantize_dynamic"
+        if self.dtype != np.float32:
+            raise ValueError(f"{where}: int8 quantizes float32 layers; this one has dtype {np.dtype(self.dtype).name} "
+                             "(make a float32 layer with load_state_dict first)")
+        if self.device != "cpu":
+            raise ValueError(f"{where}: int8 runs on the CPU; this layer has device={self.device!r}")
+        q = copy.deepcopy(self)
+        q.compute_dtype = "int8"
+        return q.eval()
+
     def stream(self, batch=1):
         """A `fastrnn.core.stream.Stream`: inference one step (or a chunk of steps) per call for
         ``batch`` slots, the state carried between calls (eval mode, unidirectional, CPU).
@@ -277,6 +315,10 @@ class _RNNBase:
 
     def _forward(self, x, hx, lengths):
         where = f"{type(self).__name__}.forward"
+        if self.compute_dtype == "int8" and self.training:
+            raise RuntimeError(f"{where}: this layer is quantized to int8 (fastrnn.quantize_dynamic), which is for "
+                               "inference: call .eval() first. int8 has no gradients: train the float32 layer, "
+                               "then quantize it again")
         with self._training_call(where) if self.training else contextlib.nullcontext(None) as me:
             self._ctx = None  # an eval forward (or a failing one) drops any earlier cache
             out, h_n, c_n, ctx = F._forward(
@@ -287,7 +329,7 @@ class _RNNBase:
                 proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
                 recurrent_dropout=self.recurrent_dropout, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c,
                 weight_drop=self.weight_drop, device=self.device, weights=self._prepared(where),
-                **self._cell_options())
+                compute_dtype=self.compute_dtype, **self._cell_options())
             self._ctx, self._ctx_thread = ctx, me
             recorders = [r for r in self._recorders if r.active]
             if recorders and ctx is not None:
@@ -343,6 +385,8 @@ class _RNNBase:
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)}")
         opts.append(f"dtype={self.dtype}")
+        if self.compute_dtype is not None:
+            opts.append(f"compute_dtype={self.compute_dtype!r}")
         if self.device != "cpu":
             opts.append(f"device={self.device!r}")
         return f"{type(self).__name__}({', '.join(opts)}{self._extra_repr()})"
@@ -624,3 +668,53 @@ class SLiGRU(LiGRU):
     def __init__(self, input_size, hidden_size, num_layers=1, *, recurrent_affine=False, **kwargs):
         self.recurrent_affine = bool(recurrent_affine)
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+
+def quantize_dynamic(model):
+    """A copy of `model` for int8 inference: every fastrnn recurrent layer in it (the model itself,
+    or layers reached through its attributes, lists, tuples and dicts: a `fastrnn.Sequential`, a
+    class of your own) computes in int8 (`_RNNBase.quantize_dynamic`). `model` is unchanged; the
+    copy is in eval mode. ValueError when nothing in it is a fastrnn recurrent layer, or a layer
+    is not a float32 CPU layer.
+
+    Examples
+    --------
+    >>> import numpy as np, fastrnn
+    >>> model = fastrnn.Sequential(fastrnn.GRU(8, 16, rng=0), fastrnn.LastStep(), fastrnn.Linear(16, 2, rng=0))
+    >>> q = fastrnn.quantize_dynamic(model)
+    >>> q.modules[0].compute_dtype, model.modules[0].compute_dtype
+    ('int8', None)
+    """
+    where = "quantize_dynamic"
+    for layer in _recurrent_layers(model):  # checked first: a failed call copies nothing
+        if layer.dtype != np.float32 or layer.device != "cpu":
+            raise ValueError(f"{where}: {layer!r} is not a float32 CPU layer; int8 quantizes those")
+    copied = copy.deepcopy(model)
+    layers = _recurrent_layers(copied)
+    if not layers:
+        raise ValueError(f"{where}: {type(model).__name__} holds no fastrnn recurrent layer to quantize")
+    for layer in layers:
+        layer.compute_dtype = "int8"
+        layer.eval()
+    if hasattr(copied, "eval") and not isinstance(copied, _RNNBase):
+        copied.eval()
+    return copied
+
+
+def _recurrent_layers(obj):
+    """The fastrnn recurrent layers reachable from obj (itself, attributes, lists, tuples, dicts)."""
+    found, seen, todo = [], set(), [obj]
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType, types.MethodType)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, _RNNBase):
+            found.append(o)
+        elif isinstance(o, dict):
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            todo.extend(o)
+        elif hasattr(o, "__dict__"):
+            todo.extend(vars(o).values())
+    return found[::-1]

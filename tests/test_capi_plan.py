@@ -20,7 +20,7 @@ class PlanOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("peephole", ctypes.c_int32), ("proj_size", ctypes.c_int64),
                 ("layer_norm", ctypes.c_int32), ("zoneout_c", ctypes.c_int32), ("activation", ctypes.c_int32),
                 ("normalization", ctypes.c_int32), ("bn_momentum", ctypes.c_double),
-                ("recurrent_affine", ctypes.c_int32), ("reserved0", ctypes.c_int32)]
+                ("recurrent_affine", ctypes.c_int32), ("compute", ctypes.c_int32)]
 
 
 class TensorInfo(ctypes.Structure):
@@ -342,3 +342,45 @@ def test_plan_options_init_and_growth_rule():
 @needs_cc
 def test_plan_struct_layouts_match_ctypes_mirror(tmp_path):
     check_struct_layouts(tmp_path, PLAN_STRUCTS)
+
+
+@pytest.mark.parametrize("cell,make", [("lstm", lambda: fastrnn.LSTM(5, 21, 2, bidirectional=True, rng=0)),
+                                       ("gru", lambda: fastrnn.GRU(5, 18, rng=1))])
+def test_int8_plan_matches_the_int8_layer(cell, make):
+    layer = make().eval()
+    plan = CPlan(layer, cell, compute=1)
+    x = np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32)
+    status, y, h_n, _ = plan.forward(x)
+    assert status == OK, last_error()
+    q = layer.quantize_dynamic()
+    np.testing.assert_array_equal(y, q(x)[0])
+    assert np.abs(y - layer(x)[0]).max() > 1e-6  # int8, not float32
+    expect_error(plan.forward(x, cache=plan.cache(7, 3))[0], INVALID, "computes in int8")
+    # streams of an int8 plan step in int8
+    s = ctypes.c_void_p()
+    for name, (args, res) in {"fastrnn_stream_create": ([P, I64, ctypes.c_double, ctypes.c_double, P], ctypes.c_int),
+                              "fastrnn_stream_destroy": ([P], None),
+                              "fastrnn_stream_step": ([P, I64, P, P, P], ctypes.c_int)}.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = args, res
+    if not layer.bidirectional:
+        assert lib.fastrnn_stream_create(plan.handle, 3, 0.0, 0.0, ctypes.byref(s)) == OK, last_error()
+        out = np.zeros((3, 18), np.float32)
+        steps = []
+        for t in range(7):
+            xt = np.ascontiguousarray(x[t])
+            assert lib.fastrnn_stream_step(s, 1, ptr(xt), ptr(out), None) == OK, last_error()
+            steps.append(out.copy())
+        lib.fastrnn_stream_destroy(s)
+        np.testing.assert_array_equal(np.stack(steps), q(x)[0])
+
+
+def test_int8_plan_options_are_checked():
+    layer = fastrnn.LSTM(3, 4, dtype=np.float64)
+    d = make_desc("lstm", np.float64, 1, 1, 3, 4, 1, 1, True)
+    h = ctypes.c_void_p()
+    expect_error(lib.fastrnn_plan_create(ctypes.byref(d), ctypes.byref(plan_options(compute=1)), ctypes.byref(h)),
+                 INVALID, "int8 quantizes float32 plans")
+    d32 = make_desc("lstm", np.float32, 1, 1, 3, 4, 1, 1, True)
+    expect_error(lib.fastrnn_plan_create(ctypes.byref(d32), ctypes.byref(plan_options(compute=2)), ctypes.byref(h)),
+                 INVALID, "options->compute = 2")
+    del layer

@@ -268,8 +268,16 @@ enum fastrnn_normalization {
     FASTRNN_NORM_LAYER = 2  /* layer norm of each row over its 2H features */
 };
 
-/* Cell variants and Li-GRU settings. Start from fastrnn_plan_options_init, which sets the
- * defaults: no variant, and SpeechBrain's LiGRU defaults for the Li-GRU cells. */
+/* What a plan's products compute in. */
+enum fastrnn_compute {
+    FASTRNN_COMPUTE_DEFAULT = 0, /* the plan's dtype */
+    FASTRNN_COMPUTE_INT8 = 1     /* float32 plans, inference: dynamic quantization (W per output row, the
+                                  * inputs per row at each use, int32 sums; states and gates float32) */
+};
+
+/* Cell variants, Li-GRU settings and the compute type. Start from fastrnn_plan_options_init,
+ * which sets the defaults: no variant, SpeechBrain's LiGRU defaults for the Li-GRU cells,
+ * FASTRNN_COMPUTE_DEFAULT. */
 typedef struct fastrnn_plan_options {
     uint32_t struct_size;     /* sizeof(fastrnn_plan_options) */
     int32_t peephole;         /* LSTM: 1 = diagonal peepholes (weight_peephole [3, H]) */
@@ -280,7 +288,9 @@ typedef struct fastrnn_plan_options {
     int32_t normalization;    /* Li-GRU: enum fastrnn_normalization (default FASTRNN_NORM_BATCH) */
     double bn_momentum;       /* Li-GRU batch norm: running = (1 - m) running + m batch (default 0.05) */
     int32_t recurrent_affine; /* SLi-GRU: 1 = its LayerNorm of W_hh h has a gain and a shift */
-    int32_t reserved0;        /* must be 0 */
+    int32_t compute;          /* enum fastrnn_compute. FASTRNN_COMPUTE_INT8: training calls (a cache, backward)
+                               * fail with FASTRNN_STATUS_INVALID_ARGUMENT; streams of the plan run in int8.
+                               * (0.2 named it reserved0 and required 0: the same layout and default.) */
 } fastrnn_plan_options;
 
 FASTRNN_API fastrnn_status fastrnn_plan_options_init_(fastrnn_plan_options* options, size_t struct_size);

@@ -38,7 +38,9 @@ def main(cells):
             q = layer.quantize_dynamic()
             x = np.random.default_rng(0).standard_normal((s.T, s.N, s.C)).astype(np.float32)
             tm = theirs(s.C, s.H).eval()
-            tq = torch.ao.quantization.quantize_dynamic(tm, {theirs}, dtype=torch.qint8)
+            # quantize_dynamic swaps submodules only: a bare nn.LSTM would come back unquantized
+            tq = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(tm), {theirs}, dtype=torch.qint8)[0]
+            assert type(tq).__module__.startswith("torch.ao.nn.quantized"), type(tq)
             xt = torch.from_numpy(x)
             with torch.no_grad():
                 tf, tqq = best(lambda: tm(xt)), best(lambda: tq(xt))

@@ -55,7 +55,7 @@ from .core import cells as _cells
 from .core import functional as F
 from .core.stream import Stream, check_streamable
 
-__all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "convert", "revert"]
+__all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "convert", "revert", "quantize_dynamic"]
 
 # torch's RNNBase.mode -> fastrnn cell name.
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
@@ -177,15 +177,17 @@ def _on_torch_threads(fn, *args, **kwargs):
             _C._use_foreign_omp(False)
 
 
-def _run(spec, x, h0, c0, masks, weights, training):
-    """The fastrnn functional forward on NumPy views of the tensors: (out, h_n, c_n, ctx)."""
+def _run(spec, x, h0, c0, masks, weights, training, prepared=None, compute_dtype=None):
+    """The fastrnn functional forward on NumPy views of the tensors: (out, h_n, c_n, ctx).
+    `prepared`: a plan kept on the module (int8 inference quantizes its weights once)."""
     hx = None if h0 is None else ((_numpy(h0), _numpy(c0)) if spec.cell == "lstm" else _numpy(h0))
     return _on_torch_threads(F._forward, spec.cell, _numpy(x), dict(zip(spec.names, map(_numpy, weights))), hx, spec.lengths,
                       num_layers=spec.num_layers, bidirectional=spec.bidirectional, bias=spec.bias,
                       batch_first=spec.batch_first, dropout=spec.dropout if masks is not None else 0.0,
                       training=training, rng=None, reset_after=spec.reset_after, where=spec.where,
                       masks=_numpy(masks), noise=spec.noise if training else None,
-                      sample_noise=spec.module.training, **spec.variants)
+                      sample_noise=spec.module.training, weights=prepared, compute_dtype=compute_dtype,
+                      **spec.variants)
 
 
 class _RNNFunction(torch.autograd.Function):
@@ -261,16 +263,25 @@ class _FastRNNBase:
 
     bptt_clip = None
     _recorders = ()  # fastrnn.diagnostics.record objects attached to this module
+    compute_dtype = None  # "int8": dynamic quantization for inference (fastrnn.torch.quantize_dynamic)
     layer_norm = False
     peephole = False
     recurrent_dropout = zoneout_h = zoneout_c = weight_drop = 0.0
+
+    def __getstate__(self):
+        # The plan kept for streams and int8 inference holds core objects that do not pickle: it
+        # is made again at the next use (copy.deepcopy and torch.save go through here).
+        state = dict(super().__getstate__())
+        state.pop("_stream_plan", None)
+        return state
 
     def _set_regularizers(self, where, **rates):
         for name, value in rates.items():
             setattr(self, name, F._check_rate(value, name, where))
 
     def _regularizer_repr(self):
-        return "".join(f", {k}={getattr(self, k)}" for k in _REGULARIZERS if getattr(self, k))
+        return ("".join(f", {k}={getattr(self, k)}" for k in _REGULARIZERS if getattr(self, k))
+                + (f", compute_dtype={self.compute_dtype!r}" if self.compute_dtype else ""))
 
     def _noise(self, T, N):
         """The regularizers' masks of one training forward, from torch's RNG (None: none apply)."""
@@ -344,7 +355,8 @@ class _FastRNNBase:
                             zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
 
     def _stream_weights(self, where):
-        """The core's plan on NumPy views of the parameters, made again when one was replaced."""
+        """The core's plan on NumPy views of the parameters, made again when one was replaced
+        (streams, and int8 inference, whose quantized weights it keeps)."""
         tensors = [getattr(self, name) for name in self._flat_weights_names]
         return _kept_plan(self, where, tensors, lambda: F.prepare(
             where, self._cell(), dict(zip(self._flat_weights_names, (t.detach().numpy() for t in tensors))),
@@ -394,6 +406,15 @@ class _FastRNNBase:
                             f"got {type(hx).__name__}" + (f" of {[type(s).__name__ for s in hx]}" if lstm else ""))
         weights = self._flat_weights
         self._check_supported(where, [data, *states, *weights])
+        int8 = self.compute_dtype == "int8"
+        if int8:
+            if self.training:
+                raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), "
+                                   "which is for inference: call .eval() first. int8 has no gradients: train the "
+                                   "float32 module, then quantize it again")
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (data, *states)):
+                raise RuntimeError(f"{where}: int8 inference has no gradients, but the input or the state requires "
+                                   "grad (detach it, or run under torch.no_grad())")
 
         # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
         unbatched = False
@@ -445,6 +466,10 @@ class _FastRNNBase:
         if _on_gpu(x):  # the CUDA backend, zero-copy on torch's current stream
             from ._torch_cuda import run
             outs = run(spec, x, h0, c0, masks, weights)
+        elif int8:  # on the plan kept on the module: the weights are quantized once
+            out, h_n, c_n, _ = _run(spec, x, h0, c0, None, weights, training=False,
+                                    prepared=self._stream_weights(where), compute_dtype="int8")
+            outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
             outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)
         else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply the masks)
@@ -1138,3 +1163,82 @@ def revert(model, inplace=False):
     <class 'torch.nn.modules.rnn.RNN'>
     """
     return _swap(model, _to_torch, inplace, "fastrnn.torch.revert")
+
+
+def _from_torch_quantized(module, where, path):
+    """A fastrnn.torch twin of a module torch's ``quantize_dynamic`` made (per-tensor int8
+    weights, float biases): its weights dequantized, its settings kept."""
+    cls = {"LSTM": LSTM, "GRU": GRU}.get(module.mode)
+    if cls is None or getattr(module, "dtype", torch.qint8) != torch.qint8:
+        raise ValueError(f"{where}: {path} is a torch dynamic-quantized {module.mode} with dtype "
+                         f"{getattr(module, 'dtype', None)}; fastrnn converts qint8 LSTM and GRU")
+    wb = module._weight_bias()
+    weights = {k: v.dequantize() if v.is_quantized else v for k, v in {**wb["weight"], **wb["bias"]}.items()}
+    if weights["weight_hh_l0"].shape[1] != module.hidden_size:
+        raise ValueError(f"{where}: {path} is a projected LSTM whose weight_hr torch's dynamic quantization did not "
+                         "keep; quantize the float module with fastrnn.torch.quantize_dynamic instead")
+    twin = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+               batch_first=module.batch_first, dropout=float(module.dropout), bidirectional=module.bidirectional)
+    state = twin.state_dict()
+    missing = sorted(set(state) - set(weights))
+    if missing:
+        raise ValueError(f"{where}: {path}: torch's quantized module has no {missing}")
+    twin.load_state_dict({k: weights[k].float() for k in state})
+    return twin
+
+
+def _to_int8(module):
+    """How `quantize_dynamic` replaces `module` (the same module set to int8, a fastrnn twin of a
+    torch.nn or torch-quantized module), or None."""
+    def int8(m):
+        m.compute_dtype = "int8"
+        m.requires_grad_(False)
+        return m.eval()
+    if isinstance(module, _FastRNNBase):
+        return lambda where, path: int8(module)
+    if type(module) in _TO_FAST:
+        return lambda where, path: int8(_retype(module, _TO_FAST[type(module)], where, path))
+    if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic") and hasattr(module, "_weight_bias") \
+            and getattr(module, "mode", None) in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+        return lambda where, path: int8(_from_torch_quantized(module, where, path))
+    return None
+
+
+def quantize_dynamic(model, inplace=False):
+    """int8 inference (dynamic quantization, `fastrnn.quantize_dynamic`) for every recurrent
+    module of `model`: fastrnn.torch's ``LSTM``/``GRU``/``RNN`` (and the LayerNorm ones), the
+    exact ``torch.nn.LSTM/GRU/RNN`` (converted to their fastrnn twins first, as `convert` does),
+    and the LSTM/GRU modules ``torch.ao.quantization.quantize_dynamic`` already quantized: their
+    per-tensor int8 weights are dequantized and quantized again per output row, so the results
+    agree with torch's within the quantization error, not bitwise.
+
+    The modules are in eval mode with ``compute_dtype="int8"`` and parameters that do not require
+    grad; a training-mode forward, or an input that requires grad, raises RuntimeError. The
+    parameters stay float32, so ``state_dict`` and ``load_state_dict`` work as for the float
+    module; the quantized weights are kept on the module and made again when a parameter changes.
+    Returns the model (a deep copy unless ``inplace``). ValueError when it holds nothing to
+    quantize.
+
+    Examples
+    --------
+    >>> import torch, fastrnn.torch
+    >>> model = torch.nn.Sequential(torch.nn.LSTM(8, 16))
+    >>> q = fastrnn.torch.quantize_dynamic(model)
+    >>> q[0]
+    LSTM(8, 16, compute_dtype='int8')
+    >>> x = torch.randn(5, 2, 8)
+    >>> bool((q(x)[0] - model(x)[0]).abs().max() < 0.02)
+    True
+    """
+    where = "fastrnn.torch.quantize_dynamic"
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not _to_int8(model) and not any(_to_int8(m) for m in model.modules()):
+        raise ValueError(f"{where}: {type(model).__name__} holds no recurrent module to quantize (fastrnn.torch's, "
+                         "torch.nn.LSTM/GRU/RNN, or torch's dynamic-quantized LSTM/GRU)")
+    for m in model.modules():
+        ps = list(m.parameters(recurse=False))
+        if _to_int8(m) and ps and (ps[0].dtype != torch.float32 or ps[0].device.type != "cpu"):
+            raise ValueError(f"{where}: {type(m).__name__} has {ps[0].dtype} parameters on {ps[0].device}; int8 "
+                             "quantizes float32 CPU modules")
+    return _swap(model, _to_int8, inplace, where)

@@ -177,6 +177,17 @@ def _on_torch_threads(fn, *args, **kwargs):
             _C._use_foreign_omp(False)
 
 
+def _check_int8_call(where, training, inputs):
+    """An int8 module's forward is inference: eval mode, no gradients."""
+    if training:
+        raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), which is "
+                           "for inference: call .eval() first. int8 has no gradients: train the float32 module, "
+                           "then quantize it again")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise RuntimeError(f"{where}: int8 inference has no gradients, but the input or the state requires grad "
+                           "(detach it, or run under torch.no_grad())")
+
+
 def _run(spec, x, h0, c0, masks, weights, training, prepared=None, compute_dtype=None):
     """The fastrnn functional forward on NumPy views of the tensors: (out, h_n, c_n, ctx).
     `prepared`: a plan kept on the module (int8 inference quantizes its weights once)."""
@@ -408,13 +419,7 @@ class _FastRNNBase:
         self._check_supported(where, [data, *states, *weights])
         int8 = self.compute_dtype == "int8"
         if int8:
-            if self.training:
-                raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), "
-                                   "which is for inference: call .eval() first. int8 has no gradients: train the "
-                                   "float32 module, then quantize it again")
-            if torch.is_grad_enabled() and any(t.requires_grad for t in (data, *states)):
-                raise RuntimeError(f"{where}: int8 inference has no gradients, but the input or the state requires "
-                                   "grad (detach it, or run under torch.no_grad())")
+            _check_int8_call(where, self.training, (data, *states))
 
         # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
         unbatched = False
@@ -809,6 +814,8 @@ class _LiGRULayer(torch.nn.Module):
     ``SLiGRU_Layer`` (``w``, ``u``, ``norm``, ``layer_norm``, ``h_init``, ``drop_masks``), run by
     fastrnn's kernel."""
 
+    compute_dtype = None  # "int8": dynamic quantization for inference (quantize_dynamic)
+
     def __init__(self, input_size, hidden_size, num_layers, batch_size, dropout=0.0, nonlinearity="relu",
                  normalization="batchnorm", bias=True, bidirectional=False, stabilised=False,
                  recurrent_elementwise_affine=False):
@@ -900,7 +907,16 @@ class _LiGRULayer(torch.nn.Module):
         kind, names, params, buffers, options = self._spec()
         xt = x.transpose(0, 1).contiguous()  # fastrnn's time-major layout
         h0 = h0.contiguous()
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
+        if self.compute_dtype == "int8":  # on the plan kept on the layer: the weights are quantized once
+            where = f"fastrnn.torch.{'SLiGRU' if kind == 'sligru' else 'LiGRU'}.forward"
+            _check_int8_call(where, self.training, (x, h0))
+            out, _, _, _ = _on_torch_threads(
+                F._forward, kind, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
+                num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=False, rng=None,
+                reset_after=True, where=where, buffers=buffers, weights=self._stream_weights(where),
+                compute_dtype="int8", **options)
+            h = torch.from_numpy(out)
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
             h = _LiGRUFunction.apply((kind, names, buffers, options, self.training), xt, h0, mask, *params)
         else:
             fn = F.sligru_forward if kind == "sligru" else F.ligru_forward
@@ -1189,13 +1205,16 @@ def _from_torch_quantized(module, where, path):
 
 def _to_int8(module):
     """How `quantize_dynamic` replaces `module` (the same module set to int8, a fastrnn twin of a
-    torch.nn or torch-quantized module), or None."""
+    torch.nn, SpeechBrain or torch-quantized module), or None."""
     def int8(m):
-        m.compute_dtype = "int8"
+        for layer in m.rnn if isinstance(m, LiGRU) else (m,):  # a Li-GRU stack: each of its layers
+            layer.compute_dtype = "int8"
         m.requires_grad_(False)
         return m.eval()
-    if isinstance(module, _FastRNNBase):
+    if isinstance(module, (_FastRNNBase, _LiGRULayer, LiGRU)):
         return lambda where, path: int8(module)
+    if _speechbrain_kind(module):
+        return lambda where, path: int8(_from_speechbrain(module))
     if type(module) in _TO_FAST:
         return lambda where, path: int8(_retype(module, _TO_FAST[type(module)], where, path))
     if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic") and hasattr(module, "_weight_bias") \
@@ -1206,8 +1225,9 @@ def _to_int8(module):
 
 def quantize_dynamic(model, inplace=False):
     """int8 inference (dynamic quantization, `fastrnn.quantize_dynamic`) for every recurrent
-    module of `model`: fastrnn.torch's ``LSTM``/``GRU``/``RNN`` (and the LayerNorm ones), the
-    exact ``torch.nn.LSTM/GRU/RNN`` (converted to their fastrnn twins first, as `convert` does),
+    module of `model`: fastrnn.torch's ``LSTM``/``GRU``/``RNN`` (and the LayerNorm ones),
+    ``LiGRU``/``SLiGRU``, the exact ``torch.nn.LSTM/GRU/RNN`` and SpeechBrain's ``LiGRU``/``SLiGRU``
+    (converted to their fastrnn twins first, as `convert` does),
     and the LSTM/GRU modules ``torch.ao.quantization.quantize_dynamic`` already quantized: their
     per-tensor int8 weights are dequantized and quantized again per output row, so the results
     agree with torch's within the quantization error, not bitwise.

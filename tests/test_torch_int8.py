@@ -128,3 +128,43 @@ def test_an_int8_torch_stream_steps_like_the_sequence():
     s = q.stream(batch=2)
     steps = torch.stack([s.step(x[t]) for t in range(6)])
     assert torch.equal(steps, q(x)[0])
+
+
+@pytest.mark.parametrize("kind,kw", [("LiGRU", {}), ("SLiGRU", {"ff_normalization": "layernorm"}),
+                                     ("SLiGRU", {"recurrent_elementwise_affine": True})])
+def test_li_gru_stacks_run_in_int8(kind, kw):
+    torch.manual_seed(0)
+    net = getattr(fastrnn.torch, kind)(hidden_size=16, input_shape=(3, 10, 8), num_layers=2, bidirectional=True,
+                                       **kw)
+    net(torch.randn(3, 10, 8))  # batch norm statistics away from their start
+    net.eval()
+    q = fastrnn.torch.quantize_dynamic(net)
+    assert [layer.compute_dtype for layer in q.rnn] == ["int8", "int8"] and not q.training
+    assert net.rnn[0].compute_dtype is None
+    x = torch.randn(3, 10, 8)
+    with torch.no_grad():
+        want = net(x)[0]
+    got = q(x)[0]
+    err = (got - want).abs().max().item()
+    assert 1e-6 < err < 0.05 * want.abs().max().item() + 0.02
+    one = fastrnn.torch.quantize_dynamic(getattr(fastrnn.torch, kind)(hidden_size=16, input_shape=(3, 10, 8),
+                                                                      **kw).eval())
+    s = one.stream(3)
+    assert torch.equal(torch.stack([s.step(x[:, t]) for t in range(10)], 1), one(x)[0])
+    q.train()
+    with pytest.raises(RuntimeError, match="quantized to int8"):
+        q(x)
+
+
+def test_speechbrain_modules_are_converted_and_quantized():
+    from fastrnn.bench import speechbrain as _speechbrain
+    sb = _speechbrain.load()
+    if sb is None:
+        pytest.skip("SpeechBrain is not installed (pip install --no-deps speechbrain==1.1.2)")
+    torch.manual_seed(2)
+    m = sb.LiGRU(hidden_size=12, input_shape=(2, 5, 6)).eval()
+    q = fastrnn.torch.quantize_dynamic(torch.nn.Sequential(m))
+    assert type(q[0]) is fastrnn.torch.LiGRU and q[0].rnn[0].compute_dtype == "int8"
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        assert 1e-6 < (q[0](x)[0] - m(x)[0]).abs().max().item() < 0.03

@@ -271,16 +271,19 @@ std::shared_ptr<const PackedWeights<T>> Plan::packed(int nr, void (*pack)(const 
 
 namespace {
 
-// Rows of W [G*units, depth] in the float32 kernels' unit-block order (gate g, block b of nr
-// units: rows g*units + b*nr + j), each block padded with zero rows to whole int8 panels.
-std::vector<float> block_rows(const float* w, i64 G, i64 units, i64 depth, int nr) {
+// Rows of W [G*units, depth] in the float32 kernels' unit blocks (gate g, block b of nr units:
+// rows g*units + b*nr + j), gate by gate or block by block (int8::Matrix), each block padded
+// with zero rows to whole int8 panels.
+std::vector<float> block_rows(const float* w, i64 G, i64 units, i64 depth, int nr, bool block_major) {
     const i64 nblk = (units + nr - 1) / nr, per = int8::panel_count(nr) * int8::kPanel;  // rows per block
     std::vector<float> out(std::size_t(G * nblk * per * depth), 0.0f);
     for (i64 g = 0; g < G; ++g)
-        for (i64 b = 0; b < nblk; ++b)
+        for (i64 b = 0; b < nblk; ++b) {
+            const i64 at = (block_major ? b * G + g : g * nblk + b) * per;
             for (i64 j = 0; j < nr && b * nr + j < units; ++j)
-                std::memcpy(&out[std::size_t(((g * nblk + b) * per + j) * depth)], w + (g * units + b * nr + j) * depth,
+                std::memcpy(&out[std::size_t((at + j) * depth)], w + (g * units + b * nr + j) * depth,
                             sizeof(float) * std::size_t(depth));
+        }
     return out;
 }
 
@@ -343,9 +346,12 @@ std::shared_ptr<const QuantizedWeights> Plan::quantized(int nr, const int8::Kern
         const i64 n = p.G * p.units * p.depth;
         std::memcpy(copy, p.w, sizeof(float) * std::size_t(n));
         copy += n;
-        const std::vector<float> rows = p.blocks ? block_rows(p.w, p.G, p.units, p.depth, nr) : std::vector<float>();
+        // The 4-gate cells (LSTM) step one unit block of every gate at a time: block-major
+        const bool block_major = p.blocks && p.G >= 4;
+        const std::vector<float> rows =
+            p.blocks ? block_rows(p.w, p.G, p.units, p.depth, nr, block_major) : std::vector<float>();
         int8::quantize_weights(p.blocks ? rows.data() : p.w, p.rows, p.depth, p.depth, code, scale, wsum);
-        const int8::Matrix m{&kernels, code, scale, wsum, p.depth, p.blocks ? per : 0};
+        const int8::Matrix m{&kernels, code, scale, wsum, p.depth, p.blocks ? per : 0, p.G, block_major};
         const std::size_t at = i % (d.P > 0 ? 3 : 2);
         (at == 0 ? q->w_ih : at == 1 ? q->w_hh : q->w_hr).push_back(m);
         code += int8::packed_elements(p.rows, p.depth);

@@ -60,16 +60,20 @@ void forward_gemm(ThreadCtx<T>& tc, i64 s, i64 N, const T* a, i64 lda, const T* 
                 q8->kernels->quantize_rows(N, depth, a, lda, tc.q8_rows, dp, tc.q8_scales);
                 tc.q8_of = a, tc.q8_step = s;
             }
-            // A gate's blocks b..b+bb are consecutive panels when a block is whole panels (nr 16, 32);
-            // the portable kernels' 8-unit blocks each take one panel's first 8 outputs.
+            // Consecutive panels in one call, when a block is whole panels (nr 16, 32): a gate's
+            // blocks b..b+bb (gate-major), or the ng gates of one block (block-major, bb = 1). The
+            // portable kernels' 8-unit blocks each take one panel's first 8 outputs.
             const bool whole = bp * int8::kPanel == NR;
-            for (int q = 0; q < ng; ++q)
-                for (i64 u = 0; u < bb; u += whole ? bb : 1) {
-                    const i64 p0 = ((g0 + q) * nblk + b + u) * bp, cnt = whole ? bb : 1;
-                    q8->kernels->gemm(N, dp, tc.q8_rows, dp, tc.q8_scales, q8->panel(p0), q8->scale + p0 * int8::kPanel,
-                                      q8->wsum + p0 * int8::kPanel, cnt * bp, cnt * NR, tile + (q * bb + u) * NR, ldt,
-                                      false);
-                }
+            const auto run = [&](i64 p0, i64 blocks, T* out) {
+                q8->kernels->gemm(N, dp, tc.q8_rows, dp, tc.q8_scales, q8->panel(p0), q8->scale + p0 * int8::kPanel,
+                                  q8->wsum + p0 * int8::kPanel, blocks * bp, blocks * NR, out, ldt, false);
+            };
+            if (whole && q8->block_major && bb == 1)
+                run(q8->block(g0, b, nblk), ng, tile);
+            else
+                for (int q = 0; q < ng; ++q)
+                    for (i64 u = 0; u < bb; u += whole && !q8->block_major ? bb : 1)
+                        run(q8->block(g0 + q, b + u, nblk), whole && !q8->block_major ? bb : 1, tile + (q * bb + u) * NR);
             return;
         }
     }

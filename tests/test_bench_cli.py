@@ -320,3 +320,45 @@ def test_backoffs_are_noted():
     r["rows"][0]["backoffs"] = 3
     assert "dropped to one thread" in _bench.format_table(r) and "(3x)" in _bench.format_table(r)
     assert "backed off to 1 thread 3x" in _bench._progress_line(r["rows"][0], "fastrnn")
+
+
+class _WrongInt8(_bench.FastrnnInt8Impl):
+    """An int8 implementation off by 10 % of the output scale: outside INT8_RTOL."""
+    name = "wrong_int8"
+
+    def result(self):
+        out = super().result()["output"]
+        return {"output": out + 0.1 * np.abs(out).max()}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13's quantization APIs (the peer)
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_int8_rows_in_the_same_run(capsys):
+    peers = [p for p in ("torch", "onnxruntime") if _importable(p)]
+    r = _run(cells=["lstm", "gru"], modes=["inference"], peers=peers, precisions=["int8"],
+             impls={"wrong_int8": _WrongInt8})
+    assert r["config"]["precisions"] == ["int8"]
+    for row in r["rows"]:
+        impls = row["impls"]
+        ours = impls["fastrnn-int8"]
+        # held to the quantization error, not to float32's: a float32 tolerance would reject it
+        assert ours["status"] == "timed" and _bench.RTOL < ours["rel_diff"] <= _bench.INT8_RTOL
+        assert ours["precision"] == "int8" and ours["pct_peak"] > 0 and ours["speedup"] > 0
+        assert impls["wrong_int8"]["status"] == "rejected"
+        if "torch" in peers:
+            t = impls["torch-int8"]
+            assert t["status"] == "timed" and t["vs_fastrnn_precision"] > 0
+        if "onnxruntime" in peers:
+            assert ("onnxruntime-int8" in impls) == (row["cell"] == "lstm")  # ORT quantizes LSTM only
+    table = _bench.format_table(r)
+    assert "i8 ms" in table and "note: int8 lstm" in table and "of the int8 GEMM peak" in table
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        _run(cells=["lstm"], modes=["inference"], peers=[], precisions=["int4"])
+
+
+def _importable(name):
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False

@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import math
 import os
 import platform
@@ -43,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -414,6 +416,7 @@ class OnnxRuntimeImpl:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
         model.ir_version = 8  # what ORT releases of the last years all read
         onnx.checker.check_model(model)
+        model = self._transform(model, op)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -427,11 +430,86 @@ class OnnxRuntimeImpl:
         self.feed = {"X": x}
         self.shape = (T, N, H)
 
+    def _transform(self, model, op):
+        return model
+
     def step(self):
         self.session.run(None, self.feed)
 
     def result(self):
         return {"output": self.session.run(None, self.feed)[0].reshape(self.shape)}
+
+
+# --precision int8: dynamic quantization, inference only. Their outputs are held to the
+# quantization error (INT8_RTOL of the largest magnitude), not to float32's RTOL.
+INT8_RTOL = 0.05
+
+
+class FastrnnInt8Impl(FastrnnImpl):
+    """fastrnn's int8 inference: ``layer.quantize_dynamic()`` (docs/precision.md)."""
+
+    name = "fastrnn-int8"
+    modes = ("inference",)
+    precision, rtol = "int8", INT8_RTOL
+
+    def __init__(self, cell, mode, weights, x, threads):
+        if x.dtype != np.float32:
+            raise Unavailable("int8 quantizes float32 layers")
+        super().__init__(cell, mode, weights, x, threads)
+        self.layer = self.layer.quantize_dynamic()
+
+
+class TorchInt8Impl(TorchImpl):
+    """torch's dynamic int8 (``torch.ao.quantization.quantize_dynamic``, per-tensor weights;
+    deprecated in torch 2.13, its warnings silenced here)."""
+
+    name = "torch-int8"
+    modes = ("inference",)
+    cells = ("lstm", "gru")  # torch has no dynamic-quantized RNN
+    precision, rtol = "int8", INT8_RTOL
+
+    def __init__(self, cell, mode, weights, x, threads):
+        if x.dtype != np.float32:
+            raise Unavailable("int8 quantizes float32 modules")
+        super().__init__(cell, mode, weights, x, threads)
+        torch = self.torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # it swaps submodules only: a bare module would come back unquantized
+            self.module = torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(self.module), {type(self.module)}, dtype=torch.qint8)[0]
+        if not type(self.module).__module__.startswith("torch.ao.nn.quantized"):
+            raise Unavailable(f"torch's quantize_dynamic left {type(self.module).__name__} unquantized")
+
+
+class OnnxRuntimeInt8Impl(OnnxRuntimeImpl):
+    """ONNX Runtime's dynamic int8 LSTM (``onnxruntime.quantization.quantize_dynamic``, which
+    turns the LSTM node into the contrib op ``DynamicQuantizeLSTM``; it has no int8 GRU or RNN)."""
+
+    name = "onnxruntime-int8"
+    cells = ("lstm",)
+    precision, rtol = "int8", INT8_RTOL
+
+    def _transform(self, model, op):
+        import tempfile
+
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+            with open(src, "wb") as f:
+                f.write(model.SerializeToString())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                logging.disable(logging.WARNING)  # its advice to pre-process, on the root logger
+                try:
+                    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+                finally:
+                    logging.disable(logging.NOTSET)
+            quantized = onnx.load(dst)
+        if not any(n.op_type == "DynamicQuantizeLSTM" for n in quantized.graph.node):
+            raise Unavailable(f"onnxruntime's quantize_dynamic left the {op} in float32")
+        return quantized
 
 
 class NumpyImpl:
@@ -490,6 +568,11 @@ class SpeechBrainImpl(TorchImpl):
 
 IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "numpy": NumpyImpl,
          "speechbrain": SpeechBrainImpl}
+PRECISIONS = ("int8",)  # --precision: reduced-precision rows beside float32's
+# Per precision: fastrnn's implementation, and each peer's by the peer it belongs to.
+PRECISION_IMPLS = {"int8": ({"fastrnn-int8": FastrnnInt8Impl},
+                            {"torch": {"torch-int8": TorchInt8Impl},
+                             "onnxruntime": {"onnxruntime-int8": OnnxRuntimeInt8Impl}})}
 FRONTEND_IMPLS = {"fastrnn.torch": FastrnnTorchImpl, "torch": TorchStepImpl}
 # --device cuda: fastrnn's CUDA backend against torch on the GPU (cuDNN); the NumPy layer copies
 # its arrays to the GPU and back in every call, fastrnn.torch runs zero-copy.
@@ -819,7 +902,7 @@ def _measure_memory(impl, cell, shape, threads, dtype, seed, frontend):
 
 def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEERS, repeats=5,
         min_time=0.15, memory=False, dtype="float32", frontend="numpy", device="cpu",
-        max_foreign_load=0.35, gemm_size=2048, seed=0, impls=None, progress=None):
+        max_foreign_load=0.35, gemm_size=2048, seed=0, impls=None, progress=None, precisions=()):
     """Benchmark fastrnn against its peers; returns a JSON-ready dict (see `format_table`).
 
     Parameters
@@ -849,6 +932,12 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
         tests to inject a wrong one.
     progress : callable, optional
         Called with one line of text after each row.
+    precisions : sequence
+        Reduced-precision implementations beside float32's, from ``PRECISIONS`` ("int8":
+        fastrnn's int8 inference, and torch's dynamic int8 and ONNX Runtime's
+        ``DynamicQuantizeLSTM`` when those peers are asked for). Inference rows only, held to
+        ``INT8_RTOL``; each gets its share of its precision's GEMM peak (``pct_peak``) and its
+        ratio to fastrnn's implementation of that precision (``vs_fastrnn_precision``).
 
     Returns
     -------
@@ -895,6 +984,13 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     elif frontend == "numpy":
         subject = "fastrnn"
         factories = {"fastrnn": FastrnnImpl, **{p: IMPLS[p] for p in peers}}
+        for prec in precisions:
+            if prec not in PRECISIONS:
+                raise ValueError(f"bench: unknown precision {prec!r}; expected one of {', '.join(PRECISIONS)}")
+            ours, theirs = PRECISION_IMPLS[prec]
+            factories.update(ours)
+            for p in peers:
+                factories.update(theirs.get(p, {}))
     else:
         raise ValueError(f"bench: unknown frontend {frontend!r}; expected 'numpy' or 'torch'")
     if device == "cuda":
@@ -926,6 +1022,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
                    "modes": list(modes), "peers": [n for n in factories if n != subject], "repeats": repeats,
                    "min_time": min_time, "dtype": str(dtype), "frontend": frontend, "subject": subject,
                    "memory": bool(memory), "max_foreign_load": max_foreign_load, "rtol": RTOL,
+                   "precisions": list(precisions),
                    "gemm_size": gemm_size},
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": {**_cpu_info(), "system": f"{platform.system()} {platform.release()}"},
@@ -945,6 +1042,8 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     if dtype == np.float32:
         with _threads(1):
             result["precision_gops"] = {k: list(v) for k, v in precision_gemm_rates().items()}
+    if precisions and frontend != "numpy":
+        notes.append(f"--precision compares the NumPy layers (--frontend numpy); ignored: {', '.join(precisions)}")
 
     for cell in cells:
         for shape in shapes:
@@ -980,10 +1079,11 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
             entry.update(status="skipped", reason=str(exc))
             continue
         entry.update(_agreement(res, oracle))
-        if not entry["rel_diff"] <= RTOL:
+        rtol = getattr(cls, "rtol", RTOL)
+        if not entry["rel_diff"] <= rtol:
             entry.update(status="rejected", reason=(
                 f"{name} disagrees with the float64 oracle: max |diff| {entry['max_abs_diff']:.3g} in "
-                f"{entry['worst']} = {entry['rel_diff']:.3g} of its largest magnitude (> {RTOL:g}); not timed"))
+                f"{entry['worst']} = {entry['rel_diff']:.3g} of its largest magnitude (> {rtol:g}); not timed"))
             continue
         steps[name] = impl.step
     waits = _pool_hook("_wait_stats")
@@ -1005,6 +1105,17 @@ def _bench_row(cell, shape, threads, mode, factories, subject, weights, x, oracl
         if name != subject and base:
             ratios = [t / b for t, b in zip(times, base)]
             entry.update(speedup=statistics.median(ratios), ratios=ratios)
+        precision = getattr(factories[name], "precision", None)
+        if precision:  # against its precision's own GEMM peak, and fastrnn's implementation of it
+            entry["precision"] = precision
+            peak = result.get("precision_gops", {}).get(precision)
+            if peak and threads == 1:
+                entry["pct_peak"] = 100 * flop / med / 1e9 / peak[0]
+            ours = next((n for n, c in factories.items() if n.startswith("fastrnn")
+                         and getattr(c, "precision", None) == precision), None)
+            if ours and name != ours and ours in samples:
+                ratios = [t / b for t, (b, _, _) in zip(times, samples[ours])]
+                entry["vs_fastrnn_precision"] = statistics.median(ratios)
     return row
 
 
@@ -1051,7 +1162,8 @@ def _fmt_ms(v):
     return f"{v:.{digits}f}"
 
 
-_SHORT = {"onnxruntime": "ORT", "speechbrain": "SB"}  # column titles
+_SHORT = {"onnxruntime": "ORT", "speechbrain": "SB", "fastrnn-int8": "i8", "torch-int8": "torch-i8",
+          "onnxruntime-int8": "ORT-i8"}  # column titles
 
 
 def format_table(result, markdown=False):
@@ -1134,6 +1246,18 @@ def format_table(result, markdown=False):
                              f"{row['mode']}: {e['reason']}")
             if e.get("memory_error"):
                 notes.append(f"note: {row['cell']} {Shape(**row['shape']).label} {name}: {e['memory_error']}")
+    for row in result["rows"]:  # reduced precision: each against float32, its own peak and fastrnn's
+        for name, e in row["impls"].items():
+            if e.get("precision") and e["status"] == "timed":
+                prec, parts = e["precision"], [f"{e['median_ms']:.3g} ms"]
+                if e.get("speedup"):
+                    parts.append(f"{1 / e['speedup']:.2f}× the speed of {subject}'s float32")
+                if "pct_peak" in e:
+                    parts.append(f"{e['pct_peak']:.0f}% of the {prec} GEMM peak")
+                if "vs_fastrnn_precision" in e:
+                    parts.append(f"{e['vs_fastrnn_precision']:.2f}× the time of fastrnn's {prec}")
+                notes.append(f"note: {prec} {row['cell']} {Shape(**row['shape']).label} {row['threads']}t: {name} "
+                             + ", ".join(parts))
     backed = [row for row in result["rows"] if row.get("backoffs")]
     if backed:
         notes.append("note: fastrnn's thread pool dropped to one thread (over a 1 ms window its threads spent a "
@@ -1224,6 +1348,9 @@ def add_arguments(p):
     p.add_argument("--json", metavar="PATH", help="write every number (samples, ratios, diffs) as JSON")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the docs)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--precision", dest="precisions", nargs="+", choices=PRECISIONS, default=[],
+                   help="also time reduced-precision inference in the same run: fastrnn's int8 "
+                        "(quantize_dynamic), torch's dynamic int8, ONNX Runtime's DynamicQuantizeLSTM")
     p.add_argument("--frontend", choices=("numpy", "torch"), default="numpy",
                    help="torch: fastrnn.torch modules vs torch.nn in a full training step")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -1249,6 +1376,7 @@ def run_args(args):
                      min_time=args.min_time or (0.01 if quick else 0.15), memory=args.memory,
                      dtype=args.dtype, frontend=args.frontend, device=args.device,
                      max_foreign_load=args.max_foreign_load, gemm_size=256 if quick else 2048,
+                     precisions=args.precisions,
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     except BenchError as exc:
         print(f"python -m fastrnn bench: {exc}", file=sys.stderr)

@@ -330,6 +330,25 @@ def test_the_model_is_this_cpus(tmp_path):
     assert "0 mismatches with the model, 0 with FMAs" in run.stdout, run.stdout
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("N,rows,depth", [(1, 5, 8), (2, 17, 12), (7, 33, 20), (9, 100, 36)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gemm_writes_only_the_columns_asked_for(path, N, rows, depth, accumulate):
+    # c [N, rows] with rows not a multiple of 16: the last panel's outputs past `rows` would land
+    # in the next row of c (row stride = rows), and after the last row in the guard
+    r = np.random.default_rng(rows + depth)
+    a = r.standard_normal((N, depth)).astype(np.float32)
+    w = r.standard_normal((rows, depth)).astype(np.float32)
+    c0 = r.standard_normal((N, rows)).astype(np.float32)
+    want, a16 = gemm(a, w, path, c0 if accumulate else None)
+    buf = np.full(N * rows + 64, 7.0, np.float32)
+    c = buf[:N * rows].reshape(N, rows)
+    c[...] = c0 if accumulate else -1.0
+    _C._bf16_gemm(a16, _C._bf16_pack(w), c, accumulate, path)
+    np.testing.assert_array_equal(c, want)
+    assert (buf[N * rows:] == 7.0).all()
+
+
 def test_gemm_output_must_be_the_callers_array():
     """c is written in place: an array that would need converting is refused, not copied (the
     copy would take the result)."""
@@ -346,3 +365,5 @@ def test_gemm_checks_its_arguments():
         _C._bf16_gemm(np.ones((2, 3), np.uint16), packed, np.zeros((2, 16), np.float32))
     with pytest.raises(ValueError, match="expected"):
         _C._bf16_gemm(np.ones((2, 4), np.uint16), packed, np.zeros((3, 16), np.float32))
+    with pytest.raises(ValueError, match="panels = ceil"):
+        _C._bf16_gemm(np.ones((2, 4), np.uint16), packed, np.zeros((2, 17), np.float32))

@@ -485,16 +485,19 @@ PYBIND11_MODULE(_C, m) {
     });
     m.def("_bf16_gemm", [](py::array_t<std::uint16_t, py::array::c_style> a, py::array_t<std::uint16_t, py::array::c_style> packed,
                            py::array_t<float, py::array::c_style> c, bool accumulate, const std::string& path) {
-        // c [N, 16*panels] (+)= a [N, depth] (bf16, depth even) x W^T, W packed by _bf16_pack.
-        if (a.ndim() != 2 || c.ndim() != 2 || a.shape(0) != c.shape(0) || a.shape(1) % 2 || c.shape(1) % 16 ||
-            packed.size() != a.shape(1) * c.shape(1))
-            throw std::invalid_argument("_bf16_gemm: expected a [N, depth even], packed [(c cols / 16) * 16 * depth], c [N, 16*k]");
+        // c [N, cols] (+)= a [N, depth] (bf16, depth even) x W^T, W packed by _bf16_pack (panels of 16
+        // rows: cols rounded up)
+        const std::int64_t cols = c.ndim() == 2 ? c.shape(1) : -1, panels = fastrnn::bf16::panel_count(cols);
+        if (a.ndim() != 2 || c.ndim() != 2 || a.shape(0) != c.shape(0) || a.shape(1) % 2 || cols < 1 ||
+            packed.size() != a.shape(1) * 16 * panels)
+            throw std::invalid_argument("_bf16_gemm: expected a [N, depth even], packed [16*panels*depth], c [N, cols] "
+                                        "with panels = ceil(cols / 16)");
         const auto& k = bf16_path(path);
-        const std::int64_t N = a.shape(0), depth = a.shape(1), panels = c.shape(1) / 16;
+        const std::int64_t N = a.shape(0), depth = a.shape(1);
         const std::uint16_t* ap = a.data();
         const std::uint16_t* wp = packed.data();
         float* cp = c.mutable_data();
-        fastrnn::without_gil([&] { k.gemm(N, depth, ap, depth, wp, panels, cp, 16 * panels, accumulate); });
+        fastrnn::without_gil([&] { k.gemm(N, depth, ap, depth, wp, panels, cols, cp, cols, accumulate); });
     }, py::arg("a"), py::arg("packed"), py::arg("c").noconvert(), py::arg("accumulate") = false, py::arg("path") = "active");
     m.def("_int8_path", [] { return std::string(fastrnn::int8_kernels().name); });
     m.def("_int8_quantize_weights", [](py::array_t<float, py::array::c_style | py::array::forcecast> w) {

@@ -15,6 +15,7 @@
 // NaN payloads are not modeled (both paths give a NaN where one is due). The GEMM sums k in the
 // same order on both paths, so their results are bitwise equal (tests/test_bf16.py).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -52,16 +53,22 @@ inline bf16_t round_one(float x) {
 }
 inline float to_float(bf16_t h) { return from_bits(std::uint32_t(h) << 16); }
 
+// Lanes of a 16-output panel below `left` outputs (left >= 16: all): the panel's store mask.
+inline std::uint32_t panel_lanes(std::int64_t left) {
+    return left >= kPanel ? 0xffffu : (1u << std::max<std::int64_t>(left, 0)) - 1u;
+}
+
 // The kernels of one path.
 struct Kernels {
     const char* name;  // "avx512_bf16", "avx512_fma", "avx2_fma" or "portable"
     // out[i] = round_one(x[i]), i < n.
     void (*round)(const float* x, std::int64_t n, bf16_t* out);
-    // C[N, 16*panels] (+)= A W^T: A [N, depth] bf16 rows (row stride lda >= depth, depth even; an
-    // odd depth's pad element must be finite, zero by convention, as inf * 0 is NaN),
-    // W packed by pack(). Row n, output j sums k = 0, 2, 4... in order, one pair at a time.
+    // C[N, cols] (+)= A W^T with the first `cols` (<= 16*panels) outputs of the panels: A [N, depth]
+    // bf16 rows (row stride lda >= depth, depth even; an odd depth's pad element must be finite,
+    // zero by convention, as inf * 0 is NaN), W packed by pack(). Row n, output j sums
+    // k = 0, 2, 4... in order, one pair at a time. Columns past `cols` are neither read nor written.
     void (*gemm)(std::int64_t N, std::int64_t depth, const bf16_t* a, std::int64_t lda, const bf16_t* packed,
-                 std::int64_t panels, float* c, std::int64_t ldc, bool accumulate);
+                 std::int64_t panels, std::int64_t cols, float* c, std::int64_t ldc, bool accumulate);
 };
 
 const Kernels& portable_kernels();

@@ -35,12 +35,14 @@ void round_native(const float* x, i64 n, bf16_t* out) {
 // MR rows of A x NP panels: MR*NP accumulators (up to 6 x 4 = 24 of the 32 registers), per pair NP
 // panel loads and MR broadcasts of an A pair.
 template <int MR, int NP>
-void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, float* c, i64 ldc,
+void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, i64 cols, float* c, i64 ldc,
            bool accumulate) {
+    __mmask16 m[NP];  // the outputs below `cols`
+    for (int p = 0; p < NP; ++p) m[p] = __mmask16(panel_lanes(cols - p * kPanel));
     __m512 acc[MR][NP];
     for (int r = 0; r < MR; ++r)
         for (int p = 0; p < NP; ++p)
-            acc[r][p] = accumulate ? _mm512_loadu_ps(c + r * ldc + p * kPanel) : _mm512_setzero_ps();
+            acc[r][p] = accumulate ? _mm512_maskz_loadu_ps(m[p], c + r * ldc + p * kPanel) : _mm512_setzero_ps();
     for (i64 q = 0; q < pairs; ++q) {
         __m512bh b[NP];
         for (int p = 0; p < NP; ++p) {
@@ -56,16 +58,18 @@ void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_strid
         }
     }
     for (int r = 0; r < MR; ++r)
-        for (int p = 0; p < NP; ++p) _mm512_storeu_ps(c + r * ldc + p * kPanel, acc[r][p]);
+        for (int p = 0; p < NP; ++p) _mm512_mask_storeu_ps(c + r * ldc + p * kPanel, m[p], acc[r][p]);
 }
 
-void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, float* c, i64 ldc,
-                 bool accumulate) {
+void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 cols, float* c,
+                 i64 ldc, bool accumulate) {
     const i64 pairs = depth / 2, stride = depth * kPanel;
+    panels = std::min(panels, (cols + kPanel - 1) / kPanel);
     for_blocks<6>(N, [&](auto rows, i64 n) {
-        for_blocks<4>(panels, [&](auto cols, i64 p) {
-            block<decltype(rows)::value, decltype(cols)::value>(pairs, a + n * lda, lda, packed + p * stride, stride, c + n * ldc + p * kPanel,
-                                          ldc, accumulate);
+        for_blocks<4>(panels, [&](auto np, i64 p) {
+            block<decltype(rows)::value, decltype(np)::value>(pairs, a + n * lda, lda, packed + p * stride, stride,
+                                                              cols - p * kPanel, c + n * ldc + p * kPanel, ldc,
+                                                              accumulate);
         });
     });
 }

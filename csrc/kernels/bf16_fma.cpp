@@ -52,13 +52,15 @@ namespace {
 // MR rows x NP panels: per pair, each panel's 16 (odd, even) weights widened to two vectors,
 // each row's two elements broadcast; 2*MR*NP FMAs (6 x 3: 36 FMAs for 6 shifts/masks).
 template <int MR, int NP>
-void block512(i64 pairs, const float* a, i64 depth, const bf16_t* w, i64 panel_stride, float* c, i64 ldc,
+void block512(i64 pairs, const float* a, i64 depth, const bf16_t* w, i64 panel_stride, i64 cols, float* c, i64 ldc,
               bool accumulate) {
     const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
+    __mmask16 m[NP];  // the outputs below `cols`
+    for (int p = 0; p < NP; ++p) m[p] = __mmask16(panel_lanes(cols - p * kPanel));
     __m512 acc[MR][NP];
     for (int r = 0; r < MR; ++r)
         for (int p = 0; p < NP; ++p)
-            acc[r][p] = accumulate ? _mm512_loadu_ps(c + r * ldc + p * kPanel) : _mm512_setzero_ps();
+            acc[r][p] = accumulate ? _mm512_maskz_loadu_ps(m[p], c + r * ldc + p * kPanel) : _mm512_setzero_ps();
     for (i64 q = 0; q < pairs; ++q) {
         __m512 odd[NP], even[NP];
         for (int p = 0; p < NP; ++p) {
@@ -72,7 +74,7 @@ void block512(i64 pairs, const float* a, i64 depth, const bf16_t* w, i64 panel_s
         }
     }
     for (int r = 0; r < MR; ++r)
-        for (int p = 0; p < NP; ++p) _mm512_storeu_ps(c + r * ldc + p * kPanel, acc[r][p]);
+        for (int p = 0; p < NP; ++p) _mm512_mask_storeu_ps(c + r * ldc + p * kPanel, m[p], acc[r][p]);
 }
 
 // Blocks of one or two rows go to vdpbf16ps where the CPU has it: there the FMAs wait on the
@@ -82,18 +84,20 @@ bool few_rows_on_dpbf16() {
     return has;
 }
 
-void gemm_avx512_fma(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, float* c, i64 ldc,
-                     bool accumulate) {
+void gemm_avx512_fma(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 cols,
+                     float* c, i64 ldc, bool accumulate) {
     const FlushDenormals ftz;
     const i64 pairs = depth / 2, stride = depth * kPanel;
+    panels = std::min(panels, (cols + kPanel - 1) / kPanel);
     for_blocks<6>(N, [&](auto rows, i64 n) {
         if (decltype(rows)::value <= 2 && few_rows_on_dpbf16())
-            return avx512_bf16_kernels().gemm(decltype(rows)::value, depth, a + n * lda, lda, packed, panels,
+            return avx512_bf16_kernels().gemm(decltype(rows)::value, depth, a + n * lda, lda, packed, panels, cols,
                                               c + n * ldc, ldc, accumulate);
         const float* aw = widen_rows(a + n * lda, lda, decltype(rows)::value, depth);
-        for_blocks<3>(panels, [&](auto cols, i64 p) {
-            block512<decltype(rows)::value, decltype(cols)::value>(pairs, aw, depth, packed + p * stride, stride,
-                                                                   c + n * ldc + p * kPanel, ldc, accumulate);
+        for_blocks<3>(panels, [&](auto np, i64 p) {
+            block512<decltype(rows)::value, decltype(np)::value>(pairs, aw, depth, packed + p * stride, stride,
+                                                                 cols - p * kPanel, c + n * ldc + p * kPanel, ldc,
+                                                                 accumulate);
         });
     });
 }
@@ -119,11 +123,16 @@ namespace {
 // MR rows x one panel as two halves of 8 outputs (a 256-bit load holds 8 outputs' pairs):
 // 2*MR accumulators, 4 widened weight vectors, 2 broadcasts (MR = 4: 14 of 16 registers).
 template <int MR>
-void block256(i64 pairs, const float* a, i64 depth, const bf16_t* w, float* c, i64 ldc, bool accumulate) {
+void block256(i64 pairs, const float* a, i64 depth, const bf16_t* w, i64 cols, float* c, i64 ldc, bool accumulate) {
     const __m256i high = _mm256_set1_epi32(int(0xffff0000u));
+    __m256i m[2];  // the outputs below `cols`, per half
+    for (int h = 0; h < 2; ++h)
+        m[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<i64>(std::max<i64>(cols - 8 * h, 0), 8))),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 acc[MR][2];
     for (int r = 0; r < MR; ++r)
-        for (int h = 0; h < 2; ++h) acc[r][h] = accumulate ? _mm256_loadu_ps(c + r * ldc + 8 * h) : _mm256_setzero_ps();
+        for (int h = 0; h < 2; ++h)
+            acc[r][h] = accumulate ? _mm256_maskload_ps(c + r * ldc + 8 * h, m[h]) : _mm256_setzero_ps();
     for (i64 q = 0; q < pairs; ++q) {
         __m256 odd[2], even[2];
         for (int h = 0; h < 2; ++h) {
@@ -137,18 +146,19 @@ void block256(i64 pairs, const float* a, i64 depth, const bf16_t* w, float* c, i
         }
     }
     for (int r = 0; r < MR; ++r)
-        for (int h = 0; h < 2; ++h) _mm256_storeu_ps(c + r * ldc + 8 * h, acc[r][h]);
+        for (int h = 0; h < 2; ++h) _mm256_maskstore_ps(c + r * ldc + 8 * h, m[h], acc[r][h]);
 }
 
-void gemm_avx2_fma(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, float* c, i64 ldc,
-                   bool accumulate) {
+void gemm_avx2_fma(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 cols, float* c,
+                   i64 ldc, bool accumulate) {
     const FlushDenormals ftz;
     const i64 pairs = depth / 2, stride = depth * kPanel;
+    panels = std::min(panels, (cols + kPanel - 1) / kPanel);
     for_blocks<4>(N, [&](auto rows, i64 n) {
         const float* aw = widen_rows(a + n * lda, lda, decltype(rows)::value, depth);
         for (i64 p = 0; p < panels; ++p)
-            block256<decltype(rows)::value>(pairs, aw, depth, packed + p * stride, c + n * ldc + p * kPanel, ldc,
-                                            accumulate);
+            block256<decltype(rows)::value>(pairs, aw, depth, packed + p * stride, cols - p * kPanel,
+                                            c + n * ldc + p * kPanel, ldc, accumulate);
     });
 }
 

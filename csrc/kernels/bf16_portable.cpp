@@ -36,12 +36,12 @@ void round_portable(const float* x, i64 n, bf16_t* out) {
     for (i64 i = 0; i < n; ++i) out[i] = round_one(x[i]);
 }
 
-void gemm_portable(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, float* c, i64 ldc,
-                   bool accumulate) {
+void gemm_portable(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 cols,
+                   float* c, i64 ldc, bool accumulate) {
     const i64 pairs = depth / 2;
     for (i64 n = 0; n < N; ++n)
         for (i64 p = 0; p < panels; ++p)
-            for (int j = 0; j < kPanel; ++j) {
+            for (int j = 0; j < kPanel && p * kPanel + j < cols; ++j) {
                 float* out = c + n * ldc + p * kPanel + j;
                 float acc = accumulate ? *out : 0.0f;
                 const bf16_t* w = packed + p * depth * kPanel + 2 * j;

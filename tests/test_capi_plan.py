@@ -381,6 +381,8 @@ def test_int8_plan_options_are_checked():
     expect_error(lib.fastrnn_plan_create(ctypes.byref(d), ctypes.byref(plan_options(compute=1)), ctypes.byref(h)),
                  INVALID, "int8 quantizes float32 plans")
     d32 = make_desc("lstm", np.float32, 1, 1, 3, 4, 1, 1, True)
-    expect_error(lib.fastrnn_plan_create(ctypes.byref(d32), ctypes.byref(plan_options(compute=2)), ctypes.byref(h)),
-                 INVALID, "options->compute = 2")
+    expect_error(lib.fastrnn_plan_create(ctypes.byref(d32), ctypes.byref(plan_options(compute=3)), ctypes.byref(h)),
+                 INVALID, "options->compute = 3, expected a fastrnn_compute (0 to 2)")
+    expect_error(lib.fastrnn_plan_create(ctypes.byref(d), ctypes.byref(plan_options(compute=2)), ctypes.byref(h)),
+                 INVALID, "bf16 compute takes float32 plans")
     del layer

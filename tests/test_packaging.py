@@ -30,9 +30,9 @@ PRIVATE = {"cache_elements", "saturation_stats",
            # the AVX-512 microkernel's blocking (csrc/dispatch/dispatch.h)
            "microkernel_rows", "set_microkernel_rows",
            # the plan (csrc/core/plan.h): constructor, destructor and methods
-           "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes", "quantized",
+           "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes", "reduced", "make_reduced",
            # the stream (csrc/core/stream.h): constructor and methods, per dtype
-           "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "int8", "state_elements",
+           "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "precision", "state_elements",
            "cell_state_elements",
            # reduced precision (csrc/dispatch/dispatch.h, csrc/kernels/bf16.h and int8.h)
            "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "pack", "quantize_weights"}

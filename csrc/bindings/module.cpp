@@ -173,7 +173,7 @@ void forward_impl(PyPlan& self, const py::object& x, const py::object& out, cons
                   const py::object& cache, const py::object& masks, const py::object& rec_mask,
                   const py::object& zh_mask, const py::object& zc_mask, double zh_rate, double zc_rate,
                   const py::object& w_mask, const py::object& cand_mask, bool use_packed, bool bn_frozen,
-                  bool int8) {
+                  const std::string& precision_name) {
     const Plan& p = *self.plan;
     const auto [T_, N] = sizes_of(p, x);
     fastrnn::Desc d = p.call(T_, N);
@@ -194,18 +194,22 @@ void forward_impl(PyPlan& self, const py::object& x, const py::object& out, cons
     T* pout = data_of<T>(out, "out", TN * d.D * K, true);
     T* phn = data_of<T>(h_n, "h_n", S, true);
     T* pcn = lstm ? data_of<T>(c_n, "c_n", SC, true) : nullptr;
-    if (int8 && (pcache || nz.w_mask || p.is_double()))
-        throw std::invalid_argument("forward: int8 runs inference calls of a float32 plan (no cache, no weight_drop mask)");
+    const fastrnn::Precision precision = fastrnn::bindings::precision_of(precision_name);
+    if (precision != fastrnn::Precision::Float && (pcache || nz.w_mask || p.is_double()))
+        throw std::invalid_argument("forward: " + precision_name + " runs inference calls of a float32 plan (no cache, "
+                                    "no weight_drop mask)");
     std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
-    std::shared_ptr<const fastrnn::QuantizedWeights> quantized;
+    std::shared_ptr<const fastrnn::ReducedWeights> low;
     fastrnn::without_gil([&] {
         const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
-        if (int8)  // quantized once while the weights are unchanged
-            quantized = self.plan->quantized(ks.nr, fastrnn::int8_kernels());
+        if (precision == fastrnn::Precision::Int8)  // quantized once while the weights are unchanged
+            low = self.plan->reduced(ks.nr, fastrnn::int8_kernels());
+        else if (precision == fastrnn::Precision::BF16)
+            low = self.plan->reduced(ks.nr, fastrnn::bf16_kernels());
         else if (use_packed && !pcache && !nz.w_mask)  // inference: W_hh packed once while unchanged
             packed = self.plan->packed<T>(ks.nr, ks.pack_forward);
         fastrnn::forward<T>(d, W.data(), px, ph0, pc0, plen, pm, pout, phn, pcn, pcache, nz, packed.get(), false,
-                            quantized.get());
+                            low.get());
     });
 }
 
@@ -387,20 +391,20 @@ PYBIND11_MODULE(_C, m) {
                 const py::object& h0, const py::object& c0, const py::object& lengths, const py::object& cache,
                 const py::object& masks, const py::object& rec_mask, const py::object& zh_mask,
                 const py::object& zc_mask, double zh_rate, double zc_rate, const py::object& w_mask,
-                const py::object& cand_mask, bool packed, bool bn_frozen, bool int8) {
+                const py::object& cand_mask, bool packed, bool bn_frozen, const std::string& precision) {
                  if (s.plan->is_double())
                      forward_impl<double>(s, x, out, h_n, c_n, h0, c0, lengths, cache, masks, rec_mask, zh_mask,
-                                          zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen, int8);
+                                          zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen, precision);
                  else
                      forward_impl<float>(s, x, out, h_n, c_n, h0, c0, lengths, cache, masks, rec_mask, zh_mask,
-                                         zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen, int8);
+                                         zc_mask, zh_rate, zc_rate, w_mask, cand_mask, packed, bn_frozen, precision);
              },
              py::arg("x"), py::arg("out"), py::arg("h_n"), py::arg("c_n") = py::none(), py::arg("h0") = py::none(),
              py::arg("c0") = py::none(), py::arg("lengths") = py::none(), py::arg("cache") = py::none(),
              py::arg("masks") = py::none(), py::arg("rec_mask") = py::none(), py::arg("zh_mask") = py::none(),
              py::arg("zc_mask") = py::none(), py::arg("zh_rate") = 0.0, py::arg("zc_rate") = 0.0,
              py::arg("w_mask") = py::none(), py::arg("cand_mask") = py::none(), py::arg("packed") = false,
-             py::arg("bn_frozen") = false, py::arg("int8") = false)
+             py::arg("bn_frozen") = false, py::arg("precision") = "")
         .def("backward",
              [](PyPlan& s, const py::object& x, const py::object& cache, const py::object& grad_out,
                 const py::object& grad_h_n, const py::object& grad_c_n, const py::object& grad_x,

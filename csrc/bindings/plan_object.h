@@ -5,11 +5,22 @@
 #include <pybind11/pybind11.h>
 
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "../core/plan.h"
 
 namespace fastrnn {
 namespace bindings {
+
+// The compute type of a call or stream by its Python name: "" (the plan's dtype), "int8",
+// "bfloat16".
+inline Precision precision_of(const std::string& name) {
+    if (name.empty()) return Precision::Float;
+    if (name == "int8") return Precision::Int8;
+    if (name == "bfloat16") return Precision::BF16;
+    throw std::invalid_argument("precision: '" + name + "', expected '', 'int8' or 'bfloat16'");
+}
 
 struct __attribute__((visibility("hidden"))) PyPlan {  // hidden: pybind11's own types are
     std::shared_ptr<Plan> plan;

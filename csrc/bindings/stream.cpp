@@ -139,17 +139,19 @@ double read_bandwidth(i64 nbytes, i64 repeats) {
 void register_stream(py::module_& m) {
     m.def("_read_bandwidth", &read_bandwidth, py::arg("nbytes"), py::arg("repeats") = 50);
     py::class_<PyStream>(m, "Stream")
-        .def(py::init([](const py::object& plan_obj, i64 batch, double zoneout_h, double zoneout_c, bool int8) {
+        .def(py::init([](const py::object& plan_obj, i64 batch, double zoneout_h, double zoneout_c,
+                         const std::string& precision) {
                  const PyPlan& p = py::cast<const PyPlan&>(plan_obj);
+                 const fastrnn::Precision low = fastrnn::bindings::precision_of(precision);
                  PyStream s{plan_obj, nullptr, nullptr};
                  if (p.plan->is_double())
-                     s.d = std::make_shared<fastrnn::Stream<double>>(p.plan, batch, zoneout_h, zoneout_c, int8);
+                     s.d = std::make_shared<fastrnn::Stream<double>>(p.plan, batch, zoneout_h, zoneout_c, low);
                  else
-                     s.f = std::make_shared<fastrnn::Stream<float>>(p.plan, batch, zoneout_h, zoneout_c, int8);
+                     s.f = std::make_shared<fastrnn::Stream<float>>(p.plan, batch, zoneout_h, zoneout_c, low);
                  return s;
              }),
              py::arg("plan"), py::arg("batch"), py::arg("zoneout_h") = 0.0, py::arg("zoneout_c") = 0.0,
-             py::arg("int8") = false)
+             py::arg("precision") = "")
         .def("step",
              [](PyStream& s, const py::object& x, const py::object& out, const py::object& active) {
                  if (s.is_double())

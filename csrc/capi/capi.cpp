@@ -519,7 +519,7 @@ struct fastrnn_plan {
     std::vector<i64> offsets;      // of each tensor of core.layout() in its flat array
     const void* param_data = nullptr;
     void* buffer_data = nullptr;
-    bool int8 = false;             // options->compute == FASTRNN_COMPUTE_INT8
+    fastrnn::Precision precision = fastrnn::Precision::Float;  // options->compute
 
     fastrnn_plan(const Problem& P, const fastrnn_desc& d, const fastrnn::Desc& config)
         : problem(P), desc(d), core(config, P.dtype == FASTRNN_FLOAT64) {
@@ -562,10 +562,11 @@ fastrnn_plan_options default_plan_options() {
 fastrnn::Desc plan_config(const Problem& P, const fastrnn_plan_options& o) {
     fastrnn::Desc d = P.d;
     const bool ligru = d.cell == fastrnn::CellKind::LIGRU || d.cell == fastrnn::CellKind::SLIGRU;
-    if (o.compute != FASTRNN_COMPUTE_DEFAULT && o.compute != FASTRNN_COMPUTE_INT8)
-        invalid("options->compute = " + to_string(o.compute) + ", expected a fastrnn_compute (0 or 1)");
-    if (o.compute == FASTRNN_COMPUTE_INT8 && P.dtype != FASTRNN_FLOAT32)
-        invalid("options->compute = FASTRNN_COMPUTE_INT8: int8 quantizes float32 plans (desc->dtype = FASTRNN_FLOAT32)");
+    if (o.compute < FASTRNN_COMPUTE_DEFAULT || o.compute > FASTRNN_COMPUTE_BF16)
+        invalid("options->compute = " + to_string(o.compute) + ", expected a fastrnn_compute (0 to 2)");
+    if (o.compute != FASTRNN_COMPUTE_DEFAULT && P.dtype != FASTRNN_FLOAT32)
+        invalid(std::string("options->compute = ") + (o.compute == FASTRNN_COMPUTE_INT8 ? "FASTRNN_COMPUTE_INT8: int8 quantizes"
+                : "FASTRNN_COMPUTE_BF16: bf16 compute takes") + " float32 plans (desc->dtype = FASTRNN_FLOAT32)");
     d.peephole = need_flag("options->peephole", o.peephole);
     d.layer_norm = need_flag("options->layer_norm", o.layer_norm);
     d.zoneout_c = need_flag("options->zoneout_c", o.zoneout_c);
@@ -690,16 +691,18 @@ void plan_forward(const fastrnn_plan& plan, i64 T_, i64 N, const void* x, const 
     T* hn = or_scratch<T>(h_n, S, hn_tmp);
     T* cn = fastrnn::cell_has_c(d) ? or_scratch<T>(c_n, SC, cn_tmp) : nullptr;
     std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
-    std::shared_ptr<const fastrnn::QuantizedWeights> quantized;
+    std::shared_ptr<const fastrnn::ReducedWeights> low;
     const fastrnn::KernelSet<T>& ks = fastrnn::active_kernels<T>();
-    if (plan.int8)  // quantized once while the weights are unchanged
-        quantized = plan.core.quantized(ks.nr, fastrnn::int8_kernels());
+    if (plan.precision == fastrnn::Precision::Int8)  // quantized once while the weights are unchanged
+        low = plan.core.reduced(ks.nr, fastrnn::int8_kernels());
+    else if (plan.precision == fastrnn::Precision::BF16)
+        low = plan.core.reduced(ks.nr, fastrnn::bf16_kernels());
     else if (!cache && !nz.w_mask)  // inference: W_hh packed once while unchanged
         packed = plan.core.packed<T>(ks.nr, ks.pack_forward);
     if (cache) set_cache_state(cache, kCacheInvalid);
     fastrnn::forward<T>(d, W.data(), static_cast<const T*>(x), static_cast<const T*>(h0), static_cast<const T*>(c0),
                         lengths, static_cast<const T*>(c.dropout_masks), static_cast<T*>(y), hn, cn,
-                        cache ? payload<T>(cache) : nullptr, nz, packed.get(), false, quantized.get());
+                        cache ? payload<T>(cache) : nullptr, nz, packed.get(), false, low.get());
     if (cache) {
         PlanCacheHeader h;
         std::memset(&h, 0, sizeof h);
@@ -960,7 +963,9 @@ fastrnn_status fastrnn_plan_create(const fastrnn_desc* desc, const fastrnn_plan_
         fastrnn_desc d = read_struct(desc, "desc");
         d.seq_len = d.batch = 0;
         *plan = new fastrnn_plan(P, d, config);
-        (*plan)->int8 = o.compute == FASTRNN_COMPUTE_INT8;
+        (*plan)->precision = o.compute == FASTRNN_COMPUTE_INT8   ? fastrnn::Precision::Int8
+                             : o.compute == FASTRNN_COMPUTE_BF16 ? fastrnn::Precision::BF16
+                                                                 : fastrnn::Precision::Float;
     });
 }
 
@@ -1074,8 +1079,9 @@ fastrnn_status fastrnn_plan_forward(const fastrnn_plan* plan, int64_t seq_len, i
                 invalid("call->dropout_masks: must be NULL when num_layers = 1 (dropout acts between layers)");
             check_aligned(c.dropout_masks, "call->dropout_masks", P.esize);
         }
-        if (p.int8 && cache)
-            invalid("cache: the plan computes in int8 (options->compute), which is for inference: pass cache = NULL");
+        if (p.precision != fastrnn::Precision::Float && cache)
+            invalid(std::string("cache: the plan computes in ") + (p.precision == fastrnn::Precision::Int8 ? "int8" : "bf16") +
+                    " (options->compute), for inference only: pass cache = NULL");
         std::uint32_t bits = 0;
         if (P.dtype == FASTRNN_FLOAT32)
             plan_noise<float>(p, c, cache != nullptr, &bits);
@@ -1247,7 +1253,7 @@ fastrnn_status fastrnn_stream_create(const fastrnn_plan* plan, int64_t batch, do
         s->x_elems = product("batch*input_size", {batch, P.d.C});
         s->y_elems = product("batch*K", {batch, fastrnn::state_size(P.d)});
         if (P.dtype == FASTRNN_FLOAT32)
-            s->f = std::make_unique<fastrnn::Stream<float>>(core, batch, zoneout_h_rate, zoneout_c_rate, p.int8);
+            s->f = std::make_unique<fastrnn::Stream<float>>(core, batch, zoneout_h_rate, zoneout_c_rate, p.precision);
         else
             s->d = std::make_unique<fastrnn::Stream<double>>(core, batch, zoneout_h_rate, zoneout_c_rate);
         *stream = s.release();

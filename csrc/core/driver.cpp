@@ -125,18 +125,18 @@ ThreadPlan plan_threads(const Desc& d, int nr, bool input_in_steps = false) {
     return ThreadPlan{groups, int(std::max<i64>(per, 1))};
 }
 
-// Per-thread tile and diagnostics buffers; `int8`: the recurrent products' quantized input rows.
+// Per-thread tile and diagnostics buffers; `reduced`: the recurrent products' converted input rows.
 template <class T>
-void carve_threads(Carver& cv, const Desc& d, int threads, int nr, ThreadCtx<T>* tc, bool int8 = false) {
-    const i64 depth = int8 ? int8::padded_depth(std::max(state_size(d), d.H)) : 0;
+void carve_threads(Carver& cv, const Desc& d, int threads, int nr, ThreadCtx<T>* tc, bool reduced = false) {
+    const i64 row_bytes = reduced ? ReducedMatrix::max_row_bytes(std::max(state_size(d), d.H)) : 0;
     for (int i = 0; i < threads; ++i) {
         T* tile = cv.take<T>(d.N * kMaxTilePanels * nr);
         T* dct = cv.take<T>(4 * nr);
-        std::uint8_t* q_rows = cv.take<std::uint8_t>(d.N * depth);
-        float* q_scales = cv.take<float>(int8 ? d.N : 0);
+        std::uint8_t* rows = cv.take<std::uint8_t>(d.N * row_bytes);
+        float* scales = cv.take<float>(reduced ? d.N : 0);
         if (tc) {
             tc[i] = ThreadCtx<T>{tile, nullptr, nullptr, nullptr, nullptr, nullptr, dct};
-            tc[i].q8_rows = q_rows, tc[i].q8_scales = q_scales;
+            tc[i].reduced_rows = rows, tc[i].reduced_scales = scales;
         }
     }
 }
@@ -294,11 +294,11 @@ struct ForwardScratch {
         *ln_work[2], *w_eff[2], *zrows, *ybuf;
     double* stats[2];
     double* bn_work;  // batch norm column sums [2, G*H]
-    std::uint8_t* q8_rows;  // int8: the hoisted product's input rows quantized [T*N, padded C_l], their scales
-    float* q8_scales;
+    std::uint8_t* low_rows;  // reduced precision: the hoisted product's input rows converted, [T*N] of them
+    float* low_scales;       // and their int8 scales
 
     ForwardScratch(Carver& cv, const Desc& d, bool train, bool regularized, int threads, int nr,
-                   ThreadCtx<T>* tc, bool prepacked = false, bool int8 = false) {
+                   ThreadCtx<T>* tc, bool prepacked = false, bool reduced = false) {
         const i64 G = cell_gates(d), GH = G * d.H, K = state_size(d), NK = d.N * K, NH = d.N * d.H;
         const i64 nblk = blocks(d, nr), nblk_k = state_blocks(d, nr);
         const bool xp_in_cache = train && cell_cache_gates(d) > 0;
@@ -322,9 +322,9 @@ struct ForwardScratch {
         ybuf = cv.take<T>(!train && d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
         bn_work = cv.take<double>(bn_ih(d) ? 2 * GH : 0);
         const i64 widest_input = d.L > 1 ? std::max(d.C, d.D * K) : d.C;
-        q8_rows = cv.take<std::uint8_t>(int8 ? d.T * d.N * int8::padded_depth(widest_input) : 0);
-        q8_scales = cv.take<float>(int8 ? d.T * d.N : 0);
-        carve_threads(cv, d, threads, nr, tc, int8);
+        low_rows = cv.take<std::uint8_t>(reduced ? d.T * d.N * ReducedMatrix::max_row_bytes(widest_input) : 0);
+        low_scales = cv.take<float>(reduced ? d.T * d.N : 0);
+        carve_threads(cv, d, threads, nr, tc, reduced);
     }
 };
 
@@ -551,17 +551,17 @@ struct CpuForward : CpuOps<T> {
     using Base::d, Base::nz, Base::cache, Base::ks, Base::k, Base::regularized, Base::plan, Base::tc;
     const PackedWeights<T>* pre;
     const bool in_place;  // the recurrent products read W_hh (W_hr) row-major, in place: nothing packed
-    const QuantizedWeights* q8;  // int8 inference: every product on the quantized weights
+    const ReducedWeights* low;  // int8 or bf16 inference: every product on the reduced weights
     Scratch buf;
     Carver carver;
     ForwardScratch<T> ws;
 
     CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_, T* cache_,
-               const QuantizedWeights* q8_ = nullptr)
-        : Base(d_, nz_, cache_, in_place_), pre(pre_), in_place(in_place_), q8(q8_), buf(size()),
+               const ReducedWeights* low_ = nullptr)
+        : Base(d_, nz_, cache_, in_place_), pre(pre_), in_place(in_place_), low(low_), buf(size()),
           carver(buf.p, kAlign, true),
-          ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc, pre_ || in_place_ || q8_,
-             q8_ != nullptr) {
+          ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc, pre_ || in_place_ || low_,
+             low_ != nullptr) {
         if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
             const i64 K = state_size(d);
             for (i64 j = 0; j < K; ++j) ws.zrows[j] = nz.zh_rate;
@@ -571,26 +571,26 @@ struct CpuForward : CpuOps<T> {
     std::size_t size() const {
         Carver sizing(nullptr, kAlign, true);
         ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr,
-                          pre || in_place || q8, q8 != nullptr);
+                          pre || in_place || low, low != nullptr);
         return sizing.used();
     }
 
-    // int8: X quantized per row, then the product on the quantized W_ih, rows split over the
-    // threads (each row's result is the same whatever the split).
+    // Reduced precision: X converted per row (int8: quantized), then the product on the reduced
+    // W_ih, rows split over the threads (each row's result is the same whatever the split).
     void input_gemm(i64 s_idx, i64 m, i64 n, i64 k, const T* X, const T* W, T* C, i64 ldc) {
         if constexpr (std::is_same_v<T, float>) {
-            if (q8) {
-                const int8::Matrix& w = q8->w_ih[std::size_t(s_idx)];
-                const i64 dp = int8::padded_depth(k), panels = int8::panel_count(n);
+            if (low) {
+                const ReducedMatrix& w = low->w_ih[std::size_t(s_idx)];
+                const i64 bytes = w.row_bytes(), panels = (n + ReducedMatrix::kPanel - 1) / ReducedMatrix::kPanel;
                 const auto job = [&](int tid, int threads) {
                     const i64 r0 = m * tid / threads, r1 = m * (tid + 1) / threads;
-                    w.kernels->quantize_rows(r1 - r0, k, X + r0 * k, k, ws.q8_rows + r0 * dp, dp, ws.q8_scales + r0);
-                    w.kernels->gemm(r1 - r0, dp, ws.q8_rows + r0 * dp, dp, ws.q8_scales + r0, w.codes, w.scale, w.wsum,
-                                    panels, n, C + r0 * ldc, ldc, false);
+                    w.convert(r1 - r0, X + r0 * k, k, ws.low_rows + r0 * bytes, ws.low_scales + r0);
+                    w.product(r1 - r0, ws.low_rows + r0 * bytes, ws.low_scales + r0, 0, panels, n, C + r0 * ldc, ldc,
+                              false);
                 };
                 const double ops = 2.0 * double(m) * double(n) * double(k);
                 parallel_run(int(std::min<double>(get_num_threads(), std::max(1.0, ops / 2e6))), std::ref(job),
-                             "int8 input product");
+                             "reduced input product");
                 return;
             }
         }
@@ -628,13 +628,13 @@ struct CpuForward : CpuOps<T> {
         const bool train = cache != nullptr;
         const i64 s_idx = l * d.D + dir, G = cell_gates(d), H = d.H, GH = G * H, K = state_size(d);
         const i64 NK = d.N * K, TN = d.T * d.N;
-        r.packed = in_place || q8 ? nullptr : pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
+        r.packed = in_place || low ? nullptr : pre ? pre->w_hh[std::size_t(s_idx)] : ws.packed[dir];
         r.w_hh = in_place ? W.w_hh : nullptr;
-        r.q8_hh = q8 ? &q8->w_hh[std::size_t(s_idx)] : nullptr;
+        r.reduced_hh = low ? &low->w_hh[std::size_t(s_idx)] : nullptr;
         if (d.P > 0) {
-            r.packed_hr = in_place || q8 ? nullptr : pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
+            r.packed_hr = in_place || low ? nullptr : pre ? pre->w_hr[std::size_t(s_idx)] : ws.packed_hr[dir];
             r.w_hr = in_place ? W.w_hr : nullptr;
-            r.q8_hr = q8 ? &q8->w_hr[std::size_t(s_idx)] : nullptr;
+            r.reduced_hr = low ? &low->w_hr[std::size_t(s_idx)] : nullptr;
             r.m = train ? r.gates + lay.row.m : ws.m[dir];
             r.ld_m = train ? r.ld_gates : H;
         }
@@ -651,7 +651,7 @@ struct CpuForward : CpuOps<T> {
             ks.bn_rows(r.gates, d.T, d.N, r.lengths, r.ld_gates, GH, W.ln_ih, W.bn_mean, W.bn_var, d.bn_momentum,
                        train ? cache + lay.bn_rstd(l, dir) : nullptr, lay.row.xhat_ih, train && !d.bn_frozen,
                        ws.bn_work);
-        if (!pre && !in_place && !q8) {
+        if (!pre && !in_place && !low) {
             const T* w_hh =
                 effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
             ks.pack_forward(w_hh, G, H, K, ws.packed[dir]);
@@ -811,14 +811,14 @@ struct CpuBackward : CpuOps<T> {
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
-             const PackedWeights<T>* pre, bool in_place, const QuantizedWeights* q8) {
+             const PackedWeights<T>* pre, bool in_place, const ReducedWeights* low) {
     const KernelSet<T>& ks = active_kernels<T>();
-    if (q8 && (cache || nz.w_mask || !std::is_same_v<T, float> || q8->nr != ks.nr))
-        throw std::invalid_argument("int8: inference calls of a float32 plan, quantized for the active ISA");
-    if (q8) pre = nullptr, in_place = false;
+    if (low && (cache || nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
+        throw std::invalid_argument("int8/bf16: inference calls of a float32 plan, packed for the active ISA");
+    if (low) pre = nullptr, in_place = false;
     if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;  // packed for another ISA, or DropConnect
     if (cache || nz.w_mask) in_place = false;  // training: the backward needs the packed layout anyway
-    CpuForward<T> backend(d, nz, pre, in_place, cache, q8);  // scratch allocated once: nothing inside the time loop
+    CpuForward<T> backend(d, nz, pre, in_place, cache, low);  // scratch allocated once: nothing inside the time loop
     forward_walk(backend, d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache);
 }
 
@@ -833,10 +833,10 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
 
 template void forward<float>(const Desc&, const LayerWeights<float>*, const float*, const float*, const float*,
                              const std::int64_t*, const float*, float*, float*, float*, float*, const Noise<float>&,
-                             const PackedWeights<float>*, bool, const QuantizedWeights*);
+                             const PackedWeights<float>*, bool, const ReducedWeights*);
 template void forward<double>(const Desc&, const LayerWeights<double>*, const double*, const double*, const double*,
                               const std::int64_t*, const double*, double*, double*, double*, double*,
-                              const Noise<double>&, const PackedWeights<double>*, bool, const QuantizedWeights*);
+                              const Noise<double>&, const PackedWeights<double>*, bool, const ReducedWeights*);
 template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*,
                               const float*, float*, const float*, const float*, const float*, float*, float*, float*,
                               const LayerGrads<float>*, const BackwardOptions<float>&);

@@ -57,15 +57,15 @@ NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengt
 // regularizers' masks (training) or zoneout rates (inference). `packed`: W_hh (and W_hr) already
 // packed for the active ISA (a plan's, inference), else they are packed into the call's scratch;
 // `in_place` (inference): the recurrent products read W_hh (and W_hr) row-major where they are,
-// nothing packed (streaming steps of a few rows: csrc/core/stream.h). `q8` (float32 inference, a
-// plan's `quantized` for the active ISA): int8 dynamic quantization, every product on the
-// quantized weights (csrc/kernels/int8.h); std::invalid_argument for training calls.
-// Throws std::bad_alloc when its scratch cannot be allocated (nothing else).
+// nothing packed (streaming steps of a few rows: csrc/core/stream.h). `low` (float32 inference, a
+// plan's `reduced` for the active ISA): every product in int8 (dynamic quantization) or bf16
+// (csrc/kernels/reduced.h). Throws std::bad_alloc when its scratch cannot be allocated, and
+// std::invalid_argument for `low` with a training call or another ISA's panels.
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache,
              const Noise<T>& noise = Noise<T>{}, const PackedWeights<T>* packed = nullptr, bool in_place = false,
-             const QuantizedWeights* q8 = nullptr);
+             const ReducedWeights* low = nullptr);
 
 // Gradients of sum(out*grad_out) + sum(h_n*grad_h_n) + sum(c_n*grad_c_n) (null = zeros).
 // Writes grad_x, grad_h0, grad_c0; accumulates (+=) into the parameter gradients g.

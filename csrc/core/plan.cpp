@@ -146,7 +146,7 @@ void Plan::set_weights(const std::vector<T*>& arrays) {
     if constexpr (std::is_same_v<T, float>) {
         wf_ = std::move(w);
         packed_f_.reset();
-        quantized_.reset();
+        reduced_.reset();
     } else {
         wd_ = std::move(w);
         packed_d_.reset();
@@ -272,7 +272,7 @@ std::shared_ptr<const PackedWeights<T>> Plan::packed(int nr, void (*pack)(const 
 namespace {
 
 // Rows of W [G*units, depth] in the float32 kernels' unit blocks (gate g, block b of nr units:
-// rows g*units + b*nr + j), gate by gate or block by block (int8::Matrix), each block padded
+// rows g*units + b*nr + j), gate by gate or block by block (ReducedMatrix), each block padded
 // with zero rows to whole int8 panels.
 std::vector<float> block_rows(const float* w, i64 G, i64 units, i64 depth, int nr, bool block_major) {
     const i64 nblk = (units + nr - 1) / nr, per = int8::panel_count(nr) * int8::kPanel;  // rows per block
@@ -289,33 +289,46 @@ std::vector<float> block_rows(const float* w, i64 G, i64 units, i64 depth, int n
 
 }  // namespace
 
-std::shared_ptr<const QuantizedWeights> Plan::quantized(int nr, const int8::Kernels& kernels) const {
+std::shared_ptr<const ReducedWeights> Plan::reduced(int nr, const int8::Kernels& kernels) const {
+    return make_reduced(Precision::Int8, nr, &kernels, nullptr);
+}
+
+std::shared_ptr<const ReducedWeights> Plan::reduced(int nr, const bf16::Kernels& kernels) const {
+    return make_reduced(Precision::BF16, nr, nullptr, &kernels);
+}
+
+std::shared_ptr<const ReducedWeights> Plan::make_reduced(Precision precision, int nr, const int8::Kernels* i8,
+                                                         const bf16::Kernels* b16) const {
     const Desc& d = config_;
-    if (double_) bad("int8 inference takes a float32 plan");
+    const bool int8 = precision == Precision::Int8;
+    const char* what = int8 ? "int8" : "bf16";
+    if (double_) bad(std::string(what) + " inference takes a float32 plan");
     const i64 G = cell_gates(d), H = d.H, K = state_size(d), GH = G * H, S = d.L * d.D;
     const i64 per = int8::panel_count(nr), nblk = (H + nr - 1) / nr, kblk = (K + nr - 1) / nr;
+    constexpr i64 kPanel = ReducedMatrix::kPanel;
     std::lock_guard<std::mutex> lock(mu_);
     const std::vector<LayerWeights<float>>& w = wf_;
     if (w.empty()) bad("the plan has no weights (set_weights)");
-    for (i64 s = 0; s < S; ++s) {
+    for (i64 s = 0; s < S && int8; ++s) {
         const i64 C_l = s < d.D ? d.C : d.D * K;
         if (std::max({C_l, K, H}) > int8::kMaxDepth)
             bad("int8 inference: rows of at most " + std::to_string(int8::kMaxDepth) + " elements (input_size, " +
                 "hidden_size, proj_size)");
     }
-    // What each layer-direction quantizes: W_ih [GH, C_l] in row order, W_hh [G*H, K] and W_hr
-    // [K, H] (LSTMP) in block order.
+    // What each layer-direction packs: W_ih [GH, C_l] in row order, W_hh [G*H, K] and W_hr [K, H]
+    // (LSTMP) in unit blocks.
     struct Part { const float* w; i64 rows, depth, G, units; bool blocks; };
     std::vector<Part> parts;
     for (i64 s = 0; s < S; ++s) {
         const LayerWeights<float>& e = w[std::size_t(s)];
         parts.push_back({e.w_ih, GH, s < d.D ? d.C : d.D * K, 1, GH, false});
-        parts.push_back({e.w_hh, G * nblk * per * int8::kPanel, K, G, H, true});
-        if (d.P > 0) parts.push_back({e.w_hr, kblk * per * int8::kPanel, H, 1, K, true});
+        parts.push_back({e.w_hh, G * nblk * per * kPanel, K, G, H, true});
+        if (d.P > 0) parts.push_back({e.w_hr, kblk * per * kPanel, H, 1, K, true});
     }
-    auto& cached = quantized_;
-    if (cached && cached->nr == nr && cached->kernels == &kernels) {  // unchanged since quantized?
-        bool same = true;
+    const void* kernels = int8 ? static_cast<const void*>(i8) : static_cast<const void*>(b16);
+    auto& cached = reduced_;
+    if (cached && cached->precision == precision && cached->nr == nr && cached->kernels == kernels) {
+        bool same = true;  // unchanged since packed?
         const float* snap = cached->snapshot.data();
         for (const Part& p : parts) {
             const i64 n = p.G * p.units * p.depth;
@@ -324,20 +337,24 @@ std::shared_ptr<const QuantizedWeights> Plan::quantized(int nr, const int8::Kern
         }
         if (same) return cached;
     }
-    auto q = std::make_shared<QuantizedWeights>();
+    auto q = std::make_shared<ReducedWeights>();
+    q->precision = precision;
     q->nr = nr;
-    q->kernels = &kernels;
+    q->kernels = kernels;
+    const auto code_bytes = [int8](const Part& p) {
+        return int8 ? int8::packed_elements(p.rows, p.depth) : 2 * bf16::packed_elements(p.rows, p.depth);
+    };
     i64 codes = 0, cols = 0, snap = 0;
     for (const Part& p : parts) {
-        codes += int8::packed_elements(p.rows, p.depth);
-        cols += int8::panel_count(p.rows) * int8::kPanel;
+        codes += code_bytes(p);
+        cols += int8 ? int8::panel_count(p.rows) * kPanel : 0;
         snap += p.G * p.units * p.depth;
     }
     q->codes.resize(std::size_t(codes));
     q->scales.resize(std::size_t(cols));
     q->wsums.resize(std::size_t(cols));
     q->snapshot.resize(std::size_t(snap));
-    std::int8_t* code = q->codes.data();
+    std::uint8_t* code = q->codes.data();
     float* scale = q->scales.data();
     std::int32_t* wsum = q->wsums.data();
     float* copy = q->snapshot.data();
@@ -350,13 +367,22 @@ std::shared_ptr<const QuantizedWeights> Plan::quantized(int nr, const int8::Kern
         const bool block_major = p.blocks && p.G >= 4;
         const std::vector<float> rows =
             p.blocks ? block_rows(p.w, p.G, p.units, p.depth, nr, block_major) : std::vector<float>();
-        int8::quantize_weights(p.blocks ? rows.data() : p.w, p.rows, p.depth, p.depth, code, scale, wsum);
-        const int8::Matrix m{&kernels, code, scale, wsum, p.depth, p.blocks ? per : 0, p.G, block_major};
+        const float* src = p.blocks ? rows.data() : p.w;
+        ReducedMatrix m;
+        m.precision = precision;
+        m.int8 = i8, m.bf16 = b16, m.codes = code;
+        m.depth = p.depth, m.block_panels = p.blocks ? per : 0, m.gates = p.G, m.block_major = block_major;
+        if (int8) {
+            int8::quantize_weights(src, p.rows, p.depth, p.depth, reinterpret_cast<std::int8_t*>(code), scale, wsum);
+            m.scale = scale, m.wsum = wsum;
+            scale += int8::panel_count(p.rows) * kPanel;
+            wsum += int8::panel_count(p.rows) * kPanel;
+        } else {
+            bf16::pack(src, p.rows, p.depth, p.depth, reinterpret_cast<bf16::bf16_t*>(code));
+        }
+        code += code_bytes(p);
         const std::size_t at = i % (d.P > 0 ? 3 : 2);
         (at == 0 ? q->w_ih : at == 1 ? q->w_hh : q->w_hr).push_back(m);
-        code += int8::packed_elements(p.rows, p.depth);
-        scale += int8::panel_count(p.rows) * int8::kPanel;
-        wsum += int8::panel_count(p.rows) * int8::kPanel;
     }
     cached = q;
     return q;
@@ -365,7 +391,7 @@ std::shared_ptr<const QuantizedWeights> Plan::quantized(int nr, const int8::Kern
 std::size_t Plan::packed_bytes() const {
     std::lock_guard<std::mutex> lock(mu_);
     return (packed_f_ ? packed_f_->bytes() : 0) + (packed_d_ ? packed_d_->bytes() : 0) +
-           (quantized_ ? quantized_->bytes() : 0);
+           (reduced_ ? reduced_->bytes() : 0);
 }
 
 template void Plan::set_weights<float>(const std::vector<float*>&);

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "desc.h"
-#include "../kernels/int8.h"
+#include "../kernels/reduced.h"
 
 namespace fastrnn {
 
@@ -72,16 +72,17 @@ struct PackedWeights {
     std::size_t bytes() const { return sizeof(T) * (panels.size() + snapshot.size()); }
 };
 
-// int8 inference (dynamic quantization, csrc/kernels/int8.h): W_ih, W_hh (and W_hr) of every
-// layer-direction quantized per output row, the recurrent matrices in the unit-block order of a
-// float32 ISA's panels (nr), with a copy of the float32 weights they were quantized from.
-struct QuantizedWeights {
+// Reduced-precision inference (csrc/kernels/reduced.h): W_ih, W_hh (and W_hr) of every
+// layer-direction in int8 (quantized per output row) or bf16, the recurrent matrices in the
+// unit blocks of a float32 ISA's panels (nr), with a copy of the float32 weights they came from.
+struct ReducedWeights {
+    Precision precision = Precision::Int8;
     int nr = 0;
-    const int8::Kernels* kernels = nullptr;
-    std::vector<int8::Matrix> w_ih, w_hh, w_hr;  // per layer-direction (w_hr: LSTMP)
-    std::vector<std::int8_t, CacheLineAllocator<std::int8_t>> codes;
-    std::vector<float, CacheLineAllocator<float>> scales;
-    std::vector<std::int32_t, CacheLineAllocator<std::int32_t>> wsums;
+    const void* kernels = nullptr;  // the int8::Kernels or bf16::Kernels they were made for
+    std::vector<ReducedMatrix> w_ih, w_hh, w_hr;  // per layer-direction (w_hr: LSTMP)
+    std::vector<std::uint8_t, CacheLineAllocator<std::uint8_t>> codes;  // int8 codes or bf16 values
+    std::vector<float, CacheLineAllocator<float>> scales;               // int8
+    std::vector<std::int32_t, CacheLineAllocator<std::int32_t>> wsums;  // int8
     std::vector<float> snapshot;
     std::size_t bytes() const {
         return codes.size() + sizeof(float) * (scales.size() + snapshot.size()) + sizeof(std::int32_t) * wsums.size();
@@ -123,9 +124,10 @@ class Plan {
     template <class T>
     std::shared_ptr<const PackedWeights<T>> packed(int nr, void (*pack)(const T*, std::int64_t, std::int64_t,
                                                                          std::int64_t, T*)) const;
-    // The weights quantized for int8 inference with `kernels` and a float32 ISA of panel width nr,
-    // again when the weights changed since (float32 plans only).
-    std::shared_ptr<const QuantizedWeights> quantized(int nr, const int8::Kernels& kernels) const;
+    // The weights in int8 (quantized) or bf16 for `kernels` and a float32 ISA of panel width nr,
+    // made again when the weights changed since (float32 plans only).
+    std::shared_ptr<const ReducedWeights> reduced(int nr, const int8::Kernels& kernels) const;
+    std::shared_ptr<const ReducedWeights> reduced(int nr, const bf16::Kernels& kernels) const;
     std::size_t packed_bytes() const;  // packed and quantized copies, with their snapshots
 
    private:
@@ -140,7 +142,9 @@ class Plan {
     std::atomic<std::uint64_t> version_{0};
     mutable std::shared_ptr<const PackedWeights<float>> packed_f_;  // a cache: calls on a const plan fill it
     mutable std::shared_ptr<const PackedWeights<double>> packed_d_;
-    mutable std::shared_ptr<const QuantizedWeights> quantized_;
+    mutable std::shared_ptr<const ReducedWeights> reduced_;
+    std::shared_ptr<const ReducedWeights> make_reduced(Precision precision, int nr, const int8::Kernels* i8,
+                                                       const bf16::Kernels* b16) const;
 };
 
 }  // namespace fastrnn

@@ -11,12 +11,14 @@
 namespace fastrnn {
 
 template <class T>
-Stream<T>::Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h, double zoneout_c, bool int8)
-    : plan_(std::move(plan)), N_(batch), int8_(int8) {
+Stream<T>::Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h, double zoneout_c,
+                  Precision precision)
+    : plan_(std::move(plan)), N_(batch), precision_(precision) {
     const Desc& d = plan_->config();
     if (plan_->is_double() != std::is_same_v<T, double>)
         throw std::invalid_argument("stream: the plan's dtype differs from the stream's");
-    if (int8 && plan_->is_double()) throw std::invalid_argument("stream: int8 quantizes a float32 plan");
+    if (precision != Precision::Float && plan_->is_double())
+        throw std::invalid_argument("stream: int8 and bf16 streams take a float32 plan");
     if (d.D != 1)
         throw std::invalid_argument("stream: a bidirectional layer cannot stream (its reverse direction reads "
                                     "the sequence from its end, which a stream has not seen yet)");
@@ -49,15 +51,17 @@ void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* act
         lengths = lengths_.data();
     }
     std::shared_ptr<const PackedWeights<T>> packed;
-    std::shared_ptr<const QuantizedWeights> quantized;
+    std::shared_ptr<const ReducedWeights> low;
     const KernelSet<T>& ks = active_kernels<T>();
-    if (int8_)
-        quantized = plan_->quantized(ks.nr, int8_kernels());
+    if (precision_ == Precision::Int8)
+        low = plan_->reduced(ks.nr, int8_kernels());
+    else if (precision_ == Precision::BF16)
+        low = plan_->reduced(ks.nr, bf16_kernels());
     else if (!in_place())
         packed = plan_->packed<T>(ks.nr, ks.pack_forward);
     // The state is read (h0) before it is written (h_n) layer by layer, so one buffer serves both.
     forward<T>(d, w_.data(), x, h_.data(), c(), lengths, nullptr, out, h_.data(), c(), nullptr, noise_, packed.get(),
-               in_place(), quantized.get());
+               in_place(), low.get());
 }
 
 template <class T>

@@ -28,10 +28,10 @@ class Stream {
    public:
     // Throws std::invalid_argument for a bidirectional plan, batch < 1, a plan of the other dtype,
     // zoneout rates the plan does not take (they give the expected update, as inference calls do).
-    // `int8`: dynamic quantization (a float32 plan; csrc/kernels/int8.h): the plan's quantized weights,
-    // checked against the weights at every step like the packed ones.
+    // `precision` Int8 or BF16 (a float32 plan; csrc/kernels/reduced.h): the plan's weights in that
+    // precision, checked against the weights at every step like the packed ones.
     Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h = 0.0, double zoneout_c = 0.0,
-           bool int8 = false);
+           Precision precision = Precision::Float);
 
     // x [k, N, C] -> out [k, N, K] (k >= 1 steps), the state carried. `active` [N] (null: all):
     // only slots with a nonzero entry step; the others keep their state and get zero output rows.
@@ -46,14 +46,14 @@ class Stream {
     std::int64_t state_elements() const { return std::int64_t(h_.size()); }
     std::int64_t cell_state_elements() const { return std::int64_t(c_.size()); }
     std::int64_t batch() const { return N_; }
-    bool in_place() const { return N_ <= kStreamInPlaceSlots && !int8_; }
-    bool int8() const { return int8_; }
+    bool in_place() const { return N_ <= kStreamInPlaceSlots && precision_ == Precision::Float; }
+    Precision precision() const { return precision_; }
     const Plan& plan() const { return *plan_; }
 
    private:
     std::shared_ptr<const Plan> plan_;
     std::int64_t N_;
-    bool int8_;
+    Precision precision_;
     Noise<T> noise_;
     std::vector<T> h_, c_;
     std::vector<std::int64_t> lengths_;

@@ -57,27 +57,6 @@ struct Kernels {
                  std::int64_t cols, float* c, std::int64_t ldc, bool accumulate);
 };
 
-// One weight matrix quantized by quantize_weights, as a product reads it: the kernels of the
-// call, the panels and the depth of W's rows (unpadded). A recurrent matrix (W_hh, W_hr) is
-// quantized in the float32 kernels' unit blocks: `block_panels` int8 panels per block of nr units
-// (nr rounded up to 16), gate by gate (block (g, b) at (g * nblk + b) * block_panels), or with
-// `block_major` block by block ((b * gates + g) * block_panels: the gates of one unit block are
-// consecutive panels, so a one-block tile of every gate is one call of `gemm`, which the 4-gate
-// cells' steps use). The hoisted W_ih is in its own row order (block_panels 0).
-struct Matrix {
-    const Kernels* kernels = nullptr;
-    const std::int8_t* codes = nullptr;
-    const float* scale = nullptr;
-    const std::int32_t* wsum = nullptr;
-    std::int64_t depth = 0, block_panels = 0, gates = 1;
-    bool block_major = false;
-    const std::int8_t* panel(std::int64_t p) const { return codes + p * padded_depth(depth) * kPanel; }
-    // The first panel of gate g, unit block b (nblk blocks per gate).
-    std::int64_t block(std::int64_t g, std::int64_t b, std::int64_t nblk) const {
-        return (block_major ? b * gates + g : g * nblk + b) * block_panels;
-    }
-};
-
 const Kernels& portable_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 const Kernels& avx512_vnni_kernels();  // call only on a CPU with AVX512-VNNI

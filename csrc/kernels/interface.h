@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "../cells/table.h"
-#include "int8.h"
+#include "reduced.h"
 
 namespace fastrnn {
 
@@ -49,7 +49,7 @@ struct Recurrence {
     const std::int64_t* lengths;   // null: every sequence has length T
     const T* packed;               // W_hh packed by pack_forward (forward) or pack_backward
     const T* w_hh;                 // forward: W_hh [G*H, K] row-major, read in place instead of `packed` (null: packed)
-    const int8::Matrix* q8_hh;     // forward (inference): W_hh quantized, used instead of both (null: float)
+    const ReducedMatrix* reduced_hh;  // forward (inference): W_hh in int8 or bf16, used instead of both (null: float)
     const T* bias;                 // [G*H] folded biases (b_ih + b_hh, but GRU reset_after's b_hn)
     const T* bhn;                  // [H] GRU reset_after: b_hn, inside r*(.)
     T* gates;  std::int64_t ld_gates;
@@ -63,7 +63,7 @@ struct Recurrence {
     RowLayout row;                 // extra columns of the cached rows
     const T* packed_hr;            // LSTMP: W_hr packed like W_hh (forward: [1][P/nr][H][nr]; backward: [H/nr][P][nr])
     const T* w_hr;                 // LSTMP forward: W_hr [P, H] row-major, in place of `packed_hr` (null: packed)
-    const int8::Matrix* q8_hr;     // LSTMP forward: W_hr quantized (null: float)
+    const ReducedMatrix* reduced_hr;  // LSTMP forward: W_hr in int8 or bf16 (null: float)
     T* m;      std::int64_t ld_m;  // LSTMP: m_t rows (the cache block in training, else scratch [N, H])
     T* dproj;                      // LSTMP backward: dL/d(W_hr m_t) [T, N, P] for dW_hr
     const T* peep;                 // [3, H] peepholes (i, f, o)
@@ -104,12 +104,13 @@ struct ThreadCtx {
     double* prev_state_sq;  // [T]
     double* rows;           // [3 N] per-row scratch for them
     T* dc_total;          // [nr] scratch for the LSTM dL/dc_t of one row block (diagnostics)
-    // int8 inference: the recurrent product's input quantized per row ([N, padded depth] codes,
-    // [N] scales), once per step and thread: `q8_of` and `q8_step` say which input it holds.
-    std::uint8_t* q8_rows = nullptr;
-    float* q8_scales = nullptr;
-    const void* q8_of = nullptr;
-    std::int64_t q8_step = -1;
+    // Reduced precision: the recurrent product's input converted (ReducedMatrix::convert; [N]
+    // rows, and int8's [N] scales), once per step and thread: `reduced_of` and `reduced_step` say
+    // which input it holds.
+    std::uint8_t* reduced_rows = nullptr;
+    float* reduced_scales = nullptr;
+    const void* reduced_of = nullptr;
+    std::int64_t reduced_step = -1;
 };
 
 // The per-step kernels of one cell for one ISA and dtype. A step has one to kMaxPhases phases;

@@ -45,35 +45,35 @@ constexpr i64 units_group(int gemm_gates) { return gemm_gates >= 4 ? 1 : gemm_ga
 // tile[N, ng*bb*nr] = A[N, depth] W^T restricted to gates g0..g0+ng of unit blocks b..b+bb, W
 // packed forward ([G][nblk][depth][nr]); gate q of unit block u lands at column (q*bb + u)*nr,
 // so the tile's gate stride is bb*nr. With `rows` (W row-major [G*units, depth], read in place:
-// a streaming plan's weights) the same tile from rows_gemm, zero past `units`. With `q8` (int8
-// inference) the same tile from W quantized in the same block order and A quantized per row, once
-// per processing step s and thread (the thread's context keeps it for the step's other products).
+// a streaming plan's weights) the same tile from rows_gemm, zero past `units`. With `low` (int8
+// or bf16 inference) the same tile from W packed in the same unit blocks and A converted once per
+// processing step s and thread (the thread's context keeps it for the step's other products).
 template <class GV, class T>
 void forward_gemm(ThreadCtx<T>& tc, i64 s, i64 N, const T* a, i64 lda, const T* packed, i64 nblk, i64 depth, int g0,
-                  int ng, i64 b, i64 bb, const T* rows = nullptr, i64 units = 0, const int8::Matrix* q8 = nullptr) {
+                  int ng, i64 b, i64 bb, const T* rows = nullptr, i64 units = 0, const ReducedMatrix* low = nullptr) {
     constexpr int NR = panel_width<GV>();
     T* tile = tc.tile;
     if constexpr (std::is_same_v<T, float>) {
-        if (q8) {
-            const i64 dp = int8::padded_depth(depth), ldt = i64(ng) * bb * NR, bp = q8->block_panels;
-            if (tc.q8_of != a || tc.q8_step != s) {
-                q8->kernels->quantize_rows(N, depth, a, lda, tc.q8_rows, dp, tc.q8_scales);
-                tc.q8_of = a, tc.q8_step = s;
+        if (low) {
+            const i64 ldt = i64(ng) * bb * NR, bp = low->block_panels;
+            if (tc.reduced_of != a || tc.reduced_step != s) {
+                low->convert(N, a, lda, tc.reduced_rows, tc.reduced_scales);
+                tc.reduced_of = a, tc.reduced_step = s;
             }
-            // Consecutive panels in one call, when a block is whole panels (nr 16, 32): a gate's
+            // Consecutive panels in one product, when a block is whole panels (nr 16, 32): a gate's
             // blocks b..b+bb (gate-major), or the ng gates of one block (block-major, bb = 1). The
             // portable kernels' 8-unit blocks each take one panel's first 8 outputs.
-            const bool whole = bp * int8::kPanel == NR;
+            const bool whole = bp * ReducedMatrix::kPanel == NR;
             const auto run = [&](i64 p0, i64 blocks, T* out) {
-                q8->kernels->gemm(N, dp, tc.q8_rows, dp, tc.q8_scales, q8->panel(p0), q8->scale + p0 * int8::kPanel,
-                                  q8->wsum + p0 * int8::kPanel, blocks * bp, blocks * NR, out, ldt, false);
+                low->product(N, tc.reduced_rows, tc.reduced_scales, p0, blocks * bp, blocks * NR, out, ldt, false);
             };
-            if (whole && q8->block_major && bb == 1)
-                run(q8->block(g0, b, nblk), ng, tile);
+            if (whole && low->block_major && bb == 1)
+                run(low->block(g0, b, nblk), ng, tile);
             else
                 for (int q = 0; q < ng; ++q)
-                    for (i64 u = 0; u < bb; u += whole && !q8->block_major ? bb : 1)
-                        run(q8->block(g0 + q, b + u, nblk), whole && !q8->block_major ? bb : 1, tile + (q * bb + u) * NR);
+                    for (i64 u = 0; u < bb; u += whole && !low->block_major ? bb : 1)
+                        run(low->block(g0 + q, b + u, nblk), whole && !low->block_major ? bb : 1,
+                            tile + (q * bb + u) * NR);
             return;
         }
     }

@@ -26,7 +26,7 @@ void ln_stats_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 
     const i64 t = time_of(r, s), N = r.N, H = r.H, K = r.K, nblk = (H + NR - 1) / NR;
     for (i64 b = b0; b < b1; b += UG) {
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), hs = bb * NR;
-        forward_gemm<GV>(tc, s, N, gemm_input(r, s), K, r.packed, nblk, K, 0, G, b, bb, r.w_hh, H, r.q8_hh);
+        forward_gemm<GV>(tc, s, N, gemm_input(r, s), K, r.packed, nblk, K, 0, G, b, bb, r.w_hh, H, r.reduced_hh);
         for (i64 n = 0; n < N; ++n) {
             if (!row_valid(r.lengths, n, t)) continue;
             T* raw = raw_row(r, n) + u0;

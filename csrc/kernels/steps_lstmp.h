@@ -22,7 +22,7 @@ void proj_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) 
     T* hr_next = r.hr ? r.hr + ((s + 1) & 1) * N * K : nullptr;
     for (i64 b = b0; b < b1; b += UG) {
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, K - u0), hs = bb * NR;
-        forward_gemm<GV>(tc, s, N, m_rows(r, t), r.ld_m, r.packed_hr, nblk, r.H, 0, 1, b, bb, r.w_hr, K, r.q8_hr);
+        forward_gemm<GV>(tc, s, N, m_rows(r, t), r.ld_m, r.packed_hr, nblk, r.H, 0, 1, b, bb, r.w_hr, K, r.reduced_hr);
         for (i64 n = 0; n < N; ++n) {
             const i64 at = n * K + u0;
             T* y = r.y + (t * N + n) * r.ld_y + u0;

@@ -27,9 +27,9 @@ void forward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), hs = bb * NR;
         if constexpr (Cell::two_phase) {  // A = r*h_{t-1}: cache block 3 in training, scratch otherwise
             const T* rh = Train ? r.gates + t * N * r.ld_gates + 3 * H : r.rh;
-            forward_gemm<GV>(tc, s, N, rh, Train ? r.ld_gates : r.ld_rh, r.packed, nblk, H, 2, 1, b, bb, r.w_hh, H, r.q8_hh);
+            forward_gemm<GV>(tc, s, N, rh, Train ? r.ld_gates : r.ld_rh, r.packed, nblk, H, 2, 1, b, bb, r.w_hh, H, r.reduced_hh);
         } else {
-            forward_gemm<GV>(tc, s, N, gemm_input(r, s), K, r.packed, nblk, K, 0, Cell::gates, b, bb, r.w_hh, H, r.q8_hh);
+            forward_gemm<GV>(tc, s, N, gemm_input(r, s), K, r.packed, nblk, K, 0, Cell::gates, b, bb, r.w_hh, H, r.reduced_hh);
         }
         for (i64 n = 0; n < N; ++n) {
             if (!row_valid(r.lengths, n, t)) {
@@ -76,7 +76,7 @@ void forward_rz_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
     const T* h_prev = r.hbuf + (s & 1) * N * H;
     for (i64 b = b0; b < b1; b += UG) {
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), hs = bb * NR;
-        forward_gemm<GV>(tc, s, N, gemm_input(r, s), H, r.packed, nblk, H, 0, 2, b, bb, r.w_hh, H, r.q8_hh);
+        forward_gemm<GV>(tc, s, N, gemm_input(r, s), H, r.packed, nblk, H, 0, 2, b, bb, r.w_hh, H, r.reduced_hh);
         for (i64 n = 0; n < N; ++n) {
             T* grow = r.gates + (t * N + n) * r.ld_gates + u0;
             T* rh = Train ? grow + 3 * H : r.rh + n * r.ld_rh + u0;

@@ -280,31 +280,35 @@ def _check_noise(noise, where, dtype, shapes):
     return out
 
 
-COMPUTE_DTYPES = ("float32", "float64", "int8")
+COMPUTE_DTYPES = ("float32", "float64", "bfloat16", "int8")
 
 
 def _check_compute_dtype(compute_dtype, dtype, training, device, where):
-    """True for int8 inference; None (or the parameters' dtype) computes in that dtype."""
+    """The core's precision of a call: "" (the parameters' dtype), "int8" or "bfloat16"."""
     if compute_dtype is None:
-        return False
+        return ""
     name = compute_dtype if isinstance(compute_dtype, str) else getattr(np.dtype(compute_dtype), "name", None) \
         if isinstance(compute_dtype, (type, np.dtype)) else None
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"{where}: compute_dtype={compute_dtype!r}; expected None (the parameters' dtype), "
                          f"{', '.join(map(repr, COMPUTE_DTYPES))}")
-    if name != "int8":
+    if name in ("float32", "float64"):
         if name != np.dtype(dtype).name:
             raise ValueError(f"{where}: compute_dtype={name!r} with {np.dtype(dtype).name} parameters; float "
-                             "compute runs in the parameters' dtype (or use 'int8' for float32 inference)")
-        return False
+                             "compute runs in the parameters' dtype (or use 'bfloat16' or 'int8' with float32)")
+        return ""
+    what = "quantizes" if name == "int8" else "rounds"
     if np.dtype(dtype) != np.float32:
-        raise ValueError(f"{where}: compute_dtype='int8' quantizes float32 parameters, got {np.dtype(dtype).name}")
+        raise ValueError(f"{where}: compute_dtype={name!r} {what} float32 parameters, got {np.dtype(dtype).name}")
     if training:
-        raise ValueError(f"{where}: compute_dtype='int8' is dynamic quantization for inference (training=False); "
-                         "int8 has no gradients: train in float32 and quantize the trained weights")
+        if name == "int8":
+            raise ValueError(f"{where}: compute_dtype='int8' is dynamic quantization for inference (training=False); "
+                             "int8 has no gradients: train in float32 and quantize the trained weights")
+        raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference (training=False); bf16 "
+                                  "training (BPTT on bf16 operands) is not implemented yet: train in float32")
     if device != "cpu":
-        raise ValueError(f"{where}: compute_dtype='int8' runs on the CPU, got device={device!r}")
-    return True
+        raise ValueError(f"{where}: compute_dtype={name!r} runs on the CPU, got device={device!r}")
+    return name
 
 
 def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, batch_first, dropout,
@@ -338,7 +342,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
                           zoneout_c=zc_layout, nonlinearity=nonlinearity, normalization=normalization,
                           momentum=momentum, recurrent_affine=recurrent_affine)
     plan, dtype, C, H = weights.plan, weights.dtype, weights.C, weights.H
-    int8 = _check_compute_dtype(compute_dtype, dtype, training, device, where)
+    precision = _check_compute_dtype(compute_dtype, dtype, training, device, where)
     D = 2 if bidirectional else 1
     L = num_layers
     K = proj_size or H
@@ -429,7 +433,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         cache = np.empty(size, dtype) if device == "cpu" else _cuda.empty(size, dtype)
     if device == "cpu":
         plan.forward(x3, out, h_n, c_n, h0, c0, lens, cache, masks, packed=weights.key is not None, bn_frozen=bn_frozen,
-                     int8=int8, **noise)
+                     precision=precision, **noise)
     else:
         _cuda.numpy_core.forward(plan, weights.arrays, x3, out, h_n, c_n, h0, c0, lens, cache, masks)
 

@@ -74,11 +74,13 @@ class Stream:
         self._layer, self._where, self._lstm = layer, where, lstm
         self._weights_of = weights
         self._rates = (float(zoneout_h), float(zoneout_c))
-        self._int8 = getattr(layer, "compute_dtype", None) == "int8"  # fastrnn.quantize_dynamic
+        # the layer's compute_dtype (fastrnn.quantize_dynamic: "int8"), "" for its own dtype
+        self._precision = getattr(layer, "compute_dtype", None) if getattr(layer, "compute_dtype", None) in (
+            "int8", "bfloat16") else ""
         self._lock = threading.Lock()
         self._converts = type(self)._inputs is not Stream._inputs  # a frontend's conversions (fastrnn.torch)
         self._w = weights(where)
-        self._core = _C.Stream(self._w.plan, int(batch), *self._rates, int8=self._int8)
+        self._core = _C.Stream(self._w.plan, int(batch), *self._rates, precision=self._precision)
         self.batch = int(batch)
         self.dtype = self._w.dtype
         self._C, self._K = self._w.C, self._core.h.shape[2]
@@ -86,7 +88,7 @@ class Stream:
 
     def __repr__(self):
         return (f"Stream({type(self._layer).__name__}, batch={self.batch}, dtype={np.dtype(self.dtype).name}, "
-                f"weights={'int8' if self._int8 else 'in place' if self._core.in_place else 'packed'})")
+                f"weights={self._precision or ('in place' if self._core.in_place else 'packed')})")
 
     def _enter(self, what):
         if not self._lock.acquire(blocking=False):
@@ -96,7 +98,7 @@ class Stream:
 
     def _rebind(self, w):
         """The core stream on new weights (a new plan: an array was replaced), keeping the state."""
-        core = _C.Stream(w.plan, self.batch, *self._rates, int8=self._int8)
+        core = _C.Stream(w.plan, self.batch, *self._rates, precision=self._precision)
         core.h[...] = self._core.h
         if self._lstm:
             core.c[...] = self._core.c

@@ -271,8 +271,10 @@ enum fastrnn_normalization {
 /* What a plan's products compute in. */
 enum fastrnn_compute {
     FASTRNN_COMPUTE_DEFAULT = 0, /* the plan's dtype */
-    FASTRNN_COMPUTE_INT8 = 1     /* float32 plans, inference: dynamic quantization (W per output row, the
+    FASTRNN_COMPUTE_INT8 = 1,    /* float32 plans, inference: dynamic quantization (W per output row, the
                                   * inputs per row at each use, int32 sums; states and gates float32) */
+    FASTRNN_COMPUTE_BF16 = 2     /* float32 plans, inference: the products' operands rounded to bf16 (W once,
+                                  * the inputs at each use), float32 sums; states and gates float32 */
 };
 
 /* Cell variants, Li-GRU settings and the compute type. Start from fastrnn_plan_options_init,
@@ -288,8 +290,9 @@ typedef struct fastrnn_plan_options {
     int32_t normalization;    /* Li-GRU: enum fastrnn_normalization (default FASTRNN_NORM_BATCH) */
     double bn_momentum;       /* Li-GRU batch norm: running = (1 - m) running + m batch (default 0.05) */
     int32_t recurrent_affine; /* SLi-GRU: 1 = its LayerNorm of W_hh h has a gain and a shift */
-    int32_t compute;          /* enum fastrnn_compute. FASTRNN_COMPUTE_INT8: training calls (a cache, backward)
-                               * fail with FASTRNN_STATUS_INVALID_ARGUMENT; streams of the plan run in int8.
+    int32_t compute;          /* enum fastrnn_compute. FASTRNN_COMPUTE_INT8 and _BF16: training calls (a cache,
+                               * backward) fail with FASTRNN_STATUS_INVALID_ARGUMENT; the plan's streams run
+                               * in that precision.
                                * (0.2 named it reserved0 and required 0: the same layout and default.) */
 } fastrnn_plan_options;
 

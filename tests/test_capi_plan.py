@@ -344,19 +344,24 @@ def test_plan_struct_layouts_match_ctypes_mirror(tmp_path):
     check_struct_layouts(tmp_path, PLAN_STRUCTS)
 
 
+@pytest.mark.parametrize("compute,name", [(1, "int8"), (2, "bfloat16")])
 @pytest.mark.parametrize("cell,make", [("lstm", lambda: fastrnn.LSTM(5, 21, 2, bidirectional=True, rng=0)),
                                        ("gru", lambda: fastrnn.GRU(5, 18, rng=1))])
-def test_int8_plan_matches_the_int8_layer(cell, make):
+def test_reduced_plan_matches_the_layer(cell, make, compute, name):
     layer = make().eval()
-    plan = CPlan(layer, cell, compute=1)
+    plan = CPlan(layer, cell, compute=compute)
     x = np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32)
     status, y, h_n, _ = plan.forward(x)
     assert status == OK, last_error()
-    q = layer.quantize_dynamic()
+    if name == "int8":
+        q = layer.quantize_dynamic()
+    else:
+        q = make().eval()
+        q.compute_dtype = "bfloat16"
     np.testing.assert_array_equal(y, q(x)[0])
-    assert np.abs(y - layer(x)[0]).max() > 1e-6  # int8, not float32
-    expect_error(plan.forward(x, cache=plan.cache(7, 3))[0], INVALID, "computes in int8")
-    # streams of an int8 plan step in int8
+    assert np.abs(y - layer(x)[0]).max() > 1e-6  # not float32
+    expect_error(plan.forward(x, cache=plan.cache(7, 3))[0], INVALID, "computes in " + ("int8" if compute == 1 else "bf16"))
+    # streams of the plan step in its precision
     s = ctypes.c_void_p()
     for name, (args, res) in {"fastrnn_stream_create": ([P, I64, ctypes.c_double, ctypes.c_double, P], ctypes.c_int),
                               "fastrnn_stream_destroy": ([P], None),

@@ -46,6 +46,12 @@ class _RNNBase:
     ``device="cuda"`` runs forward and backward on the GPU (`fastrnn.cuda`; RuntimeError saying why
     when the CUDA backend cannot be used; plain cells only); parameters and gradients stay NumPy
     arrays.
+
+    ``compute_dtype`` (float32 CPU layers; docs/precision.md): None computes in ``dtype``;
+    ``"bfloat16"`` rounds the operands of every product to bf16 (the weights once, the inputs at
+    each use) and sums in float32, inference only for now (a training-mode forward raises
+    NotImplementedError); ``"int8"`` is dynamic quantization, which `quantize_dynamic` sets up.
+    The attribute can be changed between calls; the parameters stay float32.
     """
 
     _recorders = ()  # fastrnn.diagnostics.record objects attached to this layer
@@ -67,7 +73,7 @@ class _RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  bidirectional=False, dropout=0.0, dtype=np.float32, rng=None, bptt_clip=None,
-                 recurrent_dropout=0.0, weight_drop=0.0, device="cpu"):
+                 recurrent_dropout=0.0, weight_drop=0.0, device="cpu", compute_dtype=None):
         where = type(self).__name__
         self.device = cuda.check_device(device, where)  # "cuda": the kernels run on the GPU (fastrnn.cuda)
         self.input_size = V.check_positive_int(input_size, "input_size", where)
@@ -81,6 +87,10 @@ class _RNNBase:
         self.weight_drop = F._check_rate(weight_drop, "weight_drop", where)
         self.dtype = V.as_dtype(dtype, f"{where}: dtype")
         self.bptt_clip = V.check_bptt_clip(bptt_clip, where)
+        if compute_dtype is not None:  # checked as a call would check it (float32, CPU)
+            F._check_compute_dtype(compute_dtype, self.dtype, False, self.device, where)
+            self.compute_dtype = str(np.dtype(compute_dtype).name if not isinstance(compute_dtype, str)
+                                     else compute_dtype)
         F._check_variants(where, self._cell(), getattr(self, "reset_after", True), self.proj_size, self.peephole,
                           self.layer_norm, self.zoneout_h, self.zoneout_c, self.recurrent_dropout, self.weight_drop)
         self.proj_size = int(self.proj_size)
@@ -319,6 +329,10 @@ class _RNNBase:
             raise RuntimeError(f"{where}: this layer is quantized to int8 (fastrnn.quantize_dynamic), which is for "
                                "inference: call .eval() first. int8 has no gradients: train the float32 layer, "
                                "then quantize it again")
+        if self.compute_dtype == "bfloat16" and self.training:
+            raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference: call .eval() first. bf16 "
+                                      "training (BPTT on bf16 operands) is not implemented yet: train with "
+                                      "compute_dtype=None (float32)")
         with self._training_call(where) if self.training else contextlib.nullcontext(None) as me:
             self._ctx = None  # an eval forward (or a failing one) drops any earlier cache
             out, h_n, c_n, ctx = F._forward(

@@ -32,32 +32,43 @@ void round_native(const float* x, i64 n, bf16_t* out) {
     }
 }
 
+// acc += vdpbf16ps(a, b) through inline asm: with _mm512_dpbf16_ps GCC 12 kept the block's
+// accumulators in memory (see int8_avx512.cpp); "+v" holds each in one register.
+// The bf16 pairs travel as __m512i: a reinterpret_cast to __m512bh& put them in memory too.
+inline void dpbf16(__m512& acc, __m512i a, __m512i b) { asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
+
 // MR rows of A x NP panels: MR*NP accumulators (up to 6 x 4 = 24 of the 32 registers), per pair NP
-// panel loads and MR broadcasts of an A pair.
+// panel loads and MR broadcasts of an A pair. Every loop unrolled (the accumulators stay in registers).
+
 template <int MR, int NP>
 void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, i64 cols, float* c, i64 ldc,
            bool accumulate) {
     __mmask16 m[NP];  // the outputs below `cols`
+#pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) m[p] = __mmask16(panel_lanes(cols - p * kPanel));
+    // c, or zeros through an empty mask: no branch in the unrolled start (one kept the
+    // accumulators in memory)
     __m512 acc[MR][NP];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
-        for (int p = 0; p < NP; ++p)
-            acc[r][p] = accumulate ? _mm512_maskz_loadu_ps(m[p], c + r * ldc + p * kPanel) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_maskz_loadu_ps(accumulate ? m[p] : 0, c + r * ldc + p * kPanel);
     for (i64 q = 0; q < pairs; ++q) {
-        __m512bh b[NP];
-        for (int p = 0; p < NP; ++p) {
-            const __m512i v = _mm512_loadu_si512(w + p * panel_stride + q * 2 * kPanel);
-            b[p] = reinterpret_cast<const __m512bh&>(v);
-        }
+        __m512i b[NP];
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) b[p] = _mm512_loadu_si512(w + p * panel_stride + q * 2 * kPanel);
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
             std::int32_t pair;
             std::memcpy(&pair, a + r * lda + 2 * q, 4);
-            const __m512i av = _mm512_set1_epi32(pair);
-            const __m512bh ab = reinterpret_cast<const __m512bh&>(av);
-            for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], ab, b[p]);
+            const __m512i ab = _mm512_set1_epi32(pair);
+#pragma GCC unroll 8
+            for (int p = 0; p < NP; ++p) dpbf16(acc[r][p], ab, b[p]);
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
         for (int p = 0; p < NP; ++p) _mm512_mask_storeu_ps(c + r * ldc + p * kPanel, m[p], acc[r][p]);
 }
 

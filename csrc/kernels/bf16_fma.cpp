@@ -56,24 +56,32 @@ void block512(i64 pairs, const float* a, i64 depth, const bf16_t* w, i64 panel_s
               bool accumulate) {
     const __m512i high = _mm512_set1_epi32(int(0xffff0000u));
     __mmask16 m[NP];  // the outputs below `cols`
+#pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) m[p] = __mmask16(panel_lanes(cols - p * kPanel));
     __m512 acc[MR][NP];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
             acc[r][p] = accumulate ? _mm512_maskz_loadu_ps(m[p], c + r * ldc + p * kPanel) : _mm512_setzero_ps();
     for (i64 q = 0; q < pairs; ++q) {
         __m512 odd[NP], even[NP];
+#pragma GCC unroll 8
         for (int p = 0; p < NP; ++p) {
             const __m512i v = _mm512_loadu_si512(w + p * panel_stride + q * 2 * kPanel);
             odd[p] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
             even[p] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
         }
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
             const __m512 a1 = _mm512_set1_ps(a[r * depth + 2 * q + 1]), a0 = _mm512_set1_ps(a[r * depth + 2 * q]);
+#pragma GCC unroll 8
             for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a0, even[p], _mm512_fmadd_ps(a1, odd[p], acc[r][p]));
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
         for (int p = 0; p < NP; ++p) _mm512_mask_storeu_ps(c + r * ldc + p * kPanel, m[p], acc[r][p]);
 }
 
@@ -126,26 +134,34 @@ template <int MR>
 void block256(i64 pairs, const float* a, i64 depth, const bf16_t* w, i64 cols, float* c, i64 ldc, bool accumulate) {
     const __m256i high = _mm256_set1_epi32(int(0xffff0000u));
     __m256i m[2];  // the outputs below `cols`, per half
+#pragma GCC unroll 8
     for (int h = 0; h < 2; ++h)
         m[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<i64>(std::max<i64>(cols - 8 * h, 0), 8))),
                                   _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 acc[MR][2];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
         for (int h = 0; h < 2; ++h)
             acc[r][h] = accumulate ? _mm256_maskload_ps(c + r * ldc + 8 * h, m[h]) : _mm256_setzero_ps();
     for (i64 q = 0; q < pairs; ++q) {
         __m256 odd[2], even[2];
+#pragma GCC unroll 8
         for (int h = 0; h < 2; ++h) {
             const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + q * 2 * kPanel + 16 * h));
             odd[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
             even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         }
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
             const __m256 a1 = _mm256_set1_ps(a[r * depth + 2 * q + 1]), a0 = _mm256_set1_ps(a[r * depth + 2 * q]);
+#pragma GCC unroll 8
             for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_fmadd_ps(a0, even[h], _mm256_fmadd_ps(a1, odd[h], acc[r][h]));
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
         for (int h = 0; h < 2; ++h) _mm256_maskstore_ps(c + r * ldc + 8 * h, m[h], acc[r][h]);
 }
 

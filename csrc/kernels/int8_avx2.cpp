@@ -69,30 +69,39 @@ void quantize_rows_avx2(i64 N, i64 depth, const float* x, i64 ldx, std::uint8_t*
     }
 }
 
+// acc += vpdpbusd(a, b), VEX-encoded, through inline asm (GCC 12 kept the accumulators of the
+// intrinsic in memory; see int8_avx512.cpp).
+inline void dpbusd(__m256i& acc, __m256i a, __m256i b) { asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b)); }
+
 // MR rows x one panel (two ymm accumulators per row: outputs 0-7 and 8-15), MR up to 6: 12
-// accumulators, two panel loads and a broadcast in the 16 registers.
+// accumulators, two panel loads and a broadcast in the 16 registers. Every loop unrolled.
 template <int MR>
 void block(i64 quads, const std::uint8_t* q, i64 ldq, const float* t, const std::int8_t* w, const float* scale,
            const std::int32_t* wsum, i64 cols, float* c, i64 ldc, bool accumulate) {
     __m256i acc[MR][2];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (i64 qd = 0; qd < quads; ++qd) {
         const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + qd * 4 * kPanel));
         const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + qd * 4 * kPanel + 32));
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
             std::int32_t quad;
             std::memcpy(&quad, q + r * ldq + 4 * qd, 4);
             const __m256i a = _mm256_set1_epi32(quad);
-            acc[r][0] = _mm256_dpbusd_avx_epi32(acc[r][0], a, b0);
-            acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], a, b1);
+            dpbusd(acc[r][0], a, b0);
+            dpbusd(acc[r][1], a, b1);
         }
     }
-    for (int h = 0; h < 2 && 8 * h < cols; ++h) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+        if (8 * h >= cols) break;
         // lanes below `cols` (outputs past it stay as they are)
         const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<i64>(cols - 8 * h, 8))),
                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + 8 * h)), 7);
         const __m256 sw = _mm256_loadu_ps(scale + 8 * h);
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
             float* out = c + r * ldc + 8 * h;
             const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], corr)), _mm256_set1_ps(t[r]));

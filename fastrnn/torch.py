@@ -177,20 +177,25 @@ def _on_torch_threads(fn, *args, **kwargs):
             _C._use_foreign_omp(False)
 
 
-def _check_int8_call(where, training, inputs):
-    """An int8 module's forward is inference: eval mode, no gradients."""
+def _check_reduced_call(where, compute_dtype, training, inputs):
+    """An int8 or bf16 module's forward is inference: eval mode, no gradients."""
+    if compute_dtype not in ("int8", "bfloat16"):
+        raise ValueError(f"{where}: compute_dtype={compute_dtype!r}; expected None, 'int8' or 'bfloat16'")
     if training:
-        raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), which is "
-                           "for inference: call .eval() first. int8 has no gradients: train the float32 module, "
-                           "then quantize it again")
+        if compute_dtype == "int8":
+            raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), which is "
+                               "for inference: call .eval() first. int8 has no gradients: train the float32 module, "
+                               "then quantize it again")
+        raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference: call .eval() first; bf16 "
+                                  "training is not implemented yet (train with compute_dtype=None)")
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        raise RuntimeError(f"{where}: int8 inference has no gradients, but the input or the state requires grad "
-                           "(detach it, or run under torch.no_grad())")
+        raise RuntimeError(f"{where}: {compute_dtype} inference has no gradients, but the input or the state requires "
+                           "grad (detach it, or run under torch.no_grad())")
 
 
 def _run(spec, x, h0, c0, masks, weights, training, prepared=None, compute_dtype=None):
     """The fastrnn functional forward on NumPy views of the tensors: (out, h_n, c_n, ctx).
-    `prepared`: a plan kept on the module (int8 inference quantizes its weights once)."""
+    `prepared`: a plan kept on the module (int8 and bf16 inference convert its weights once)."""
     hx = None if h0 is None else ((_numpy(h0), _numpy(c0)) if spec.cell == "lstm" else _numpy(h0))
     return _on_torch_threads(F._forward, spec.cell, _numpy(x), dict(zip(spec.names, map(_numpy, weights))), hx, spec.lengths,
                       num_layers=spec.num_layers, bidirectional=spec.bidirectional, bias=spec.bias,
@@ -274,13 +279,15 @@ class _FastRNNBase:
 
     bptt_clip = None
     _recorders = ()  # fastrnn.diagnostics.record objects attached to this module
-    compute_dtype = None  # "int8": dynamic quantization for inference (fastrnn.torch.quantize_dynamic)
+    # "int8": dynamic quantization for inference (fastrnn.torch.quantize_dynamic); "bfloat16": bf16
+    # products for inference (set the attribute); None: the parameters' dtype
+    compute_dtype = None
     layer_norm = False
     peephole = False
     recurrent_dropout = zoneout_h = zoneout_c = weight_drop = 0.0
 
     def __getstate__(self):
-        # The plan kept for streams and int8 inference holds core objects that do not pickle: it
+        # The plan kept for streams and int8/bf16 inference holds core objects that do not pickle: it
         # is made again at the next use (copy.deepcopy and torch.save go through here).
         state = dict(super().__getstate__())
         state.pop("_stream_plan", None)
@@ -367,7 +374,7 @@ class _FastRNNBase:
 
     def _stream_weights(self, where):
         """The core's plan on NumPy views of the parameters, made again when one was replaced
-        (streams, and int8 inference, whose quantized weights it keeps)."""
+        (streams, and int8/bf16 inference, whose converted weights it keeps)."""
         tensors = [getattr(self, name) for name in self._flat_weights_names]
         return _kept_plan(self, where, tensors, lambda: F.prepare(
             where, self._cell(), dict(zip(self._flat_weights_names, (t.detach().numpy() for t in tensors))),
@@ -417,9 +424,9 @@ class _FastRNNBase:
                             f"got {type(hx).__name__}" + (f" of {[type(s).__name__ for s in hx]}" if lstm else ""))
         weights = self._flat_weights
         self._check_supported(where, [data, *states, *weights])
-        int8 = self.compute_dtype == "int8"
-        if int8:
-            _check_int8_call(where, self.training, (data, *states))
+        low = self.compute_dtype is not None
+        if low:
+            _check_reduced_call(where, self.compute_dtype, self.training, (data, *states))
 
         # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
         unbatched = False
@@ -471,9 +478,9 @@ class _FastRNNBase:
         if _on_gpu(x):  # the CUDA backend, zero-copy on torch's current stream
             from ._torch_cuda import run
             outs = run(spec, x, h0, c0, masks, weights)
-        elif int8:  # on the plan kept on the module: the weights are quantized once
+        elif low:  # on the plan kept on the module: the weights are converted once
             out, h_n, c_n, _ = _run(spec, x, h0, c0, None, weights, training=False,
-                                    prepared=self._stream_weights(where), compute_dtype="int8")
+                                    prepared=self._stream_weights(where), compute_dtype=self.compute_dtype)
             outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
             outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)
@@ -814,7 +821,7 @@ class _LiGRULayer(torch.nn.Module):
     ``SLiGRU_Layer`` (``w``, ``u``, ``norm``, ``layer_norm``, ``h_init``, ``drop_masks``), run by
     fastrnn's kernel."""
 
-    compute_dtype = None  # "int8": dynamic quantization for inference (quantize_dynamic)
+    compute_dtype = None  # "int8" (quantize_dynamic) or "bfloat16": reduced-precision inference
 
     def __init__(self, input_size, hidden_size, num_layers, batch_size, dropout=0.0, nonlinearity="relu",
                  normalization="batchnorm", bias=True, bidirectional=False, stabilised=False,
@@ -907,14 +914,14 @@ class _LiGRULayer(torch.nn.Module):
         kind, names, params, buffers, options = self._spec()
         xt = x.transpose(0, 1).contiguous()  # fastrnn's time-major layout
         h0 = h0.contiguous()
-        if self.compute_dtype == "int8":  # on the plan kept on the layer: the weights are quantized once
+        if self.compute_dtype is not None:  # on the plan kept on the layer: the weights are converted once
             where = f"fastrnn.torch.{'SLiGRU' if kind == 'sligru' else 'LiGRU'}.forward"
-            _check_int8_call(where, self.training, (x, h0))
+            _check_reduced_call(where, self.compute_dtype, self.training, (x, h0))
             out, _, _, _ = _on_torch_threads(
                 F._forward, kind, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
                 num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=False, rng=None,
                 reset_after=True, where=where, buffers=buffers, weights=self._stream_weights(where),
-                compute_dtype="int8", **options)
+                compute_dtype=self.compute_dtype, **options)
             h = torch.from_numpy(out)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
             h = _LiGRUFunction.apply((kind, names, buffers, options, self.training), xt, h0, mask, *params)

@@ -168,3 +168,23 @@ def test_speechbrain_modules_are_converted_and_quantized():
     x = torch.randn(2, 5, 6)
     with torch.no_grad():
         assert 1e-6 < (q[0](x)[0] - m(x)[0]).abs().max().item() < 0.03
+
+
+def test_bf16_inference_of_torch_modules():
+    torch.manual_seed(3)
+    m = fastrnn.torch.LSTM(6, 20, num_layers=2, batch_first=True).eval()
+    x = torch.randn(3, 7, 6)
+    want = m(x)[0].detach()
+    m.compute_dtype = "bfloat16"
+    assert "compute_dtype='bfloat16'" in repr(m)
+    got = m(x)[0]
+    layer = fastrnn.LSTM(6, 20, num_layers=2, batch_first=True, compute_dtype="bfloat16").eval()
+    layer.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(got.detach().numpy(), layer(x.numpy())[0])
+    assert 1e-6 < (got - want).abs().max().item() < 0.01
+    m.train()
+    with pytest.raises(NotImplementedError, match="bf16"):
+        m(x)
+    m.eval().compute_dtype = "float16"
+    with pytest.raises(ValueError, match="expected None, 'int8' or 'bfloat16'"):
+        m(x)

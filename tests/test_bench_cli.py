@@ -323,12 +323,12 @@ def test_backoffs_are_noted():
 
 
 class _WrongInt8(_bench.FastrnnInt8Impl):
-    """An int8 implementation off by 10 % of the output scale: outside INT8_RTOL."""
+    """An int8 implementation off by 20 % of the output scale: outside INT8_RTOL."""
     name = "wrong_int8"
 
     def result(self):
         out = super().result()["output"]
-        return {"output": out + 0.1 * np.abs(out).max()}
+        return {"output": out + 0.2 * np.abs(out).max()}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13's quantization APIs (the peer)

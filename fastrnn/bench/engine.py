@@ -441,8 +441,9 @@ class OnnxRuntimeImpl:
 
 
 # --precision int8: dynamic quantization, inference only. Their outputs are held to the
-# quantization error (INT8_RTOL of the largest magnitude), not to float32's RTOL.
-INT8_RTOL = 0.05
+# quantization error (INT8_RTOL of the largest magnitude), not to float32's RTOL: torch's
+# per-tensor int8 LSTM is 5-6 % off at C and D, fastrnn's 2-3 %; a wrong product is off by ~100 %.
+INT8_RTOL = 0.1
 
 
 class FastrnnInt8Impl(FastrnnImpl):

@@ -13,17 +13,7 @@ import pytest
 import fastrnn
 from fastrnn import functional as F
 from fastrnn.core import reference as ref
-
-ISAS = fastrnn.available_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = fastrnn.get_isa()
-    fastrnn.set_isa(request.param)
-    yield request.param
-    fastrnn.set_isa(before)
-
+from reduced_emulation import emulate, make
 
 def scales(a):
     a = np.asarray(a, np.float32)
@@ -46,52 +36,6 @@ def product(x, w):
     return (acc.astype(np.float32) * t[:, None]) * s[None, :]
 
 
-def sigmoid(v):
-    return 1.0 / (1.0 + np.exp(-v))
-
-
-def emulate(cell, x, p, reset_after=True):
-    """One layer, one direction, h0 = 0: outputs [T, N, H] in float64 (products as int8)."""
-    T, N, _ = x.shape
-    H = p["weight_hh_l0"].shape[1]
-    b_ih, b_hh = p["bias_ih_l0"].astype(np.float64), p["bias_hh_l0"].astype(np.float64)
-    xp = product(x.reshape(T * N, -1), p["weight_ih_l0"]).reshape(T, N, -1).astype(np.float64)
-    h = np.zeros((N, H))
-    c = np.zeros((N, H))
-    out = []
-    for t in range(T):
-        hp = product(h.astype(np.float32), p["weight_hh_l0"]).astype(np.float64)
-        a = xp[t] + b_ih
-        if cell == "lstm":
-            a = a + hp + b_hh
-            i, f, g, o = sigmoid(a[:, :H]), sigmoid(a[:, H:2 * H]), np.tanh(a[:, 2 * H:3 * H]), sigmoid(a[:, 3 * H:])
-            c = f * c + i * g
-            h = o * np.tanh(c)
-        elif cell == "gru" and reset_after:
-            r = sigmoid(a[:, :H] + hp[:, :H] + b_hh[:H])
-            z = sigmoid(a[:, H:2 * H] + hp[:, H:2 * H] + b_hh[H:2 * H])
-            n = np.tanh(a[:, 2 * H:] + r * (hp[:, 2 * H:] + b_hh[2 * H:]))
-            h = (1 - z) * n + z * h
-        elif cell == "gru":  # reset_after=False: W_hn (r*h), quantized as its own input
-            r = sigmoid(a[:, :H] + hp[:, :H] + b_hh[:H])
-            z = sigmoid(a[:, H:2 * H] + hp[:, H:2 * H] + b_hh[H:2 * H])
-            rh = product((r * h).astype(np.float32), p["weight_hh_l0"][2 * H:]).astype(np.float64)
-            n = np.tanh(a[:, 2 * H:] + rh + b_hh[2 * H:])
-            h = (1 - z) * n + z * h
-        else:
-            h = np.tanh(a + hp + b_hh) if cell == "rnn_tanh" else np.maximum(a + hp + b_hh, 0)
-        out.append(h)
-    return np.stack(out)
-
-
-def make(cell, C, H, rng=0, **kw):
-    if cell == "lstm":
-        return fastrnn.LSTM(C, H, rng=rng, **kw)
-    if cell == "gru":
-        return fastrnn.GRU(C, H, rng=rng, **kw)
-    return fastrnn.RNN(C, H, nonlinearity=cell[4:], rng=rng, **kw)
-
-
 @pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", True), ("gru", False), ("rnn_tanh", True),
                                               ("rnn_relu", True)])
 @pytest.mark.parametrize("T,N,C,H", [(1, 1, 1, 1), (4, 1, 3, 15), (3, 7, 64, 16), (5, 2, 5, 17), (3, 3, 9, 33),
@@ -101,7 +45,7 @@ def test_every_product_is_the_int8_one(isa, cell, reset_after, T, N, C, H):
     layer = make(cell, C, H, **kw).eval()
     x = np.random.default_rng(T * 100 + H).standard_normal((T, N, C)).astype(np.float32)
     got = layer.quantize_dynamic()(x)[0]
-    want = emulate(cell, x, layer.params, reset_after)
+    want = emulate(cell, x, layer.params, product, reset_after)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
     # and a different computation from float32's (the emulation is not just the float product)
     assert np.abs(layer(x)[0] - got).max() > 1e-6 or H == 1

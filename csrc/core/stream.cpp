@@ -42,6 +42,7 @@ void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* act
     if (plan_->weights_version() != version_) {  // new arrays were set on the plan (allocates, rarely)
         version_ = plan_->weights_version();
         w_ = plan_->weights_copy<T>();
+        low_.reset();
     }
     if (w_.empty()) throw std::invalid_argument("stream: the plan has no weights (set them first)");
     const Desc d = plan_->call(k, N_);
@@ -51,17 +52,17 @@ void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* act
         lengths = lengths_.data();
     }
     std::shared_ptr<const PackedWeights<T>> packed;
-    std::shared_ptr<const ReducedWeights> low;
     const KernelSet<T>& ks = active_kernels<T>();
-    if (precision_ == Precision::Int8)
-        low = plan_->reduced(ks.nr, int8_kernels());
-    else if (precision_ == Precision::BF16)
-        low = plan_->reduced(ks.nr, bf16_kernels());
-    else if (!in_place())
+    const void* kernels = precision_ == Precision::Int8   ? static_cast<const void*>(&int8_kernels())
+                          : precision_ == Precision::BF16 ? static_cast<const void*>(&bf16_kernels())
+                                                          : nullptr;
+    if (kernels && (!low_ || low_->nr != ks.nr || low_->kernels != kernels))
+        low_ = precision_ == Precision::Int8 ? plan_->reduced(ks.nr, int8_kernels()) : plan_->reduced(ks.nr, bf16_kernels());
+    if (!in_place() && !kernels)
         packed = plan_->packed<T>(ks.nr, ks.pack_forward);
     // The state is read (h0) before it is written (h_n) layer by layer, so one buffer serves both.
     forward<T>(d, w_.data(), x, h_.data(), c(), lengths, nullptr, out, h_.data(), c(), nullptr, noise_, packed.get(),
-               in_place(), low.get());
+               in_place(), low_.get());
 }
 
 template <class T>

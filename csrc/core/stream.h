@@ -29,7 +29,10 @@ class Stream {
     // Throws std::invalid_argument for a bidirectional plan, batch < 1, a plan of the other dtype,
     // zoneout rates the plan does not take (they give the expected update, as inference calls do).
     // `precision` Int8 or BF16 (a float32 plan; csrc/kernels/reduced.h): the plan's weights in that
-    // precision, checked against the weights at every step like the packed ones.
+    // precision, taken at the first step and again when the plan gets new arrays (set_weights) or
+    // the ISA changes, not compared with the weights at every step: that read of W_ih and W_hh
+    // (512 KiB at H=128) cost as much as the step. In-place writes to the weights reach a stream
+    // made after them.
     Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h = 0.0, double zoneout_c = 0.0,
            Precision precision = Precision::Float);
 
@@ -59,6 +62,7 @@ class Stream {
     std::vector<std::int64_t> lengths_;
     std::vector<LayerWeights<T>> w_;
     std::uint64_t version_ = ~std::uint64_t(0);
+    std::shared_ptr<const ReducedWeights> low_;  // the weights in `precision_` (not Float)
 };
 
 }  // namespace fastrnn

@@ -362,3 +362,16 @@ def _importable(name):
         return True
     except ImportError:
         return False
+
+
+def test_bf16_rows_in_the_same_run():
+    peers = ["torch"] if _importable("torch") else []
+    r = _run(cells=["lstm"], modes=["inference"], peers=peers, precisions=["bf16"])
+    impls = r["rows"][0]["impls"]
+    ours = impls["fastrnn-bf16"]
+    assert ours["status"] == "timed" and 1e-5 < ours["rel_diff"] <= _bench.BF16_RTOL  # bf16, not float32
+    assert ours["precision"] == "bf16" and ours["pct_peak"] > 0
+    for peer in ("torch-bf16", "torch-autocast") if peers else ():
+        assert impls[peer]["status"] in ("timed", "skipped") and "vs_fastrnn_precision" in impls[peer] \
+            or impls[peer]["status"] == "skipped"
+    assert "note: bf16 lstm" in _bench.format_table(r)

@@ -483,6 +483,65 @@ class TorchInt8Impl(TorchImpl):
             raise Unavailable(f"torch's quantize_dynamic left {type(self.module).__name__} unquantized")
 
 
+# --precision bf16: bf16 operands with float32 sums. 8 significant bits: ~1e-3 of the outputs'
+# scale, a few 1e-2 where errors accumulate; held to BF16_RTOL.
+BF16_RTOL = 0.05
+
+
+class FastrnnBf16Impl(FastrnnImpl):
+    """fastrnn's bf16 inference: ``compute_dtype="bfloat16"`` (docs/precision.md)."""
+
+    name = "fastrnn-bf16"
+    modes = ("inference",)
+    precision, rtol = "bf16", BF16_RTOL
+
+    def __init__(self, cell, mode, weights, x, threads):
+        if x.dtype != np.float32:
+            raise Unavailable("bf16 compute rounds float32 layers")
+        super().__init__(cell, mode, weights, x, threads)
+        self.layer.compute_dtype = "bfloat16"
+
+
+class TorchBf16Impl(TorchImpl):
+    """torch with bf16 parameters and input (``module.to(torch.bfloat16)``; oneDNN where it has a
+    bf16 RNN)."""
+
+    name = "torch-bf16"
+    modes = ("inference",)
+    precision, rtol = "bf16", BF16_RTOL
+
+    def __init__(self, cell, mode, weights, x, threads):
+        if x.dtype != np.float32:
+            raise Unavailable("bf16 from float32 problems only")
+        super().__init__(cell, mode, weights, x, threads)
+        self.module.to(self.torch.bfloat16)
+        self.x = self.x.to(self.torch.bfloat16)
+        try:
+            self.result()
+        except RuntimeError as exc:  # e.g. no bf16 kernel for this op on this CPU
+            raise Unavailable(f"torch cannot run {type(self.module).__name__} in bf16 here: "
+                              f"{str(exc).splitlines()[0]}") from exc
+
+    def _host(self, t):
+        return t.detach().float().cpu().numpy().copy()
+
+
+class TorchAutocastImpl(TorchImpl):
+    """torch's float32 module under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+
+    name = "torch-autocast"
+    modes = ("inference",)
+    precision, rtol = "bf16", BF16_RTOL
+
+    def _step(self):
+        with self.torch.no_grad(), self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+            self.module(self.x)
+
+    def result(self):
+        with self.torch.no_grad(), self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+            return {"output": self._host(self.module(self.x)[0].float())}
+
+
 class OnnxRuntimeInt8Impl(OnnxRuntimeImpl):
     """ONNX Runtime's dynamic int8 LSTM (``onnxruntime.quantization.quantize_dynamic``, which
     turns the LSTM node into the contrib op ``DynamicQuantizeLSTM``; it has no int8 GRU or RNN)."""
@@ -569,11 +628,13 @@ class SpeechBrainImpl(TorchImpl):
 
 IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "numpy": NumpyImpl,
          "speechbrain": SpeechBrainImpl}
-PRECISIONS = ("int8",)  # --precision: reduced-precision rows beside float32's
+PRECISIONS = ("int8", "bf16")  # --precision: reduced-precision rows beside float32's
 # Per precision: fastrnn's implementation, and each peer's by the peer it belongs to.
 PRECISION_IMPLS = {"int8": ({"fastrnn-int8": FastrnnInt8Impl},
                             {"torch": {"torch-int8": TorchInt8Impl},
-                             "onnxruntime": {"onnxruntime-int8": OnnxRuntimeInt8Impl}})}
+                             "onnxruntime": {"onnxruntime-int8": OnnxRuntimeInt8Impl}}),
+                   "bf16": ({"fastrnn-bf16": FastrnnBf16Impl},
+                            {"torch": {"torch-bf16": TorchBf16Impl, "torch-autocast": TorchAutocastImpl}})}
 FRONTEND_IMPLS = {"fastrnn.torch": FastrnnTorchImpl, "torch": TorchStepImpl}
 # --device cuda: fastrnn's CUDA backend against torch on the GPU (cuDNN); the NumPy layer copies
 # its arrays to the GPU and back in every call, fastrnn.torch runs zero-copy.
@@ -936,8 +997,9 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
     precisions : sequence
         Reduced-precision implementations beside float32's, from ``PRECISIONS`` ("int8":
         fastrnn's int8 inference, and torch's dynamic int8 and ONNX Runtime's
-        ``DynamicQuantizeLSTM`` when those peers are asked for). Inference rows only, held to
-        ``INT8_RTOL``; each gets its share of its precision's GEMM peak (``pct_peak``) and its
+        ``DynamicQuantizeLSTM`` when those peers are asked for; "bf16": fastrnn's bf16 inference,
+        torch's bf16 module and its autocast). Inference rows only, held to ``INT8_RTOL`` /
+        ``BF16_RTOL``; each gets its share of its precision's GEMM peak (``pct_peak``) and its
         ratio to fastrnn's implementation of that precision (``vs_fastrnn_precision``).
 
     Returns
@@ -1164,7 +1226,8 @@ def _fmt_ms(v):
 
 
 _SHORT = {"onnxruntime": "ORT", "speechbrain": "SB", "fastrnn-int8": "i8", "torch-int8": "torch-i8",
-          "onnxruntime-int8": "ORT-i8"}  # column titles
+          "onnxruntime-int8": "ORT-i8", "fastrnn-bf16": "bf16", "torch-bf16": "torch-bf16",
+          "torch-autocast": "autocast"}  # column titles
 
 
 def format_table(result, markdown=False):
@@ -1350,8 +1413,9 @@ def add_arguments(p):
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the docs)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--precision", dest="precisions", nargs="+", choices=PRECISIONS, default=[],
-                   help="also time reduced-precision inference in the same run: fastrnn's int8 "
-                        "(quantize_dynamic), torch's dynamic int8, ONNX Runtime's DynamicQuantizeLSTM")
+                   help="also time reduced-precision inference in the same run: int8 (fastrnn's quantize_dynamic, "
+                        "torch's dynamic int8, ONNX Runtime's DynamicQuantizeLSTM), bf16 (fastrnn's "
+                        "compute_dtype='bfloat16', torch's module.to(bfloat16) and autocast)")
     p.add_argument("--frontend", choices=("numpy", "torch"), default="numpy",
                    help="torch: fastrnn.torch modules vs torch.nn in a full training step")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

@@ -38,21 +38,19 @@ void round_native(const float* x, i64 n, bf16_t* out) {
 inline void dpbf16(__m512& acc, __m512i a, __m512i b) { asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
 
 // MR rows of A x NP panels: MR*NP accumulators (up to 6 x 4 = 24 of the 32 registers), per pair NP
-// panel loads and MR broadcasts of an A pair. Every loop unrolled (the accumulators stay in registers).
-
-template <int MR, int NP>
-void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, i64 cols, float* c, i64 ldc,
-           bool accumulate) {
-    __mmask16 m[NP];  // the outputs below `cols`
-#pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) m[p] = __mmask16(panel_lanes(cols - p * kPanel));
-    // c, or zeros through an empty mask: no branch in the unrolled start (one kept the
-    // accumulators in memory)
+// panel loads and MR broadcasts of an A pair. Every loop unrolled, the accumulators in registers:
+// GCC 12 kept them in memory when the block started from a masked load of c, or stored through
+// an array of masks, so a block that accumulates is its own instantiation (Acc) and the masks are
+// made where they are used.
+template <int MR, int NP, bool Acc>
+void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_stride, i64 cols, float* c, i64 ldc) {
     __m512 acc[MR][NP];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-        for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_maskz_loadu_ps(accumulate ? m[p] : 0, c + r * ldc + p * kPanel);
+        for (int p = 0; p < NP; ++p)
+            acc[r][p] = Acc ? _mm512_maskz_loadu_ps(__mmask16(panel_lanes(cols - p * kPanel)), c + r * ldc + p * kPanel)
+                            : _mm512_setzero_ps();
     for (i64 q = 0; q < pairs; ++q) {
         __m512i b[NP];
 #pragma GCC unroll 8
@@ -67,9 +65,11 @@ void block(i64 pairs, const bf16_t* a, i64 lda, const bf16_t* w, i64 panel_strid
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) {
+        const __mmask16 m = __mmask16(panel_lanes(cols - p * kPanel));  // the outputs below `cols`
 #pragma GCC unroll 8
-        for (int p = 0; p < NP; ++p) _mm512_mask_storeu_ps(c + r * ldc + p * kPanel, m[p], acc[r][p]);
+        for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(c + r * ldc + p * kPanel, m, acc[r][p]);
+    }
 }
 
 void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 cols, float* c,
@@ -77,11 +77,23 @@ void gemm_native(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packe
     const i64 pairs = depth / 2, stride = depth * kPanel;
     panels = std::min(panels, (cols + kPanel - 1) / kPanel);
     for_blocks<6>(N, [&](auto rows, i64 n) {
-        for_blocks<4>(panels, [&](auto np, i64 p) {
-            block<decltype(rows)::value, decltype(np)::value>(pairs, a + n * lda, lda, packed + p * stride, stride,
-                                                              cols - p * kPanel, c + n * ldc + p * kPanel, ldc,
-                                                              accumulate);
-        });
+        constexpr int R = decltype(rows)::value;
+        const auto panel_block = [&](auto np, i64 p) {
+            constexpr int P = decltype(np)::value;
+            const bf16_t *ar = a + n * lda, *wp = packed + p * stride;
+            float* cp = c + n * ldc + p * kPanel;
+            if (accumulate)
+                block<R, P, true>(pairs, ar, lda, wp, stride, cols - p * kPanel, cp, ldc);
+            else
+                block<R, P, false>(pairs, ar, lda, wp, stride, cols - p * kPanel, cp, ldc);
+        };
+        // Each output's pairs add in order, one vdpbf16ps after the other: with one or two rows a
+        // block is a few chains bound by the instruction's latency, so it takes 8 panels (8-16
+        // chains) instead of 4.
+        if constexpr (R <= 2)
+            for_blocks<8>(panels, panel_block);
+        else
+            for_blocks<4>(panels, panel_block);
     });
 }
 

@@ -177,10 +177,14 @@ def _on_torch_threads(fn, *args, **kwargs):
             _C._use_foreign_omp(False)
 
 
-def _check_reduced_call(where, compute_dtype, training, inputs):
-    """An int8 or bf16 module's forward is inference: eval mode, no gradients."""
+def _check_reduced_call(where, compute_dtype, training, inputs, params):
+    """An int8 or bf16 module's forward is inference on the CPU: eval mode, no gradients."""
     if compute_dtype not in ("int8", "bfloat16"):
         raise ValueError(f"{where}: compute_dtype={compute_dtype!r}; expected None, 'int8' or 'bfloat16'")
+    devices = sorted({str(t.device) for t in (*inputs, *params) if t.device.type != "cpu"})
+    if devices:
+        raise RuntimeError(f"{where}: compute_dtype={compute_dtype!r} runs on the CPU, got tensors on {devices} "
+                           "(move the module and its inputs with .cpu(), or set compute_dtype = None)")
     if training:
         if compute_dtype == "int8":
             raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), which is "
@@ -188,9 +192,10 @@ def _check_reduced_call(where, compute_dtype, training, inputs):
                                "then quantize it again")
         raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference: call .eval() first; bf16 "
                                   "training is not implemented yet (train with compute_dtype=None)")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        raise RuntimeError(f"{where}: {compute_dtype} inference has no gradients, but the input or the state requires "
-                           "grad (detach it, or run under torch.no_grad())")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *params)):
+        raise RuntimeError(f"{where}: {compute_dtype} inference has no gradients, but the input, the state or a "
+                           "parameter requires grad (run under torch.no_grad(), or detach them / "
+                           "requires_grad_(False))")
 
 
 def _run(spec, x, h0, c0, masks, weights, training, prepared=None, compute_dtype=None):
@@ -269,7 +274,18 @@ def _packed_layout(seq):
     return rows, lengths.numpy(), T, N
 
 
-class _FastRNNBase:
+class _DropsKeptPlan:
+    """The plan a module keeps for streams and int8/bf16 inference (`_kept_plan`) holds core
+    objects that do not pickle: copies and pickles (copy.deepcopy, torch.save) leave it out, and
+    it is made again at the next use."""
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_stream_plan", None)
+        return state
+
+
+class _FastRNNBase(_DropsKeptPlan):
     """``forward`` and the fastrnn layer protocol, mixed into the torch.nn classes (listed first).
 
     Besides torch's attributes: ``bptt_clip`` (None, or clip every gate pre-activation gradient to
@@ -285,13 +301,6 @@ class _FastRNNBase:
     layer_norm = False
     peephole = False
     recurrent_dropout = zoneout_h = zoneout_c = weight_drop = 0.0
-
-    def __getstate__(self):
-        # The plan kept for streams and int8/bf16 inference holds core objects that do not pickle: it
-        # is made again at the next use (copy.deepcopy and torch.save go through here).
-        state = dict(super().__getstate__())
-        state.pop("_stream_plan", None)
-        return state
 
     def _set_regularizers(self, where, **rates):
         for name, value in rates.items():
@@ -426,7 +435,7 @@ class _FastRNNBase:
         self._check_supported(where, [data, *states, *weights])
         low = self.compute_dtype is not None
         if low:
-            _check_reduced_call(where, self.compute_dtype, self.training, (data, *states))
+            _check_reduced_call(where, self.compute_dtype, self.training, (data, *states), weights)
 
         # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
         unbatched = False
@@ -500,16 +509,21 @@ class _FastRNNBase:
 
 
 def _kept_plan(module, where, tensors, make):
-    """A stream's plan on NumPy views of `tensors`, kept on `module` while the same tensors with the
-    same storage are there (in-place updates are seen through the views); `make()` makes a new one."""
-    key = tuple((id(t), t.data_ptr()) for t in tensors)
+    """A stream's (or int8/bf16 inference's) plan on NumPy views of `tensors`, kept on `module`
+    while the same tensors with the same storage and version are there; `make()` makes a new one.
+    The version (torch counts in-place writes: an optimizer step, load_state_dict) makes a new plan
+    after a write, which int8/bf16 streams need (they convert the weights once); float32 streams
+    would have seen the write through the views anyway. A plan on copies (non-contiguous
+    parameters) is not kept: the copies would miss later writes."""
+    key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
     kept = module.__dict__.get("_stream_plan")
     if kept is not None and kept[0] == key:
         return kept[1]
     if any(t.device.type != "cpu" for t in tensors):
         raise RuntimeError(f"{where}: the parameters are not on the CPU; streams run on CPU tensors")
     w = make()
-    module.__dict__["_stream_plan"] = (key, w)
+    if not w.copied:
+        module.__dict__["_stream_plan"] = (key, w)
     return w
 
 
@@ -816,7 +830,7 @@ class _LiGRUFunction(torch.autograd.Function):
                 *(wrap(grads[n], 4 + i) for i, n in enumerate(ctx.names)))
 
 
-class _LiGRULayer(torch.nn.Module):
+class _LiGRULayer(_DropsKeptPlan, torch.nn.Module):
     """One layer with the structure, names and state of SpeechBrain's ``LiGRU_Layer`` /
     ``SLiGRU_Layer`` (``w``, ``u``, ``norm``, ``layer_norm``, ``h_init``, ``drop_masks``), run by
     fastrnn's kernel."""
@@ -916,7 +930,7 @@ class _LiGRULayer(torch.nn.Module):
         h0 = h0.contiguous()
         if self.compute_dtype is not None:  # on the plan kept on the layer: the weights are converted once
             where = f"fastrnn.torch.{'SLiGRU' if kind == 'sligru' else 'LiGRU'}.forward"
-            _check_reduced_call(where, self.compute_dtype, self.training, (x, h0))
+            _check_reduced_call(where, self.compute_dtype, self.training, (x, h0), params)
             out, _, _, _ = _on_torch_threads(
                 F._forward, kind, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
                 num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=False, rng=None,
@@ -1264,7 +1278,7 @@ def quantize_dynamic(model, inplace=False):
         raise ValueError(f"{where}: {type(model).__name__} holds no recurrent module to quantize (fastrnn.torch's, "
                          "torch.nn.LSTM/GRU/RNN, or torch's dynamic-quantized LSTM/GRU)")
     for m in model.modules():
-        ps = list(m.parameters(recurse=False))
+        ps = list(m.parameters())  # a Li-GRU's weights are in its child Linear modules
         if _to_int8(m) and ps and (ps[0].dtype != torch.float32 or ps[0].device.type != "cpu"):
             raise ValueError(f"{where}: {type(m).__name__} has {ps[0].dtype} parameters on {ps[0].device}; int8 "
                              "quantizes float32 CPU modules")

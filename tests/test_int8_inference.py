@@ -211,3 +211,18 @@ def test_an_int8_stream_steps_like_the_whole_sequence(isa):
     steps = np.stack([s.step(x[t]) for t in range(8)])
     np.testing.assert_array_equal(steps, whole)
     assert np.abs(steps - fastrnn.LSTM(10, 36, num_layers=2, rng=0).eval()(x)[0]).max() > 1e-6
+
+
+def test_an_int8_stream_takes_new_weights_after_load_state_dict():
+    # int8 streams convert the weights once; load_state_dict (in place) tells the plan
+    layer = fastrnn.GRU(4, 12, rng=0).eval().quantize_dynamic()
+    x = np.random.default_rng(5).standard_normal((3, 1, 4)).astype(np.float32)
+    s = layer.stream(batch=1)
+    s.step(x[0])
+    other = fastrnn.GRU(4, 12, rng=9)
+    layer.load_state_dict(other.state_dict())
+    s.reset()
+    steps = np.stack([s.step(x[t]) for t in range(3)])
+    np.testing.assert_array_equal(steps, layer(x)[0])
+    layer.compute_dtype = np.int8  # a dtype object works as its name does, in calls and streams
+    assert "int8" in repr(layer.stream(1))

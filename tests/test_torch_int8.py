@@ -177,14 +177,42 @@ def test_bf16_inference_of_torch_modules():
     want = m(x)[0].detach()
     m.compute_dtype = "bfloat16"
     assert "compute_dtype='bfloat16'" in repr(m)
-    got = m(x)[0]
+    with pytest.raises(RuntimeError, match="a parameter requires grad"):
+        m(x)  # its parameters require grad: bf16 inference has no gradients
+    with torch.no_grad():
+        got = m(x)[0]
     layer = fastrnn.LSTM(6, 20, num_layers=2, batch_first=True, compute_dtype="bfloat16").eval()
     layer.load_state_dict(m.state_dict())
     np.testing.assert_array_equal(got.detach().numpy(), layer(x.numpy())[0])
     assert 1e-6 < (got - want).abs().max().item() < 0.01
     m.train()
-    with pytest.raises(NotImplementedError, match="bf16"):
+    with pytest.raises(NotImplementedError, match="bf16"), torch.no_grad():
         m(x)
     m.eval().compute_dtype = "float16"
     with pytest.raises(ValueError, match="expected None, 'int8' or 'bfloat16'"):
         m(x)
+
+
+def test_an_int8_torch_stream_sees_in_place_updates():
+    q = fastrnn.torch.quantize_dynamic(fastrnn.torch.LSTM(4, 10))
+    x = torch.randn(5, 2, 4)
+    s = q.stream(batch=2)
+    s.step(x[0])
+    with torch.no_grad():
+        q.weight_hh_l0.mul_(0.5)  # in place, as an optimizer step or load_state_dict
+    s.reset()
+    steps = torch.stack([s.step(x[t]) for t in range(5)])
+    assert torch.equal(steps, q(x)[0])
+
+
+def test_li_gru_modules_copy_and_save_after_int8_calls():
+    q = fastrnn.torch.quantize_dynamic(fastrnn.torch.LiGRU(hidden_size=8, input_shape=(2, 5, 4)).eval())
+    x = torch.randn(2, 5, 4)
+    y = q(x)[0]
+    buf = io.BytesIO()
+    torch.save(q, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x)[0], y)
+    assert torch.equal(copy.deepcopy(q)(x)[0], y)
+    with pytest.raises(ValueError, match="int8 quantizes float32 CPU modules"):
+        fastrnn.torch.quantize_dynamic(fastrnn.torch.LiGRU(hidden_size=8, input_shape=(2, 5, 4)).double())

@@ -177,6 +177,9 @@ class _RNNBase:
             new[k] = a
         for k, a in new.items():  # all checked first: a failed load changes nothing
             own[k][...] = a
+        kept = self._kept_weights()
+        if kept is not None and new:  # the same arrays, new values: int8/bf16 streams take them again
+            kept.plan.set_weights(kept.arrays)
         return missing, unexpected
 
     @contextlib.contextmanager

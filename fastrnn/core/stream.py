@@ -7,7 +7,10 @@ the call's descriptor, the state buffers and the weights' arrangement. With a fe
 recurrent products read the layer's weights where they are (nothing is packed), so an update of
 the parameters (an optimizer step, ``load_state_dict``, a write into ``params``) is used by the
 next step; with many slots (more than 8) it reads the plan's packed copy, which the core checks
-against the weights at every step. A replaced array is picked up at the next step too.
+against the weights at every step. A replaced array is picked up at the next step too. A layer
+with ``compute_dtype`` "int8" or "bfloat16" streams on weights converted when the stream starts,
+again after ``load_state_dict`` or a replaced array, but not after other in-place writes into
+``params`` (comparing the weights at every step cost more than the step: docs/precision.md).
 
 A stream is used by one thread at a time (a second thread stepping it at the same moment gets a
 RuntimeError); streams of one layer step concurrently, each on its own thread.
@@ -33,6 +36,7 @@ import threading
 import numpy as np
 
 from .. import _C
+from . import functional as _functional
 
 __all__ = ["Stream"]
 
@@ -74,12 +78,12 @@ class Stream:
         self._layer, self._where, self._lstm = layer, where, lstm
         self._weights_of = weights
         self._rates = (float(zoneout_h), float(zoneout_c))
-        # the layer's compute_dtype (fastrnn.quantize_dynamic: "int8"), "" for its own dtype
-        self._precision = getattr(layer, "compute_dtype", None) if getattr(layer, "compute_dtype", None) in (
-            "int8", "bfloat16") else ""
         self._lock = threading.Lock()
         self._converts = type(self)._inputs is not Stream._inputs  # a frontend's conversions (fastrnn.torch)
         self._w = weights(where)
+        # the layer's compute_dtype ("int8", "bfloat16"), "" for its own dtype, checked as a call would
+        self._precision = _functional._check_compute_dtype(getattr(layer, "compute_dtype", None), self._w.dtype,
+                                                           False, "cpu", where)
         self._core = _C.Stream(self._w.plan, int(batch), *self._rates, precision=self._precision)
         self.batch = int(batch)
         self.dtype = self._w.dtype

@@ -247,6 +247,9 @@ FASTRNN_API fastrnn_status fastrnn_backward(const fastrnn_desc* desc, const fast
  * such call compares the weights with a copy taken when they were packed (one read of W_hh, no
  * write) and packs again when they differ, so a plan never computes with stale weights, whoever
  * writes the arrays (docs/design.md, "The plan"). Training calls pack into their own scratch.
+ * The one exception: the streams of a plan with options->compute INT8 or BF16 convert the weights
+ * at their first step and again after fastrnn_plan_set_params, not at every step (the comparison
+ * would cost more than the step): call fastrnn_plan_set_params after writing new values.
  *
  * Threads: forward/backward calls on one plan may run at once from several threads (each with
  * its own buffers); fastrnn_plan_set_params and fastrnn_plan_destroy must not overlap a call on
@@ -292,7 +295,8 @@ typedef struct fastrnn_plan_options {
     int32_t recurrent_affine; /* SLi-GRU: 1 = its LayerNorm of W_hh h has a gain and a shift */
     int32_t compute;          /* enum fastrnn_compute. FASTRNN_COMPUTE_INT8 and _BF16: training calls (a cache,
                                * backward) fail with FASTRNN_STATUS_INVALID_ARGUMENT; the plan's streams run
-                               * in that precision.
+                               * in that precision, on the weights converted at their first step or the
+                               * last fastrnn_plan_set_params (see Plans).
                                * (0.2 named it reserved0 and required 0: the same layout and default.) */
 } fastrnn_plan_options;
 

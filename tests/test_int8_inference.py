@@ -226,3 +226,14 @@ def test_an_int8_stream_takes_new_weights_after_load_state_dict():
     np.testing.assert_array_equal(steps, layer(x)[0])
     layer.compute_dtype = np.int8  # a dtype object works as its name does, in calls and streams
     assert "int8" in repr(layer.stream(1))
+
+
+def test_a_model_loads_its_state_and_its_int8_streams_follow():
+    model = fastrnn.quantize_dynamic(fastrnn.Sequential(fastrnn.GRU(4, 6, rng=0), fastrnn.Linear(6, 2, rng=0)))
+    x = np.random.default_rng(6).standard_normal((3, 1, 4)).astype(np.float32)
+    s = model.modules[0].stream(batch=1)
+    s.step(x[0])
+    other = fastrnn.Sequential(fastrnn.GRU(4, 6, rng=5), fastrnn.Linear(6, 2, rng=5))
+    model.load_state_dict(other.state_dict())
+    s.reset()
+    np.testing.assert_array_equal(np.stack([s.step(x[t]) for t in range(3)]), model.modules[0](x)[0])

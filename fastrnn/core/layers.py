@@ -177,10 +177,16 @@ class _RNNBase:
             new[k] = a
         for k, a in new.items():  # all checked first: a failed load changes nothing
             own[k][...] = a
-        kept = self._kept_weights()
-        if kept is not None and new:  # the same arrays, new values: int8/bf16 streams take them again
-            kept.plan.set_weights(kept.arrays)
+        if new:
+            self._values_rewritten()
         return missing, unexpected
+
+    def _values_rewritten(self):
+        """The same arrays got new values: the kept plan says so, so that int8/bf16 streams (which
+        convert the weights once) take them again."""
+        kept = self._kept_weights()
+        if kept is not None:
+            kept.plan.set_weights(kept.arrays)
 
     @contextlib.contextmanager
     def _training_call(self, where):

@@ -50,6 +50,11 @@ class _Module:
     _state = _RNNBase._state
     __call__ = _RNNBase.__call__
 
+    def _values_rewritten(self):
+        for m in getattr(self, "modules", ()):  # Sequential: its recurrent layers' plans
+            if hasattr(m, "_values_rewritten"):
+                m._values_rewritten()
+
     @property
     def buffers(self):
         """Arrays of the state that are not trained (none here)."""

@@ -59,11 +59,11 @@ __all__ = ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiG
 
 # torch's RNNBase.mode -> fastrnn cell name.
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 # Everything about one call that is not a tensor.
 _Spec = namedtuple("_Spec", "cell names num_layers bidirectional bias batch_first dropout reset_after lengths where "
-                           "bptt_clip module recorders variants noise")
+                           "bptt_clip module recorders variants noise compute_dtype")
 # The fastrnn-only regularizer keywords of the modules, and their defaults (off).
 _REGULARIZERS = {"recurrent_dropout": 0.0, "zoneout_h": 0.0, "zoneout_c": 0.0, "weight_drop": 0.0}
 
@@ -178,24 +178,47 @@ def _on_torch_threads(fn, *args, **kwargs):
 
 
 def _check_reduced_call(where, compute_dtype, training, inputs, params):
-    """An int8 or bf16 module's forward is inference on the CPU: eval mode, no gradients."""
+    """An int8 module's forward is inference on the CPU (eval mode, no gradients); a bf16 one runs
+    on the CPU, in inference or training."""
     if compute_dtype not in ("int8", "bfloat16"):
         raise ValueError(f"{where}: compute_dtype={compute_dtype!r}; expected None, 'int8' or 'bfloat16'")
     devices = sorted({str(t.device) for t in (*inputs, *params) if t.device.type != "cpu"})
     if devices:
         raise RuntimeError(f"{where}: compute_dtype={compute_dtype!r} runs on the CPU, got tensors on {devices} "
                            "(move the module and its inputs with .cpu(), or set compute_dtype = None)")
+    if compute_dtype == "bfloat16":
+        return
     if training:
-        if compute_dtype == "int8":
-            raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), which is "
-                               "for inference: call .eval() first. int8 has no gradients: train the float32 module, "
-                               "then quantize it again")
-        raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference: call .eval() first; bf16 "
-                                  "training is not implemented yet (train with compute_dtype=None)")
+        raise RuntimeError(f"{where}: this module is quantized to int8 (fastrnn.torch.quantize_dynamic), which is "
+                           "for inference: call .eval() first. int8 has no gradients: train the float32 module, "
+                           "then quantize it again")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *params)):
         raise RuntimeError(f"{where}: {compute_dtype} inference has no gradients, but the input, the state or a "
                            "parameter requires grad (run under torch.no_grad(), or detach them / "
                            "requires_grad_(False))")
+
+
+def _precision(where, compute_dtype, weights, inputs):
+    """How a call computes, as torch would have it. Returns ``(compute_dtype, weights, inputs,
+    out_dtype)``: bf16 parameters (``module.to(torch.bfloat16)``) compute in bf16 on float32 copies
+    of the parameters (exact: every bf16 value is a float32), the inputs must be bf16 too, and the
+    outputs are bf16, the gradients reaching the bf16 parameters through the copies; under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` float32 parameters compute in bf16 and the
+    outputs are bf16 (autocast's rule for recurrent layers), inputs of any float dtype."""
+    dtype = weights[0].dtype
+    if dtype == torch.bfloat16:
+        for i, t in enumerate(inputs):
+            if t.dtype != dtype:
+                raise TypeError(f"{where}: {('input', 'h_0', 'c_0')[i]} has dtype {t.dtype}, expected "
+                                f"{dtype} like the parameters")
+        if compute_dtype == "int8":
+            raise TypeError(f"{where}: compute_dtype='int8' quantizes float32 parameters, got {dtype}")
+        return "bfloat16", [w.float() for w in weights], [t.float() for t in inputs], dtype
+    if (compute_dtype in (None, "bfloat16") and dtype == torch.float32
+            and all(t.device.type == "cpu" for t in (*weights, *inputs))
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return "bfloat16", weights, [t.float() for t in inputs], torch.bfloat16
+    return compute_dtype, weights, inputs, None
 
 
 def _run(spec, x, h0, c0, masks, weights, training, prepared=None, compute_dtype=None):
@@ -220,7 +243,7 @@ class _RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, x, h0, c0, masks, *weights):
-        out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True)
+        out, h_n, c_n, fctx = _run(spec, x, h0, c0, masks, weights, training=True, compute_dtype=spec.compute_dtype)
         if spec.recorders:  # fastrnn.diagnostics.record: gate statistics from the cache
             F.notify_forward(spec.recorders, spec.module, fctx)
         # What BPTT reads is saved through torch, so retain_graph, the check against in-place
@@ -296,7 +319,8 @@ class _FastRNNBase(_DropsKeptPlan):
     bptt_clip = None
     _recorders = ()  # fastrnn.diagnostics.record objects attached to this module
     # "int8": dynamic quantization for inference (fastrnn.torch.quantize_dynamic); "bfloat16": bf16
-    # products for inference (set the attribute); None: the parameters' dtype
+    # products for inference and training, float32 parameters (set the attribute); None: the
+    # parameters' dtype, or bf16 under torch.autocast("cpu", dtype=torch.bfloat16)
     compute_dtype = None
     layer_norm = False
     peephole = False
@@ -406,8 +430,8 @@ class _FastRNNBase(_DropsKeptPlan):
                                "move them to one device")
         dtype = self._flat_weights[0].dtype
         if dtype not in _DTYPES:
-            raise TypeError(f"{where}: the parameters have dtype {dtype}, expected torch.float32 or torch.float64 "
-                            "(convert the module with .float() or .double())")
+            raise TypeError(f"{where}: the parameters have dtype {dtype}, expected torch.float32, torch.float64 or "
+                            "torch.bfloat16 (convert the module with .float(), .double() or .bfloat16())")
 
     def forward(self, input, hx=None):
         """Torch's ``forward(input, hx=None)``: the same arguments, checks and outputs as the torch.nn twin.
@@ -433,9 +457,6 @@ class _FastRNNBase(_DropsKeptPlan):
                             f"got {type(hx).__name__}" + (f" of {[type(s).__name__ for s in hx]}" if lstm else ""))
         weights = self._flat_weights
         self._check_supported(where, [data, *states, *weights])
-        low = self.compute_dtype is not None
-        if low:
-            _check_reduced_call(where, self.compute_dtype, self.training, (data, *states), weights)
 
         # torch's checks and messages (shapes of input and hx), on the layout torch checks them in.
         unbatched = False
@@ -456,10 +477,14 @@ class _FastRNNBase(_DropsKeptPlan):
             self.check_forward_args(data, tuple(states) if lstm else states[0], batch_sizes)
         else:
             self.check_input(data, batch_sizes)
+
+        compute, weights, (data, *states), out_dtype = _precision(where, self.compute_dtype, weights, [data, *states])
+        if compute is not None:
+            _check_reduced_call(where, compute, self.training, (data, *states), weights)
         for which, t in zip(("input", "h_0", "c_0"), [data, *states]):
-            if t.dtype != weights[0].dtype:  # the input's dtype is checked by torch too, except under autocast
+            if t.dtype != weights[0].dtype:  # the input's dtype is checked by torch too
                 raise TypeError(f"{where}: {which} has dtype {t.dtype}, expected {weights[0].dtype} like the "
-                                "parameters (fastrnn.torch does not support autocast)")
+                                "parameters (or run under torch.autocast('cpu', dtype=torch.bfloat16))")
 
         if packed:  # to the padded time-major layout of the core, in the original batch order
             rows, lengths, T, N = _packed_layout(input)
@@ -482,21 +507,24 @@ class _FastRNNBase(_DropsKeptPlan):
                         **{k: getattr(self, k) for k in _REGULARIZERS if getattr(self, k)})
         spec = _Spec(self._cell(), self._flat_weights_names, L, self.bidirectional, self.bias,
                      self.batch_first and not packed, self.dropout, getattr(self, "reset_after", True), lengths, where,
-                     self.bptt_clip, self, tuple(r for r in self._recorders if r.active), variants, noise)
+                     self.bptt_clip, self, tuple(r for r in self._recorders if r.active), variants, noise, compute)
         h0, c0 = (states + [None, None])[:2]
+        regularized = masks is not None or noise is not None
         if _on_gpu(x):  # the CUDA backend, zero-copy on torch's current stream
             from ._torch_cuda import run
             outs = run(spec, x, h0, c0, masks, weights)
-        elif low:  # on the plan kept on the module: the weights are converted once
-            out, h_n, c_n, _ = _run(spec, x, h0, c0, None, weights, training=False,
-                                    prepared=self._stream_weights(where), compute_dtype=self.compute_dtype)
-            outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
         elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, *states, *weights)):
-            outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)
-        else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply the masks)
-            out, h_n, c_n, _ = _run(spec, x, h0, c0, masks, weights,
-                                    training=masks is not None or noise is not None)
+            outs = _RNNFunction.apply(spec, x, h0, c0, masks, *weights)  # float32 or bf16 (int8 was refused)
+        elif compute is not None and not regularized and weights is self._flat_weights:
+            # inference on the plan kept on the module: the weights are converted once
+            out, h_n, c_n, _ = _run(spec, x, h0, c0, None, weights, training=False,
+                                    prepared=self._stream_weights(where), compute_dtype=compute)
             outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
+        else:  # nothing to differentiate: no cache kept (one is made and dropped only to apply the masks)
+            out, h_n, c_n, _ = _run(spec, x, h0, c0, masks, weights, training=regularized, compute_dtype=compute)
+            outs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
+        if out_dtype is not None:
+            outs = tuple(t.to(out_dtype) for t in outs)
 
         output, hidden = outs[0], outs[1:]
         if packed:
@@ -799,7 +827,7 @@ class _LiGRUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, x, h0, cand_mask, *params):
-        kind, names, buffers, options, module_training = spec
+        kind, names, buffers, options, module_training, compute_dtype = spec
         noise = None if cand_mask is None else {"cand_mask": _numpy(cand_mask)[None]}
         # In eval mode a differentiated call keeps SpeechBrain's inference math: the batch norm's
         # running statistics, no dropout (sample_noise=False).
@@ -807,7 +835,7 @@ class _LiGRUFunction(torch.autograd.Function):
             F._forward, kind, _numpy(x), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
             num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=True, rng=None,
             reset_after=True, where=f"fastrnn.torch.{'SLiGRU' if kind == 'sligru' else 'LiGRU'}.forward",
-            noise=noise, sample_noise=module_training, buffers=buffers, **options)
+            noise=noise, sample_noise=module_training, buffers=buffers, compute_dtype=compute_dtype, **options)
         ctx.save_for_backward(x, *params, torch.from_numpy(fctx.x), torch.from_numpy(fctx.cache))
         fctx.x = fctx.cache = None
         ctx.fctx, ctx.names = fctx, names
@@ -835,7 +863,7 @@ class _LiGRULayer(_DropsKeptPlan, torch.nn.Module):
     ``SLiGRU_Layer`` (``w``, ``u``, ``norm``, ``layer_norm``, ``h_init``, ``drop_masks``), run by
     fastrnn's kernel."""
 
-    compute_dtype = None  # "int8" (quantize_dynamic) or "bfloat16": reduced-precision inference
+    compute_dtype = None  # "int8" (quantize_dynamic, inference) or "bfloat16" (inference and training)
 
     def __init__(self, input_size, hidden_size, num_layers, batch_size, dropout=0.0, nonlinearity="relu",
                  normalization="batchnorm", bias=True, bidirectional=False, stabilised=False,
@@ -925,26 +953,36 @@ class _LiGRULayer(_DropsKeptPlan, torch.nn.Module):
         self._change_batch_size(x)
         mask = self._sample_drop_mask(x)
         h0 = hx if hx is not None else self.h_init.broadcast_to(x.shape[0], self.hidden_size)
+        where = f"fastrnn.torch.{'SLiGRU' if self.stabilised else 'LiGRU'}.forward"
+        if self.w.weight.dtype == torch.bfloat16:
+            raise TypeError(f"{where}: bf16 parameters (module.to(torch.bfloat16)) are not supported by the Li-GRU "
+                            "modules, whose batch-norm statistics the kernel updates in float32: keep float32 "
+                            "parameters and train under torch.autocast('cpu', dtype=torch.bfloat16) or with "
+                            "compute_dtype='bfloat16'")
         kind, names, params, buffers, options = self._spec()
         xt = x.transpose(0, 1).contiguous()  # fastrnn's time-major layout
         h0 = h0.contiguous()
-        if self.compute_dtype is not None:  # on the plan kept on the layer: the weights are converted once
-            where = f"fastrnn.torch.{'SLiGRU' if kind == 'sligru' else 'LiGRU'}.forward"
-            _check_reduced_call(where, self.compute_dtype, self.training, (x, h0), params)
+        compute, params, (xt, h0), out_dtype = _precision(where, self.compute_dtype, params, [xt, h0])
+        if compute is not None:
+            _check_reduced_call(where, compute, self.training, (xt, h0), params)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
+            h = _LiGRUFunction.apply((kind, names, buffers, options, self.training, compute), xt, h0, mask, *params)
+        elif compute is not None and not self.training:  # on the plan kept on the layer: weights converted once
             out, _, _, _ = _on_torch_threads(
                 F._forward, kind, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
                 num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=False, rng=None,
                 reset_after=True, where=where, buffers=buffers, weights=self._stream_weights(where),
-                compute_dtype=self.compute_dtype, **options)
+                compute_dtype=compute, **options)
             h = torch.from_numpy(out)
-        elif torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
-            h = _LiGRUFunction.apply((kind, names, buffers, options, self.training), xt, h0, mask, *params)
         else:
             fn = F.sligru_forward if kind == "sligru" else F.ligru_forward
             noise = None if mask is None else {"cand_mask": _numpy(mask.contiguous())[None]}
             out, _, _ = _on_torch_threads(fn, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None],
-                                          training=self.training, buffers=buffers, noise=noise, **options)
+                                          training=self.training, buffers=buffers, noise=noise, compute_dtype=compute,
+                                          **options)
             h = torch.from_numpy(out)
+        if out_dtype is not None:
+            h = h.to(out_dtype)
         h = h.transpose(0, 1)
         if self.bidirectional:
             h_f, h_b = h.chunk(2, dim=0)

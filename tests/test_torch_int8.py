@@ -177,18 +177,13 @@ def test_bf16_inference_of_torch_modules():
     want = m(x)[0].detach()
     m.compute_dtype = "bfloat16"
     assert "compute_dtype='bfloat16'" in repr(m)
-    with pytest.raises(RuntimeError, match="a parameter requires grad"):
-        m(x)  # its parameters require grad: bf16 inference has no gradients
     with torch.no_grad():
         got = m(x)[0]
     layer = fastrnn.LSTM(6, 20, num_layers=2, batch_first=True, compute_dtype="bfloat16").eval()
     layer.load_state_dict(m.state_dict())
     np.testing.assert_array_equal(got.detach().numpy(), layer(x.numpy())[0])
     assert 1e-6 < (got - want).abs().max().item() < 0.01
-    m.train()
-    with pytest.raises(NotImplementedError, match="bf16"), torch.no_grad():
-        m(x)
-    m.eval().compute_dtype = "float16"
+    m.compute_dtype = "float16"
     with pytest.raises(ValueError, match="expected None, 'int8' or 'bfloat16'"):
         m(x)
 

@@ -195,9 +195,12 @@ void forward_impl(PyPlan& self, const py::object& x, const py::object& out, cons
     T* phn = data_of<T>(h_n, "h_n", S, true);
     T* pcn = lstm ? data_of<T>(c_n, "c_n", SC, true) : nullptr;
     const fastrnn::Precision precision = fastrnn::bindings::precision_of(precision_name);
-    if (precision != fastrnn::Precision::Float && (pcache || nz.w_mask || p.is_double()))
-        throw std::invalid_argument("forward: " + precision_name + " runs inference calls of a float32 plan (no cache, "
-                                    "no weight_drop mask)");
+    if (precision != fastrnn::Precision::Float && (nz.w_mask || p.is_double()))
+        throw std::invalid_argument("forward: " + precision_name + " runs calls of a float32 plan without a "
+                                    "weight_drop mask");
+    if (precision == fastrnn::Precision::Int8 && pcache)
+        throw std::invalid_argument("forward: int8 runs inference calls (no cache); training computes in float32 or "
+                                    "bfloat16");
     std::shared_ptr<const fastrnn::PackedWeights<T>> packed;
     std::shared_ptr<const fastrnn::ReducedWeights> low;
     fastrnn::without_gil([&] {
@@ -221,7 +224,7 @@ void backward_impl(PyPlan& self, const py::object& x, const py::object& cache, c
                    const py::object& grad_h_sq, const py::object& grad_c_sq, const py::object& carried_sq,
                    const py::object& prev_state_sq, const py::object& rec_mask, const py::object& zh_mask,
                    const py::object& zc_mask, double zh_rate, double zc_rate, const py::object& w_mask,
-                   const py::object& cand_mask, bool bn_frozen) {
+                   const py::object& cand_mask, bool bn_frozen, const std::string& precision_name) {
     const Plan& p = *self.plan;
     const auto [T_, N] = sizes_of(p, x);
     fastrnn::Desc d = p.call(T_, N);
@@ -261,6 +264,12 @@ void backward_impl(PyPlan& self, const py::object& x, const py::object& cache, c
     if (!opt.diag.carried_sq != !opt.diag.prev_state_sq)
         throw std::invalid_argument("carried_sq and prev_state_sq go together");
     opt.noise = noise_of<T>(d, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask, cand_mask);
+    const fastrnn::Precision precision = fastrnn::bindings::precision_of(precision_name);
+    if (precision == fastrnn::Precision::Int8)
+        throw std::invalid_argument("backward: int8 has no gradients (inference only)");
+    opt.bf16 = precision == fastrnn::Precision::BF16;
+    if (opt.bf16 && (p.is_double() || opt.noise.w_mask))
+        throw std::invalid_argument("backward: bfloat16 runs calls of a float32 plan without a weight_drop mask");
     fastrnn::without_gil(
         [&] { fastrnn::backward<T>(d, W.data(), px, plen, pm, pcache, pgo, pghn, pgcn, pgx, pgh0, pgc0, G.data(), opt); });
 }
@@ -412,17 +421,18 @@ PYBIND11_MODULE(_C, m) {
                 const py::object& masks, bool retain, double bptt_clip, const py::object& grad_h_sq,
                 const py::object& grad_c_sq, const py::object& carried_sq, const py::object& prev_state_sq,
                 const py::object& rec_mask, const py::object& zh_mask, const py::object& zc_mask, double zh_rate,
-                double zc_rate, const py::object& w_mask, const py::object& cand_mask, bool bn_frozen) {
+                double zc_rate, const py::object& w_mask, const py::object& cand_mask, bool bn_frozen,
+                const std::string& precision) {
                  if (s.plan->is_double())
                      backward_impl<double>(s, x, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, grads,
                                            lengths, masks, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
                                            prev_state_sq, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask,
-                                           cand_mask, bn_frozen);
+                                           cand_mask, bn_frozen, precision);
                  else
                      backward_impl<float>(s, x, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, grads,
                                           lengths, masks, retain, bptt_clip, grad_h_sq, grad_c_sq, carried_sq,
                                           prev_state_sq, rec_mask, zh_mask, zc_mask, zh_rate, zc_rate, w_mask,
-                                          cand_mask, bn_frozen);
+                                          cand_mask, bn_frozen, precision);
              },
              py::arg("x"), py::arg("cache"), py::arg("grad_out"), py::arg("grad_h_n"), py::arg("grad_c_n"),
              py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"), py::arg("grads"),
@@ -431,7 +441,7 @@ PYBIND11_MODULE(_C, m) {
              py::arg("carried_sq") = py::none(), py::arg("prev_state_sq") = py::none(),
              py::arg("rec_mask") = py::none(), py::arg("zh_mask") = py::none(), py::arg("zc_mask") = py::none(),
              py::arg("zh_rate") = 0.0, py::arg("zc_rate") = 0.0, py::arg("w_mask") = py::none(),
-             py::arg("cand_mask") = py::none(), py::arg("bn_frozen") = false)
+             py::arg("cand_mask") = py::none(), py::arg("bn_frozen") = false, py::arg("precision") = "")
         .def("forward_stats",
              [](const PyPlan& s, const py::object& cache, i64 T, i64 N, const py::object& lengths,
                 const py::object& saturation, bool dropout) {

@@ -738,6 +738,7 @@ void plan_backward(const fastrnn_plan& plan, const PlanCacheHeader& h, const voi
     opt.diag.grad_h_sq = o.grad_h_sq;
     opt.diag.grad_c_sq = o.grad_c_sq;
     opt.noise = plan_noise<T>(plan, c, true, nullptr);
+    opt.bf16 = plan.precision == fastrnn::Precision::BF16;  // as the forward that filled the cache
     if (!opt.retain) set_cache_state(cache, kCacheConsumed);
     fastrnn::backward<T>(d, W.data(), static_cast<const T*>(x), lengths, static_cast<const T*>(c.dropout_masks),
                          payload<T>(cache), static_cast<const T*>(grad_y), static_cast<const T*>(grad_h_n),
@@ -1079,9 +1080,12 @@ fastrnn_status fastrnn_plan_forward(const fastrnn_plan* plan, int64_t seq_len, i
                 invalid("call->dropout_masks: must be NULL when num_layers = 1 (dropout acts between layers)");
             check_aligned(c.dropout_masks, "call->dropout_masks", P.esize);
         }
-        if (p.precision != fastrnn::Precision::Float && cache)
-            invalid(std::string("cache: the plan computes in ") + (p.precision == fastrnn::Precision::Int8 ? "int8" : "bf16") +
-                    " (options->compute), for inference only: pass cache = NULL");
+        if (p.precision == fastrnn::Precision::Int8 && cache)
+            invalid("cache: the plan computes in int8 (options->compute), for inference only: pass cache = NULL");
+        if (p.precision != fastrnn::Precision::Float && c.weight_drop)
+            invalid("call->weight_drop: the plan computes in " +
+                    std::string(p.precision == fastrnn::Precision::Int8 ? "int8" : "bf16") +
+                    " (options->compute), on weights converted from the parameters, not from masked ones");
         std::uint32_t bits = 0;
         if (P.dtype == FASTRNN_FLOAT32)
             plan_noise<float>(p, c, cache != nullptr, &bits);

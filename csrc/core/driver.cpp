@@ -277,6 +277,15 @@ void fold_bias(const Desc& d, const LayerWeights<T>& w, T* bias, T* bhn) {
 }
 
 // W_hh as the recurrence uses it: W_hh * mask under DropConnect (into `buf`), else W_hh itself.
+// x rounded to bf16 and back (round to nearest even, denormals to zero: bf16::round_one).
+template <class T>
+void round_to_bf16(const T* x, i64 n, T* out) {
+    if constexpr (std::is_same_v<T, float>)
+        for (i64 i = 0; i < n; ++i) out[i] = bf16::to_float(bf16::round_one(x[i]));
+    else
+        throw std::invalid_argument("bf16 compute takes float32");
+}
+
 template <class T>
 const T* effective_w_hh(const T* w_hh, const T* mask, i64 n, T* buf) {
     if (!mask) return w_hh;
@@ -334,9 +343,11 @@ struct BackwardScratch {
         *dybuf, *gather;
     double* stats[2];
     double* bn_work;  // batch norm column sums [2, G*H]
+    // bf16 compute: per direction W_hh (and W_hr) rounded; the rounded operands of a GEMM.
+    T *low_w[2], *low_a, *low_b;
 
     BackwardScratch(Carver& cv, const Desc& d, bool retain, bool regularized, int threads, int nr,
-                    ThreadCtx<T>* tc) {
+                    ThreadCtx<T>* tc, bool bf16 = false) {
         const i64 GH = cell_gates(d) * d.H, K = state_size(d), NK = d.N * K, NH = d.N * d.H;
         const i64 nblk = blocks(d, nr), nblk_k = state_blocks(d, nr);
         const i64 ld = row_layout(d).ld;
@@ -353,7 +364,13 @@ struct BackwardScratch {
             dw[dir] = cv.take<T>(regularized ? GH * K : 0);
             ymask[dir] = cv.take<T>(regularized ? (d.T + 1) * NK : 0);
             stats[dir] = cv.take<double>(ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
+            low_w[dir] = cv.take<T>(bf16 ? GH * K + d.P * d.H : 0);
         }
+        // The largest operands of backward_walk's GEMMs: dL/dgates [T*N, G*H] (or a projection's
+        // [T*N, K]) as A; the inputs [T*N, C or D*K or H] or W_ih [G*H, C or D*K] as B.
+        const i64 TN = d.T * d.N;
+        low_a = cv.take<T>(bf16 ? TN * std::max(GH, K) : 0);
+        low_b = cv.take<T>(bf16 ? std::max(TN, GH) * std::max({d.C, d.D * K, d.H}) : 0);
         dybuf = cv.take<T>(d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
         gather = cv.take<T>(d.N * GH);
         bn_work = cv.take<double>(bn_ih(d) ? 2 * GH : 0);
@@ -686,7 +703,7 @@ struct CpuBackward : CpuOps<T> {
 
     CpuBackward(const Desc& d_, const BackwardOptions<T>& opt_, T* cache_)
         : Base(d_, opt_.noise, cache_), opt(opt_), buf(size()), carver(buf.p, kAlign, true),
-          ws(carver, d_, opt_.retain, regularized, plan.total(), ks.nr, tc) {
+          ws(carver, d_, opt_.retain, regularized, plan.total(), ks.nr, tc, opt_.bf16) {
         const i64 K = state_size(d), H = d.H, D = d.D, T_ = d.T;
         if (regularized && !nz.zh_mask && !nz.zc_mask && (nz.zh_rate > T(0) || nz.zc_rate > T(0))) {
             zrate_rows.assign(std::size_t(K + H), T(0));
@@ -704,8 +721,30 @@ struct CpuBackward : CpuOps<T> {
     }
     std::size_t size() const {
         Carver sizing(nullptr, kAlign, true);
-        BackwardScratch<T>(sizing, d, opt.retain, regularized, plan.total(), ks.nr, nullptr);
+        BackwardScratch<T>(sizing, d, opt.retain, regularized, plan.total(), ks.nr, nullptr, opt.bf16);
         return sizing.used();
+    }
+
+    // bf16 compute: the GEMMs outside the time loop on operands rounded to bf16 (their products
+    // are exact in float32, which accumulates them), as a bf16 GEMM with float32 accumulation.
+    void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
+              i64 ldc) {
+        if (opt.bf16) {
+            A = rounded(A, ta ? k : m, ta ? m : k, lda, ws.low_a), lda = ta ? m : k;
+            B = rounded(B, tb ? n : k, tb ? k : n, ldb, ws.low_b), ldb = tb ? k : n;
+        }
+        fastrnn::gemm<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+    // rows x cols of `a` (row stride lda) rounded to bf16 into `out` (row stride cols).
+    static const T* rounded(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
+        for (i64 i = 0; i < rows; ++i) round_to_bf16(a + i * lda, cols, out + i * cols);
+        return out;
+    }
+    // W rounded to bf16 (bf16 compute), else W itself.
+    const T* low_weights(const T* w, i64 n, T* out) const {
+        if (!opt.bf16) return w;
+        round_to_bf16(w, n, out);
+        return out;
     }
 
     void prepare(Recurrence<T>& r, const LayerWeights<T>& W, const LayerGrads<T>& Gr, const CacheLayout& lay, i64 l,
@@ -717,7 +756,7 @@ struct CpuBackward : CpuOps<T> {
             r.m = r.gates + lay.row.m;
             r.ld_m = r.ld_dgates;
             r.dproj = ws.dproj[dir];
-            ks.pack_backward(W.w_hr, K, d.H, ws.packed_hr[dir]);
+            ks.pack_backward(low_weights(W.w_hr, K * d.H, ws.low_w[dir] + GH * K), K, d.H, ws.packed_hr[dir]);
         }
         r.peep = W.w_peep;
         r.ln_hh = W.ln_hh; r.ln_c_w = W.ln_c_w; r.ln_c_b = W.ln_c_b;
@@ -727,7 +766,7 @@ struct CpuBackward : CpuOps<T> {
         r.rmask = nz.rec_mask ? nz.rec_mask + s_idx * NK : nullptr;
         r.cmask = nz.cand_mask ? nz.cand_mask + s_idx * d.N * d.H : nullptr;
         const T* w_hh = effective_w_hh(W.w_hh, nz.w_mask ? nz.w_mask + s_idx * GH * K : nullptr, GH * K, ws.w_eff[dir]);
-        ks.pack_backward(w_hh, GH, K, ws.packed[dir]);
+        ks.pack_backward(low_weights(w_hh, GH * K, ws.low_w[dir]), GH, K, ws.packed[dir]);
     }
     void run(Recurrence<T>* rec) {
         const i64 DT = d.D * d.T;
@@ -798,8 +837,8 @@ struct CpuBackward : CpuOps<T> {
     }
     void variant_grads(const Recurrence<T>& r, const LayerGrads<T>& Gr, const CacheLayout& lay, i64 dir) {
         if (d.P > 0)  // dW_hr = sum dL/d(W_hr m_t)^T m_t
-            fastrnn::gemm<T>(true, false, state_size(d), d.H, d.T * d.N, T(1), r.dproj, state_size(d), r.m, r.ld_m,
-                             T(1), Gr.w_hr, d.H);
+            gemm(true, false, state_size(d), d.H, d.T * d.N, T(1), r.dproj, state_size(d), r.m, r.ld_m, T(1),
+                 Gr.w_hr, d.H);
         if (d.peephole)
             peephole_grads(d, dir, r.lengths, r.dgates, r.ld_dgates, r.c_hist,
                            lay.row.ctil >= 0 ? r.gates + lay.row.ctil : nullptr, r.ld_dgates, r.c0, Gr.w_peep);
@@ -813,8 +852,10 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
              const PackedWeights<T>* pre, bool in_place, const ReducedWeights* low) {
     const KernelSet<T>& ks = active_kernels<T>();
-    if (low && (cache || nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
-        throw std::invalid_argument("int8/bf16: inference calls of a float32 plan, packed for the active ISA");
+    if (low && (nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
+        throw std::invalid_argument("int8/bf16: calls of a float32 plan without weight_drop, packed for the active ISA");
+    if (low && cache && low->precision != Precision::BF16)
+        throw std::invalid_argument("int8: inference only (training calls compute in float32 or bf16)");
     if (low) pre = nullptr, in_place = false;
     if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;  // packed for another ISA, or DropConnect
     if (cache || nz.w_mask) in_place = false;  // training: the backward needs the packed layout anyway
@@ -826,6 +867,7 @@ template <class T>
 void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::int64_t* lengths, const T* masks,
               T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
               T* grad_c0, const LayerGrads<T>* g, const BackwardOptions<T>& opt) {
+    if (opt.bf16 && !std::is_same_v<T, float>) throw std::invalid_argument("bf16 compute takes a float32 plan");
     CpuBackward<T> backend(d, opt, cache);
     backward_walk(backend, d, w, x, lengths, masks, cache, grad_out, grad_h_n, grad_c_n, grad_x, grad_h0, grad_c0, g,
                   opt.bptt_clip);

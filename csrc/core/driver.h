@@ -36,6 +36,10 @@ struct BackwardOptions {
     T bptt_clip = T(0);   // > 0: clip dL/d(gate pre-activations) to [-bptt_clip, bptt_clip] per step
     BackwardDiagnostics diag{nullptr, nullptr, nullptr, nullptr};
     Noise<T> noise;       // the regularizer noise the forward used (the same masks)
+    // bf16 compute (float32 only; the forward ran with a plan's bf16 `reduced` weights): W_hh and
+    // W_hr rounded to bf16 for the recurrent products, and every GEMM outside the time loop (the
+    // weight gradients, the input gradient) on bf16-rounded operands with float32 accumulation.
+    bool bf16 = false;
 };
 
 // What a training forward's cache says about the gates and states, for diagnostics.
@@ -58,9 +62,10 @@ NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengt
 // packed for the active ISA (a plan's, inference), else they are packed into the call's scratch;
 // `in_place` (inference): the recurrent products read W_hh (and W_hr) row-major where they are,
 // nothing packed (streaming steps of a few rows: csrc/core/stream.h). `low` (float32 inference, a
-// plan's `reduced` for the active ISA): every product in int8 (dynamic quantization) or bf16
-// (csrc/kernels/reduced.h). Throws std::bad_alloc when its scratch cannot be allocated, and
-// std::invalid_argument for `low` with a training call or another ISA's panels.
+// plan's `reduced` for the active ISA): every product in int8 (dynamic quantization, inference) or
+// bf16 (inference or training; csrc/kernels/reduced.h). Throws std::bad_alloc when its scratch
+// cannot be allocated, and std::invalid_argument for `low` with another ISA's panels, DropConnect,
+// or int8 with a training call.
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache,

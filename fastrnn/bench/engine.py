@@ -489,10 +489,11 @@ BF16_RTOL = 0.05
 
 
 class FastrnnBf16Impl(FastrnnImpl):
-    """fastrnn's bf16 inference: ``compute_dtype="bfloat16"`` (docs/precision.md)."""
+    """fastrnn's bf16 compute: ``compute_dtype="bfloat16"``, inference and training (float32
+    parameters and gradients; docs/precision.md)."""
 
     name = "fastrnn-bf16"
-    modes = ("inference",)
+    modes = MODES
     precision, rtol = "bf16", BF16_RTOL
 
     def __init__(self, cell, mode, weights, x, threads):
@@ -504,10 +505,10 @@ class FastrnnBf16Impl(FastrnnImpl):
 
 class TorchBf16Impl(TorchImpl):
     """torch with bf16 parameters and input (``module.to(torch.bfloat16)``; oneDNN where it has a
-    bf16 RNN)."""
+    bf16 RNN), inference and training (bf16 gradients)."""
 
     name = "torch-bf16"
-    modes = ("inference",)
+    modes = MODES
     precision, rtol = "bf16", BF16_RTOL
 
     def __init__(self, cell, mode, weights, x, threads):
@@ -515,7 +516,7 @@ class TorchBf16Impl(TorchImpl):
             raise Unavailable("bf16 from float32 problems only")
         super().__init__(cell, mode, weights, x, threads)
         self.module.to(self.torch.bfloat16)
-        self.x = self.x.to(self.torch.bfloat16)
+        self._set_input(mode, self.x.detach().to(self.torch.bfloat16))
         try:
             self.result()
         except RuntimeError as exc:  # e.g. no bf16 kernel for this op on this CPU
@@ -527,19 +528,32 @@ class TorchBf16Impl(TorchImpl):
 
 
 class TorchAutocastImpl(TorchImpl):
-    """torch's float32 module under ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    """torch's float32 module under ``torch.autocast("cpu", dtype=torch.bfloat16)``, inference
+    and training (float32 parameters and gradients, autocast's usual training setup)."""
 
     name = "torch-autocast"
-    modes = ("inference",)
+    modes = MODES
     precision, rtol = "bf16", BF16_RTOL
 
+    def __init__(self, cell, mode, weights, x, threads):
+        super().__init__(cell, mode, weights, x, threads)
+        try:
+            self.result()
+        except RuntimeError as exc:  # e.g. no bf16 kernel for this op on this CPU
+            raise Unavailable(f"torch cannot run {type(self.module).__name__} under bf16 autocast here: "
+                              f"{str(exc).splitlines()[0]}") from exc
+
     def _step(self):
-        with self.torch.no_grad(), self.torch.autocast("cpu", dtype=self.torch.bfloat16):
-            self.module(self.x)
+        with self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+            super()._step()
 
     def result(self):
-        with self.torch.no_grad(), self.torch.autocast("cpu", dtype=self.torch.bfloat16):
-            return {"output": self._host(self.module(self.x)[0].float())}
+        with self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+            res = super().result()
+        return {k: v.astype(np.float32) for k, v in res.items()}
+
+    def _host(self, t):
+        return t.detach().float().cpu().numpy().copy()
 
 
 class OnnxRuntimeInt8Impl(OnnxRuntimeImpl):
@@ -1413,9 +1427,9 @@ def add_arguments(p):
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the docs)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--precision", dest="precisions", nargs="+", choices=PRECISIONS, default=[],
-                   help="also time reduced-precision inference in the same run: int8 (fastrnn's quantize_dynamic, "
-                        "torch's dynamic int8, ONNX Runtime's DynamicQuantizeLSTM), bf16 (fastrnn's "
-                        "compute_dtype='bfloat16', torch's module.to(bfloat16) and autocast)")
+                   help="also time reduced precision in the same run: int8 inference (fastrnn's quantize_dynamic, "
+                        "torch's dynamic int8, ONNX Runtime's DynamicQuantizeLSTM), bf16 inference and training "
+                        "(fastrnn's compute_dtype='bfloat16', torch's module.to(bfloat16) and autocast)")
     p.add_argument("--frontend", choices=("numpy", "torch"), default="numpy",
                    help="torch: fastrnn.torch modules vs torch.nn in a full training step")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

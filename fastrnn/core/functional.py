@@ -100,10 +100,11 @@ class Context:
 
     __slots__ = ("cell", "reset_after", "bias", "T", "N", "C", "H", "K", "L", "D", "dtype", "x", "plan", "names",
                  "lengths", "masks", "cache", "batch_first", "unbatched", "where", "consumed", "grad_h_norm",
-                 "grad_c_norm", "propagation", "noise", "device", "weights", "bn_frozen")
+                 "grad_c_norm", "propagation", "noise", "device", "weights", "bn_frozen", "precision")
 
     def __init__(self, **kw):
         self.device = "cpu"  # "cuda": the cache is a fastrnn.cuda.DeviceArray
+        self.precision = ""  # "bfloat16": the forward computed in bf16, and so does backward
         self.weights = None  # the arrays the plan reads, in its order (CUDA: passed again to backward)
         self.noise = None
         self.bn_frozen = False  # batch norm with the running statistics in a training call
@@ -300,12 +301,9 @@ def _check_compute_dtype(compute_dtype, dtype, training, device, where):
     what = "quantizes" if name == "int8" else "rounds"
     if np.dtype(dtype) != np.float32:
         raise ValueError(f"{where}: compute_dtype={name!r} {what} float32 parameters, got {np.dtype(dtype).name}")
-    if training:
-        if name == "int8":
-            raise ValueError(f"{where}: compute_dtype='int8' is dynamic quantization for inference (training=False); "
-                             "int8 has no gradients: train in float32 and quantize the trained weights")
-        raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference (training=False); bf16 "
-                                  "training (BPTT on bf16 operands) is not implemented yet: train in float32")
+    if training and name == "int8":
+        raise ValueError(f"{where}: compute_dtype='int8' is dynamic quantization for inference (training=False); "
+                         "int8 has no gradients: train in float32 (or bfloat16) and quantize the trained weights")
     if device != "cpu":
         raise ValueError(f"{where}: compute_dtype={name!r} runs on the CPU, got device={device!r}")
     return name
@@ -424,6 +422,10 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         if zoneout_h or zoneout_c:
             noise = {"zh_rate": zoneout_h, "zc_rate": zoneout_c}
 
+    if precision and noise.get("w_mask") is not None:
+        raise ValueError(f"{where}: compute_dtype={precision!r} with weight_drop (DropConnect): the {precision} "
+                         "weights are converted once per call from the parameters, not from the masked ones; train "
+                         "weight_drop models with compute_dtype=None")
     out = np.empty((T, N, D * K), dtype)
     h_n = np.empty((L * D, N, K), dtype)
     c_n = np.empty((L * D, N, H), dtype) if is_lstm else None
@@ -442,7 +444,7 @@ def _forward(cell, x, params, hx, lengths, *, num_layers, bidirectional, bias, b
         ctx = Context(cell=cell, reset_after=reset_after, bias=bias, T=T, N=N, C=C, H=H, K=K, L=L, D=D, dtype=dtype,
                       x=x3, plan=plan, names=weights.names, lengths=lens, masks=masks, cache=cache,
                       batch_first=batch_first, unbatched=unbatched, where=where, noise=_noise_tuple(noise),
-                      device=device, weights=weights.arrays, bn_frozen=bn_frozen)
+                      device=device, weights=weights.arrays, bn_frozen=bn_frozen, precision=precision)
     output = _from_time_major(out, batch_first, unbatched)
     if unbatched:
         h_n = h_n[:, 0, :]
@@ -540,7 +542,8 @@ def backward(ctx, grad_output, grad_h_n=None, grad_c_n=None, *, grads=None, reta
     diag = dict(grad_h_sq=h_sq, grad_c_sq=c_sq, carried_sq=r_sq, prev_state_sq=p_sq)
     if ctx.device == "cpu":
         ctx.plan.backward(ctx.x, ctx.cache, go, ghn, gcn, grad_x, grad_h0, grad_c0, grad_list, ctx.lengths, ctx.masks,
-                          retain, clip, bn_frozen=ctx.bn_frozen, **diag, **_noise_kwargs(ctx.noise))
+                          retain, clip, bn_frozen=ctx.bn_frozen, precision=ctx.precision, **diag,
+                          **_noise_kwargs(ctx.noise))
     else:
         _cuda.numpy_core.backward(ctx.plan, ctx.weights, ctx.x, ctx.cache, go, ghn, gcn, grad_x, grad_h0, grad_c0,
                                   grad_list, ctx.lengths, ctx.masks, retain, clip, **diag)

@@ -48,10 +48,11 @@ class _RNNBase:
     arrays.
 
     ``compute_dtype`` (float32 CPU layers; docs/precision.md): None computes in ``dtype``;
-    ``"bfloat16"`` rounds the operands of every product to bf16 (the weights once, the inputs at
-    each use) and sums in float32, inference only for now (a training-mode forward raises
-    NotImplementedError); ``"int8"`` is dynamic quantization, which `quantize_dynamic` sets up.
-    The attribute can be changed between calls; the parameters stay float32.
+    ``"bfloat16"`` rounds the operands of every product to bf16 (the weights once per call, the
+    inputs at each use) and sums in float32, in inference and in training (forward and BPTT; the
+    parameters and gradients stay float32, as under torch's autocast; not with ``weight_drop``);
+    ``"int8"`` is dynamic quantization for inference, which `quantize_dynamic` sets up. The
+    attribute can be changed between calls.
     """
 
     _recorders = ()  # fastrnn.diagnostics.record objects attached to this layer
@@ -338,10 +339,6 @@ class _RNNBase:
             raise RuntimeError(f"{where}: this layer is quantized to int8 (fastrnn.quantize_dynamic), which is for "
                                "inference: call .eval() first. int8 has no gradients: train the float32 layer, "
                                "then quantize it again")
-        if self.compute_dtype == "bfloat16" and self.training:
-            raise NotImplementedError(f"{where}: compute_dtype='bfloat16' runs inference: call .eval() first. bf16 "
-                                      "training (BPTT on bf16 operands) is not implemented yet: train with "
-                                      "compute_dtype=None (float32)")
         with self._training_call(where) if self.training else contextlib.nullcontext(None) as me:
             self._ctx = None  # an eval forward (or a failing one) drops any earlier cache
             out, h_n, c_n, ctx = F._forward(

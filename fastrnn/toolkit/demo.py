@@ -33,6 +33,7 @@ CELL_NAMES = {"rnn": "tanh RNN", "relu": "ReLU RNN", "lstm": "LSTM", "gru": "GRU
 TASKS = ("adding", "sine", "copy")
 CLIPS = ("none", "value", "norm", "global")
 INITS = ("torch", "keras", "orthogonal", "identity", "chrono")
+PRECISIONS = ("fp32", "bf16", "both")
 
 # (steps, seq_len) per scenario; --quick is the smoke-test size.
 DEFAULTS = {"vanishing": dict(steps=2000, seq_len=50, init="keras", clip="global", lr=0.01),
@@ -54,6 +55,9 @@ def add_arguments(p):
     p.add_argument("--max-norm", type=float, default=1.0, help="clipping threshold")
     p.add_argument("--init", choices=INITS, default=None, help="initialization preset (default keras)")
     p.add_argument("--identity-scale", type=float, default=1.5, help="exploding scenario: W_hh = scale * I")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="compute of the recurrent layers: fp32, bf16 (bf16 products, float32 parameters and "
+                        "gradients) or both, side by side (default fp32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes)")
@@ -106,7 +110,7 @@ def make_task(args):
         fastrnn.losses.cross_entropy, K + 2, K + 1, fastrnn.tasks.copy_baseline(T, K, length), True
 
 
-def make_model(cell, args, n_in, n_out, per_step, seed):
+def make_model(cell, args, n_in, n_out, per_step, seed, precision="fp32"):
     H = args.hidden
     if cell in ("rnn", "relu"):
         layer = fastrnn.RNN(n_in, H, nonlinearity="relu" if cell == "relu" else "tanh", rng=seed)
@@ -120,6 +124,8 @@ def make_model(cell, args, n_in, n_out, per_step, seed):
             if cell in ("lstm", "gru") else fastrnn.init.apply_(layer, "haste", rng=seed + 1)
     else:
         fastrnn.init.apply_(layer, args.init, rng=seed + 1)
+    if precision == "bf16":  # the same initial weights: only the products' precision differs
+        layer.compute_dtype = "bfloat16"
     mods = [layer] + ([] if per_step else [fastrnn.LastStep()]) + [fastrnn.Linear(H, n_out, rng=seed + 2)]
     return fastrnn.Sequential(*mods), layer
 
@@ -132,10 +138,10 @@ def make_clip(kind, max_norm):
     return functools.partial(fn, **{key: max_norm, "nonfinite": "skip"})
 
 
-def train_one(label, cell, args, clip_kind, optimizer):
+def train_one(label, cell, args, clip_kind, optimizer, precision="fp32"):
     """Train one model; returns a dict of results (numbers, histories, reports)."""
     batch, loss, n_in, n_out, baseline, per_step = make_task(args)
-    model, layer = make_model(cell, args, n_in, n_out, per_step, args.seed)
+    model, layer = make_model(cell, args, n_in, n_out, per_step, args.seed, precision)
     opt = optimizer(model)
     rng = np.random.default_rng(args.seed + 100)
     val = [batch(np.random.default_rng(args.seed + 999))]
@@ -152,7 +158,8 @@ def train_one(label, cell, args, clip_kind, optimizer):
     seconds = time.perf_counter() - start
     final = hist.val_loss[-1] if hist.val_loss else float("nan")
     first, last = monitor.first_report, monitor.last_report
-    return dict(label=label, cell=cell, clip=clip_kind, steps=hist.steps, seconds=seconds, baseline=baseline,
+    return dict(label=label, cell=cell, clip=clip_kind, precision=precision, steps=hist.steps, seconds=seconds,
+                baseline=baseline,
                 final_loss=final, stop_reason=hist.stop_reason, location=stop.location, history=hist.to_dict(),
                 monitor=monitor.records, first_report=first, last_report=last,
                 verdict_start=first.verdict if first else None, verdict_end=last.verdict if last else None,
@@ -162,13 +169,13 @@ def train_one(label, cell, args, clip_kind, optimizer):
 # --------------------------------------------------------------------------- output
 
 def table(results, args):
-    head = f"{'model':<22} {'loss':>10} {'chance':>8} {'loss/chance':>11} {'verdict (start -> end)':>24} " \
+    head = f"{'model':<28} {'loss':>10} {'chance':>8} {'loss/chance':>11} {'verdict (start -> end)':>24} " \
            f"{'|dL/dh| far/near':>16} {'steps':>6} {'time':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
         ratio = r["final_loss"] / r["baseline"] if r["baseline"] else float("nan")
         verdict = f"{r['verdict_start']} -> {r['verdict_end']}"
-        lines.append(f"{r['label']:<22} {r['final_loss']:>10.4g} {r['baseline']:>8.4g} {ratio:>11.3f} "
+        lines.append(f"{r['label']:<28} {r['final_loss']:>10.4g} {r['baseline']:>8.4g} {ratio:>11.3f} "
                      f"{verdict:>24} {r['gradient_ratio']:>16.2e} {r['steps']:>6} {r['seconds']:>6.1f}s")
         if r["stop_reason"]:
             lines.append(f"    stopped: {r['stop_reason']}")
@@ -240,7 +247,7 @@ def _save(fig, out, name):
 def markdown(results, args, text, files):
     lines = [f"# fastrnn demo: {args.scenario} gradients", "",
              f"Task `{args.task}`, T={args.seq_len}, hidden={args.hidden}, batch={args.batch}, "
-             f"{args.steps} steps, init `{args.init}`, seed {args.seed}, fastrnn {fastrnn.__version__} "
+             f"{args.steps} steps, init `{args.init}`, precision {args.precision}, seed {args.seed}, fastrnn {fastrnn.__version__} "
              f"({fastrnn.get_isa()}, {fastrnn.get_num_threads()} threads).", "", "```", text, "```", ""]
     captions = {"loss": "Training loss against the chance level.",
                 "gradient_flow": "‖dL/dh_t‖ recorded inside BPTT at the first and the last step of training: "
@@ -281,16 +288,20 @@ def run(args):
           f"H={args.hidden}, N={args.batch}, {args.steps} steps per model, isa {fastrnn.get_isa()}, "
           f"{fastrnn.get_num_threads()} threads")
     results = []
+    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    tag = (lambda p: f" ({p})") if args.precision != "fp32" else (lambda p: "")
     if args.scenario == "vanishing":
         for cell in args.cells:
-            results.append(train_one(CELL_NAMES[cell], cell, args, args.clip,
-                                     lambda m: fastrnn.optim.Adam(m, lr=args.lr)))
+            for precision in precisions:
+                results.append(train_one(CELL_NAMES[cell] + tag(precision), cell, args, args.clip,
+                                         lambda m: fastrnn.optim.Adam(m, lr=args.lr), precision))
     else:
         sgd = lambda m: fastrnn.optim.SGD(m, lr=args.lr, momentum=0.9)  # noqa: E731  (Pascanu et al. used SGD)
         for cell in args.cells:
             for clip_kind in ("none", args.clip if args.clip != "none" else "global"):
-                label = f"{CELL_NAMES[cell]}, clip {clip_kind}"
-                results.append(train_one(label, cell, args, clip_kind, sgd))
+                for precision in precisions:
+                    label = f"{CELL_NAMES[cell]}, clip {clip_kind}{tag(precision)}"
+                    results.append(train_one(label, cell, args, clip_kind, sgd, precision))
     text = table(results, args)
     print(text)
     files = {}

@@ -276,8 +276,9 @@ enum fastrnn_compute {
     FASTRNN_COMPUTE_DEFAULT = 0, /* the plan's dtype */
     FASTRNN_COMPUTE_INT8 = 1,    /* float32 plans, inference: dynamic quantization (W per output row, the
                                   * inputs per row at each use, int32 sums; states and gates float32) */
-    FASTRNN_COMPUTE_BF16 = 2     /* float32 plans, inference: the products' operands rounded to bf16 (W once,
-                                  * the inputs at each use), float32 sums; states and gates float32 */
+    FASTRNN_COMPUTE_BF16 = 2     /* float32 plans, inference and training: the products' operands rounded to
+                                  * bf16 (W once per call, the inputs at each use), float32 sums; states, gates
+                                  * and gradients float32 (not with weight_drop masks) */
 };
 
 /* Cell variants, Li-GRU settings and the compute type. Start from fastrnn_plan_options_init,
@@ -293,8 +294,8 @@ typedef struct fastrnn_plan_options {
     int32_t normalization;    /* Li-GRU: enum fastrnn_normalization (default FASTRNN_NORM_BATCH) */
     double bn_momentum;       /* Li-GRU batch norm: running = (1 - m) running + m batch (default 0.05) */
     int32_t recurrent_affine; /* SLi-GRU: 1 = its LayerNorm of W_hh h has a gain and a shift */
-    int32_t compute;          /* enum fastrnn_compute. FASTRNN_COMPUTE_INT8 and _BF16: training calls (a cache,
-                               * backward) fail with FASTRNN_STATUS_INVALID_ARGUMENT; the plan's streams run
+    int32_t compute;          /* enum fastrnn_compute. FASTRNN_COMPUTE_INT8: training calls (a cache, backward)
+                               * fail with FASTRNN_STATUS_INVALID_ARGUMENT. Both: the plan's streams run
                                * in that precision, on the weights converted at their first step or the
                                * last fastrnn_plan_set_params (see Plans).
                                * (0.2 named it reserved0 and required 0: the same layout and default.) */

@@ -99,10 +99,11 @@ def _stack(kind, C, H, kw):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("H,T", [(32, 100), (128, 20)])
+@pytest.mark.parametrize("H,T", [(32, 100), (128, 20), (64, 10000)])
 def test_gradient_error_against_float64(cell, H, T):
-    # docs/precision.md tabulates this (2-norm relative error of dW_hh, dW_ih and dx) for T up to
-    # 1,000: 4e-3 to 1.5e-2; float32 is at 1e-6
+    # docs/precision.md tabulates this (the largest 2-norm relative error of dx, dW_ih and dW_hh)
+    # for T up to 1,000: 2.5e-3 to 3.7e-3, flat in T and H; over T = 10,000 it does not drift.
+    # float32 is at 1e-6
     layer = make(cell, H, H)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((T, 4, H)).astype(np.float32)
@@ -114,7 +115,7 @@ def test_gradient_error_against_float64(cell, H, T):
     _, dx32, grads32 = train_step(layer, x, dy, None)
     for got, got32, want in ((dx, dx32, dx64), (grads["weight_hh_l0"], grads32["weight_hh_l0"], g64["weight_hh_l0"]),
                              (grads["weight_ih_l0"], grads32["weight_ih_l0"], g64["weight_ih_l0"])):
-        assert 1e-4 < rel(got, want) < 3e-2
+        assert 1e-4 < rel(got, want) < 1e-2
         assert rel(got32, want) < 1e-5
 
 

@@ -41,12 +41,26 @@ def test_demo_quick_exploding(tmp_path, capsys):
     assert not (out / "loss.png").exists()
 
 
+def test_demo_precision_both(tmp_path, capsys):
+    # every model in float32 and in bf16 from the same initial weights and data
+    out = tmp_path / "p"
+    assert main(["demo", "--quick", "--quiet", "--no-plots", "--cells", "gru", "--steps", "200", "--precision", "both",
+                 "--out", str(out)]) == 0
+    assert "GRU (fp32)" in capsys.readouterr().out
+    fp32, bf16 = json.loads((out / "report.json").read_text())["runs"]
+    assert (fp32["precision"], bf16["precision"], bf16["label"]) == ("fp32", "bf16", "GRU (bf16)")
+    assert fp32["final_loss"] != bf16["final_loss"]
+    assert bf16["final_loss"] < 0.5 * bf16["baseline"] and bf16["verdict_end"] == "healthy"
+    assert "precision both" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--cells", "lstm,foo"], "unknown cell foo"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--task", "bogus"], "invalid choice"),
     (["--seq-len", "1"], "--seq-len must be >= 2"),
+    (["--precision", "fp16"], "invalid choice"),
 ])
 def test_demo_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -277,13 +277,22 @@ void fold_bias(const Desc& d, const LayerWeights<T>& w, T* bias, T* bhn) {
 }
 
 // W_hh as the recurrence uses it: W_hh * mask under DropConnect (into `buf`), else W_hh itself.
-// x rounded to bf16 and back (round to nearest even, denormals to zero: bf16::round_one).
+// x rounded to bf16 and back: bf16::round_one's rounding (to nearest even, denormals to zero, a
+// NaN quiet), written without branches so that the compiler vectorizes it.
 template <class T>
 void round_to_bf16(const T* x, i64 n, T* out) {
-    if constexpr (std::is_same_v<T, float>)
-        for (i64 i = 0; i < n; ++i) out[i] = bf16::to_float(bf16::round_one(x[i]));
-    else
+    if constexpr (std::is_same_v<T, float>) {
+        for (i64 i = 0; i < n; ++i) {
+            std::uint32_t b;
+            std::memcpy(&b, x + i, 4);
+            const std::uint32_t v = (b & 0x7f800000u) == 0 ? b & 0x80000000u : b;
+            std::uint32_t r = (v + 0x7fffu + ((v >> 16) & 1u)) & 0xffff0000u;
+            r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
+            std::memcpy(out + i, &r, 4);
+        }
+    } else {
         throw std::invalid_argument("bf16 compute takes float32");
+    }
 }
 
 template <class T>
@@ -343,8 +352,9 @@ struct BackwardScratch {
         *dybuf, *gather;
     double* stats[2];
     double* bn_work;  // batch norm column sums [2, G*H]
-    // bf16 compute: per direction W_hh (and W_hr) rounded; the rounded operands of a GEMM.
-    T *low_w[2], *low_a, *low_b;
+    // bf16 compute: per direction W_hh (and W_hr) rounded; a direction's gate gradients rounded
+    // (their layout); the other rounded operands of a GEMM.
+    T *low_w[2], *low_dg, *low_a, *low_b;
 
     BackwardScratch(Carver& cv, const Desc& d, bool retain, bool regularized, int threads, int nr,
                     ThreadCtx<T>* tc, bool bf16 = false) {
@@ -366,10 +376,12 @@ struct BackwardScratch {
             stats[dir] = cv.take<double>(ln_hh(d) ? 2 * d.N * nblk * 2 : 0);
             low_w[dir] = cv.take<T>(bf16 ? GH * K + d.P * d.H : 0);
         }
-        // The largest operands of backward_walk's GEMMs: dL/dgates [T*N, G*H] (or a projection's
-        // [T*N, K]) as A; the inputs [T*N, C or D*K or H] or W_ih [G*H, C or D*K] as B.
+        // The operands of backward_walk's GEMMs: the gate gradients [T*N, ld] (A, rounded once per
+        // direction), a projection's [T*N, K] or the first steps' rows [N, G*H] (A); the inputs
+        // [T*N, C or D*K or H] or W_ih [G*H, C or D*K] (B).
         const i64 TN = d.T * d.N;
-        low_a = cv.take<T>(bf16 ? TN * std::max(GH, K) : 0);
+        low_dg = cv.take<T>(bf16 ? TN * (ld ? ld : d.H) : 0);
+        low_a = cv.take<T>(bf16 ? std::max(d.P > 0 ? TN * K : 0, d.N * GH) : 0);
         low_b = cv.take<T>(bf16 ? std::max(TN, GH) * std::max({d.C, d.D * K, d.H}) : 0);
         dybuf = cv.take<T>(d.L > 1 ? 2 * d.T * d.N * d.D * K : 0);
         gather = cv.take<T>(d.N * GH);
@@ -730,16 +742,28 @@ struct CpuBackward : CpuOps<T> {
     void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
               i64 ldc) {
         if (opt.bf16) {
-            A = rounded(A, ta ? k : m, ta ? m : k, lda, ws.low_a), lda = ta ? m : k;
-            B = rounded(B, tb ? n : k, tb ? k : n, ldb, ws.low_b), ldb = tb ? k : n;
+            A = rounded(A, ta ? k : m, ta ? m : k, lda, ws.low_a);
+            B = rounded(B, tb ? n : k, tb ? k : n, ldb, ws.low_b);
         }
         fastrnn::gemm<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
-    // rows x cols of `a` (row stride lda) rounded to bf16 into `out` (row stride cols).
-    static const T* rounded(const T* a, i64 rows, i64 cols, i64 lda, T* out) {
+    // rows x cols of `a` (row stride lda) rounded to bf16: inside the direction's gate gradients,
+    // from their copy rounded once (row stride kept); else into `out` (lda becomes cols).
+    const T* rounded(const T* a, i64 rows, i64 cols, i64& lda, T* out) {
+        const auto at = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p); };
+        const i64 whole = d.T * d.N * dg_ld;
+        if (dg && lda == dg_ld && at(a) >= at(dg) && at(a + (rows - 1) * lda + cols) <= at(dg + whole)) {
+            if (!dg_rounded) round_to_bf16(dg, whole, ws.low_dg);
+            dg_rounded = true;
+            return ws.low_dg + (a - dg);
+        }
         for (i64 i = 0; i < rows; ++i) round_to_bf16(a + i * lda, cols, out + i * cols);
+        lda = cols;
         return out;
     }
+    const T* dg = nullptr;  // bf16: the gate gradients of the direction whose weight gradients run
+    i64 dg_ld = 0;
+    bool dg_rounded = false;
     // W rounded to bf16 (bf16 compute), else W itself.
     const T* low_weights(const T* w, i64 n, T* out) const {
         if (!opt.bf16) return w;
@@ -780,7 +804,8 @@ struct CpuBackward : CpuOps<T> {
         run_layer(k, false, true, rec, d.D, plan, tc, blocks(d, ks.nr), state_blocks(d, ks.nr));
     }
     // This direction's diagnostics records, summed in thread order.
-    void finish(const Recurrence<T>&, i64 dir, i64 s_idx) {
+    void finish(const Recurrence<T>& r, i64 dir, i64 s_idx) {
+        dg = r.dgates, dg_ld = r.ld_dgates, dg_rounded = false;  // rounded at their first GEMM
         if (diag_h.empty()) return;
         const i64 T_ = d.T;
         auto drain = [&](std::vector<double>& part, double* to, std::size_t at, i64 t) {

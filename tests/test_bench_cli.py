@@ -86,6 +86,32 @@ def test_onnxruntime_peer_matches_for_every_cell():
         np.testing.assert_allclose(impl.result()["output"], ref, atol=1e-5)
 
 
+def test_openvino_peer_matches_for_every_cell():
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    for cell in _bench.CELLS:
+        weights, x = _bench.make_problem(cell, "7,3,5,9")
+        ref = _bench.numpy_forward(cell, {k: v.astype(np.float64) for k, v in weights.items()}, x.astype(np.float64))
+        got = _bench.OpenVinoImpl(cell, "inference", weights, x, 1).result()["output"]
+        np.testing.assert_allclose(got, ref, atol=1e-5)  # the float32 hint: float32, not bf16
+        low = _bench.OpenVinoBf16Impl(cell, "inference", weights, x, 1).result()["output"]
+        assert 1e-5 < np.abs(low - ref).max() < _bench.BF16_RTOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_openvino_stateful_step_carries_the_state(cell):
+    pytest.importorskip("openvino")
+    from fastrnn.bench import streaming
+    layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(6, 10, rng=0).eval()
+    x = np.random.default_rng(1).standard_normal((5, 2, 6)).astype(np.float32)
+    step = streaming._openvino_step(cell, layer, 2, 1)
+    got = []
+    for t in range(5):
+        step(np.ascontiguousarray(x[t]))
+        got.append(step.output())
+    np.testing.assert_allclose(np.stack(got), layer(x)[0], atol=1e-5)  # state carried, gate order right
+
+
 class _WrongOutput(_bench.NumpyImpl):
     """An implementation whose output is off by 1 % of its range."""
 
@@ -364,14 +390,18 @@ def _importable(name):
         return False
 
 
-def test_bf16_rows_in_the_same_run():
-    peers = ["torch"] if _importable("torch") else []
-    r = _run(cells=["lstm"], modes=["inference"], peers=peers, precisions=["bf16"])
+@pytest.mark.parametrize("mode", ["inference", "training"])
+def test_bf16_rows_in_the_same_run(mode):
+    peers = [p for p in ("torch", "openvino") if _importable(p)]
+    r = _run(cells=["lstm"], modes=[mode], peers=peers, precisions=["bf16"])
     impls = r["rows"][0]["impls"]
     ours = impls["fastrnn-bf16"]
     assert ours["status"] == "timed" and 1e-5 < ours["rel_diff"] <= _bench.BF16_RTOL  # bf16, not float32
     assert ours["precision"] == "bf16" and ours["pct_peak"] > 0
-    for peer in ("torch-bf16", "torch-autocast") if peers else ():
+    theirs = (("torch-bf16", "torch-autocast") if "torch" in peers else ()) + \
+        (("openvino-bf16",) if "openvino" in peers and mode == "inference" else ())
+    for peer in theirs:
         assert impls[peer]["status"] in ("timed", "skipped") and "vs_fastrnn_precision" in impls[peer] \
             or impls[peer]["status"] == "skipped"
+    assert ("openvino-bf16" in impls) == ("openvino" in peers and mode == "inference")
     assert "note: bf16 lstm" in _bench.format_table(r)

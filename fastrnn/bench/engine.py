@@ -59,7 +59,7 @@ CELLS = ("lstm", "gru", "rnn")  # the default rows
 LIGRU_CELLS = ("ligru", "sligru")  # SpeechBrain's defaults: 1 layer, batch norm, ReLU
 ALL_CELLS = CELLS + LIGRU_CELLS
 MODES = ("inference", "training")
-PEERS = ("torch", "onnxruntime", "numpy", "speechbrain")
+PEERS = ("torch", "onnxruntime", "openvino", "numpy", "speechbrain")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "ligru": 2, "sligru": 2}
 RTOL = 1e-3  # largest accepted |impl - oracle| / max|oracle|
 _RETAKES = 2  # extra attempts for a sample disturbed by other processes
@@ -375,47 +375,58 @@ def _fastrnn_torch():
     return module
 
 
+# ONNX gate order from torch's: LSTM i,f,g,o -> i,o,f,c ; GRU r,z,n -> z,r,h.
+_ONNX_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
+
+
+def onnx_model(cell, weights, x):
+    """One ONNX ``LSTM`` / ``GRU`` (``linear_before_reset=1``, torch's variant) / ``RNN`` (tanh)
+    node with the weights as initializers, input ``X [T, N, C]``, output ``Y [T, 1, N, H]``:
+    (the checked ModelProto, the op's name)."""
+    onnx = _optional_import("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    T, N, C = x.shape
+    H = weights["weight_hh_l0"].shape[1]
+    order = _ONNX_ORDER[cell]
+
+    def reorder(a):
+        blocks = np.split(np.asarray(a), len(order), axis=0)
+        return np.concatenate([blocks[k] for k in order], axis=0)
+
+    inits = {"W": reorder(weights["weight_ih_l0"])[None], "R": reorder(weights["weight_hh_l0"])[None],
+             "B": np.concatenate([reorder(weights["bias_ih_l0"]), reorder(weights["bias_hh_l0"])])[None]}
+    attrs = {"hidden_size": H}
+    if cell == "gru":
+        attrs["linear_before_reset"] = 1
+    if cell == "rnn":
+        attrs["activations"] = ["Tanh"]
+    op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
+    elem = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    graph = helper.make_graph(
+        [helper.make_node(op, ["X", "W", "R", "B"], ["Y"], **attrs)], "fastrnn_bench",
+        [helper.make_tensor_value_info("X", elem, [T, N, C])],
+        [helper.make_tensor_value_info("Y", elem, [T, 1, N, H])],
+        initializer=[numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8  # what ORT and OpenVINO releases of the last years all read
+    onnx.checker.check_model(model)
+    return model, op
+
+
 class OnnxRuntimeImpl:
-    """ONNX Runtime CPU: one ``LSTM`` / ``GRU`` (``linear_before_reset=1``, torch's variant) /
-    ``RNN`` (tanh) node built with ``onnx.helper``; ``intra_op_num_threads`` = threads,
+    """ONNX Runtime CPU on `onnx_model`'s node; ``intra_op_num_threads`` = threads,
     ``inter_op_num_threads`` = 1. Inference only."""
 
     name = "onnxruntime"
     modes = ("inference",)
     cells = CELLS
-    # ONNX gate order from torch's: LSTM i,f,g,o -> i,o,f,c ; GRU r,z,n -> z,r,h.
-    _ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
 
     def __init__(self, cell, mode, weights, x, threads):
-        onnx = _optional_import("onnx")
         ort = _optional_import("onnxruntime")
-        from onnx import TensorProto, helper, numpy_helper
-
         T, N, C = x.shape
         H = weights["weight_hh_l0"].shape[1]
-        order = self._ORDER[cell]
-
-        def reorder(a):
-            blocks = np.split(np.asarray(a), len(order), axis=0)
-            return np.concatenate([blocks[k] for k in order], axis=0)
-
-        inits = {"W": reorder(weights["weight_ih_l0"])[None], "R": reorder(weights["weight_hh_l0"])[None],
-                 "B": np.concatenate([reorder(weights["bias_ih_l0"]), reorder(weights["bias_hh_l0"])])[None]}
-        attrs = {"hidden_size": H}
-        if cell == "gru":
-            attrs["linear_before_reset"] = 1
-        if cell == "rnn":
-            attrs["activations"] = ["Tanh"]
-        op = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
-        elem = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
-        graph = helper.make_graph(
-            [helper.make_node(op, ["X", "W", "R", "B"], ["Y"], **attrs)], "fastrnn_bench",
-            [helper.make_tensor_value_info("X", elem, [T, N, C])],
-            [helper.make_tensor_value_info("Y", elem, [T, 1, N, H])],
-            initializer=[numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in inits.items()])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-        model.ir_version = 8  # what ORT releases of the last years all read
-        onnx.checker.check_model(model)
+        model, op = onnx_model(cell, weights, x)
         model = self._transform(model, op)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -438,6 +449,47 @@ class OnnxRuntimeImpl:
 
     def result(self):
         return {"output": self.session.run(None, self.feed)[0].reshape(self.shape)}
+
+
+class OpenVinoImpl:
+    """OpenVINO's CPU plugin (the ``openvino`` package) compiling the same ONNX model as ONNX
+    Runtime, at the float32 precision hint (``INFERENCE_PRECISION_HINT``; OpenVINO's default on
+    CPUs with bf16 is bf16), ``threads`` inference threads, one stream, the latency hint.
+    Inference only."""
+
+    name = "openvino"
+    modes = ("inference",)
+    cells = CELLS
+    hint = "f32"
+
+    def __init__(self, cell, mode, weights, x, threads):
+        ov = _optional_import("openvino")
+        if x.dtype != np.float32:
+            raise Unavailable("OpenVINO's CPU plugin computes in float32 at most")
+        import tempfile
+
+        model, _ = onnx_model(cell, weights, x)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(model.SerializeToString())
+            core = ov.Core()
+            config = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                      "PERFORMANCE_HINT": "LATENCY"}
+            try:
+                self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+            except RuntimeError as exc:  # e.g. a precision this CPU has no kernels for
+                raise Unavailable(f"OpenVINO cannot compile {cell} at {self.hint}: {str(exc).splitlines()[0]}") from exc
+        self.request = self.compiled.create_infer_request()
+        self.x = x
+        self.shape = (x.shape[0], x.shape[1], weights["weight_hh_l0"].shape[1])
+
+    def step(self):
+        self.request.infer({0: self.x})
+
+    def result(self):
+        self.request.infer({0: self.x})
+        return {"output": np.array(self.request.get_output_tensor(0).data).reshape(self.shape)}
 
 
 # --precision int8: dynamic quantization, inference only. Their outputs are held to the
@@ -556,6 +608,14 @@ class TorchAutocastImpl(TorchImpl):
         return t.detach().float().cpu().numpy().copy()
 
 
+class OpenVinoBf16Impl(OpenVinoImpl):
+    """OpenVINO at its bf16 precision hint (its default on CPUs with AVX512-BF16 or AMX)."""
+
+    name = "openvino-bf16"
+    hint = "bf16"
+    precision, rtol = "bf16", BF16_RTOL
+
+
 class OnnxRuntimeInt8Impl(OnnxRuntimeImpl):
     """ONNX Runtime's dynamic int8 LSTM (``onnxruntime.quantization.quantize_dynamic``, which
     turns the LSTM node into the contrib op ``DynamicQuantizeLSTM``; it has no int8 GRU or RNN)."""
@@ -640,15 +700,16 @@ class SpeechBrainImpl(TorchImpl):
         return ((name, params[sb_name].grad) for name, sb_name in self.NAMES.items() if sb_name in params)
 
 
-IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "numpy": NumpyImpl,
-         "speechbrain": SpeechBrainImpl}
+IMPLS = {"fastrnn": FastrnnImpl, "torch": TorchImpl, "onnxruntime": OnnxRuntimeImpl, "openvino": OpenVinoImpl,
+         "numpy": NumpyImpl, "speechbrain": SpeechBrainImpl}
 PRECISIONS = ("int8", "bf16")  # --precision: reduced-precision rows beside float32's
 # Per precision: fastrnn's implementation, and each peer's by the peer it belongs to.
 PRECISION_IMPLS = {"int8": ({"fastrnn-int8": FastrnnInt8Impl},
                             {"torch": {"torch-int8": TorchInt8Impl},
                              "onnxruntime": {"onnxruntime-int8": OnnxRuntimeInt8Impl}}),
                    "bf16": ({"fastrnn-bf16": FastrnnBf16Impl},
-                            {"torch": {"torch-bf16": TorchBf16Impl, "torch-autocast": TorchAutocastImpl}})}
+                            {"torch": {"torch-bf16": TorchBf16Impl, "torch-autocast": TorchAutocastImpl},
+                             "openvino": {"openvino-bf16": OpenVinoBf16Impl}})}
 FRONTEND_IMPLS = {"fastrnn.torch": FastrnnTorchImpl, "torch": TorchStepImpl}
 # --device cuda: fastrnn's CUDA backend against torch on the GPU (cuDNN); the NumPy layer copies
 # its arrays to the GPU and back in every call, fastrnn.torch runs zero-copy.

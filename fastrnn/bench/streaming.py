@@ -9,12 +9,14 @@ Rows, per cell and hidden size (input size = hidden size, one layer, float32):
 - fastrnn layer T=1: ``layer(x, state)`` with one time step, the state fed back;
 - torch ``nn.LSTMCell`` / ``nn.GRUCell`` and ``nn.LSTM`` / ``nn.GRU`` with T=1 (no_grad);
 - ONNX Runtime: an LSTM / GRU node with seq_len 1, one ``run`` per step, the state fed back;
+- OpenVINO: a stateful model (an ``LSTMCell`` / ``GRUCell`` between ``ReadValue`` and ``Assign``:
+  the state lives in the infer request across calls), one ``infer`` per step, float32 hint;
 - the bound: one step reads W_ih and W_hh (``4 G H (C + H)`` bytes), which stay in cache between
   steps; at the read bandwidth measured here on a buffer of that size with fastrnn's own vector
   loads (``_C._read_bandwidth``) that takes ``bytes / bandwidth``. The pointwise work is not in it.
 
 Each Python-timed row is the best of ``repeats`` rounds of a loop of at least ``min_time``
-seconds. OpenVINO is not a peer here (no wheel for this environment).
+seconds.
 
 With several thread counts (``--threads 1 2``) a second table follows (`thread_scaling`): at
 H = 128, 256 and 512, a stream step's C-timed p50 and a T = 100 sequence call's time per step at
@@ -103,7 +105,52 @@ def _onnx_step(cell, layer, N, threads):
     return step
 
 
-def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxruntime"), repeats=5, min_time=0.2,
+def _openvino_step(cell, layer, N, threads):
+    """An OpenVINO stateful model of one step of `layer` (its state in variables of the infer
+    request, carried across calls), and a function running one step; its ``output()`` is the
+    last step's h [N, H]."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    from openvino.op.util import Variable, VariableInfo
+
+    H, C = layer.hidden_size, layer.input_size
+    p = layer.params
+    order = {"lstm": [1, 0, 2, 3], "gru": [1, 0, 2]}[cell]  # torch i f g o -> OpenVINO f i c o; r z n -> z r h
+    G = len(order)
+
+    def reorder(w):
+        return np.ascontiguousarray(np.concatenate([w.reshape(G, H, -1)[k] for k in order]).reshape(w.shape))
+    b_ih, b_hh = reorder(p["bias_ih_l0"][:, None])[:, 0], reorder(p["bias_hh_l0"][:, None])[:, 0]
+    # GRU with linear_before_reset: [b_z, b_r, b_ih_h, b_hh_h]; else one summed bias
+    bias = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]]) if cell == "gru" else b_ih + b_hh
+    x_in = ops.parameter([N, C], np.float32, name="x")
+    states, reads = [], []
+    for name in ("h", "c")[:2 if cell == "lstm" else 1]:
+        info = VariableInfo()
+        info.data_shape, info.data_type, info.variable_id = ov.PartialShape([N, H]), ov.Type.f32, name
+        states.append(Variable(info))
+        reads.append(ops.read_value(ops.constant(np.zeros((N, H), np.float32)), states[-1]))
+    W, R = ops.constant(reorder(p["weight_ih_l0"])), ops.constant(reorder(p["weight_hh_l0"]))
+    B = ops.constant(bias.astype(np.float32))
+    node = ops.lstm_cell(x_in, *reads, W, R, B, H) if cell == "lstm" else \
+        ops.gru_cell(x_in, reads[0], W, R, B, H, linear_before_reset=True)
+    shape = ops.constant(np.array([N, H], np.int64))
+    new = [ops.reshape(node.output(i), shape, False) for i in range(len(states))]  # Assign takes a node
+    model = ov.Model([ops.result(new[0])], [ops.assign(v, var) for v, var in zip(new, states)], [x_in], "step")
+    core = ov.Core()
+    request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                                "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+                                 ).create_infer_request()
+    x = np.random.default_rng(0).standard_normal((N, C)).astype(np.float32)
+
+    def step(xt=x):
+        request.infer({0: xt})
+    step.output = lambda: np.array(request.get_output_tensor(0).data)
+    return step
+
+
+def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxruntime", "openvino"), repeats=5,
+        min_time=0.2,
         c_steps=10000, progress=None):
     """Every row's seconds per step: {"columns": [...], "rows": {name: [s or None]}, "notes": [...],
     "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: (bytes, B/s, s)}}."""
@@ -126,7 +173,8 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
         notes.append("torch: not installed, its rows are skipped")
     columns, rows, pct, bound = [], {}, {}, {}
     names = ["fastrnn stream (Python)", "fastrnn stream (C, mean)", "fastrnn layer T=1", "torch Cell",
-             "torch nn T=1", "onnxruntime 1 step/run", "bound: weights / read bandwidth"]
+             "torch nn T=1", "onnxruntime 1 step/run", "openvino stateful 1 step/infer",
+             "bound: weights / read bandwidth"]
     for name in names:
         rows[name] = []
     for cell in cells:
@@ -178,10 +226,18 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
                     if "onnxruntime: not installed, its row is skipped" not in notes:
                         notes.append("onnxruntime: not installed, its row is skipped")
             rows[names[5]].append(ort_time)
+            ov_time = None
+            if "openvino" in peers:
+                try:
+                    ov_time = _loop(_openvino_step(cell, layer, batch, threads), min_time, repeats)
+                except ImportError:
+                    if "openvino: not installed, its row is skipped" not in notes:
+                        notes.append("openvino: not installed, its row is skipped")
+            rows[names[6]].append(ov_time)
             nbytes = 4 * GATES[cell] * H * (H + H)
             bw = _C._read_bandwidth(nbytes)
             bound[col] = (nbytes, bw, nbytes / bw)
-            rows[names[6]].append(nbytes / bw)
+            rows[names[7]].append(nbytes / bw)
     return {"columns": columns, "rows": rows, "notes": notes, "percentiles": pct, "bound": bound,
             "batch": batch, "threads": threads, "isa": fastrnn.get_isa(), "cpu": _cpu_name()}
 
@@ -292,7 +348,8 @@ def format_table(result, markdown=False):
         table.append([name] + ["-" if v is None else f"{v * 1e6:.2f}" for v in vals])
     table.append(["p50 / p99 (C)"] + [f"{result['percentiles'][c][0] * 1e6:.2f} / {result['percentiles'][c][1] * 1e6:.2f}"
                                       for c in cols])
-    for name in ("torch Cell", "torch nn T=1", "onnxruntime 1 step/run", "fastrnn layer T=1"):
+    for name in ("torch Cell", "torch nn T=1", "onnxruntime 1 step/run", "openvino stateful 1 step/infer",
+                 "fastrnn layer T=1"):
         vals = result["rows"][name]
         table.append([f"{name} / stream (Python)"] + ["-" if v is None else f"{v / f:.2f}x" for v, f in zip(vals, fast)])
     table.append(["stream (C p50) / bound"] + [f"{result['percentiles'][c][0] / result['bound'][c][2]:.2f}x"

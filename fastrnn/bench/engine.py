@@ -1164,7 +1164,7 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
                    "gemm_size": gemm_size},
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": {**_cpu_info(), "system": f"{platform.system()} {platform.release()}"},
-        "versions": _versions(["torch", "onnxruntime", "onnx", "threadpoolctl"]
+        "versions": _versions(["torch", "onnxruntime", "onnx", "openvino", "threadpoolctl"]
                               + (["speechbrain"] if "speechbrain" in factories else [])),
         "isa": fastrnn.get_isa(), "available_isas": fastrnn.available_isas(),
         "precision_features": fastrnn.precision_features(),
@@ -1357,7 +1357,7 @@ def format_table(result, markdown=False):
 
     m, v = result["machine"], result["versions"]
     gemm = ", ".join(f"{g:.1f} GFLOP/s at {t} thread{'s' * (t != '1')}" for t, g in result["gemm_gflops"].items())
-    others = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "onnx", "threadpoolctl", "speechbrain")
+    others = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "onnx", "openvino", "threadpoolctl", "speechbrain")
                        if v.get(k))
     header = [
         f"fastrnn bench, {result['date']}",

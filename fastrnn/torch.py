@@ -198,6 +198,12 @@ def _check_reduced_call(where, compute_dtype, training, inputs, params):
                            "requires_grad_(False))")
 
 
+def _check_stream_dtype(where, params):
+    if params and params[0].dtype == torch.bfloat16:
+        raise TypeError(f"{where}: streams keep float32 or float64 parameters, got torch.bfloat16 (keep float32 "
+                        "parameters and set compute_dtype = 'bfloat16' to step in bf16)")
+
+
 def _precision(where, compute_dtype, weights, inputs):
     """How a call computes, as torch would have it. Returns ``(compute_dtype, weights, inputs,
     out_dtype)``: bf16 parameters (``module.to(torch.bfloat16)``) compute in bf16 on float32 copies
@@ -402,6 +408,7 @@ class _FastRNNBase(_DropsKeptPlan):
             raise RuntimeError(f"{where}: streams run on CPU tensors; the parameters are on {sorted(devices)} "
                                "(move the module with .cpu(), or use torch.nn.LSTMCell/GRUCell on the GPU)")
         self._check_supported(where, self._flat_weights)
+        _check_stream_dtype(where, self._flat_weights)
         return _TorchStream(self, batch, where=where, lstm=self.mode == "LSTM", weights=self._stream_weights,
                             zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
 
@@ -928,9 +935,10 @@ class _LiGRULayer(_DropsKeptPlan, torch.nn.Module):
         buffers = None
         options = dict(nonlinearity=self.nonlinearity, normalization="batchnorm" if batch_norm else "layernorm",
                        bias=self.bias)
-        if batch_norm:
-            buffers = {"norm_running_mean_l0": _numpy(self.norm.running_mean),
-                       "norm_running_var_l0": _numpy(self.norm.running_var)}
+        if batch_norm:  # read and updated in place (float32 copies of bf16 ones, written back by forward)
+            wide = lambda t: t.float() if t.dtype == torch.bfloat16 else t  # noqa: E731
+            buffers = {"norm_running_mean_l0": _numpy(wide(self.norm.running_mean)),
+                       "norm_running_var_l0": _numpy(wide(self.norm.running_var))}
             options["momentum"] = self.norm.momentum
             if self.training and self.norm.num_batches_tracked is not None:
                 self.norm.num_batches_tracked.add_(1)
@@ -954,20 +962,18 @@ class _LiGRULayer(_DropsKeptPlan, torch.nn.Module):
         mask = self._sample_drop_mask(x)
         h0 = hx if hx is not None else self.h_init.broadcast_to(x.shape[0], self.hidden_size)
         where = f"fastrnn.torch.{'SLiGRU' if self.stabilised else 'LiGRU'}.forward"
-        if self.w.weight.dtype == torch.bfloat16:
-            raise TypeError(f"{where}: bf16 parameters (module.to(torch.bfloat16)) are not supported by the Li-GRU "
-                            "modules, whose batch-norm statistics the kernel updates in float32: keep float32 "
-                            "parameters and train under torch.autocast('cpu', dtype=torch.bfloat16) or with "
-                            "compute_dtype='bfloat16'")
         kind, names, params, buffers, options = self._spec()
         xt = x.transpose(0, 1).contiguous()  # fastrnn's time-major layout
         h0 = h0.contiguous()
+        low_params = params[0].dtype == torch.bfloat16  # module.to(torch.bfloat16)
         compute, params, (xt, h0), out_dtype = _precision(where, self.compute_dtype, params, [xt, h0])
         if compute is not None:
             _check_reduced_call(where, compute, self.training, (xt, h0), params)
+        if mask is not None and mask.dtype == torch.bfloat16:  # the bank of a module made bf16
+            mask = mask.float()
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, *params)):
             h = _LiGRUFunction.apply((kind, names, buffers, options, self.training, compute), xt, h0, mask, *params)
-        elif compute is not None and not self.training:  # on the plan kept on the layer: weights converted once
+        elif compute is not None and not self.training and not low_params:  # the plan kept on the layer
             out, _, _, _ = _on_torch_threads(
                 F._forward, kind, _numpy(xt), dict(zip(names, map(_numpy, params))), _numpy(h0)[None], None,
                 num_layers=1, bidirectional=False, batch_first=False, dropout=0.0, training=False, rng=None,
@@ -981,6 +987,9 @@ class _LiGRULayer(_DropsKeptPlan, torch.nn.Module):
                                           training=self.training, buffers=buffers, noise=noise, compute_dtype=compute,
                                           **options)
             h = torch.from_numpy(out)
+        if low_params and buffers:  # the batch-norm statistics the kernel updated, back into the bf16 buffers
+            self.norm.running_mean.copy_(torch.from_numpy(buffers["norm_running_mean_l0"]))
+            self.norm.running_var.copy_(torch.from_numpy(buffers["norm_running_var_l0"]))
         if out_dtype is not None:
             h = h.to(out_dtype)
         h = h.transpose(0, 1)
@@ -1073,6 +1082,7 @@ class LiGRU(torch.nn.Module):
         ``state`` ``[L, N, H]`` as there). Eval mode and unidirectional only."""
         where = f"fastrnn.torch.{type(self).__name__}.stream"
         check_streamable(self, where)
+        _check_stream_dtype(where, list(self.parameters()))
         return _LiGRUStream(self, batch, where)
 
 

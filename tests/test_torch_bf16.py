@@ -92,6 +92,9 @@ def test_bf16_parameters_train_in_bf16(kind):
         m(x.float())  # torch's check, and message
     with torch.no_grad():  # inference too
         np.testing.assert_array_equal(m.eval()(x)[0].float().numpy(), out.float().detach().numpy())
+    if kind != "RNN":
+        with pytest.raises(TypeError, match="streams keep float32"):
+            m.stream(batch=2)
 
 
 def test_an_optimizer_trains_bf16_modules():
@@ -130,5 +133,29 @@ def test_ligru_trains_in_bf16():
         assert (p.grad - g).norm() <= 0.1 * g.norm() + 1e-6
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert m(x)[0].dtype == torch.bfloat16
-    with pytest.raises(TypeError, match="bf16 parameters"):
-        m.to(torch.bfloat16)(x.bfloat16())
+
+
+@pytest.mark.parametrize("normalization", ["batchnorm", "layernorm"])
+def test_ligru_with_bf16_parameters(normalization):
+    torch.manual_seed(5)
+    # one layer: between two layers a bf16 model also rounds the activations and their gradients
+    m = ft.LiGRU(12, input_shape=(3, 6, 4), num_layers=1, normalization=normalization)
+    twin = ft.LiGRU(12, input_shape=(3, 6, 4), num_layers=1, normalization=normalization)
+    m.to(torch.bfloat16)
+    twin.load_state_dict({k: v.float() for k, v in m.state_dict().items()})  # the same (bf16) values
+    for layer in twin.rnn:
+        layer.compute_dtype = "bfloat16"
+    x = torch.randn(3, 6, 4).bfloat16()
+    out = m(x)[0]
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    want = twin(x.float())[0]
+    want.backward(2 * out.float().detach())
+    np.testing.assert_array_equal(out.float().detach().numpy(), want.to(torch.bfloat16).float().detach().numpy())
+    for (name, p), q in zip(m.named_parameters(), twin.parameters()):
+        assert p.grad.dtype == torch.bfloat16, name
+        np.testing.assert_array_equal(p.grad.float().numpy(), q.grad.bfloat16().float().numpy())
+    for (name, b), c in zip(m.named_buffers(), twin.buffers()):  # batch-norm statistics updated alike
+        np.testing.assert_array_equal(b.float().numpy(), c.bfloat16().float().numpy())
+    with pytest.raises(TypeError, match="streams keep float32"):
+        m.eval().stream(batch=3)

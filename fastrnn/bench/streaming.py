@@ -218,22 +218,15 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
             else:
                 rows[names[3]].append(None)
                 rows[names[4]].append(None)
-            ort_time = None
-            if "onnxruntime" in peers:
-                try:
-                    ort_time = _loop(_onnx_step(cell, layer, batch, threads), min_time, repeats)
-                except ImportError:
-                    if "onnxruntime: not installed, its row is skipped" not in notes:
-                        notes.append("onnxruntime: not installed, its row is skipped")
-            rows[names[5]].append(ort_time)
-            ov_time = None
-            if "openvino" in peers:
-                try:
-                    ov_time = _loop(_openvino_step(cell, layer, batch, threads), min_time, repeats)
-                except ImportError:
-                    if "openvino: not installed, its row is skipped" not in notes:
-                        notes.append("openvino: not installed, its row is skipped")
-            rows[names[6]].append(ov_time)
+            for row, peer, make_step in ((names[5], "onnxruntime", _onnx_step), (names[6], "openvino", _openvino_step)):
+                seconds = None
+                if peer in peers:
+                    try:
+                        seconds = _loop(make_step(cell, layer, batch, threads), min_time, repeats)
+                    except ImportError:
+                        if f"{peer}: not installed, its row is skipped" not in notes:
+                            notes.append(f"{peer}: not installed, its row is skipped")
+                rows[row].append(seconds)
             nbytes = 4 * GATES[cell] * H * (H + H)
             bw = _C._read_bandwidth(nbytes)
             bound[col] = (nbytes, bw, nbytes / bw)

@@ -69,10 +69,11 @@ _REGULARIZERS = {"recurrent_dropout": 0.0, "zoneout_h": 0.0, "zoneout_c": 0.0, "
 
 
 def _host_view(t):
-    """NumPy view of a CPU tensor; for a tensor on a GPU, a read-only host copy (writes would be lost)."""
-    if t.device.type == "cpu":
+    """NumPy view of a CPU tensor; for a tensor on a GPU or in bf16 (NumPy has no bf16), a read-only
+    float32 host copy (writes would be lost)."""
+    if t.device.type == "cpu" and t.dtype != torch.bfloat16:
         return t.detach().numpy()
-    a = t.detach().cpu().numpy()
+    a = t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()
     a.flags.writeable = False
     return a
 
@@ -204,13 +205,16 @@ def _check_stream_dtype(where, params):
                         "parameters and set compute_dtype = 'bfloat16' to step in bf16)")
 
 
-def _precision(where, compute_dtype, weights, inputs):
+def _precision(where, compute_dtype, weights, inputs, autocast_bf16=True):
     """How a call computes, as torch would have it. Returns ``(compute_dtype, weights, inputs,
     out_dtype)``: bf16 parameters (``module.to(torch.bfloat16)``) compute in bf16 on float32 copies
     of the parameters (exact: every bf16 value is a float32), the inputs must be bf16 too, and the
     outputs are bf16, the gradients reaching the bf16 parameters through the copies; under
     ``torch.autocast("cpu", dtype=torch.bfloat16)`` float32 parameters compute in bf16 and the
-    outputs are bf16 (autocast's rule for recurrent layers), inputs of any float dtype."""
+    outputs are bf16 (autocast's rule for recurrent layers), inputs of any float dtype, unless
+    `autocast_bf16` is False (a regularizer bf16 does not take: float32, as autocast leaves the ops
+    it has no lower-precision kernel for); int8 modules under autocast take inputs of any float
+    dtype too (their outputs stay float32)."""
     dtype = weights[0].dtype
     if dtype == torch.bfloat16:
         for i, t in enumerate(inputs):
@@ -220,10 +224,11 @@ def _precision(where, compute_dtype, weights, inputs):
         if compute_dtype == "int8":
             raise TypeError(f"{where}: compute_dtype='int8' quantizes float32 parameters, got {dtype}")
         return "bfloat16", [w.float() for w in weights], [t.float() for t in inputs], dtype
-    if (compute_dtype in (None, "bfloat16") and dtype == torch.float32
-            and all(t.device.type == "cpu" for t in (*weights, *inputs))
+    if (dtype == torch.float32 and all(t.device.type == "cpu" for t in (*weights, *inputs))
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        return "bfloat16", weights, [t.float() for t in inputs], torch.bfloat16
+        inputs = [t.float() for t in inputs]
+        if compute_dtype in (None, "bfloat16") and (autocast_bf16 or compute_dtype == "bfloat16"):
+            return "bfloat16", weights, inputs, torch.bfloat16
     return compute_dtype, weights, inputs, None
 
 
@@ -346,6 +351,7 @@ class _FastRNNBase(_DropsKeptPlan):
         K = self.proj_size or H
         G = _cells.gates(self._cell())
         S, dtype = L * D, self._flat_weights[0].dtype
+        dtype = torch.float32 if dtype == torch.bfloat16 else dtype  # bf16 parameters compute on float32 copies
         out = {}
         if self.recurrent_dropout:
             p = self.recurrent_dropout
@@ -367,7 +373,7 @@ class _FastRNNBase(_DropsKeptPlan):
     def params(self):
         """name -> NumPy view of each parameter (torch names; writing into a view changes the parameter).
 
-        For a module on a GPU: read-only host copies."""
+        For a module on a GPU: read-only host copies; with bf16 parameters: read-only float32 copies."""
         return OrderedDict((name, _host_view(getattr(self, name))) for name in self._flat_weights_names)
 
     @property
@@ -485,7 +491,8 @@ class _FastRNNBase(_DropsKeptPlan):
         else:
             self.check_input(data, batch_sizes)
 
-        compute, weights, (data, *states), out_dtype = _precision(where, self.compute_dtype, weights, [data, *states])
+        compute, weights, (data, *states), out_dtype = _precision(where, self.compute_dtype, weights, [data, *states],
+                                                                  autocast_bf16=not self.weight_drop)
         if compute is not None:
             _check_reduced_call(where, compute, self.training, (data, *states), weights)
         for which, t in zip(("input", "h_0", "c_0"), [data, *states]):

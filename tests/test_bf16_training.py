@@ -185,3 +185,86 @@ def test_functional_bf16_training_and_refusals():
     with pytest.raises(ValueError, match="rounds float32 parameters"):
         F.lstm_forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in layer.params.items()},
                        training=True, compute_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("kind,kw", [
+    ("lstm", {}), ("lstm", {"proj_size": 7}), ("lstm", {"proj_size": 7, "peephole": True}), ("gru", {}),
+    ("gru", {"reset_after": False}), ("rnn_tanh", {}), ("LayerNormLSTM", {}), ("LayerNormGRU", {}), ("LiGRU", {}),
+    ("SLiGRU", {}), ("lstm", {"zoneout_c": 0.2}), ("lstm", {"recurrent_dropout": 0.3, "zoneout_h": 0.2})])
+def test_retain_gives_the_same_bits(kind, kw):
+    # retain=True keeps the gate gradients in scratch, so BPTT's products read their other
+    # operands (GRU reset_after=False's r*h, LSTMP's m) from copies instead of the rounded gate
+    # matrix: the results must not change
+    C, H, T = 11, 19, 5
+    x = np.random.default_rng(0).standard_normal((T, 3, C)).astype(np.float32)
+    results = []
+    for retain in (False, True):
+        layer = _stack(kind, C, H, kw)
+        layer.compute_dtype = "bfloat16"
+        out = layer(x, lengths=[5, 3, 2])[0]
+        dy = np.random.default_rng(2).standard_normal(out.shape).astype(np.float32)
+        results.append((out, *F.backward(layer._ctx, dy, retain=retain)))
+    (o0, dx0, _, _, g0), (o1, dx1, _, _, g1) = results
+    np.testing.assert_array_equal(o0, o1)
+    np.testing.assert_array_equal(dx0, dx1)
+    for k in g0:
+        np.testing.assert_array_equal(g0[k], g1[k], err_msg=k)
+
+
+@pytest.mark.parametrize("kind,kw,layernorm", [
+    ("lstm", {}, False), ("gru", {}, False), ("gru", {"reset_after": False}, False), ("LayerNormLSTM", {}, True)])
+def test_weight_gradients_are_bf16_products_of_the_gate_gradients(kind, kw, layernorm):
+    # Two layers, both directions: after a backward without retain the training cache holds the
+    # gate gradients where the gates were, so each weight gradient can be recomputed from them
+    # as a product of bf16-rounded operands in float64 (the cache's layout: csrc/core/skeleton.h,
+    # CacheLayout; rows of 4H for LSTM and GRU, LayerNorm LSTM's xhat blocks after them).
+    L, D, C, H, T, N = 2, 2, 11, 19, 5, 3
+    cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "LayerNormLSTM": fastrnn.LayerNormLSTM}[kind]
+    layer = cls(C, H, num_layers=L, bidirectional=True, rng=0, compute_dtype="bfloat16", **kw)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, N, C)).astype(np.float32)
+    out = layer(x)[0]
+    ctx = layer._ctx
+    cache = ctx.cache
+    gx, _, _, grads = F.backward(ctx, rng.standard_normal(out.shape).astype(np.float32))
+    G = 4 if kind != "gru" else 3
+    GH, K, TN = G * H, H, T * N
+    ld = 4 * H
+    xhat_ih = xhat_hh = None
+    if layernorm:
+        xhat_ih, xhat_hh = ld, ld + GH
+        ld += 2 * GH + H + 3
+    dir_block = TN * ld + (TN * H if G == 4 else 0)
+    layer_block = TN * D * K + D * dir_block
+    h0 = cache[L * layer_block:L * layer_block + L * D * N * K].reshape(L * D, N, K)
+    for l in range(L):
+        X = x.reshape(TN, C) if l == 0 else cache[(l - 1) * layer_block:(l - 1) * layer_block + TN * D * K].reshape(
+            TN, D * K)
+        Y = cache[l * layer_block:l * layer_block + TN * D * K].reshape(T, N, D * K)
+        dx_want = 0.0
+        for d in range(D):
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            at = l * layer_block + layer_block - (D - d) * dir_block
+            rows = cache[at:at + TN * ld].reshape(TN, ld)
+            dgx = rows[:, xhat_ih:xhat_ih + GH] if layernorm else rows[:, :GH]
+            assert rel(grads["weight_ih" + sfx], bf16(dgx).T @ bf16(X)) < 1e-6
+            y = Y[:, :, d * K:(d + 1) * K]
+            hp = np.empty((T, N, K), np.float32)  # h_{t-1} in this direction's order
+            if d == 0:
+                hp[0], hp[1:] = h0[l * D + d], y[:-1]
+            else:
+                hp[-1], hp[:-1] = h0[l * D + d], y[1:]
+            hp = hp.reshape(TN, K)
+            if layernorm:
+                want = bf16(rows[:, xhat_hh:xhat_hh + GH]).T @ bf16(hp)
+            elif G == 3:  # bands: r, z from h; n from h (reset_after) or from the cached r*h
+                n_in = hp if kw.get("reset_after", True) else rows[:, 3 * H:4 * H]
+                want = np.concatenate([bf16(rows[:, :2 * H]).T @ bf16(hp), bf16(rows[:, 3 * H:4 * H] if
+                                       kw.get("reset_after", True) else rows[:, 2 * H:3 * H]).T @ bf16(n_in)])
+            else:
+                want = bf16(rows[:, :GH]).T @ bf16(hp)
+            assert rel(grads["weight_hh" + sfx], want) < 1e-6, sfx
+            if l == 0:
+                dx_want = dx_want + bf16(dgx) @ bf16(layer.params["weight_ih" + sfx])
+        if l == 0:
+            assert rel(gx.reshape(TN, C), dx_want) < 1e-6

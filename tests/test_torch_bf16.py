@@ -159,3 +159,36 @@ def test_ligru_with_bf16_parameters(normalization):
         np.testing.assert_array_equal(b.float().numpy(), c.bfloat16().float().numpy())
     with pytest.raises(TypeError, match="streams keep float32"):
         m.eval().stream(batch=3)
+
+
+def test_bf16_parameters_with_regularizers_and_diagnostics():
+    torch.manual_seed(6)
+    m = ft.LSTM(8, 16, num_layers=2, dropout=0.2)
+    m.zoneout_h, m.recurrent_dropout = 0.1, 0.2
+    m.to(torch.bfloat16)
+    x = torch.randn(5, 3, 8).bfloat16()
+    with fastrnn.diagnostics.record(m) as rec:  # reads .params: float32 copies of the bf16 values
+        out = m(x)[0]  # masks drawn in float32
+        out.float().sum().backward()
+    assert rec.report().grad_h_norm.shape == (2, 1, 5)
+    assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad.float()).all() for p in m.parameters())
+    w = m.params["weight_hh_l0"]
+    assert w.dtype == np.float32 and not w.flags.writeable
+    np.testing.assert_array_equal(w, m.weight_hh_l0.detach().float().numpy())
+
+
+def test_autocast_leaves_what_bf16_does_not_take_in_float32():
+    torch.manual_seed(7)
+    x = torch.randn(5, 2, 4)
+    m = ft.GRU(4, 8)
+    m.weight_drop = 0.3  # DropConnect: not in bf16 (docs/precision.md); autocast falls back to float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x.bfloat16())[0]
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    q = ft.quantize_dynamic(ft.LSTM(4, 8))  # an int8 module takes autocast's bf16 inputs
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        got = q(x.bfloat16())[0]
+    assert got.dtype == torch.float32
+    with torch.no_grad():
+        np.testing.assert_array_equal(got.numpy(), q(x.bfloat16().float())[0].numpy())

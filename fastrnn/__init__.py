@@ -72,7 +72,7 @@ else:
 
     __version__ = _C.version  # from the FASTRNN_VERSION_* macros of fastrnn.h, the one source
 
-    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa", "precision_features",
+    __all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "LiGRU", "SLiGRU", "functional", "init", "clip", "get_isa", "available_isas", "set_isa", "precision_features", "enable_amx",
                "set_num_threads", "get_num_threads", "get_include", "get_library", "get_library_dir", "__version__",
                "Linear", "LastStep", "Sequential", "losses", "optim", "tasks", "fit", "History", "callbacks",
                "diagnostics", "gradcheck", "cuda", "quantize_dynamic"]
@@ -101,6 +101,24 @@ else:
         ['amx_bf16', 'avx512_bf16', 'avx512_vnni', 'avx_vnni']
         """
         return dict(_C.precision_features())
+
+
+    def enable_amx(on=True):
+        """Run bf16 products on AMX tiles (``tdpbf16ps``) while the float32 ISA is avx512; opt-in.
+
+        The AMX path has not yet run on an AMX CPU (the machines fastrnn was measured on exposed
+        none), so it stays off unless asked for here or with ``FASTRNN_AMX=1``; its tiling runs in
+        the tests on a software model of the tiles (docs/precision.md). Returns True when AMX is on;
+        when the CPU or its OS has no AMX, or Linux refuses the tile state (a small alternate
+        signal stack, as pytest's faulthandler installs, makes it refuse), it warns why and returns
+        False, and bf16 keeps its current path. ``enable_amx(False)`` turns it off.
+        """
+        why = _C.enable_amx(bool(on))
+        if why:
+            import warnings
+            warnings.warn(f"fastrnn.enable_amx: {why}; bf16 stays on the {_C._bf16_path()} path", RuntimeWarning,
+                          stacklevel=2)
+        return _C.amx_enabled()
 
 
     def set_isa(name):

@@ -32,9 +32,12 @@ def info(_args):
     print(f"precision features: {', '.join(have) or 'none'}" + (f" (not here: {', '.join(lacks)})" if lacks else ""))
     path = fastrnn._C._bf16_path()
     print("bf16 kernels: " + {"avx512_bf16": "avx512_bf16 (vdpbf16ps)",
+                              "amx_bf16": "amx_bf16 (tdpbf16ps tiles, opt-in)",
                               "portable": "portable (emulated: the same bits as vdpbf16ps, slowly)"}.get(
         path, f"{path} (float32 FMAs on widened bf16: the same bits as vdpbf16ps)")
-          + "; layers compute in float32/float64 only so far")
+          + " (compute_dtype='bfloat16')")
+    if features.get("amx_bf16") and path != "amx_bf16":
+        print("AMX: on this CPU, off by default (not yet run on an AMX CPU): FASTRNN_AMX=1 or fastrnn.enable_amx()")
     path = fastrnn._C._int8_path()
     print("int8 kernels: " + (f"native ({path})" if path != "portable" else
                               "portable (emulated, same bits as avx512_vnni / avx_vnni, which need isa avx512 / avx2)"))

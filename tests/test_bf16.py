@@ -330,8 +330,8 @@ def test_the_model_is_this_cpus(tmp_path):
     assert "0 mismatches with the model, 0 with FMAs" in run.stdout, run.stdout
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("N,rows,depth", [(1, 5, 8), (2, 17, 12), (7, 33, 20), (9, 100, 36)])
+@pytest.mark.parametrize("path", PATHS + ["amx_model"])
+@pytest.mark.parametrize("N,rows,depth", [(1, 5, 8), (2, 17, 12), (7, 33, 20), (9, 100, 36), (18, 40, 66)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_gemm_writes_only_the_columns_asked_for(path, N, rows, depth, accumulate):
     # c [N, rows] with rows not a multiple of 16: the last panel's outputs past `rows` would land
@@ -367,3 +367,101 @@ def test_gemm_checks_its_arguments():
         _C._bf16_gemm(np.ones((2, 4), np.uint16), packed, np.zeros((3, 16), np.float32))
     with pytest.raises(ValueError, match="panels = ceil"):
         _C._bf16_gemm(np.ones((2, 4), np.uint16), packed, np.zeros((2, 17), np.float32))
+
+
+# --- AMX (csrc/kernels/bf16_amx.h): the tile GEMM, on the model of the tiles -----------------
+
+def gemm_model_even_first(a16, w16, c0=None):
+    """TDPBF16PS as the SDM's pseudo-code has it: per pair the even element's product first."""
+    a = to_f32(a16).astype(np.float64)
+    w = to_f32(w16).astype(np.float64)
+    acc = np.zeros((a.shape[0], w.shape[0]), np.float32) if c0 is None else c0.copy()
+    for q in range(a.shape[1] // 2):
+        for e in (0, 1):
+            acc = (acc.astype(np.float64) + np.outer(a[:, 2 * q + e], w[:, 2 * q + e])).astype(np.float32)
+    return acc
+
+
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 33])
+@pytest.mark.parametrize("rows", [1, 16, 17, 40])
+@pytest.mark.parametrize("depth", [2, 7, 32, 34, 64, 100])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_amx_tiles_give_the_sdm_order(N, rows, depth, accumulate):
+    # row blocks of 16 and their tail, pairs in chunks of 16 and their tail, two panels per A tile
+    # and a partial last panel: bitwise the even-first model, and float32 roundings from portable
+    r = np.random.default_rng(N * 10000 + rows * 100 + depth)
+    a = r.standard_normal((N, depth)).astype(np.float32)
+    w = r.standard_normal((rows, depth)).astype(np.float32)
+    c0 = r.standard_normal((N, rows)).astype(np.float32) if accumulate else None
+    c, a16 = gemm(a, w, "amx_model", c0)
+    w16 = round_model(w)
+    if depth % 2:
+        w16 = np.pad(w16, ((0, 0), (0, 1)))
+    np.testing.assert_array_equal(c, gemm_model_even_first(a16, w16, c0))
+    np.testing.assert_allclose(c, gemm(a, w, "portable", c0)[0], rtol=1e-5, atol=1e-5 * np.sqrt(depth))
+
+
+def test_amx_edges_and_the_pair_order():
+    for c0, a_bits, w_pair, want in EDGES:
+        if a_bits[1] == bf(2.0**24):  # the pair order: even first gives 1 + 1 + 2^24 = 2^24 + 2
+            want = 2.0**24 + 2
+        if want == np.inf:  # even first: -2^200 overflows to -inf first, and stays there
+            want = -np.inf
+        a16 = np.array([a_bits], np.uint16)
+        w = np.zeros((16, 2), np.float32)
+        w[0] = w_pair
+        with np.errstate(over="ignore"):
+            c = np.zeros((1, 16), np.float32)
+            c[0, 0] = c0
+            _C._bf16_gemm(a16, _C._bf16_pack(w), c, True, "amx_model")
+        assert c[0, 0].view(np.uint32) == np.float32(want).view(np.uint32), (c0, a_bits, w_pair, c[0, 0], want)
+
+
+def test_layers_on_the_amx_tiles_model():
+    # the plans' bf16 products through the tile GEMM (use_amx_model): inference and training agree
+    # with the active path to float32 roundings of the sums
+    layer = fastrnn.LSTM(20, 37, num_layers=2, bidirectional=True, rng=0, compute_dtype="bfloat16")
+    x = np.random.default_rng(1).standard_normal((6, 19, 20)).astype(np.float32)
+
+    def run():
+        layer.zero_grad()
+        out = layer(x)[0]
+        return out, layer.backward(np.ones_like(out))[0], layer.grads["weight_hh_l0"].copy()
+    want = run()
+    _C._use_amx_model(True)
+    try:
+        assert _C._bf16_path() == "amx_model"
+        got = run()
+    finally:
+        _C._use_amx_model(False)
+    assert _C._bf16_path() != "amx_model"
+    assert not np.array_equal(got[0], want[0])  # the forward's products ran on the tiles
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4 * np.abs(w).max())
+
+
+def test_enable_amx_says_why_not():
+    if FEATURES["amx_bf16"]:
+        pytest.skip("an AMX CPU: test_amx_native_matches_the_model covers it")
+    with pytest.warns(RuntimeWarning, match="no AMX-BF16 tiles"):
+        assert fastrnn.enable_amx() is False
+    assert _C._bf16_path() != "amx_bf16" and fastrnn.enable_amx(False) is False
+
+
+@pytest.mark.skipif(not FEATURES["amx_bf16"], reason="needs a CPU (and OS) with AMX-BF16")
+def test_amx_native_matches_the_model():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not fastrnn.enable_amx():
+            pytest.skip("Linux refused the tile state here (see enable_amx's warning)")
+    try:
+        r = np.random.default_rng(3)
+        for N, rows, depth in [(1, 16, 32), (17, 40, 34), (33, 100, 100)]:
+            a = r.standard_normal((N, depth)).astype(np.float32)
+            w = r.standard_normal((rows, depth)).astype(np.float32)
+            got, _ = gemm(a, w, "amx_bf16")
+            # the model's pair order is the SDM's; the hardware's was never measured: to roundings
+            np.testing.assert_allclose(got, gemm(a, w, "amx_model")[0], rtol=1e-5, atol=1e-5 * np.sqrt(depth))
+    finally:
+        fastrnn.enable_amx(False)

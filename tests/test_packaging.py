@@ -35,9 +35,11 @@ PRIVATE = {"cache_elements", "saturation_stats",
            "Stream", "step", "reset", "h", "c", "batch", "plan", "in_place", "precision", "state_elements",
            "cell_state_elements",
            # reduced precision (csrc/dispatch/dispatch.h, csrc/kernels/bf16.h and int8.h)
-           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "pack", "quantize_weights"}
+           "precision_features", "bf16_kernels", "int8_kernels", "portable_kernels", "pack", "quantize_weights",
+           "amx_model_kernels", "enable_amx", "amx_enabled", "use_amx_model"}
 if platform.machine() in ("x86_64", "AMD64"):  # the native reduced-precision paths exist on x86-64 only
-    PRIVATE |= {"avx512_bf16_kernels", "avx512_fma_kernels", "avx2_fma_kernels", "avx512_vnni_kernels", "avx_vnni_kernels"}
+    PRIVATE |= {"avx512_bf16_kernels", "avx512_fma_kernels", "avx2_fma_kernels", "avx512_vnni_kernels", "avx_vnni_kernels",
+                "amx_kernels"}
 
 
 def header_text():

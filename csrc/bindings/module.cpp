@@ -70,6 +70,10 @@ const fastrnn::bf16::Kernels& bf16_path(const std::string& path) {
     natives.push_back({"avx512_fma", has("avx512"), &fastrnn::bf16::avx512_fma_kernels});
     natives.push_back({"avx2_fma", has("avx2"), &fastrnn::bf16::avx2_fma_kernels});
 #endif
+    natives.push_back({"amx_model", true, &fastrnn::bf16::amx_model_kernels});
+#if defined(__x86_64__) || defined(_M_X64)
+    natives.push_back({"amx_bf16", fastrnn::amx_enabled(), &fastrnn::bf16::amx_kernels});
+#endif
     return precision_path(path, "bf16", fastrnn::bf16_kernels(), fastrnn::bf16::portable_kernels(), natives);
 }
 const fastrnn::int8::Kernels& int8_path(const std::string& path) {
@@ -485,6 +489,10 @@ PYBIND11_MODULE(_C, m) {
     // Test and bench hooks of the bf16 and int8 building blocks (csrc/kernels/bf16.h, int8.h).
     // `path`: "active" (what the plans use now), "portable" or a native path's name.
     m.def("_bf16_path", [] { return std::string(fastrnn::bf16_kernels().name); });
+    m.def("enable_amx", [](bool on) { return fastrnn::enable_amx(on); }, py::arg("on"),
+          "Turns the AMX-BF16 path on or off; returns '' when done, else why not (csrc/dispatch/dispatch.h).");
+    m.def("amx_enabled", &fastrnn::amx_enabled);
+    m.def("_use_amx_model", &fastrnn::use_amx_model, py::arg("on"));
     m.def("_bf16_round", [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::string& path) {
         const auto& k = bf16_path(path);
         py::array_t<std::uint16_t> out(x.request().shape);

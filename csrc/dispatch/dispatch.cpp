@@ -4,9 +4,16 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace fastrnn {
 
@@ -145,9 +152,62 @@ PrecisionFeatures precision_features() {
     return f;
 }
 
+namespace {
+
+// The AMX path's state: 0 off (the default), 1 on (the CPU's tiles), 2 the tile model (tests).
+std::atomic<int>& amx_state() {
+    static std::atomic<int> s{0};
+    return s;
+}
+
+// Linux hands out the AMX tile state on request only (arch_prctl ARCH_REQ_XCOMP_PERM, for the
+// whole process). It refuses when a thread's alternate signal stack is too small for the larger
+// signal frame: pytest's faulthandler installs one. "" when granted, else why not.
+std::string request_tile_state() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+    constexpr long kReqXcompPerm = 0x1023, kXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kReqXcompPerm, kXtiledata) != 0)
+        return std::string("Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: ") + std::strerror(errno) +
+               "); a thread's alternate signal stack may be too small for it (pytest's faulthandler installs one: "
+               "run with -p no:faulthandler)";
+    return "";
+#else
+    return "AMX needs Linux's arch_prctl tile permission here";
+#endif
+}
+
+}  // namespace
+
+std::string enable_amx(bool on) {
+    if (!on) {
+        amx_state().store(0);
+        return "";
+    }
+    if (!precision_features().amx_bf16) return "this CPU (or its OS) has no AMX-BF16 tiles";
+    const std::string why = request_tile_state();
+    if (why.empty()) amx_state().store(1);
+    return why;
+}
+
+bool amx_enabled() { return amx_state().load() == 1; }
+
+void use_amx_model(bool on) { amx_state().store(on ? 2 : 0); }
+
 const bf16::Kernels& bf16_kernels() {
+    static const bool from_env = [] {  // FASTRNN_AMX=1: enable_amx(true) at the first use, or say why not
+        const char* v = std::getenv("FASTRNN_AMX");
+        if (v && std::string(v) == "1") {
+            const std::string why = enable_amx(true);
+            if (!why.empty()) std::fprintf(stderr, "fastrnn: FASTRNN_AMX=1 ignored: %s\n", why.c_str());
+        }
+        return true;
+    }();
+    (void)from_env;
+    const int amx = amx_state().load();
+    if (amx == 2) return bf16::amx_model_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
     const Isa isa = Isa(active().load());
+    if (amx == 1 && isa == Isa::avx512) return bf16::amx_kernels();
     if (isa == Isa::avx512) {
         __builtin_cpu_init();
         // vdpbf16ps: twice the float32 FMA rate on Zen 4, about 0.6 of it on Intel cores

@@ -41,6 +41,15 @@ PrecisionFeatures precision_features();
 // cores at about 0.6 of theirs), else float32 FMAs on widened bf16; avx2 -> the FMAs on 8 lanes;
 // scalar -> the portable model (so set_isa("scalar") tests it).
 const bf16::Kernels& bf16_kernels();
+// AMX-BF16 (opt-in until the path has run on an AMX CPU: csrc/kernels/bf16_amx.h): with the
+// active ISA avx512, bf16_kernels() returns the AMX tile GEMM. enable_amx(true) asks Linux for
+// the tile state and returns "" when AMX is on, else why it is not (the CPU or the OS lacks it,
+// or Linux refused it); the bf16 path stays as it was then. FASTRNN_AMX=1 does the same at the
+// first bf16 call and prints the reason to stderr. use_amx_model(true) runs the same GEMM on a
+// software model of the tiles, on any CPU (tests).
+std::string enable_amx(bool on);
+bool amx_enabled();
+void use_amx_model(bool on);
 // The int8 kernels in use: AVX512-VNNI while the active ISA is avx512 on a CPU that has it, else
 // AVX-VNNI while the ISA is avx2 or better on a CPU that has that, else the portable path (all
 // give the same bits).

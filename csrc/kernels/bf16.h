@@ -72,7 +72,13 @@ struct Kernels {
 };
 
 const Kernels& portable_kernels();
+// The AMX tile GEMM (bf16_amx.h) on a software model of the tiles: any CPU (the tests'; the
+// order of a pair's two products is the SDM's, not vdpbf16ps's, see bf16_amx.h).
+const Kernels& amx_model_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
+// The AMX tile GEMM on the CPU's tiles: call only on a CPU with AMX-BF16, after the OS granted
+// the tile state (dispatch.h, enable_amx).
+const Kernels& amx_kernels();
 const Kernels& avx512_bf16_kernels();  // call only on a CPU with AVX512-BF16
 // float32 FMAs on widened bf16, the same bits (csrc/kernels/bf16_fma.cpp); call only on a CPU
 // with AVX-512F, or AVX2 and FMA.

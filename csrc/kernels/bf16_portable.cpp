@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "bf16.h"
+#include "bf16_amx.h"
 
 namespace fastrnn {
 namespace bf16 {
@@ -50,10 +51,64 @@ void gemm_portable(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* pac
             }
 }
 
+// A software model of the AMX tiles that bf16_amx.h's GEMM runs on: 8 tiles of 16 rows x 64
+// bytes, the configured rows and bytes per row, TDPBF16PS as the SDM's pseudo-code has it (per
+// pair the even element first; bf16_amx.h).
+struct ModelTiles {
+    amx::TileConfig cfg;
+    alignas(64) unsigned char t[8][16][64];
+
+    void config(const amx::TileConfig& c) {
+        cfg = c;
+        std::memset(t, 0, sizeof t);
+    }
+    template <int T>
+    void zero() { std::memset(t[T], 0, sizeof t[T]); }
+    template <int T>
+    void load(const void* p, i64 stride) {
+        for (int r = 0; r < cfg.rows[T]; ++r)
+            std::memcpy(t[T][r], static_cast<const unsigned char*>(p) + r * stride, cfg.colsb[T]);
+    }
+    template <int T>
+    void store(void* p, i64 stride) {
+        for (int r = 0; r < cfg.rows[T]; ++r)
+            std::memcpy(static_cast<unsigned char*>(p) + r * stride, t[T][r], cfg.colsb[T]);
+    }
+    template <int C, int A, int B>
+    void dot() {
+        for (int m = 0; m < cfg.rows[C]; ++m)
+            for (int k = 0; k < cfg.colsb[A] / 4; ++k) {
+                bf16_t a[2];
+                std::memcpy(a, &t[A][m][4 * k], 4);
+                for (int n = 0; n < cfg.colsb[C] / 4; ++n) {
+                    bf16_t b[2];
+                    float acc;
+                    std::memcpy(b, &t[B][k][4 * n], 4);
+                    std::memcpy(&acc, &t[C][m][4 * n], 4);
+                    acc = round_ftz(double(daz(acc)) + product(a[0], b[0]));
+                    acc = round_ftz(double(acc) + product(a[1], b[1]));
+                    std::memcpy(&t[C][m][4 * n], &acc, 4);
+                }
+            }
+    }
+    void release() {}
+};
+
+void gemm_amx_model(i64 N, i64 depth, const bf16_t* a, i64 lda, const bf16_t* packed, i64 panels, i64 cols,
+                    float* c, i64 ldc, bool accumulate) {
+    ModelTiles tiles;
+    amx::gemm(tiles, N, depth, a, lda, packed, panels, cols, c, ldc, accumulate);
+}
+
 }  // namespace
 
 const Kernels& portable_kernels() {
     static const Kernels k{"portable", round_portable, gemm_portable};
+    return k;
+}
+
+const Kernels& amx_model_kernels() {
+    static const Kernels k{"amx_model", round_portable, gemm_amx_model};
     return k;
 }
 

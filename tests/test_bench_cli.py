@@ -1,8 +1,11 @@
 """The benchmark runner (`fastrnn.bench.engine`, ``python -m fastrnn bench``) on tiny shapes: JSON
 fields, sane numbers, the output-agreement check and the error messages. No timing asserts."""
+import importlib.util
 import json
 import mmap
+import os
 import statistics
+import subprocess
 import sys
 import types
 
@@ -86,30 +89,15 @@ def test_onnxruntime_peer_matches_for_every_cell():
         np.testing.assert_allclose(impl.result()["output"], ref, atol=1e-5)
 
 
-def test_openvino_peer_matches_for_every_cell():
+def test_openvino_peers_in_their_own_process():
+    # OpenVINO starts TBB threads that a later os.fork() in this process does not survive (the
+    # fork tests crashed after it): its checks run in a child interpreter (tests/openvino_worker.py)
     pytest.importorskip("onnx")
-    pytest.importorskip("openvino")
-    for cell in _bench.CELLS:
-        weights, x = _bench.make_problem(cell, "7,3,5,9")
-        ref = _bench.numpy_forward(cell, {k: v.astype(np.float64) for k, v in weights.items()}, x.astype(np.float64))
-        got = _bench.OpenVinoImpl(cell, "inference", weights, x, 1).result()["output"]
-        np.testing.assert_allclose(got, ref, atol=1e-5)  # the float32 hint: float32, not bf16
-        low = _bench.OpenVinoBf16Impl(cell, "inference", weights, x, 1).result()["output"]
-        assert 1e-5 < np.abs(low - ref).max() < _bench.BF16_RTOL * np.abs(ref).max()
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_openvino_stateful_step_carries_the_state(cell):
-    pytest.importorskip("openvino")
-    from fastrnn.bench import streaming
-    layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(6, 10, rng=0).eval()
-    x = np.random.default_rng(1).standard_normal((5, 2, 6)).astype(np.float32)
-    step = streaming._openvino_step(cell, layer, 2, 1)
-    got = []
-    for t in range(5):
-        step(np.ascontiguousarray(x[t]))
-        got.append(step.output())
-    np.testing.assert_allclose(np.stack(got), layer(x)[0], atol=1e-5)  # state carried, gate order right
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    worker = os.path.join(os.path.dirname(__file__), "openvino_worker.py")
+    done = subprocess.run([sys.executable, worker], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
 
 
 class _WrongOutput(_bench.NumpyImpl):
@@ -392,16 +380,13 @@ def _importable(name):
 
 @pytest.mark.parametrize("mode", ["inference", "training"])
 def test_bf16_rows_in_the_same_run(mode):
-    peers = [p for p in ("torch", "openvino") if _importable(p)]
+    peers = ["torch"] if _importable("torch") else []  # OpenVINO's bf16 row: tests/openvino_worker.py
     r = _run(cells=["lstm"], modes=[mode], peers=peers, precisions=["bf16"])
     impls = r["rows"][0]["impls"]
     ours = impls["fastrnn-bf16"]
     assert ours["status"] == "timed" and 1e-5 < ours["rel_diff"] <= _bench.BF16_RTOL  # bf16, not float32
     assert ours["precision"] == "bf16" and ours["pct_peak"] > 0
-    theirs = (("torch-bf16", "torch-autocast") if "torch" in peers else ()) + \
-        (("openvino-bf16",) if "openvino" in peers and mode == "inference" else ())
-    for peer in theirs:
+    for peer in ("torch-bf16", "torch-autocast") if peers else ():
         assert impls[peer]["status"] in ("timed", "skipped") and "vs_fastrnn_precision" in impls[peer] \
             or impls[peer]["status"] == "skipped"
-    assert ("openvino-bf16" in impls) == ("openvino" in peers and mode == "inference")
     assert "note: bf16 lstm" in _bench.format_table(r)

@@ -1,0 +1,39 @@
+"""OpenVINO's bench peers, checked in a child interpreter by tests/test_bench_cli.py: OpenVINO
+starts TBB threads that a later os.fork() of the test process does not survive. Prints "ok" and
+exits 0 when every check passes; an assertion error otherwise."""
+import numpy as np
+
+import fastrnn
+from fastrnn.bench import engine as bench
+from fastrnn.bench import streaming
+
+
+def main():
+    for cell in bench.CELLS:  # the float32 hint computes in float32, the bf16 hint in bf16
+        weights, x = bench.make_problem(cell, "7,3,5,9")
+        ref = bench.numpy_forward(cell, {k: v.astype(np.float64) for k, v in weights.items()}, x.astype(np.float64))
+        got = bench.OpenVinoImpl(cell, "inference", weights, x, 1).result()["output"]
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+        low = bench.OpenVinoBf16Impl(cell, "inference", weights, x, 1).result()["output"]
+        assert 1e-5 < np.abs(low - ref).max() < bench.BF16_RTOL * np.abs(ref).max(), cell
+    for cell in ("lstm", "gru"):  # the stateful model carries the state, with the right gate order
+        layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(6, 10, rng=0).eval()
+        x = np.random.default_rng(1).standard_normal((5, 2, 6)).astype(np.float32)
+        step = streaming._openvino_step(cell, layer, 2, 1)
+        got = []
+        for t in range(5):
+            step(np.ascontiguousarray(x[t]))
+            got.append(step.output())
+        np.testing.assert_allclose(np.stack(got), layer(x)[0], atol=1e-5)
+    # the rows: float32 and bf16 in one run, checked against the oracle and timed
+    r = bench.run(cells=["lstm"], modes=["inference"], peers=["openvino"], precisions=["bf16"], shapes=["6,2,5,4"],
+                  repeats=2, min_time=0.002, gemm_size=64)
+    impls = r["rows"][0]["impls"]
+    assert impls["openvino"]["status"] == "timed", impls["openvino"]
+    assert impls["openvino-bf16"]["status"] == "timed" and "vs_fastrnn_precision" in impls["openvino-bf16"]
+    assert r["versions"]["openvino"], r["versions"]
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()

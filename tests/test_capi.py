@@ -265,6 +265,11 @@ def test_pxd_declares_every_function():
             name = name[:-1]  # the macro is what code calls
         assert re.search(rf"\b{name}\(", pxd), name
     assert os.path.isfile(os.path.join(os.path.dirname(fastrnn.__file__), "cython", "__init__.pxd"))
+    # the plan options' last field and its enum, as the header names them (0.2's reserved0)
+    options = re.search(r"ctypedef struct fastrnn_plan_options:(.*?)\n\n", pxd, re.S).group(1)
+    assert "int32_t compute" in options and "reserved0" not in options, options
+    for name in ("FASTRNN_COMPUTE_DEFAULT", "FASTRNN_COMPUTE_INT8", "FASTRNN_COMPUTE_BF16"):
+        assert name in pxd and name in read(HEADER), name
 
 
 # ---- one core for Python and C ---------------------------------------------------------------

@@ -136,6 +136,11 @@ cdef extern from "fastrnn/fastrnn.h" nogil:
         FASTRNN_NORM_BATCH
         FASTRNN_NORM_LAYER
 
+    enum fastrnn_compute:
+        FASTRNN_COMPUTE_DEFAULT
+        FASTRNN_COMPUTE_INT8
+        FASTRNN_COMPUTE_BF16
+
     ctypedef struct fastrnn_plan_options:
         uint32_t struct_size
         int32_t peephole
@@ -146,7 +151,7 @@ cdef extern from "fastrnn/fastrnn.h" nogil:
         int32_t normalization
         double bn_momentum
         int32_t recurrent_affine
-        int32_t reserved0
+        int32_t compute  # enum fastrnn_compute
 
     fastrnn_status fastrnn_plan_options_init(fastrnn_plan_options* options)
     fastrnn_status fastrnn_plan_create(const fastrnn_desc* desc, const fastrnn_plan_options* options,

@@ -251,6 +251,14 @@ EDGES = [
 @pytest.mark.parametrize("case", range(len(EDGES)))
 def test_gemm_edges_of_the_model(path, case):
     c0, a_bits, w_pair, want = EDGES[case]
+    got = edge_product(c0, a_bits, w_pair, path)
+    if path == "avx512_bf16" and not is_intel():
+        pytest.skip("vdpbf16ps's edge behaviour was measured on Intel only")
+    assert got.view(np.uint32) == np.float32(want).view(np.uint32), (got, want)
+
+
+def edge_product(c0, a_bits, w_pair, path):
+    """c0 + one pair's products through the GEMM of `path` (the first output of a panel)."""
     a16 = np.array([a_bits], np.uint16)
     w = np.zeros((16, 2), np.float32)
     w[0] = w_pair
@@ -258,9 +266,7 @@ def test_gemm_edges_of_the_model(path, case):
         c = np.zeros((1, 16), np.float32)
         c[0, 0] = c0
         _C._bf16_gemm(a16, _C._bf16_pack(w), c, True, path)
-    if path == "avx512_bf16" and not is_intel():
-        pytest.skip("vdpbf16ps's edge behaviour was measured on Intel only")
-    assert c[0, 0].view(np.uint32) == np.float32(want).view(np.uint32), (c[0, 0], want)
+    return c[0, 0]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -407,14 +413,8 @@ def test_amx_edges_and_the_pair_order():
             want = 2.0**24 + 2
         if want == np.inf:  # even first: -2^200 overflows to -inf first, and stays there
             want = -np.inf
-        a16 = np.array([a_bits], np.uint16)
-        w = np.zeros((16, 2), np.float32)
-        w[0] = w_pair
-        with np.errstate(over="ignore"):
-            c = np.zeros((1, 16), np.float32)
-            c[0, 0] = c0
-            _C._bf16_gemm(a16, _C._bf16_pack(w), c, True, "amx_model")
-        assert c[0, 0].view(np.uint32) == np.float32(want).view(np.uint32), (c0, a_bits, w_pair, c[0, 0], want)
+        got = edge_product(c0, a_bits, w_pair, "amx_model")
+        assert got.view(np.uint32) == np.float32(want).view(np.uint32), (c0, a_bits, w_pair, got, want)
 
 
 def test_layers_on_the_amx_tiles_model():

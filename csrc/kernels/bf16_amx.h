@@ -17,6 +17,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "bf16.h"
 
@@ -85,24 +86,21 @@ void gemm(Unit& u, std::int64_t N, std::int64_t depth, const bf16_t* a, std::int
                 if (accumulate || dst[1] == edge[1]) u.template load<1>(dst[1], ld[1] * 4); else u.template zero<1>();
             }
             const bf16_t* b0 = packed + p * panel_elems;
-            for (i64 k = 0; k < full; ++k) {
-                u.template load<2>(ar + k * 2 * kPairs, lda * 2);
-                u.template load<3>(b0 + k * kPairs * 2 * kPanel, 64);
-                u.template dot<0, 2, 3>();
+            // Chunk k of 16 pairs (the tail: fewer) into both C tiles, on tiles A, B0, B1.
+            const auto chunk = [&](auto A, auto B0, auto B1, i64 k) {
+                constexpr int a_tile = decltype(A)::value, b0_tile = decltype(B0)::value, b1_tile = decltype(B1)::value;
+                u.template load<a_tile>(ar + k * 2 * kPairs, lda * 2);
+                u.template load<b0_tile>(b0 + k * kPairs * 2 * kPanel, 64);
+                u.template dot<0, a_tile, b0_tile>();
                 if (np == 2) {
-                    u.template load<4>(b0 + panel_elems + k * kPairs * 2 * kPanel, 64);
-                    u.template dot<1, 2, 4>();
+                    u.template load<b1_tile>(b0 + panel_elems + k * kPairs * 2 * kPanel, 64);
+                    u.template dot<1, a_tile, b1_tile>();
                 }
-            }
-            if (tail) {
-                u.template load<5>(ar + full * 2 * kPairs, lda * 2);
-                u.template load<6>(b0 + full * kPairs * 2 * kPanel, 64);
-                u.template dot<0, 5, 6>();
-                if (np == 2) {
-                    u.template load<7>(b0 + panel_elems + full * kPairs * 2 * kPanel, 64);
-                    u.template dot<1, 5, 7>();
-                }
-            }
+            };
+            using std::integral_constant;
+            for (i64 k = 0; k < full; ++k)
+                chunk(integral_constant<int, 2>{}, integral_constant<int, 3>{}, integral_constant<int, 4>{}, k);
+            if (tail) chunk(integral_constant<int, 5>{}, integral_constant<int, 6>{}, integral_constant<int, 7>{}, full);
             u.template store<0>(dst[0], ld[0] * 4);
             if (np == 2) u.template store<1>(dst[1], ld[1] * 4);
             for (int q = 0; q < np; ++q) {

@@ -276,25 +276,16 @@ void fold_bias(const Desc& d, const LayerWeights<T>& w, T* bias, T* bhn) {
     sum_into(bhn, apart >= 0 && w.b_hh ? w.b_hh + apart * H : nullptr, nullptr);
 }
 
-// W_hh as the recurrence uses it: W_hh * mask under DropConnect (into `buf`), else W_hh itself.
-// x rounded to bf16 and back: bf16::round_one's rounding (to nearest even, denormals to zero, a
-// NaN quiet), written without branches so that the compiler vectorizes it.
+// x rounded to bf16 and back (bf16::round_to_float), for bf16 compute's BPTT.
 template <class T>
 void round_to_bf16(const T* x, i64 n, T* out) {
-    if constexpr (std::is_same_v<T, float>) {
-        for (i64 i = 0; i < n; ++i) {
-            std::uint32_t b;
-            std::memcpy(&b, x + i, 4);
-            const std::uint32_t v = (b & 0x7f800000u) == 0 ? b & 0x80000000u : b;
-            std::uint32_t r = (v + 0x7fffu + ((v >> 16) & 1u)) & 0xffff0000u;
-            r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
-            std::memcpy(out + i, &r, 4);
-        }
-    } else {
+    if constexpr (std::is_same_v<T, float>)
+        for (i64 i = 0; i < n; ++i) out[i] = bf16::round_to_float(x[i]);
+    else
         throw std::invalid_argument("bf16 compute takes float32");
-    }
 }
 
+// W_hh as the recurrence uses it: W_hh * mask under DropConnect (into `buf`), else W_hh itself.
 template <class T>
 const T* effective_w_hh(const T* w_hh, const T* mask, i64 n, T* buf) {
     if (!mask) return w_hh;

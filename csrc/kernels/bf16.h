@@ -44,13 +44,15 @@ inline float from_bits(std::uint32_t b) {
     return x;
 }
 
-// float32 -> bf16 as vcvtneps2bf16 does it.
-inline bf16_t round_one(float x) {
-    std::uint32_t b = bits(x);
-    if ((b & 0x7fffffffu) > 0x7f800000u) return bf16_t((b >> 16) | 0x40u);  // NaN: quiet
-    if ((b & 0x7f800000u) == 0) b &= 0x80000000u;                            // DAZ
-    return bf16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+// float32 -> bf16 as vcvtneps2bf16 does it, as the float32 it stands for: round to nearest even,
+// denormals to zero (DAZ), a NaN quiet. Without branches, so that loops over it vectorize.
+inline float round_to_float(float x) {
+    const std::uint32_t b = bits(x);
+    const std::uint32_t v = (b & 0x7f800000u) == 0 ? b & 0x80000000u : b;
+    const std::uint32_t r = (v + 0x7fffu + ((v >> 16) & 1u)) & 0xffff0000u;
+    return from_bits((b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r);
 }
+inline bf16_t round_one(float x) { return bf16_t(bits(round_to_float(x)) >> 16); }
 inline float to_float(bf16_t h) { return from_bits(std::uint32_t(h) << 16); }
 
 // Lanes of a 16-output panel below `left` outputs (left >= 16: all): the panel's store mask.

@@ -1,6 +1,8 @@
-"""The AVX-512 microkernel's rows per register block (6 or 8, chosen per microarchitecture in
-csrc/dispatch/): both blockings give bitwise the same results, on every cell's forward and
-backward, at row counts around both block heights."""
+"""The AVX-512 recurrent GEMM's blocking, chosen per microarchitecture in csrc/dispatch/: rows per
+register block (6 or 8) give bitwise the same results, on every cell's forward and backward, at
+row counts around both block heights, at both depths of a pass over K (128 with the panels-outer
+loop order, 256 rows outer); each depth is as accurate as the other against the float64
+reference, at K past one and two passes."""
 import numpy as np
 import pytest
 
@@ -10,17 +12,21 @@ from fastrnn import _C
 pytestmark = pytest.mark.skipif("avx512" not in fastrnn.available_isas(), reason="needs AVX-512")
 
 
+from util import make_layer, run_both, scaled_error
+
+
 @pytest.fixture
 def rows():
-    before_isa, before = fastrnn.get_isa(), _C._microkernel_rows()
+    before_isa, before, depth = fastrnn.get_isa(), _C._microkernel_rows(), _C._microkernel_depth()
     fastrnn.set_isa("avx512")
     yield
     _C._set_microkernel_rows(before)
+    _C._set_microkernel_depth(depth)
     fastrnn.set_isa(before_isa)
 
 
-def run(cls, N, dtype, **kw):
-    layer = cls(9, 37, num_layers=2, dtype=dtype, rng=0, **kw)
+def run(cls, N, dtype, H=37, **kw):
+    layer = cls(9, H, num_layers=2, dtype=dtype, rng=0, **kw)
     x = np.random.default_rng(N).standard_normal((5, N, 9)).astype(dtype)
     out, _ = layer(x)
     gx, _ = layer.backward(np.ones_like(out))[:2]
@@ -34,18 +40,61 @@ def run(cls, N, dtype, **kw):
 @pytest.mark.parametrize("cls,kw", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}), (fastrnn.GRU, {"reset_after": False}),
                                     (fastrnn.RNN, {}), (fastrnn.LSTM, {"proj_size": 11}),
                                     (fastrnn.LayerNormLSTM, {}), (fastrnn.LiGRU, {})])
-def test_six_and_eight_rows_agree_bitwise(rows, cls, kw, N, dtype):
+@pytest.mark.parametrize("depth", [128, 256])
+def test_six_and_eight_rows_agree_bitwise(rows, cls, kw, N, dtype, depth):
+    _C._set_microkernel_depth(depth)
+    H = 37 if depth == 256 else 140  # past one pass at depth 128 (backward: K = G*H, several)
     _C._set_microkernel_rows(8)
-    eight = run(cls, N, dtype, **kw)
+    eight = run(cls, N, dtype, H, **kw)
     _C._set_microkernel_rows(6)
     assert _C._microkernel_rows() == 6
-    six = run(cls, N, dtype, **kw)
+    six = run(cls, N, dtype, H, **kw)
     for a, b in zip(eight, six):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_v1", "rnn_tanh"])
+@pytest.mark.parametrize("N", [1, 13, 32])
+def test_both_depths_match_the_float64_reference(rows, cell, N):
+    """K = 300 takes three passes at depth 128, two at 256; backward's K = G*H more. Each depth
+    within the float32 bound of the float64 reference, and the two as close to each other."""
+    x = np.random.default_rng(N).standard_normal((6, N, 20)).astype(np.float32)
+    results = {}
+    for depth in (128, 256):
+        _C._set_microkernel_depth(depth)
+        assert _C._microkernel_depth() == depth
+        layer = make_layer(cell, 20, 300, dtype=np.float32, seed=1, num_layers=2)
+        mine, theirs = run_both(layer, x)
+        for key in ("out", "h_n", "grad_x", "grad_h0"):
+            assert scaled_error(mine[key], theirs[key]) < 2e-5, (depth, key)
+        for name, g in theirs["grads"].items():
+            assert scaled_error(mine["grads"][name], g) < 2e-5, (depth, name)
+        results[depth] = mine
+    for key in ("out", "grad_x"):
+        assert scaled_error(results[128][key], results[256][key]) < 2e-5
+    # the setting is in effect: another order of additions moves some last bits
+    assert not np.array_equal(results[128]["out"], results[256]["out"])
 
 
 def test_setting_is_checked_and_detected(rows):
     with pytest.raises(ValueError, match="expected 6, 8 or 0"):
         _C._set_microkernel_rows(7)
+    with pytest.raises(ValueError, match="expected 128, 256 or 0"):
+        _C._set_microkernel_depth(64)
     _C._set_microkernel_rows(0)
+    _C._set_microkernel_depth(0)
     assert _C._microkernel_rows() in (6, 8)
+    intel = _C._microkernel_rows() == 6  # both follow the same detection (csrc/dispatch/)
+    assert _C._microkernel_depth() == (128 if intel else 256)
+
+
+@pytest.mark.parametrize("value,expected", [("128", 128), ("256", 256), ("7", None)])
+def test_environment_overrides_the_depth(value, expected):
+    import os
+    import subprocess
+    import sys
+
+    code = "import fastrnn; print(fastrnn._C._microkernel_rows(), fastrnn._C._microkernel_depth())"
+    env = dict(os.environ, FASTRNN_MICROKERNEL_DEPTH=value)
+    rows_, depth = map(int, subprocess.check_output([sys.executable, "-c", code], env=env, text=True).split())
+    assert depth == (expected or (128 if rows_ == 6 else 256))

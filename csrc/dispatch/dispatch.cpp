@@ -90,25 +90,36 @@ std::atomic<int>& active() {
     return isa;
 }
 
-int detect_rows() {
+bool intel_core() {
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
-    return __builtin_cpu_is("intel") ? 6 : 8;
+    return __builtin_cpu_is("intel");
 #else
-    return 8;
+    return false;
 #endif
 }
 
-int rows_from_env() {
-    const char* env = std::getenv("FASTRNN_MICROKERNEL_ROWS");
-    if (!env || !*env) return detect_rows();
+// The AVX-512 recurrent GEMM's blocking (gemm.h), per microarchitecture. Intel cores (measured on
+// a Xeon, family 6 model 207): 6 rows, depth 128 with the panels-outer order; elsewhere 8 rows,
+// depth 256, rows outer (Zen 4's tuning; not remeasured). The reasoning is in dispatch.h.
+int detect_rows() { return intel_core() ? 6 : 8; }
+int detect_depth() { return intel_core() ? 128 : 256; }
+
+// FASTRNN_<name>=a|b overrides the detected value; anything else keeps it.
+int from_env(const char* name, int a, int b, int detected) {
+    const char* env = std::getenv(name);
+    if (!env || !*env) return detected;
     const std::string v(env);
-    return v == "6" ? 6 : v == "8" ? 8 : detect_rows();  // anything else: the detected value
+    return v == std::to_string(a) ? a : v == std::to_string(b) ? b : detected;
 }
 
 std::atomic<int>& rows() {
-    static std::atomic<int> r{rows_from_env()};
+    static std::atomic<int> r{from_env("FASTRNN_MICROKERNEL_ROWS", 6, 8, detect_rows())};
     return r;
+}
+std::atomic<int>& depth() {
+    static std::atomic<int> d{from_env("FASTRNN_MICROKERNEL_DEPTH", 128, 256, detect_depth())};
+    return d;
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -234,6 +245,14 @@ void set_microkernel_rows(int r) {
     if (r != 0 && r != 6 && r != 8)
         throw std::invalid_argument("microkernel rows: " + std::to_string(r) + ", expected 6, 8 or 0 (detect)");
     rows().store(r == 0 ? detect_rows() : r);
+}
+
+int microkernel_depth() { return depth().load(std::memory_order_relaxed); }
+
+void set_microkernel_depth(int d) {
+    if (d != 0 && d != 128 && d != 256)
+        throw std::invalid_argument("microkernel depth: " + std::to_string(d) + ", expected 128, 256 or 0 (detect)");
+    depth().store(d == 0 ? detect_depth() : d);
 }
 
 std::vector<std::string> available_isas() {

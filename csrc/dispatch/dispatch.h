@@ -19,12 +19,21 @@ std::string get_isa();
 // Forces an ISA by name; throws std::invalid_argument naming the available ones.
 void set_isa(const std::string& name);
 
-// The AVX-512 microkernel's rows per register block: 6 on Intel cores (two full 512-bit FMA
-// ports: 6 rows measured 1.3-1.4x faster than 8 on a Xeon), 8 elsewhere (Zen 4 splits 512-bit
-// FMAs in two halves; its tuning chose 8). FASTRNN_MICROKERNEL_ROWS=6|8 overrides it at start;
-// set_microkernel_rows(0) goes back to the detected value. Up to 8 rows of A (N <= 8) one 8-row
-// block is used either way (gemm.h). Results are bitwise the same.
+// The AVX-512 recurrent GEMM's blocking (gemm.h), chosen per microarchitecture at start:
+// - Rows per register block: 6 on Intel cores, whose two full 512-bit FMA ports need more
+//   independent chains per loaded B vector (6 rows measured 1.3-1.4x faster than 8 on a Xeon);
+//   8 elsewhere (Zen 4 splits 512-bit FMAs in two halves; its tuning chose 8). Up to 8 rows of A
+//   (N <= 8) one 8-row block is used either way. FASTRNN_MICROKERNEL_ROWS=6|8 overrides it.
+//   Bitwise the same results.
+// - Depth of one pass over K, and with it the loop order: 128 on Intel cores, where each group
+//   of two panels (32 KB) stays in the 48 KB L1 while every row block of A passes over it
+//   (panels outer: 1.07-1.14x the rows-outer order at N = 16-128, H = 256-1024 on a Xeon; the
+//   shorter pass alone gained nothing); 256 elsewhere, rows outer (each row block streams the
+//   tile's panels from L2). FASTRNN_MICROKERNEL_DEPTH=128|256 overrides it. The depth changes
+//   the order of additions, so the last bits of results.
+// set_microkernel_rows(0) / set_microkernel_depth(0) go back to the detected values.
 void set_microkernel_rows(int rows);
+void set_microkernel_depth(int depth);
 
 // The reduced-precision instructions of this CPU (and enabled by its OS), apart from the float32
 // kernel ISA above: they serve the bf16 and int8 paths, whatever float32 ISA runs.

@@ -1,7 +1,8 @@
 // The recurrent product's microkernel: C[rows, panels*nr] (+)= A[rows, K] * B, with B packed in
 // K x nr panels (nr = 2 vectors) that are streamed in order, A read in place with broadcasts.
-// Register blocking: rows x panels per call chosen so
-// that 8-12 vector accumulators are live (enough independent FMA chains to hide the latency).
+// Register blocking: rows x panels per call chosen so that 8-24 vector accumulators are live
+// (enough independent FMA chains to hide the latency). On AVX-512 the rows per block, the depth
+// of a pass over K and the loop order are a per-microarchitecture choice (csrc/dispatch/).
 // Included by each ISA's file inside its namespace and target pragma, written once against V.
 #pragma once
 #include <algorithm>
@@ -21,8 +22,9 @@ constexpr int panel_width() {
     return V::width > 1 ? 2 * V::width : 8;
 }
 
-// Depth of one pass over K: keeps a group's panels (<= 6 x kKC x nr) in L2 while every row of A
-// streams through them.
+// Depth of one pass over K where the dispatch file does not choose it (fewer than 32 vector
+// registers): keeps a tile's panels (<= 6 x kKC x nr) in L2 while every row of A streams through
+// them. With 32 registers it is microkernel_depth(): 256 or 128.
 constexpr std::int64_t kKC = 256;
 
 
@@ -111,15 +113,19 @@ template <class V>
 constexpr int max_rows() {
     return V::regs >= 32 ? 8 : 6;
 }
+// Panels per register block of R rows: as many as the accumulator budget allows, at most 6.
+template <class V, int R>
+constexpr int block_panels() {
+    constexpr int PM0 = accumulator_budget<V>() / (R * (panel_width<V>() / V::width));
+    return PM0 < 1 ? 1 : (PM0 > 6 ? 6 : PM0);
+}
 
 // Rows r0..r0+R of the tile against np panels, P at a time (as many as the registers allow).
 template <class V, int R>
 inline void row_block(std::int64_t kc, const typename V::value_type* a, std::int64_t lda,
                       const typename V::value_type* const* b, int np, typename V::value_type* c, std::int64_t ldc,
                       bool accumulate) {
-    constexpr int NR = panel_width<V>(), NV = NR / V::width;
-    constexpr int PM0 = accumulator_budget<V>() / (R * NV);
-    constexpr int PM = PM0 < 1 ? 1 : (PM0 > 6 ? 6 : PM0);
+    constexpr int NR = panel_width<V>(), PM = block_panels<V, R>();
     int p = 0;
     for (; p + PM <= np; p += PM) microkernel<V, R, PM>(kc, a, lda, b + p, c + p * NR, ldc, accumulate);
     int left = np - p;  // fewer than PM
@@ -151,37 +157,50 @@ inline void row_tail(int rem, std::int64_t kc, const typename V::value_type* a, 
     }
 }
 
-// tile[N, np*nr] (+)= A[N, K] * [panels], K in passes of kKC. `panels[p]` points at row 0 of
+// tile[N, np*nr] (+)= A[N, K] * [panels], K in passes of `depth`. `panels[p]` points at row 0 of
 // panel p (stride nr per k). The tile's row stride is np*nr. MR rows of A per register block.
+// Rows outer: each register block of rows streams all np panels (from L2). Panels outer: each
+// group of one block's panels (at depth 128, <= 32 KB) stays in L1 while every row block of A
+// passes over it, as in GotoBLAS; for that the pass is shorter. The loop order never changes a
+// bit of the result, the depth does (another order of additions).
 template <class V, int MR>
 void tile_gemm_rows(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                     const typename V::value_type* const* panels, int np, typename V::value_type* tile,
-                    bool accumulate) {
+                    bool accumulate, std::int64_t depth, bool panels_outer) {
     using T = typename V::value_type;
     constexpr int NR = panel_width<V>();
     const std::int64_t ldc = std::int64_t(np) * NR;
+    const int group = panels_outer ? block_panels<V, MR>() : np;
     const T* b[kMaxTilePanels];
-    for (std::int64_t k0 = 0; k0 < K; k0 += kKC) {
-        const std::int64_t kc = std::min(kKC, K - k0);
+    for (std::int64_t k0 = 0; k0 < K; k0 += depth) {
+        const std::int64_t kc = std::min(depth, K - k0);
         const bool acc = accumulate || k0 > 0;
         for (int p = 0; p < np; ++p) b[p] = panels[p] + k0 * NR;
         const T* ak = a + k0;
-        std::int64_t r = 0;
-        for (; r + MR <= N; r += MR) row_block<V, MR>(kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
-        row_tail<V, MR - 1>(int(N - r), kc, ak + r * lda, lda, b, np, tile + r * ldc, ldc, acc);
+        for (int p = 0; p < np; p += group) {
+            const int g = std::min(group, np - p);
+            T* c = tile + p * NR;
+            std::int64_t r = 0;
+            for (; r + MR <= N; r += MR) row_block<V, MR>(kc, ak + r * lda, lda, b + p, g, c + r * ldc, ldc, acc);
+            row_tail<V, MR - 1>(int(N - r), kc, ak + r * lda, lda, b + p, g, c + r * ldc, ldc, acc);
+        }
     }
 }
 
-// Every k-sum runs in the same order whatever MR is: the choice changes speed, never a bit of the
-// result (tests/test_blocking.py).
+// Every k-sum runs in the same order whatever MR and the loop order are: they change speed,
+// never a bit of the result (tests/test_blocking.py). The depth is chosen with them.
 template <class V>
 void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                const typename V::value_type* const* panels, int np, typename V::value_type* tile,
                bool accumulate) {
     if constexpr (max_rows<V>() == 8) {  // up to 8 rows, one 8-row block loads each B vector once
-        if (N > 8 && microkernel_rows() == 6) return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, accumulate);
+        const std::int64_t depth = microkernel_depth();
+        const bool panels_outer = depth < kKC;
+        if (N > 8 && microkernel_rows() == 6)
+            return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, accumulate, depth, panels_outer);
+        return tile_gemm_rows<V, 8>(N, K, a, lda, panels, np, tile, accumulate, depth, panels_outer);
     }
-    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, accumulate);
+    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, accumulate, kKC, false);
 }
 
 // The same product with W read in place, row-major (rows of `depth` elements): C[r, n] of

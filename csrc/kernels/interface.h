@@ -12,6 +12,8 @@ namespace fastrnn {
 // Rows of A per register block of the recurrent GEMM's microkernel on ISAs with 32 vector
 // registers (AVX-512): a choice per microarchitecture made in csrc/dispatch/ (8 or 6; gemm.h).
 int microkernel_rows();
+// Its depth of one pass over K (256, or 128 with the panels-outer loop order), chosen with it.
+int microkernel_depth();
 
 // Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
 constexpr int kMaxTilePanels = 6;

@@ -32,6 +32,8 @@ void forward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b
             forward_gemm<GV>(tc, s, N, gemm_input(r, s), K, r.packed, nblk, K, 0, Cell::gates, b, bb, r.w_hh, H, r.reduced_hh);
         }
         for (i64 n = 0; n < N; ++n) {
+            if (s + 1 < r.steps)
+                prefetch_gate_row(r, time_of(r, s + 1), n, u0, cnt, Cell::two_phase ? 2 : 0, Cell::two_phase ? 1 : Cell::gates);
             if (!row_valid(r.lengths, n, t)) {
                 forward_hold<Cell, Train, Proj, false>(r, s, t, n, u0, cnt);
                 continue;
@@ -78,6 +80,7 @@ void forward_rz_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i6
         const i64 bb = std::min(UG, b1 - b), u0 = b * NR, cnt = std::min(bb * NR, H - u0), hs = bb * NR;
         forward_gemm<GV>(tc, s, N, gemm_input(r, s), H, r.packed, nblk, H, 0, 2, b, bb, r.w_hh, H, r.reduced_hh);
         for (i64 n = 0; n < N; ++n) {
+            if (s + 1 < r.steps) prefetch_gate_row(r, time_of(r, s + 1), n, u0, cnt, 0, 2);
             T* grow = r.gates + (t * N + n) * r.ld_gates + u0;
             T* rh = Train ? grow + 3 * H : r.rh + n * r.ld_rh + u0;
             if (!row_valid(r.lengths, n, t)) {

@@ -98,3 +98,59 @@ def test_environment_overrides_the_depth(value, expected):
     env = dict(os.environ, FASTRNN_MICROKERNEL_DEPTH=value)
     rows_, depth = map(int, subprocess.check_output([sys.executable, "-c", code], env=env, text=True).split())
     assert depth == (expected or (128 if rows_ == 6 else 256))
+
+
+@pytest.fixture
+def input_gemm():
+    before = _C._input_gemm()
+    yield
+    _C._set_input_gemm(before)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("cell,kw", [("lstm", {}), ("gru", {}), ("gru_v1", {}), ("rnn_relu", {}),
+                                     ("lstm", {"bidirectional": True}), ("gru", {"bidirectional": True})])
+def test_input_product_on_the_microkernel(input_gemm, cell, kw, dtype, tol):
+    """T*N = 2560 rows: past the 2048 from which the hoisted input product may run on the
+    microkernel (W_ih packed per call). H = 45: gate rows end inside a panel (the spill tile);
+    C = 150 > one pass at depth 128; layer 2 reads the layer below. Both ways against the float64
+    reference, training and inference, and in effect (other bits)."""
+    x = np.random.default_rng(3).standard_normal((64, 40, 150)).astype(dtype)
+    results = {}
+    for which in ("own", "blas"):
+        _C._set_input_gemm(which)
+        assert _C._input_gemm() == which
+        layer = make_layer(cell, 150, 45, dtype=dtype, seed=2, num_layers=2, **kw)
+        mine, theirs = run_both(layer, x)
+        for key in ("out", "h_n", "grad_x", "grad_h0"):
+            assert scaled_error(mine[key], theirs[key]) < tol, (which, key)
+        for name, g in theirs["grads"].items():
+            assert scaled_error(mine["grads"][name], g) < tol, (which, name)
+        layer.eval()
+        inference, _ = layer(x)
+        assert scaled_error(inference, theirs["out"]) < tol, which
+        results[which] = inference
+    assert not np.array_equal(results["own"], results["blas"])
+
+
+def test_input_product_is_the_same_on_one_and_two_threads(input_gemm):
+    _C._set_input_gemm("own")
+    layer = fastrnn.GRU(70, 64, dtype=np.float32, rng=0)
+    layer.eval()
+    x = np.random.default_rng(0).standard_normal((100, 33, 70)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        one, _ = layer(x)
+        fastrnn.set_num_threads(2)
+        two, _ = layer(x)
+    finally:
+        fastrnn.set_num_threads(before)
+    assert np.array_equal(one, two)
+
+
+def test_input_product_setting_is_checked(input_gemm):
+    with pytest.raises(ValueError, match="expected 'own', 'blas' or 'detect'"):
+        _C._set_input_gemm("mkl")
+    _C._set_input_gemm("detect")
+    assert _C._input_gemm() == ("own" if _C._microkernel_depth() == 128 else "blas")

@@ -609,6 +609,9 @@ PYBIND11_MODULE(_C, m) {
     m.def("_set_microkernel_rows", &fastrnn::set_microkernel_rows);
     m.def("_microkernel_depth", &fastrnn::microkernel_depth);
     m.def("_set_microkernel_depth", &fastrnn::set_microkernel_depth);
+    // The hoisted input product of long sequences: "own" (the microkernel) or "blas".
+    m.def("_input_gemm", [] { return std::string(fastrnn::own_input_gemm() ? "own" : "blas"); });
+    m.def("_set_input_gemm", &fastrnn::set_input_gemm);
     register_optim(m);
     register_stream(m);
 }

@@ -305,9 +305,10 @@ struct ForwardScratch {
     double* bn_work;  // batch norm column sums [2, G*H]
     std::uint8_t* low_rows;  // reduced precision: the hoisted product's input rows converted, [T*N] of them
     float* low_scales;       // and their int8 scales
+    T *packed_ih, *spill;    // the input product on the microkernel: W_ih packed, a spill tile per thread
 
     ForwardScratch(Carver& cv, const Desc& d, bool train, bool regularized, int threads, int nr,
-                   ThreadCtx<T>* tc, bool prepacked = false, bool reduced = false) {
+                   ThreadCtx<T>* tc, bool prepacked = false, bool reduced = false, int own_ih_threads = 0) {
         const i64 G = cell_gates(d), GH = G * d.H, K = state_size(d), NK = d.N * K, NH = d.N * d.H;
         const i64 nblk = blocks(d, nr), nblk_k = state_blocks(d, nr);
         const bool xp_in_cache = train && cell_cache_gates(d) > 0;
@@ -333,6 +334,8 @@ struct ForwardScratch {
         const i64 widest_input = d.L > 1 ? std::max(d.C, d.D * K) : d.C;
         low_rows = cv.take<std::uint8_t>(reduced ? d.T * d.N * ReducedMatrix::max_row_bytes(widest_input) : 0);
         low_scales = cv.take<float>(reduced ? d.T * d.N : 0);
+        packed_ih = cv.take<T>(own_ih_threads ? (GH + nr - 1) / nr * nr * widest_input : 0);
+        spill = cv.take<T>(own_ih_threads * kInputRows * kMaxTilePanels * nr);
         carve_threads(cv, d, threads, nr, tc, reduced);
     }
 };
@@ -563,6 +566,15 @@ struct CpuOps {
     void fold_bias(const LayerWeights<T>& w, T* bias, T* bhn) { fastrnn::fold_bias(d, w, bias, bhn); }
 };
 
+// Threads for the hoisted input products on the microkernel (gemm.h's input_gemm), where the
+// dispatch file prefers it to BLAS, or 0 for BLAS. Only for T*N >= 2048 rows: W_ih is packed per
+// call, which at fewer rows costs more than the kernel gains.
+inline int own_input_threads(const Desc& d, bool reduced) {
+    constexpr i64 kMinRows = 2048;
+    if (reduced || !own_input_gemm() || d.T * d.N < kMinRows) return 0;
+    return int(std::min<i64>(get_num_threads(), (d.T * d.N + kInputRows - 1) / kInputRows));
+}
+
 // A forward call on the CPU: the scratch (one allocation); per direction the input
 // normalization, W_hh packed (or the plan's packed copy) and the variants' pointers.
 template <class T>
@@ -572,16 +584,20 @@ struct CpuForward : CpuOps<T> {
     const PackedWeights<T>* pre;
     const bool in_place;  // the recurrent products read W_hh (W_hr) row-major, in place: nothing packed
     const ReducedWeights* low;  // int8 or bf16 inference: every product on the reduced weights
+    // Threads of the hoisted input products on the microkernel (gemm.h's input_gemm), or 0 for
+    // BLAS: decided once, the scratch is sized for it.
+    const int own_ih_threads;
     Scratch buf;
     Carver carver;
     ForwardScratch<T> ws;
 
     CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_, T* cache_,
                const ReducedWeights* low_ = nullptr)
-        : Base(d_, nz_, cache_, in_place_), pre(pre_), in_place(in_place_), low(low_), buf(size()),
+        : Base(d_, nz_, cache_, in_place_), pre(pre_), in_place(in_place_), low(low_),
+          own_ih_threads(own_input_threads(d_, low_ != nullptr)), buf(size()),
           carver(buf.p, kAlign, true),
           ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc, pre_ || in_place_ || low_,
-             low_ != nullptr) {
+             low_ != nullptr, own_ih_threads) {
         if (regularized && !nz.zh_mask && !nz.zc_mask) {  // zoneout's expected update (inference)
             const i64 K = state_size(d);
             for (i64 j = 0; j < K; ++j) ws.zrows[j] = nz.zh_rate;
@@ -591,7 +607,7 @@ struct CpuForward : CpuOps<T> {
     std::size_t size() const {
         Carver sizing(nullptr, kAlign, true);
         ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr,
-                          pre || in_place || low, low != nullptr);
+                          pre || in_place || low, low != nullptr, own_ih_threads);
         return sizing.used();
     }
 
@@ -613,6 +629,18 @@ struct CpuForward : CpuOps<T> {
                              "reduced input product");
                 return;
             }
+        }
+        if (own_ih_threads) {
+            ks.pack_forward(W, 1, n, k, ws.packed_ih);
+            const i64 row_blocks = (m + kInputRows - 1) / kInputRows;
+            const auto job = [&](int tid, int threads) {
+                const i64 r0 = std::min(m, row_blocks * tid / threads * kInputRows);
+                const i64 r1 = std::min(m, row_blocks * (tid + 1) / threads * kInputRows);
+                T* spill = ws.spill + i64(tid) * kInputRows * kMaxTilePanels * ks.nr;
+                if (r1 > r0) ks.input_gemm(r1 - r0, k, X + r0 * k, k, ws.packed_ih, n, C + r0 * ldc, ldc, spill);
+            };
+            parallel_run(own_ih_threads, std::ref(job), "input product");
+            return;
         }
         gemm(false, true, m, n, k, T(1), X, k, W, k, T(0), C, ldc);
     }

@@ -100,8 +100,9 @@ bool intel_core() {
 }
 
 // The AVX-512 recurrent GEMM's blocking (gemm.h), per microarchitecture. Intel cores (measured on
-// a Xeon, family 6 model 207): 6 rows, depth 128 with the panels-outer order; elsewhere 8 rows,
-// depth 256, rows outer (Zen 4's tuning; not remeasured). The reasoning is in dispatch.h.
+// a Xeon, family 6 model 207): 6 rows, depth 128 with the panels-outer order, the hoisted input
+// products of long sequences on the microkernel; elsewhere 8 rows, depth 256, rows outer, BLAS
+// (Zen 4's tuning; not remeasured). The reasoning is in dispatch.h.
 int detect_rows() { return intel_core() ? 6 : 8; }
 int detect_depth() { return intel_core() ? 128 : 256; }
 
@@ -116,6 +117,14 @@ int from_env(const char* name, int a, int b, int detected) {
 std::atomic<int>& rows() {
     static std::atomic<int> r{from_env("FASTRNN_MICROKERNEL_ROWS", 6, 8, detect_rows())};
     return r;
+}
+std::atomic<bool>& own_input() {
+    static std::atomic<bool> o{[] {
+        const char* env = std::getenv("FASTRNN_INPUT_GEMM");
+        const std::string v = env ? env : "";
+        return v == "own" ? true : v == "blas" ? false : intel_core();
+    }()};
+    return o;
 }
 std::atomic<int>& depth() {
     static std::atomic<int> d{from_env("FASTRNN_MICROKERNEL_DEPTH", 128, 256, detect_depth())};
@@ -253,6 +262,14 @@ void set_microkernel_depth(int d) {
     if (d != 0 && d != 128 && d != 256)
         throw std::invalid_argument("microkernel depth: " + std::to_string(d) + ", expected 128, 256 or 0 (detect)");
     depth().store(d == 0 ? detect_depth() : d);
+}
+
+bool own_input_gemm() { return own_input().load(std::memory_order_relaxed); }
+
+void set_input_gemm(const std::string& which) {
+    if (which != "own" && which != "blas" && which != "detect")
+        throw std::invalid_argument("input GEMM: '" + which + "', expected 'own', 'blas' or 'detect'");
+    own_input().store(which == "own" || (which == "detect" && intel_core()));
 }
 
 std::vector<std::string> available_isas() {

@@ -31,9 +31,15 @@ void set_isa(const std::string& name);
 //   shorter pass alone gained nothing); 256 elsewhere, rows outer (each row block streams the
 //   tile's panels from L2). FASTRNN_MICROKERNEL_DEPTH=128|256 overrides it. The depth changes
 //   the order of additions, so the last bits of results.
-// set_microkernel_rows(0) / set_microkernel_depth(0) go back to the detected values.
+// - The hoisted input product of a long sequence (T*N rows, W_ih packed per call): on the
+//   microkernel on Intel cores (133 -> 155 GFLOP/s at 6400 x 256 x 1024, 128 -> 154 at
+//   8000 x 64 x 256 on a Xeon, against OpenBLAS 0.3.31's SkylakeX sgemm, which also zeroes C
+//   first), BLAS elsewhere. FASTRNN_INPUT_GEMM=own|blas overrides it.
+// set_microkernel_rows(0) / set_microkernel_depth(0) / set_input_gemm("detect") go back to the
+// detected values.
 void set_microkernel_rows(int rows);
 void set_microkernel_depth(int depth);
+void set_input_gemm(const std::string& which);  // "own", "blas" or "detect"
 
 // The reduced-precision instructions of this CPU (and enabled by its OS), apart from the float32
 // kernel ISA above: they serve the bf16 and int8 paths, whatever float32 ISA runs.

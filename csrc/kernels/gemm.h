@@ -166,10 +166,9 @@ inline void row_tail(int rem, std::int64_t kc, const typename V::value_type* a, 
 template <class V, int MR>
 void tile_gemm_rows(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                     const typename V::value_type* const* panels, int np, typename V::value_type* tile,
-                    bool accumulate, std::int64_t depth, bool panels_outer) {
+                    std::int64_t ldc, bool accumulate, std::int64_t depth, bool panels_outer) {
     using T = typename V::value_type;
     constexpr int NR = panel_width<V>();
-    const std::int64_t ldc = std::int64_t(np) * NR;
     const int group = panels_outer ? block_panels<V, MR>() : np;
     const T* b[kMaxTilePanels];
     for (std::int64_t k0 = 0; k0 < K; k0 += depth) {
@@ -188,19 +187,51 @@ void tile_gemm_rows(std::int64_t N, std::int64_t K, const typename V::value_type
 }
 
 // Every k-sum runs in the same order whatever MR and the loop order are: they change speed,
-// never a bit of the result (tests/test_blocking.py). The depth is chosen with them.
+// never a bit of the result (tests/test_blocking.py). The depth is chosen with them. The tile's
+// row stride is ldc, np*nr when 0.
 template <class V>
 void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                const typename V::value_type* const* panels, int np, typename V::value_type* tile,
-               bool accumulate) {
+               bool accumulate, std::int64_t ldc = 0) {
+    if (ldc == 0) ldc = std::int64_t(np) * panel_width<V>();
     if constexpr (max_rows<V>() == 8) {  // up to 8 rows, one 8-row block loads each B vector once
         const std::int64_t depth = microkernel_depth();
         const bool panels_outer = depth < kKC;
         if (N > 8 && microkernel_rows() == 6)
-            return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, accumulate, depth, panels_outer);
-        return tile_gemm_rows<V, 8>(N, K, a, lda, panels, np, tile, accumulate, depth, panels_outer);
+            return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, ldc, accumulate, depth, panels_outer);
+        return tile_gemm_rows<V, 8>(N, K, a, lda, panels, np, tile, ldc, accumulate, depth, panels_outer);
     }
-    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, accumulate, kKC, false);
+    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, ldc, accumulate, kKC, false);
+}
+
+// C[M, n] = A[M, K] W^T with W [n, K] packed forward as one gate of n units (pack_forward(w, 1,
+// n, K)): the hoisted input product on the recurrent product's kernels, where the dispatch file
+// prefers them to BLAS (own_input_gemm()). Rows in blocks of kInputRows, panels kMaxTilePanels
+// at a time, written in place; a last panel that runs past n goes through `spill`
+// [kInputRows, kMaxTilePanels * nr]. Each row's result is the same whatever the rows around it.
+template <class V>
+void input_gemm(std::int64_t M, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
+                const typename V::value_type* packed, std::int64_t n, typename V::value_type* c, std::int64_t ldc,
+                typename V::value_type* spill) {
+    using T = typename V::value_type;
+    constexpr int NR = panel_width<V>();
+    const std::int64_t nblk = (n + NR - 1) / NR;
+    const T* panels[kMaxTilePanels];
+    for (std::int64_t m0 = 0; m0 < M; m0 += kInputRows) {
+        const std::int64_t mc = std::min(kInputRows, M - m0);
+        for (std::int64_t b = 0; b < nblk; b += kMaxTilePanels) {
+            const int np = int(std::min<std::int64_t>(kMaxTilePanels, nblk - b));
+            for (int p = 0; p < np; ++p) panels[p] = packed + (b + p) * K * NR;
+            const std::int64_t col = b * NR, width = std::min<std::int64_t>(np * NR, n - col);
+            if (width == np * NR) {
+                tile_gemm<V>(mc, K, a + m0 * lda, lda, panels, np, c + m0 * ldc + col, false, ldc);
+                continue;
+            }
+            tile_gemm<V>(mc, K, a + m0 * lda, lda, panels, np, spill, false);
+            for (std::int64_t r = 0; r < mc; ++r)
+                std::memcpy(c + (m0 + r) * ldc + col, spill + r * np * NR, sizeof(T) * std::size_t(width));
+        }
+    }
 }
 
 // The same product with W read in place, row-major (rows of `depth` elements): C[r, n] of

@@ -14,9 +14,15 @@ namespace fastrnn {
 int microkernel_rows();
 // Its depth of one pass over K (256, or 128 with the panels-outer loop order), chosen with it.
 int microkernel_depth();
+// Whether the hoisted input products of long sequences run on the microkernel (gemm.h's
+// input_gemm) rather than BLAS: a per-microarchitecture choice too.
+bool own_input_gemm();
 
 // Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
 constexpr int kMaxTilePanels = 6;
+// Rows of A per block of the hoisted input product on the microkernel (gemm.h's input_gemm): a
+// block (<= 96 x K) stays in L2 while the panels pass over it.
+constexpr std::int64_t kInputRows = 96;
 // Most phases (barrier-separated parts) of one step: LayerNorm LSTM has three.
 constexpr int kMaxPhases = 3;
 
@@ -169,6 +175,10 @@ struct KernelSet {
     // and N rows of a: the products of a few rows (streaming steps) without packing (gemm.h).
     void (*rows_gemm)(std::int64_t rows, std::int64_t depth, const T* w, std::int64_t N, const T* a, std::int64_t lda,
                       T* c, std::int64_t ldc);
+    // C[M, n] = A[M, K] W^T, W [n, K] packed by pack_forward(w, 1, n, K): the hoisted input
+    // product on the microkernel (gemm.h); spill holds kInputRows x kMaxTilePanels x nr.
+    void (*input_gemm)(std::int64_t M, std::int64_t K, const T* a, std::int64_t lda, const T* packed, std::int64_t n,
+                       T* c, std::int64_t ldc, T* spill);
     // The sum of n elements with this ISA's loads: a read-bandwidth probe (gemm.h).
     T (*read_sum)(const T* p, std::int64_t n);
 };

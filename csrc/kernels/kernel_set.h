@@ -136,6 +136,7 @@ KernelSet<T> make_kernel_set() {
     ks.activation = &activation<CV, T>;
     ks.read_sum = &read_sum<GV>;
     ks.rows_gemm = &rows_gemm<GV>;
+    ks.input_gemm = &input_gemm<GV>;
     return ks;
 }
 

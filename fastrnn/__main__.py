@@ -23,10 +23,11 @@ def info(_args):
     print(f"fastrnn {fastrnn.__version__} (python {platform.python_version()}, {platform.machine()})")
     print(f"isa: {fastrnn.get_isa()} (available: {', '.join(fastrnn.available_isas())}; force with FASTRNN_ISA)")
     if "avx512" in fastrnn.available_isas():
-        rows, depth = fastrnn._C._microkernel_rows(), fastrnn._C._microkernel_depth()
-        print(f"avx512 microkernel: {rows} rows per register block, depth {depth} per pass"
-              f" ({'panels' if depth == 128 else 'rows'} outer; Intel cores 6 rows and 128, others 8 and 256;"
-              " FASTRNN_MICROKERNEL_ROWS=6|8 and FASTRNN_MICROKERNEL_DEPTH=128|256 override)")
+        rows = fastrnn._C._microkernel_rows()
+        print(f"avx512 microkernel: {rows} rows per register block ({'6 on Intel' if rows == 6 else '8 elsewhere'}"
+              " by default; FASTRNN_MICROKERNEL_ROWS=6|8 overrides)")
+    print(f"input product of long sequences: {fastrnn._C._input_gemm()} (the microkernel on Intel cores with"
+          " avx512, else blas; FASTRNN_INPUT_GEMM=own|blas overrides)")
     features = fastrnn.precision_features()
     have = [name for name, on in features.items() if on]
     lacks = [name for name, on in features.items() if not on]

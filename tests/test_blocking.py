@@ -1,15 +1,14 @@
-"""The AVX-512 recurrent GEMM's blocking, chosen per microarchitecture in csrc/dispatch/: rows per
-register block (6 or 8) give bitwise the same results, on every cell's forward and backward, at
-row counts around both block heights, at both depths of a pass over K (128 with the panels-outer
-loop order, 256 rows outer); each depth is as accurate as the other against the float64
-reference, at K past one and two passes."""
+"""The GEMM choices made per microarchitecture in csrc/dispatch/: the AVX-512 microkernel's rows
+per register block (6 or 8) give bitwise the same results, on every cell's forward and backward,
+at row counts around both block heights; the hoisted input product on the microkernel or on BLAS
+both match the float64 reference."""
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn import _C
 
-pytestmark = pytest.mark.skipif("avx512" not in fastrnn.available_isas(), reason="needs AVX-512")
+needs_avx512 = pytest.mark.skipif("avx512" not in fastrnn.available_isas(), reason="needs AVX-512")
 
 
 from util import make_layer, run_both, scaled_error
@@ -17,11 +16,10 @@ from util import make_layer, run_both, scaled_error
 
 @pytest.fixture
 def rows():
-    before_isa, before, depth = fastrnn.get_isa(), _C._microkernel_rows(), _C._microkernel_depth()
+    before_isa, before = fastrnn.get_isa(), _C._microkernel_rows()
     fastrnn.set_isa("avx512")
     yield
     _C._set_microkernel_rows(before)
-    _C._set_microkernel_depth(depth)
     fastrnn.set_isa(before_isa)
 
 
@@ -36,14 +34,13 @@ def run(cls, N, dtype, H=37, **kw):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [1, 5, 6, 7, 8, 9, 12, 13, 16, 23])
+@pytest.mark.parametrize("N", [1, 5, 6, 7, 8, 9, 12, 13, 16, 23, 24, 32, 33])
 @pytest.mark.parametrize("cls,kw", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}), (fastrnn.GRU, {"reset_after": False}),
                                     (fastrnn.RNN, {}), (fastrnn.LSTM, {"proj_size": 11}),
                                     (fastrnn.LayerNormLSTM, {}), (fastrnn.LiGRU, {})])
-@pytest.mark.parametrize("depth", [128, 256])
-def test_six_and_eight_rows_agree_bitwise(rows, cls, kw, N, dtype, depth):
-    _C._set_microkernel_depth(depth)
-    H = 37 if depth == 256 else 140  # past one pass at depth 128 (backward: K = G*H, several)
+@needs_avx512
+def test_six_and_eight_rows_agree_bitwise(rows, cls, kw, N, dtype):
+    H = 37
     _C._set_microkernel_rows(8)
     eight = run(cls, N, dtype, H, **kw)
     _C._set_microkernel_rows(6)
@@ -53,68 +50,32 @@ def test_six_and_eight_rows_agree_bitwise(rows, cls, kw, N, dtype, depth):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_v1", "rnn_tanh"])
-@pytest.mark.parametrize("N", [1, 13, 32])
-def test_both_depths_match_the_float64_reference(rows, cell, N):
-    """K = 300 takes three passes at depth 128, two at 256; backward's K = G*H more. Each depth
-    within the float32 bound of the float64 reference, and the two as close to each other."""
-    x = np.random.default_rng(N).standard_normal((6, N, 20)).astype(np.float32)
-    results = {}
-    for depth in (128, 256):
-        _C._set_microkernel_depth(depth)
-        assert _C._microkernel_depth() == depth
-        layer = make_layer(cell, 20, 300, dtype=np.float32, seed=1, num_layers=2)
-        mine, theirs = run_both(layer, x)
-        for key in ("out", "h_n", "grad_x", "grad_h0"):
-            assert scaled_error(mine[key], theirs[key]) < 2e-5, (depth, key)
-        for name, g in theirs["grads"].items():
-            assert scaled_error(mine["grads"][name], g) < 2e-5, (depth, name)
-        results[depth] = mine
-    for key in ("out", "grad_x"):
-        assert scaled_error(results[128][key], results[256][key]) < 2e-5
-    # the setting is in effect: another order of additions moves some last bits
-    assert not np.array_equal(results[128]["out"], results[256]["out"])
-
-
+@needs_avx512
 def test_setting_is_checked_and_detected(rows):
     with pytest.raises(ValueError, match="expected 6, 8 or 0"):
         _C._set_microkernel_rows(7)
-    with pytest.raises(ValueError, match="expected 128, 256 or 0"):
-        _C._set_microkernel_depth(64)
     _C._set_microkernel_rows(0)
-    _C._set_microkernel_depth(0)
     assert _C._microkernel_rows() in (6, 8)
-    intel = _C._microkernel_rows() == 6  # both follow the same detection (csrc/dispatch/)
-    assert _C._microkernel_depth() == (128 if intel else 256)
-
-
-@pytest.mark.parametrize("value,expected", [("128", 128), ("256", 256), ("7", None)])
-def test_environment_overrides_the_depth(value, expected):
-    import os
-    import subprocess
-    import sys
-
-    code = "import fastrnn; print(fastrnn._C._microkernel_rows(), fastrnn._C._microkernel_depth())"
-    env = dict(os.environ, FASTRNN_MICROKERNEL_DEPTH=value)
-    rows_, depth = map(int, subprocess.check_output([sys.executable, "-c", code], env=env, text=True).split())
-    assert depth == (expected or (128 if rows_ == 6 else 256))
 
 
 @pytest.fixture
 def input_gemm():
-    before = _C._input_gemm()
+    before, isa = _C._input_gemm(), fastrnn.get_isa()
     yield
     _C._set_input_gemm(before)
+    fastrnn.set_isa(isa)
 
 
+@pytest.mark.parametrize("isa", fastrnn.available_isas())
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("cell,kw", [("lstm", {}), ("gru", {}), ("gru_v1", {}), ("rnn_relu", {}),
                                      ("lstm", {"bidirectional": True}), ("gru", {"bidirectional": True})])
-def test_input_product_on_the_microkernel(input_gemm, cell, kw, dtype, tol):
+def test_input_product_on_the_microkernel(input_gemm, isa, cell, kw, dtype, tol):
     """T*N = 2560 rows: past the 2048 from which the hoisted input product may run on the
     microkernel (W_ih packed per call). H = 45: gate rows end inside a panel (the spill tile);
-    C = 150 > one pass at depth 128; layer 2 reads the layer below. Both ways against the float64
-    reference, training and inference, and in effect (other bits)."""
+    C = 150 > one pass of 128; layer 2 reads the layer below. Both ways against the float64
+    reference, training and inference, on every ISA, and in effect (other bits)."""
+    fastrnn.set_isa(isa)
     x = np.random.default_rng(3).standard_normal((64, 40, 150)).astype(dtype)
     results = {}
     for which in ("own", "blas"):
@@ -149,8 +110,28 @@ def test_input_product_is_the_same_on_one_and_two_threads(input_gemm):
     assert np.array_equal(one, two)
 
 
-def test_input_product_setting_is_checked(input_gemm):
+def test_input_product_setting_is_checked_and_detected(input_gemm):
     with pytest.raises(ValueError, match="expected 'own', 'blas' or 'detect'"):
         _C._set_input_gemm("mkl")
     _C._set_input_gemm("detect")
-    assert _C._input_gemm() == ("own" if _C._microkernel_depth() == 128 else "blas")
+    before_isa, before_rows = fastrnn.get_isa(), _C._microkernel_rows()
+    try:
+        _C._set_microkernel_rows(0)
+        intel = _C._microkernel_rows() == 6  # the rows follow the same detection (csrc/dispatch/)
+        for isa in fastrnn.available_isas():
+            fastrnn.set_isa(isa)
+            assert _C._input_gemm() == ("own" if intel and isa == "avx512" else "blas"), isa
+    finally:
+        fastrnn.set_isa(before_isa)
+        _C._set_microkernel_rows(before_rows)
+
+
+@pytest.mark.parametrize("value", ["own", "blas"])
+def test_environment_chooses_the_input_product(value):
+    import os
+    import subprocess
+    import sys
+
+    code = "import fastrnn; print(fastrnn._C._input_gemm())"
+    env = dict(os.environ, FASTRNN_INPUT_GEMM=value)
+    assert subprocess.check_output([sys.executable, "-c", code], env=env, text=True).strip() == value

@@ -75,4 +75,4 @@ def test_info(capsys):
     assert "isa:" in out and "threads:" in out and "blas: scipy-openblas32" in out
     if "avx512" in fastrnn.available_isas():  # the blocking chosen for this CPU, and how to override it
         assert f"avx512 microkernel: {fastrnn._C._microkernel_rows()} rows" in out
-        assert f"depth {fastrnn._C._microkernel_depth()} per pass" in out
+    assert f"input product of long sequences: {fastrnn._C._input_gemm()}" in out

@@ -28,8 +28,7 @@ PRIVATE = {"cache_elements", "saturation_stats",
            # test hooks of the thread pool (tests/test_determinism.py, test_threads.py)
            "record_regions", "recorded_regions", "set_backoff", "step_threads", "wait_stats", "barrier_ns", "report_waits",
            # the AVX-512 microkernel's blocking (csrc/dispatch/dispatch.h)
-           "microkernel_rows", "set_microkernel_rows", "microkernel_depth", "set_microkernel_depth",
-           "own_input_gemm", "set_input_gemm",
+           "microkernel_rows", "set_microkernel_rows", "own_input_gemm", "set_input_gemm",
            # the plan (csrc/core/plan.h): constructor, destructor and methods
            "Plan", "~Plan", "call", "set_weights", "arrange", "weights", "grads", "packed", "packed_bytes", "reduced", "make_reduced",
            # the stream (csrc/core/stream.h): constructor and methods, per dtype

@@ -603,13 +603,11 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("reset") = false);
     m.def("_barrier_ns", &fastrnn::barrier_ns, py::arg("threads") = 2, py::arg("rounds") = 2000,
           py::call_guard<py::gil_scoped_release>());
-    // The AVX-512 microkernel's blocking: rows per register block (6 or 8) and depth of a pass
-    // over K (128 or 256); 0 sets the detected value.
+    // The AVX-512 microkernel's rows per register block (6 or 8; 0 sets the detected value).
     m.def("_microkernel_rows", &fastrnn::microkernel_rows);
     m.def("_set_microkernel_rows", &fastrnn::set_microkernel_rows);
-    m.def("_microkernel_depth", &fastrnn::microkernel_depth);
-    m.def("_set_microkernel_depth", &fastrnn::set_microkernel_depth);
-    // The hoisted input product of long sequences: "own" (the microkernel) or "blas".
+    // Where the hoisted input products of long sequences run now: "own" (the microkernel) or
+    // "blas"; the setter also takes "detect".
     m.def("_input_gemm", [] { return std::string(fastrnn::own_input_gemm() ? "own" : "blas"); });
     m.def("_set_input_gemm", &fastrnn::set_input_gemm);
     register_optim(m);

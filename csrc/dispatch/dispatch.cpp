@@ -99,36 +99,33 @@ bool intel_core() {
 #endif
 }
 
-// The AVX-512 recurrent GEMM's blocking (gemm.h), per microarchitecture. Intel cores (measured on
-// a Xeon, family 6 model 207): 6 rows, depth 128 with the panels-outer order, the hoisted input
-// products of long sequences on the microkernel; elsewhere 8 rows, depth 256, rows outer, BLAS
-// (Zen 4's tuning; not remeasured). The reasoning is in dispatch.h.
+// The AVX-512 GEMM choices (gemm.h), per microarchitecture. Intel cores (measured on a Xeon,
+// family 6 model 207): 6 rows, the hoisted input products of long sequences on the microkernel;
+// elsewhere 8 rows and BLAS (Zen 4's tuning; not remeasured). The reasoning is in dispatch.h.
 int detect_rows() { return intel_core() ? 6 : 8; }
-int detect_depth() { return intel_core() ? 128 : 256; }
 
-// FASTRNN_<name>=a|b overrides the detected value; anything else keeps it.
-int from_env(const char* name, int a, int b, int detected) {
-    const char* env = std::getenv(name);
-    if (!env || !*env) return detected;
+int rows_from_env() {
+    const char* env = std::getenv("FASTRNN_MICROKERNEL_ROWS");
+    if (!env || !*env) return detect_rows();
     const std::string v(env);
-    return v == std::to_string(a) ? a : v == std::to_string(b) ? b : detected;
+    return v == "6" ? 6 : v == "8" ? 8 : detect_rows();  // anything else: the detected value
 }
 
 std::atomic<int>& rows() {
-    static std::atomic<int> r{from_env("FASTRNN_MICROKERNEL_ROWS", 6, 8, detect_rows())};
+    static std::atomic<int> r{rows_from_env()};
     return r;
 }
-std::atomic<bool>& own_input() {
-    static std::atomic<bool> o{[] {
+
+// Where the hoisted input products run: 0 BLAS, 1 the microkernel, 2 detect (the microkernel on
+// Intel cores while AVX-512 is the active ISA). FASTRNN_INPUT_GEMM=own|blas overrides it.
+enum InputGemm : int { kBlas = 0, kOwn = 1, kDetect = 2 };
+std::atomic<int>& input_gemm_choice() {
+    static std::atomic<int> c{[] {
         const char* env = std::getenv("FASTRNN_INPUT_GEMM");
         const std::string v = env ? env : "";
-        return v == "own" ? true : v == "blas" ? false : intel_core();
+        return v == "own" ? kOwn : v == "blas" ? kBlas : kDetect;
     }()};
-    return o;
-}
-std::atomic<int>& depth() {
-    static std::atomic<int> d{from_env("FASTRNN_MICROKERNEL_DEPTH", 128, 256, detect_depth())};
-    return d;
+    return c;
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -256,20 +253,15 @@ void set_microkernel_rows(int r) {
     rows().store(r == 0 ? detect_rows() : r);
 }
 
-int microkernel_depth() { return depth().load(std::memory_order_relaxed); }
-
-void set_microkernel_depth(int d) {
-    if (d != 0 && d != 128 && d != 256)
-        throw std::invalid_argument("microkernel depth: " + std::to_string(d) + ", expected 128, 256 or 0 (detect)");
-    depth().store(d == 0 ? detect_depth() : d);
+bool own_input_gemm() {
+    const int c = input_gemm_choice().load(std::memory_order_relaxed);
+    return c == kOwn || (c == kDetect && intel_core() && Isa(active().load()) == Isa::avx512);
 }
-
-bool own_input_gemm() { return own_input().load(std::memory_order_relaxed); }
 
 void set_input_gemm(const std::string& which) {
     if (which != "own" && which != "blas" && which != "detect")
         throw std::invalid_argument("input GEMM: '" + which + "', expected 'own', 'blas' or 'detect'");
-    own_input().store(which == "own" || (which == "detect" && intel_core()));
+    input_gemm_choice().store(which == "own" ? kOwn : which == "blas" ? kBlas : kDetect);
 }
 
 std::vector<std::string> available_isas() {

@@ -19,26 +19,20 @@ std::string get_isa();
 // Forces an ISA by name; throws std::invalid_argument naming the available ones.
 void set_isa(const std::string& name);
 
-// The AVX-512 recurrent GEMM's blocking (gemm.h), chosen per microarchitecture at start:
-// - Rows per register block: 6 on Intel cores, whose two full 512-bit FMA ports need more
-//   independent chains per loaded B vector (6 rows measured 1.3-1.4x faster than 8 on a Xeon);
-//   8 elsewhere (Zen 4 splits 512-bit FMAs in two halves; its tuning chose 8). Up to 8 rows of A
-//   (N <= 8) one 8-row block is used either way. FASTRNN_MICROKERNEL_ROWS=6|8 overrides it.
-//   Bitwise the same results.
-// - Depth of one pass over K, and with it the loop order: 128 on Intel cores, where each group
-//   of two panels (32 KB) stays in the 48 KB L1 while every row block of A passes over it
-//   (panels outer: 1.07-1.14x the rows-outer order at N = 16-128, H = 256-1024 on a Xeon; the
-//   shorter pass alone gained nothing); 256 elsewhere, rows outer (each row block streams the
-//   tile's panels from L2). FASTRNN_MICROKERNEL_DEPTH=128|256 overrides it. The depth changes
-//   the order of additions, so the last bits of results.
-// - The hoisted input product of a long sequence (T*N rows, W_ih packed per call): on the
-//   microkernel on Intel cores (133 -> 155 GFLOP/s at 6400 x 256 x 1024, 128 -> 154 at
-//   8000 x 64 x 256 on a Xeon, against OpenBLAS 0.3.31's SkylakeX sgemm, which also zeroes C
-//   first), BLAS elsewhere. FASTRNN_INPUT_GEMM=own|blas overrides it.
-// set_microkernel_rows(0) / set_microkernel_depth(0) / set_input_gemm("detect") go back to the
-// detected values.
+// The GEMM choices made per microarchitecture at start (gemm.h):
+// - The AVX-512 microkernel's rows per register block: 6 on Intel cores, whose two full 512-bit
+//   FMA ports need more independent chains per loaded B vector (6 rows measured 1.3-1.4x faster
+//   than 8 on a Xeon); 8 elsewhere (Zen 4 splits 512-bit FMAs in two halves; its tuning chose
+//   8). Up to 8 rows of A (N <= 8) one 8-row block is used either way, and 8-row blocks where
+//   they divide N and 6-row ones do not (N = 16, 32, 40, 64...: gemm.h).
+//   FASTRNN_MICROKERNEL_ROWS=6|8 overrides it. Bitwise the same results.
+// - The hoisted input product of a long sequence (T*N >= 2048 rows, W_ih packed per call): on
+//   the microkernel on Intel cores while AVX-512 is active (142 against OpenBLAS 0.3.31's 126
+//   GFLOP/s at 6400 x 256 x 1024, 122 against 88 at 8000 x 64 x 256 on a Xeon; OpenBLAS also
+//   zeroes C before it accumulates), BLAS elsewhere. FASTRNN_INPUT_GEMM=own|blas overrides it.
+//   Another order of additions: the last bits of results change.
+// set_microkernel_rows(0) / set_input_gemm("detect") go back to the detected choices.
 void set_microkernel_rows(int rows);
-void set_microkernel_depth(int depth);
 void set_input_gemm(const std::string& which);  // "own", "blas" or "detect"
 
 // The reduced-precision instructions of this CPU (and enabled by its OS), apart from the float32

@@ -1,8 +1,8 @@
 // The recurrent product's microkernel: C[rows, panels*nr] (+)= A[rows, K] * B, with B packed in
 // K x nr panels (nr = 2 vectors) that are streamed in order, A read in place with broadcasts.
 // Register blocking: rows x panels per call chosen so that 8-24 vector accumulators are live
-// (enough independent FMA chains to hide the latency). On AVX-512 the rows per block, the depth
-// of a pass over K and the loop order are a per-microarchitecture choice (csrc/dispatch/).
+// (enough independent FMA chains to hide the latency). On AVX-512 the rows per block are a
+// per-microarchitecture choice (csrc/dispatch/).
 // Included by each ISA's file inside its namespace and target pragma, written once against V.
 #pragma once
 #include <algorithm>
@@ -22,9 +22,8 @@ constexpr int panel_width() {
     return V::width > 1 ? 2 * V::width : 8;
 }
 
-// Depth of one pass over K where the dispatch file does not choose it (fewer than 32 vector
-// registers): keeps a tile's panels (<= 6 x kKC x nr) in L2 while every row of A streams through
-// them. With 32 registers it is microkernel_depth(): 256 or 128.
+// Depth of one pass over K of the recurrent products: keeps a tile's panels (<= 6 x kKC x nr) in
+// L2 while every row of A streams through them.
 constexpr std::int64_t kKC = 256;
 
 
@@ -158,7 +157,7 @@ inline void row_tail(int rem, std::int64_t kc, const typename V::value_type* a, 
 }
 
 // tile[N, np*nr] (+)= A[N, K] * [panels], K in passes of `depth`. `panels[p]` points at row 0 of
-// panel p (stride nr per k). The tile's row stride is np*nr. MR rows of A per register block.
+// panel p (stride nr per k). The tile's row stride is ldc. MR rows of A per register block.
 // Rows outer: each register block of rows streams all np panels (from L2). Panels outer: each
 // group of one block's panels (at depth 128, <= 32 KB) stays in L1 while every row block of A
 // passes over it, as in GotoBLAS; for that the pass is shorter. The loop order never changes a
@@ -176,32 +175,34 @@ void tile_gemm_rows(std::int64_t N, std::int64_t K, const typename V::value_type
         const bool acc = accumulate || k0 > 0;
         for (int p = 0; p < np; ++p) b[p] = panels[p] + k0 * NR;
         const T* ak = a + k0;
-        for (int p = 0; p < np; p += group) {
-            const int g = std::min(group, np - p);
-            T* c = tile + p * NR;
-            std::int64_t r = 0;
-            for (; r + MR <= N; r += MR) row_block<V, MR>(kc, ak + r * lda, lda, b + p, g, c + r * ldc, ldc, acc);
-            row_tail<V, MR - 1>(int(N - r), kc, ak + r * lda, lda, b + p, g, c + r * ldc, ldc, acc);
-        }
+        const std::int64_t full = N / MR * MR;
+        for (int p = 0; p < np; p += group)
+            for (std::int64_t r = 0; r < full; r += MR)
+                row_block<V, MR>(kc, ak + r * lda, lda, b + p, std::min(group, np - p), tile + r * ldc + p * NR, ldc,
+                                 acc);
+        // the last rows take every panel in one pass: their blocks hold as many panels as their
+        // accumulators allow (one row against one panel would be 2 FMA chains)
+        row_tail<V, MR - 1>(int(N - full), kc, ak + full * lda, lda, b, np, tile + full * ldc, ldc, acc);
     }
 }
 
 // Every k-sum runs in the same order whatever MR and the loop order are: they change speed,
-// never a bit of the result (tests/test_blocking.py). The depth is chosen with them. The tile's
-// row stride is ldc, np*nr when 0.
+// never a bit of the result (tests/test_blocking.py); the depth does. The tile's row stride is
+// ldc, np*nr when 0. The recurrent products: depth kKC, rows outer.
 template <class V>
 void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                const typename V::value_type* const* panels, int np, typename V::value_type* tile,
-               bool accumulate, std::int64_t ldc = 0) {
+               bool accumulate, std::int64_t ldc = 0, std::int64_t depth = kKC, bool panels_outer = false) {
     if (ldc == 0) ldc = std::int64_t(np) * panel_width<V>();
     if constexpr (max_rows<V>() == 8) {  // up to 8 rows, one 8-row block loads each B vector once
-        const std::int64_t depth = microkernel_depth();
-        const bool panels_outer = depth < kKC;
-        if (N > 8 && microkernel_rows() == 6)
+        // 6-row blocks, unless 8-row blocks divide N and 6-row ones do not: a last block of 2-4
+        // rows cost more than the 6-row blocks gain (N = 16, 32, 40: 8 rows 1.1-1.25x faster
+        // on a Xeon; a multiple of 6 such as 24 or 48 ran 1.07-1.2x faster with 6)
+        if (N > 8 && microkernel_rows() == 6 && (N % 8 != 0 || N % 6 == 0))
             return tile_gemm_rows<V, 6>(N, K, a, lda, panels, np, tile, ldc, accumulate, depth, panels_outer);
         return tile_gemm_rows<V, 8>(N, K, a, lda, panels, np, tile, ldc, accumulate, depth, panels_outer);
     }
-    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, ldc, accumulate, kKC, false);
+    tile_gemm_rows<V, max_rows<V>()>(N, K, a, lda, panels, np, tile, ldc, accumulate, depth, panels_outer);
 }
 
 // C[M, n] = A[M, K] W^T with W [n, K] packed forward as one gate of n units (pack_forward(w, 1,
@@ -209,6 +210,11 @@ void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, 
 // prefers them to BLAS (own_input_gemm()). Rows in blocks of kInputRows, panels kMaxTilePanels
 // at a time, written in place; a last panel that runs past n goes through `spill`
 // [kInputRows, kMaxTilePanels * nr]. Each row's result is the same whatever the rows around it.
+// Passes of 128 over K, panels outer: 142 against 134 GFLOP/s (rows outer, passes of 256) at
+// 6400 x 256 x 1024, 122 against 109 at 8000 x 64 x 256 on a Xeon; in the recurrent products,
+// where a tile's pointwise work follows its GEMM, the same order measured no gain end to end.
+constexpr std::int64_t kInputDepth = 128;
+
 template <class V>
 void input_gemm(std::int64_t M, std::int64_t K, const typename V::value_type* a, std::int64_t lda,
                 const typename V::value_type* packed, std::int64_t n, typename V::value_type* c, std::int64_t ldc,
@@ -224,10 +230,10 @@ void input_gemm(std::int64_t M, std::int64_t K, const typename V::value_type* a,
             for (int p = 0; p < np; ++p) panels[p] = packed + (b + p) * K * NR;
             const std::int64_t col = b * NR, width = std::min<std::int64_t>(np * NR, n - col);
             if (width == np * NR) {
-                tile_gemm<V>(mc, K, a + m0 * lda, lda, panels, np, c + m0 * ldc + col, false, ldc);
+                tile_gemm<V>(mc, K, a + m0 * lda, lda, panels, np, c + m0 * ldc + col, false, ldc, kInputDepth, true);
                 continue;
             }
-            tile_gemm<V>(mc, K, a + m0 * lda, lda, panels, np, spill, false);
+            tile_gemm<V>(mc, K, a + m0 * lda, lda, panels, np, spill, false, 0, kInputDepth, true);
             for (std::int64_t r = 0; r < mc; ++r)
                 std::memcpy(c + (m0 + r) * ldc + col, spill + r * np * NR, sizeof(T) * std::size_t(width));
         }

@@ -12,8 +12,6 @@ namespace fastrnn {
 // Rows of A per register block of the recurrent GEMM's microkernel on ISAs with 32 vector
 // registers (AVX-512): a choice per microarchitecture made in csrc/dispatch/ (8 or 6; gemm.h).
 int microkernel_rows();
-// Its depth of one pass over K (256, or 128 with the panels-outer loop order), chosen with it.
-int microkernel_depth();
 // Whether the hoisted input products of long sequences run on the microkernel (gemm.h's
 // input_gemm) rather than BLAS: a per-microarchitecture choice too.
 bool own_input_gemm();

@@ -2,6 +2,10 @@
 per register block (6 or 8) give bitwise the same results, on every cell's forward and backward,
 at row counts around both block heights; the hoisted input product on the microkernel or on BLAS
 both match the float64 reference."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -60,9 +64,12 @@ def test_setting_is_checked_and_detected(rows):
 
 @pytest.fixture
 def input_gemm():
-    before, isa = _C._input_gemm(), fastrnn.get_isa()
+    """Puts back the choice the process started with: _input_gemm() reports the resolved path
+    ("own" or "blas"), and setting that would pin it where it was "detect" (per ISA)."""
+    isa = fastrnn.get_isa()
     yield
-    _C._set_input_gemm(before)
+    env = os.environ.get("FASTRNN_INPUT_GEMM")
+    _C._set_input_gemm(env if env in ("own", "blas") else "detect")
     fastrnn.set_isa(isa)
 
 
@@ -96,7 +103,7 @@ def test_input_product_on_the_microkernel(input_gemm, isa, cell, kw, dtype, tol)
 
 def test_input_product_is_the_same_on_one_and_two_threads(input_gemm):
     _C._set_input_gemm("own")
-    layer = fastrnn.GRU(70, 64, dtype=np.float32, rng=0)
+    layer = fastrnn.GRU(70, 45, dtype=np.float32, rng=0)  # 135 gate rows: the spill tile too
     layer.eval()
     x = np.random.default_rng(0).standard_normal((100, 33, 70)).astype(np.float32)
     before = fastrnn.get_num_threads()
@@ -128,10 +135,43 @@ def test_input_product_setting_is_checked_and_detected(input_gemm):
 
 @pytest.mark.parametrize("value", ["own", "blas"])
 def test_environment_chooses_the_input_product(value):
-    import os
-    import subprocess
-    import sys
-
     code = "import fastrnn; print(fastrnn._C._input_gemm())"
     env = dict(os.environ, FASTRNN_INPUT_GEMM=value)
     assert subprocess.check_output([sys.executable, "-c", code], env=env, text=True).strip() == value
+
+
+@pytest.mark.parametrize("cls,kw", [(fastrnn.LSTM, {"proj_size": 13}), (fastrnn.LayerNormLSTM, {}),
+                                    (fastrnn.LiGRU, {}), (fastrnn.GRU, {"bidirectional": True, "num_layers": 2})])
+def test_input_product_of_every_variant(input_gemm, cls, kw):
+    """LSTMP (layer 2 reads D*P columns), LayerNorm and batch norm (they normalize the product
+    afterwards): the microkernel's input product against BLAS's, float64, training (outputs and
+    every gradient) and inference, T*N = 2,100 rows."""
+    x = np.random.default_rng(5).standard_normal((70, 30, 150))
+    runs = {}
+    for which in ("own", "blas"):
+        _C._set_input_gemm(which)
+        layer = cls(150, 40, dtype=np.float64, rng=4, **({"num_layers": 2} | kw))
+        out, _ = layer(x)
+        layer.backward(np.ones_like(out))
+        grads = {k: g.copy() for k, g in layer.grads.items()}
+        layer.eval()
+        runs[which] = (out, layer(x)[0], grads)
+    (out, inf, grads), (out_b, inf_b, grads_b) = runs["own"], runs["blas"]
+    assert scaled_error(out, out_b) < 1e-12 and scaled_error(inf, inf_b) < 1e-12
+    for name in grads_b:  # sums over 2,100 rows, amplified by LayerNorm's backward: 2e-12 seen
+        assert scaled_error(grads[name], grads_b[name]) < 1e-10, name
+    assert not np.array_equal(inf, inf_b)  # the microkernel ran
+
+
+def test_own_input_product_keeps_chunks_bitwise(input_gemm):
+    """Each row's product is the same whatever rows surround it: a long run equals the same run
+    in chunks carrying the state, bitwise, when every chunk takes the microkernel (>= 2,048 rows)
+    and C = 200 takes two passes over K."""
+    _C._set_input_gemm("own")
+    layer = fastrnn.LSTM(200, 32, dtype=np.float32, rng=0)
+    layer.eval()
+    x = np.random.default_rng(1).standard_normal((4300, 1, 200)).astype(np.float32)
+    whole, _ = layer(x)
+    first, state = layer(x[:2150])
+    second, _ = layer(x[2150:], state)
+    assert np.array_equal(whole, np.concatenate([first, second]))

@@ -293,10 +293,21 @@ const T* effective_w_hh(const T* w_hh, const T* mask, i64 n, T* buf) {
     return buf;
 }
 
+// Threads for the hoisted input products on the microkernel (gemm.h's input_gemm), where the
+// dispatch file prefers it to BLAS, or 0 for BLAS. Only for T*N >= 2048 rows: W_ih is packed per
+// call, which at fewer rows costs more than the kernel gains (so a run cut into chunks on both
+// sides of the threshold may differ in its last bits: docs/guarantees.md).
+inline int own_input_threads(const Desc& d, bool reduced) {
+    constexpr i64 kMinRows = 2048;
+    if (reduced || !own_input_gemm() || d.T * d.N < kMinRows) return 0;
+    return int(std::min<i64>(get_num_threads(), (d.T * d.N + kInputRows - 1) / kInputRows));
+}
+
 // Forward scratch: per direction the input projection (when the cache does not hold it), the
 // packed W_hh (and W_hr), biases, states and the variants' buffers; per thread a tile;
 // inference with several layers ping-pongs the intermediate outputs. `regularized`: room for
-// recurrent dropout, DropConnect and inference zoneout.
+// recurrent dropout, DropConnect and inference zoneout; `own_ih_threads`: W_ih packed and a
+// spill tile per thread for the input product on the microkernel.
 template <class T>
 struct ForwardScratch {
     T *xp[2], *packed[2], *packed_hr[2], *bias[2], *bhn[2], *hbuf[2], *hr[2], *c[2], *rh[2], *m[2], *ln_raw[2],
@@ -427,7 +438,7 @@ std::int64_t cache_elements(const Desc& d, bool dropout) { return CacheLayout(d,
 // double's round up to 8, so twice the float bytes bound the double bytes.
 std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr, bool regularized) {
     Carver cv(nullptr, kAlign, true);
-    ForwardScratch<float>(cv, d, training, regularized, threads, nr, nullptr);
+    ForwardScratch<float>(cv, d, training, regularized, threads, nr, nullptr, false, false, own_input_threads(d, false));
     return std::int64_t(cv.used() / sizeof(float));
 }
 
@@ -565,15 +576,6 @@ struct CpuOps {
     }
     void fold_bias(const LayerWeights<T>& w, T* bias, T* bhn) { fastrnn::fold_bias(d, w, bias, bhn); }
 };
-
-// Threads for the hoisted input products on the microkernel (gemm.h's input_gemm), where the
-// dispatch file prefers it to BLAS, or 0 for BLAS. Only for T*N >= 2048 rows: W_ih is packed per
-// call, which at fewer rows costs more than the kernel gains.
-inline int own_input_threads(const Desc& d, bool reduced) {
-    constexpr i64 kMinRows = 2048;
-    if (reduced || !own_input_gemm() || d.T * d.N < kMinRows) return 0;
-    return int(std::min<i64>(get_num_threads(), (d.T * d.N + kInputRows - 1) / kInputRows));
-}
 
 // A forward call on the CPU: the scratch (one allocation); per direction the input
 // normalization, W_hh packed (or the plan's packed copy) and the variants' pointers.

@@ -157,8 +157,10 @@ def test_input_product_of_every_variant(input_gemm, cls, kw):
         layer.eval()
         runs[which] = (out, layer(x)[0], grads)
     (out, inf, grads), (out_b, inf_b, grads_b) = runs["own"], runs["blas"]
-    assert scaled_error(out, out_b) < 1e-12 and scaled_error(inf, inf_b) < 1e-12
-    for name in grads_b:  # sums over 2,100 rows, amplified by LayerNorm's backward: 2e-12 seen
+    # float64 rounding: LayerNorm's normalization and backward amplify it (1.0e-12 on outputs in
+    # the sanitizer build, 2e-12 on a weight gradient summed over 2,100 rows)
+    assert scaled_error(out, out_b) < 1e-10 and scaled_error(inf, inf_b) < 1e-10
+    for name in grads_b:
         assert scaled_error(grads[name], grads_b[name]) < 1e-10, name
     assert not np.array_equal(inf, inf_b)  # the microkernel ran
 

@@ -25,6 +25,17 @@ def two_threads():
 
 
 @pytest.fixture
+def input_gemm():
+    """Puts back the input-product choice the process started with: _input_gemm() reports the
+    resolved path ("own" or "blas"), and setting that would pin it where it was "detect" (per ISA)."""
+    isa = fastrnn.get_isa()
+    yield
+    env = os.environ.get("FASTRNN_INPUT_GEMM")
+    fastrnn._C._set_input_gemm(env if env in ("own", "blas") else "detect")
+    fastrnn.set_isa(isa)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

@@ -62,17 +62,6 @@ def test_setting_is_checked_and_detected(rows):
     assert _C._microkernel_rows() in (6, 8)
 
 
-@pytest.fixture
-def input_gemm():
-    """Puts back the choice the process started with: _input_gemm() reports the resolved path
-    ("own" or "blas"), and setting that would pin it where it was "detect" (per ISA)."""
-    isa = fastrnn.get_isa()
-    yield
-    env = os.environ.get("FASTRNN_INPUT_GEMM")
-    _C._set_input_gemm(env if env in ("own", "blas") else "detect")
-    fastrnn.set_isa(isa)
-
-
 @pytest.mark.parametrize("isa", fastrnn.available_isas())
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("cell,kw", [("lstm", {}), ("gru", {}), ("gru_v1", {}), ("rnn_relu", {}),

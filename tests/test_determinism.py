@@ -152,3 +152,92 @@ def test_isa_differences_are_rounding_level(threads, cell, dtype):
             assert diff <= ISA_BOUND[dtype], f"{isa} vs scalar: {diff:.3g}"
     finally:
         fastrnn.set_isa(previous)
+
+
+# Inference of a one-direction stack with small recurrent weights splits the batch's rows over
+# the threads, each running the whole stack on its own rows without a barrier (csrc/core/driver.cpp,
+# batch_split_threads). With the input products on fastrnn's microkernel (forced here, so that
+# the test means the same on every CPU) a row is computed with the same arithmetic whatever rows
+# are beside it: bitwise the one-thread result.
+BATCH_SPLIT_LAYERS = {
+    "lstm": lambda dt: fastrnn.LSTM(7, 24, num_layers=2, dtype=dt, rng=0),
+    "gru": lambda dt: fastrnn.GRU(7, 24, num_layers=2, dtype=dt, rng=0),
+    "gru_v1": lambda dt: fastrnn.GRU(7, 24, reset_after=False, dtype=dt, rng=0),
+    "rnn_relu": lambda dt: fastrnn.RNN(7, 24, nonlinearity="relu", dtype=dt, rng=0),
+    "lstmp_peephole": lambda dt: fastrnn.LSTM(7, 24, proj_size=9, peephole=True, dtype=dt, rng=0),
+    "layernorm_lstm": lambda dt: fastrnn.LayerNormLSTM(7, 24, dtype=dt, rng=0),
+    "layernorm_gru": lambda dt: fastrnn.LayerNormGRU(7, 24, dtype=dt, rng=0),
+    "ligru": lambda dt: fastrnn.LiGRU(7, 24, num_layers=2, dtype=dt, rng=0),
+    "sligru": lambda dt: fastrnn.SLiGRU(7, 24, dtype=dt, rng=0),
+}
+
+
+def _infer(layer, x, regions=None, **kw):
+    fastrnn._C._record_regions(True)
+    out, state = layer(x, **kw)
+    recorded = fastrnn._C._record_regions(False)
+    if regions is not None:
+        regions.extend(recorded)
+    return {"out": out, **{f"state{i}": s for i, s in enumerate(state if isinstance(state, tuple) else (state,))}}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", list(BATCH_SPLIT_LAYERS))
+def test_inference_split_by_batch_rows_is_bitwise_one_thread(isa, threads, input_gemm, name, dtype):
+    fastrnn._C._set_input_gemm("own")
+    layer = BATCH_SPLIT_LAYERS[name](dtype).eval()
+    rng = np.random.default_rng(1)
+    T, N = 1500, 7  # parts of 2 to 4 rows (1500 x 2 = 3000: the microkernel's input products)
+    x = rng.standard_normal((T, N, 7)).astype(dtype)
+    hx = rng.standard_normal((layer.num_layers, N, layer.proj_size or 24)).astype(dtype)
+    hx = (hx, rng.standard_normal((layer.num_layers, N, 24)).astype(dtype)) if isinstance(layer, fastrnn.LSTM) else hx
+    kw = dict(hx=hx, lengths=rng.integers(1, T + 1, N))
+    threads(1)
+    want = _infer(layer, x, **kw)
+    for n in (2, 3):
+        threads(n)
+        regions = []
+        _assert_bitwise(_infer(layer, x, regions, **kw), want, f"{isa} {name}, {n} threads vs 1")
+        assert _ran(regions, "batch") == {(n, n, "pool")}, regions
+        assert _ran(regions, "recurrence") == {(1, 1, "caller")}, regions
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_inference_split_by_batch_rows_on_blas_is_within_rounding(threads, input_gemm, dtype):
+    """On OpenBLAS the parts' input products have fewer rows, which may round differently (its
+    Haswell kernels do): the split stays within the split-GEMM bound of the test above."""
+    fastrnn._C._set_input_gemm("blas")
+    layer = fastrnn.LSTM(16, 32, num_layers=2, dtype=dtype, rng=0).eval()
+    x = np.random.default_rng(2).standard_normal((200, 8, 16)).astype(dtype)
+    threads(1)
+    want = _infer(layer, x)
+    threads(2)
+    regions = []
+    got = _infer(layer, x, regions)
+    assert _ran(regions, "batch") == {(2, 2, "pool")}, regions
+    assert _scaled_diff(got, want) <= {np.float32: 1e-6, np.float64: 1e-13}[dtype]
+
+
+@pytest.mark.parametrize("case", ["training", "bidirectional", "one row per thread", "large weights", "short",
+                                  "zoneout"])
+def test_batch_split_only_where_it_applies(threads, case):
+    """Training (the weight gradients sum over rows), two directions (one per thread already),
+    fewer than two rows per thread, recurrent weights over 1 MiB, calls too short to pay for
+    waking a thread, and inference zoneout keep the split by units."""
+    T, N, H, kw = 200, 8, 32, {}
+    if case == "bidirectional":
+        kw = dict(bidirectional=True)
+    elif case == "one row per thread":
+        N = 3
+    elif case == "large weights":
+        H, T = 260, 20  # 4 x 260 x 260 float32 = 1.08 MB
+    elif case == "short":
+        T = 2
+    elif case == "zoneout":
+        kw = dict(zoneout_h=0.1)
+    layer = fastrnn.LSTM(8, H, dtype=np.float32, rng=0, **kw).train(case == "training")
+    x = np.random.default_rng(0).standard_normal((T, N, 8)).astype(np.float32)
+    threads(2)
+    regions = []
+    _infer(layer, x, regions)
+    assert _ran(regions, "batch") == set(), regions

@@ -172,7 +172,14 @@ std::int64_t now_ns() {
 BlasCall::BlasCall() { pthread_rwlock_rdlock(&g_blas_lock); }
 BlasCall::~BlasCall() { pthread_rwlock_unlock(&g_blas_lock); }
 
-int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
+namespace {
+thread_local bool t_one_thread = false;
+}  // namespace
+
+OneThreadScope::OneThreadScope() : previous_(t_one_thread) { t_one_thread = true; }
+OneThreadScope::~OneThreadScope() { t_one_thread = previous_; }
+
+int get_num_threads() { return t_one_thread ? 1 : g_num_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 

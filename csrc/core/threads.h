@@ -26,6 +26,18 @@ void set_num_threads(int n);  // n >= 1
 // wait per barrier pass over kSlowWaitNs too. `passes`: the barriers each thread passed.
 constexpr std::int64_t kWaitWindowNs = 1000000, kSlowWaitNs = 5000;
 int step_threads();
+// Within its scope the calling thread plans for one thread (get_num_threads() and step_threads()
+// return 1): a batch split's job runs a whole forward on its own rows (driver.cpp).
+class OneThreadScope {
+   public:
+    OneThreadScope();
+    ~OneThreadScope();
+    OneThreadScope(const OneThreadScope&) = delete;
+    OneThreadScope& operator=(const OneThreadScope&) = delete;
+
+   private:
+    bool previous_;
+};
 void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads, std::int64_t passes = 1);
 // Turns that back-off on (the default) or off, clearing any back-off in progress; returns the
 // previous setting. Off, results are the same and steps may be slower; tests turn it off so that

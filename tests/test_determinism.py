@@ -187,7 +187,7 @@ def test_inference_split_by_batch_rows_is_bitwise_one_thread(isa, threads, input
     fastrnn._C._set_input_gemm("own")
     layer = BATCH_SPLIT_LAYERS[name](dtype).eval()
     rng = np.random.default_rng(1)
-    T, N = 1500, 7  # parts of 2 to 4 rows (1500 x 2 = 3000: the microkernel's input products)
+    T, N = 1500, 13  # parts of 4 to 7 rows (1500 x 4: the microkernel's input products)
     x = rng.standard_normal((T, N, 7)).astype(dtype)
     hx = rng.standard_normal((layer.num_layers, N, layer.proj_size or 24)).astype(dtype)
     hx = (hx, rng.standard_normal((layer.num_layers, N, 24)).astype(dtype)) if isinstance(layer, fastrnn.LSTM) else hx
@@ -218,19 +218,22 @@ def test_inference_split_by_batch_rows_on_blas_is_within_rounding(threads, input
     assert _scaled_diff(got, want) <= {np.float32: 1e-6, np.float64: 1e-13}[dtype]
 
 
-@pytest.mark.parametrize("case", ["training", "bidirectional", "one row per thread", "large weights", "short",
-                                  "zoneout"])
+@pytest.mark.parametrize("case", ["control", "training", "bidirectional", "few rows", "large weights", "large steps",
+                                  "short", "zoneout"])
 def test_batch_split_only_where_it_applies(threads, case):
     """Training (the weight gradients sum over rows), two directions (one per thread already),
-    fewer than two rows per thread, recurrent weights over 1 MiB, calls too short to pay for
-    waking a thread, and inference zoneout keep the split by units."""
+    fewer than 4 rows per thread, recurrent weights over 512 KiB, steps whose share per thread
+    dwarfs a barrier, calls too short to pay for waking a thread, and inference zoneout keep the
+    split by units. The control splits."""
     T, N, H, kw = 200, 8, 32, {}
     if case == "bidirectional":
         kw = dict(bidirectional=True)
-    elif case == "one row per thread":
-        N = 3
+    elif case == "few rows":
+        N = 7
     elif case == "large weights":
-        H, T = 260, 20  # 4 x 260 x 260 float32 = 1.08 MB
+        H, T = 200, 20  # 4 x 200 x 200 float32 = 640 KB
+    elif case == "large steps":
+        N, H, T = 64, 64, 20  # 2 x 64 x 256 x 64 / 2 = 1.05e6 flops of a step per thread
     elif case == "short":
         T = 2
     elif case == "zoneout":
@@ -240,4 +243,4 @@ def test_batch_split_only_where_it_applies(threads, case):
     threads(2)
     regions = []
     _infer(layer, x, regions)
-    assert _ran(regions, "batch") == set(), regions
+    assert _ran(regions, "batch") == ({(2, 2, "pool")} if case == "control" else set()), regions

@@ -894,24 +894,28 @@ struct CpuBackward : CpuOps<T> {
 
 // Threads of a batch split: inference whose rows are independent (no noise, float weights, one
 // direction: two directions already run one per thread without a barrier), each thread running
-// the whole stack on its own rows with no barrier at all. Chosen where the recurrent weights are
-// small (G*H*K up to 1 MiB, LSTM H <= 256 in float32: they stay near each core, and a step splits
-// into units only with a barrier that costs as much as the step) and each thread gets at least two
-// rows and ~4e6 flops (waking a pool thread costs tens of microseconds). Measured on a Zen 3 at 2
-// threads: LSTM (T, N, H) = (1000, 8, 64) 4.8 ms against 7.8 split by units, GRU 2.9 against
-// 4.95; (200, 32, 256) LSTM 40-42 against 44.6; (100, 64, 512) is as fast either way, so is
-// left to the units.
+// the whole stack on its own rows with no barrier at all. Chosen where a step split by units
+// would give each thread little work beside its barrier (under 1e6 flops of recurrent product:
+// a few microseconds on one core, while a barrier and the cache lines of h crossing between cores
+// cost ~1 us), the recurrent weights are small (up to 512 KiB: each core then reads all of them,
+// not half), each thread gets at least 4 rows (fewer use the microkernel's registers poorly), and
+// the call has ~4e6 flops per thread (waking a pool thread costs tens of microseconds). Measured
+// on a Zen 3 at 2 threads (docs/design.md): (T, N, H) = (1000, 8, 64) LSTM 4.2-4.5 ms against
+// 4.7-7.3 split by units, GRU 3.05-3.2 against 4.6-4.9; at (200, 16, 128) the GRU (7.9e5 flops)
+// 4.3 against 4.3-5.8, the LSTM (1.05e6) a tie or 1-4 % slower; with 16 rows at H = 256, 64 rows
+// at H = 128 or 2 rows per thread the units' split was faster (2-10 %).
 template <class T>
 int batch_split_threads(const Desc& d, const Noise<T>& nz, bool training, const ReducedWeights* low) {
     if (training || low || has_noise(nz) || nz.cand_mask || d.D != 1) return 1;
-    const i64 threads = std::min<i64>(step_threads(), d.N / 2);
+    const i64 threads = std::min<i64>(step_threads(), d.N / 4);
     if (threads < 2) return 1;
     // the parts' input products take the whole call's path (the microkernel's rows are the same
     // on any number of threads; a switch to BLAS would change their last bits)
     if (own_input_gemm() && d.T * d.N >= kOwnInputMinRows && d.T * (d.N / threads) < kOwnInputMinRows) return 1;
-    const double G = cell_gates(d), K = double(state_size(d));
-    if (G * double(d.H) * K * sizeof(T) > double(1 << 20)) return 1;
-    const double flops = 2.0 * double(d.T) * double(d.N) * G * double(d.H) * (double(d.C) + K * double(d.L));
+    const double G = cell_gates(d), K = double(state_size(d)), N = double(d.N);
+    if (G * double(d.H) * K * sizeof(T) > double(512 << 10)) return 1;
+    if (2.0 * N * G * double(d.H) * K / double(threads) >= 1e6) return 1;
+    const double flops = 2.0 * double(d.T) * N * G * double(d.H) * (double(d.C) + K * double(d.L));
     return flops / double(threads) >= 4e6 ? int(threads) : 1;
 }
 

@@ -43,6 +43,7 @@ std::atomic<std::int64_t> g_single_until{0};
 std::atomic<std::int64_t> g_backoff_ns{1000000000};
 std::atomic<bool> g_backoff_enabled{true};
 std::atomic<std::int64_t> g_window_wait{0}, g_window_thread_ns{0}, g_window_passes{0};  // not judged yet
+std::atomic<bool> g_last_window_slow{false};  // the window judged before this one was contended
 std::atomic<std::int64_t> g_stat_regions{0}, g_stat_wait{0}, g_stat_thread_ns{0}, g_stat_backoffs{0};
 
 // The calling thread's record of its parallel regions (tests read what the planner chose).
@@ -194,6 +195,7 @@ bool set_backoff(bool enabled) {
     g_window_wait.store(0);
     g_window_thread_ns.store(0);
     g_window_passes.store(0);
+    g_last_window_slow.store(false);
     g_backoff_ns.store(1000000000, std::memory_order_relaxed);
     return g_backoff_enabled.exchange(enabled);
 }
@@ -214,12 +216,20 @@ void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads, std
     g_window_thread_ns.store(0);
     g_window_wait.store(0);
     g_window_passes.store(0);
-    if (4 * waited > thread_ns && waited > kSlowWaitNs * pass_count) {
+    const bool slow = 4 * waited > thread_ns && waited > kSlowWaitNs * pass_count;
+    // Two contended windows in a row, or one that spans two windows' time (one long region):
+    // more threads than cores stay contended, while a VM whose host takes a vCPU away for a few
+    // milliseconds stalls one window (on a 2-vCPU Zen 3 VM every few seconds, each sending the
+    // next second to one thread).
+    const bool long_window = thread_ns >= 2 * std::int64_t(threads) * kWaitWindowNs;
+    const bool was_slow = g_last_window_slow.exchange(slow, std::memory_order_relaxed);
+    if (slow && (was_slow || long_window)) {
+        g_last_window_slow.store(false, std::memory_order_relaxed);
         g_stat_backoffs.fetch_add(1, std::memory_order_relaxed);
         const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
         g_single_until.store(now_ns() + backoff, std::memory_order_relaxed);
         g_backoff_ns.store(std::min<std::int64_t>(2 * backoff, 60000000000), std::memory_order_relaxed);
-    } else {
+    } else if (!slow) {
         g_backoff_ns.store(1000000000, std::memory_order_relaxed);
     }
 }

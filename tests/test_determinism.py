@@ -163,7 +163,9 @@ BATCH_SPLIT_LAYERS = {
     "lstm": lambda dt: fastrnn.LSTM(7, 24, num_layers=2, dtype=dt, rng=0),
     "gru": lambda dt: fastrnn.GRU(7, 24, num_layers=2, dtype=dt, rng=0),
     "gru_v1": lambda dt: fastrnn.GRU(7, 24, reset_after=False, dtype=dt, rng=0),
+    "rnn_tanh": lambda dt: fastrnn.RNN(7, 24, dtype=dt, rng=0),
     "rnn_relu": lambda dt: fastrnn.RNN(7, 24, nonlinearity="relu", dtype=dt, rng=0),
+    "lstmp": lambda dt: fastrnn.LSTM(7, 24, proj_size=9, dtype=dt, rng=0),
     "lstmp_peephole": lambda dt: fastrnn.LSTM(7, 24, proj_size=9, peephole=True, dtype=dt, rng=0),
     "layernorm_lstm": lambda dt: fastrnn.LayerNormLSTM(7, 24, dtype=dt, rng=0),
     "layernorm_gru": lambda dt: fastrnn.LayerNormGRU(7, 24, dtype=dt, rng=0),
@@ -219,28 +221,36 @@ def test_inference_split_by_batch_rows_on_blas_is_within_rounding(threads, input
 
 
 @pytest.mark.parametrize("case", ["control", "training", "bidirectional", "few rows", "large weights", "large steps",
-                                  "short", "zoneout"])
+                                  "short", "zoneout", "stream"])
 def test_batch_split_only_where_it_applies(threads, case):
     """Training (the weight gradients sum over rows), two directions (one per thread already),
-    fewer than 4 rows per thread, recurrent weights over 512 KiB, steps whose share per thread
+    fewer than 4 rows per thread, recurrent weights over 512 KiB (float64: in float32 the step's
+    share rules such weights out first), steps whose share per thread
     dwarfs a barrier, calls too short to pay for waking a thread, and inference zoneout keep the
-    split by units. The control splits."""
+    split by units, and so do streams (the split allocates per call). The control splits."""
     T, N, H, kw = 200, 8, 32, {}
     if case == "bidirectional":
         kw = dict(bidirectional=True)
     elif case == "few rows":
         N = 7
     elif case == "large weights":
-        H, T = 200, 20  # 4 x 200 x 200 float32 = 640 KB
+        H, T = 160, 20  # 4 x 160 x 160 float64 = 819 KB; 2 x 8 x 640 x 160 / 2 = 8.2e5 flops a thread
     elif case == "large steps":
         N, H, T = 64, 64, 20  # 2 x 64 x 256 x 64 / 2 = 1.05e6 flops of a step per thread
     elif case == "short":
         T = 2
     elif case == "zoneout":
         kw = dict(zoneout_h=0.1)
-    layer = fastrnn.LSTM(8, H, dtype=np.float32, rng=0, **kw).train(case == "training")
-    x = np.random.default_rng(0).standard_normal((T, N, 8)).astype(np.float32)
+    dtype = np.float64 if case == "large weights" else np.float32
+    layer = fastrnn.LSTM(8, H, dtype=dtype, rng=0, **kw).train(case == "training")
+    x = np.random.default_rng(0).standard_normal((T, N, 8)).astype(dtype)
     threads(2)
     regions = []
-    _infer(layer, x, regions)
+    if case == "stream":  # a chunk of the control's size
+        stream = layer.stream(batch=N)
+        fastrnn._C._record_regions(True)
+        stream.step(x)
+        regions = fastrnn._C._record_regions(False)
+    else:
+        _infer(layer, x, regions)
     assert _ran(regions, "batch") == ({(2, 2, "pool")} if case == "control" else set()), regions

@@ -360,7 +360,11 @@ def test_short_waits_of_short_steps_do_not_back_off(backoff_on):
     assert fastrnn._C._step_threads() == 1
 
 
-def test_one_long_slow_region_backs_off_at_once(backoff_on):
+def test_long_slow_regions_back_off_at_the_second(backoff_on):
+    """A region closes one window however long it is (a host's stall inside it makes it long):
+    one slow long region keeps two threads, the second in a row backs off."""
+    fastrnn._C._report_waits(6_000_000, 5_000_000, 2)
+    assert fastrnn._C._step_threads() == 2
     fastrnn._C._report_waits(6_000_000, 5_000_000, 2)
     assert fastrnn._C._step_threads() == 1
 

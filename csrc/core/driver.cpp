@@ -440,7 +440,11 @@ std::int64_t cache_elements(const Desc& d, bool dropout) { return CacheLayout(d,
 std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr, bool regularized) {
     Carver cv(nullptr, kAlign, true);
     ForwardScratch<float>(cv, d, training, regularized, threads, nr, nullptr, false, false, own_input_threads(d, false));
-    return std::int64_t(cv.used() / sizeof(float));
+    // inference that may split the batch's rows (forward()): the parts' copies of their rows
+    const bool may_split = !training && !regularized && d.D == 1 && d.N >= 8;
+    const std::int64_t K = state_size(d), S = d.L * d.D;
+    const std::int64_t copies = may_split ? d.T * d.N * (d.C + d.D * K) + 2 * S * d.N * (K + d.H) : 0;
+    return std::int64_t(cv.used() / sizeof(float)) + copies;
 }
 
 std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr, bool regularized) {
@@ -904,11 +908,14 @@ struct CpuBackward : CpuOps<T> {
 // 4.7-7.3 split by units, GRU 3.05-3.2 against 4.6-4.9; at (200, 16, 128) the GRU (7.9e5 flops)
 // 4.3 against 4.3-5.8, the LSTM (1.05e6) a tie or 1-4 % slower; with 16 rows at H = 256, 64 rows
 // at H = 128 or 2 rows per thread the units' split was faster (2-10 %).
+// Not for streams (they allocate nothing per step) nor where the row copies would pass 256 MiB,
+// and only with at least as many threads as the units' split would use.
 template <class T>
 int batch_split_threads(const Desc& d, const Noise<T>& nz, bool training, const ReducedWeights* low) {
     if (training || low || has_noise(nz) || nz.cand_mask || d.D != 1) return 1;
     const i64 threads = std::min<i64>(step_threads(), d.N / 4);
-    if (threads < 2) return 1;
+    if (threads < 2 || threads < plan_threads(d, active_kernels<T>().nr).total()) return 1;
+    if (double(d.T * d.N) * double(d.C + d.D * state_size(d)) * sizeof(T) > double(256 << 20)) return 1;
     // the parts' input products take the whole call's path (the microkernel's rows are the same
     // on any number of threads; a switch to BLAS would change their last bits)
     if (own_input_gemm() && d.T * d.N >= kOwnInputMinRows && d.T * (d.N / threads) < kOwnInputMinRows) return 1;
@@ -936,8 +943,8 @@ void scatter_rows(const T* rows, T* full, i64 B, i64 N, i64 W, i64 n0, i64 n1) {
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
-             const PackedWeights<T>* pre, bool in_place, const ReducedWeights* low) {
-    if (const int parts = batch_split_threads(d, nz, cache != nullptr, low); parts > 1) {
+             const PackedWeights<T>* pre, bool in_place, const ReducedWeights* low, bool split_rows) {
+    if (const int parts = split_rows ? batch_split_threads(d, nz, cache != nullptr, low) : 1; parts > 1) {
         // Each part copies its rows in and out (a few percent of the time): the GEMMs and kernels
         // take [T, N, *] arrays whole.
         const i64 K = state_size(d), S = d.L * d.D, W = d.D * K, has_c = cell_has_c(d);
@@ -948,15 +955,15 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
                 OneThreadScope one;
                 Desc part = d;
                 part.N = R;
-                std::vector<T> buf(std::size_t(d.T * R * (d.C + W) + 2 * S * R * (K + has_c * d.H)));
-                T* xs = buf.data();
+                const std::unique_ptr<T[]> buf(new T[std::size_t(d.T * R * (d.C + W) + 2 * S * R * (K + has_c * d.H))]);
+                T* xs = buf.get();
                 T *ys = xs + d.T * R * d.C, *hs = ys + d.T * R * W, *cs = hs + S * R * K;
                 T *hn = cs + has_c * S * R * d.H, *cn = hn + S * R * K;
                 gather_rows(x, xs, d.T, d.N, d.C, n0, n1);
                 if (h0) gather_rows(h0, hs, S, d.N, K, n0, n1);
                 if (c0 && has_c) gather_rows(c0, cs, S, d.N, d.H, n0, n1);
                 forward(part, w, xs, h0 ? hs : nullptr, c0 && has_c ? cs : nullptr, lengths ? lengths + n0 : nullptr,
-                        masks, ys, hn, has_c ? cn : nullptr, cache, nz, pre, in_place, low);
+                        masks, ys, hn, has_c ? cn : nullptr, cache, nz, pre, in_place, low, false);
                 scatter_rows(ys, out, d.T, d.N, W, n0, n1);
                 if (h_n) scatter_rows(hn, h_n, S, d.N, K, n0, n1);
                 if (c_n && has_c) scatter_rows(cn, c_n, S, d.N, d.H, n0, n1);
@@ -964,6 +971,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
                 failed[std::size_t(tid)] = std::current_exception();
             }
         };
+        one_blas_thread();  // from the calling thread, before the parts' GEMMs (blas.h)
         parallel_run(parts, std::ref(job), "batch");
         for (const auto& e : failed)
             if (e) std::rethrow_exception(e);
@@ -993,10 +1001,11 @@ void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::in
 
 template void forward<float>(const Desc&, const LayerWeights<float>*, const float*, const float*, const float*,
                              const std::int64_t*, const float*, float*, float*, float*, float*, const Noise<float>&,
-                             const PackedWeights<float>*, bool, const ReducedWeights*);
+                             const PackedWeights<float>*, bool, const ReducedWeights*, bool);
 template void forward<double>(const Desc&, const LayerWeights<double>*, const double*, const double*, const double*,
                               const std::int64_t*, const double*, double*, double*, double*, double*,
-                              const Noise<double>&, const PackedWeights<double>*, bool, const ReducedWeights*);
+                              const Noise<double>&, const PackedWeights<double>*, bool, const ReducedWeights*,
+                              bool);
 template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*,
                               const float*, float*, const float*, const float*, const float*, float*, float*, float*,
                               const LayerGrads<float>*, const BackwardOptions<float>&);

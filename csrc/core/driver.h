@@ -65,12 +65,13 @@ NonFinite forward_stats(const Desc& d, const T* cache, const std::int64_t* lengt
 // plan's `reduced` for the active ISA): every product in int8 (dynamic quantization, inference) or
 // bf16 (inference or training; csrc/kernels/reduced.h). Throws std::bad_alloc when its scratch
 // cannot be allocated, and std::invalid_argument for `low` with another ISA's panels, DropConnect,
-// or int8 with a training call.
+// or int8 with a training call. `split_rows`: inference may split the batch's rows over the
+// threads (driver.cpp, batch_split_threads), which allocates per call: streams pass false.
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache,
              const Noise<T>& noise = Noise<T>{}, const PackedWeights<T>* packed = nullptr, bool in_place = false,
-             const ReducedWeights* low = nullptr);
+             const ReducedWeights* low = nullptr, bool split_rows = true);
 
 // Gradients of sum(out*grad_out) + sum(h_n*grad_h_n) + sum(c_n*grad_c_n) (null = zeros).
 // Writes grad_x, grad_h0, grad_c0; accumulates (+=) into the parameter gradients g.

@@ -62,7 +62,7 @@ void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* act
         packed = plan_->packed<T>(ks.nr, ks.pack_forward);
     // The state is read (h0) before it is written (h_n) layer by layer, so one buffer serves both.
     forward<T>(d, w_.data(), x, h_.data(), c(), lengths, nullptr, out, h_.data(), c(), nullptr, noise_, packed.get(),
-               in_place(), low_.get());
+               in_place(), low_.get(), /*split_rows=*/false);
 }
 
 template <class T>

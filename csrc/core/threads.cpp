@@ -217,13 +217,12 @@ void report_waits(std::int64_t wait_ns, std::int64_t region_ns, int threads, std
     g_window_wait.store(0);
     g_window_passes.store(0);
     const bool slow = 4 * waited > thread_ns && waited > kSlowWaitNs * pass_count;
-    // Two contended windows in a row, or one that spans two windows' time (one long region):
-    // more threads than cores stay contended, while a VM whose host takes a vCPU away for a few
-    // milliseconds stalls one window (on a 2-vCPU Zen 3 VM every few seconds, each sending the
-    // next second to one thread).
-    const bool long_window = thread_ns >= 2 * std::int64_t(threads) * kWaitWindowNs;
+    // Two contended windows in a row: more threads than cores stay contended, while a VM whose
+    // host takes a vCPU away for a few milliseconds stalls one window (on a 2-vCPU Zen 3 VM every
+    // few seconds, each sending the next second to one thread). A long region is one window: a
+    // stall inside it makes it long.
     const bool was_slow = g_last_window_slow.exchange(slow, std::memory_order_relaxed);
-    if (slow && (was_slow || long_window)) {
+    if (slow && was_slow) {
         g_last_window_slow.store(false, std::memory_order_relaxed);
         g_stat_backoffs.fetch_add(1, std::memory_order_relaxed);
         const std::int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);

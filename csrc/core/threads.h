@@ -19,9 +19,9 @@ void set_num_threads(int n);  // n >= 1
 // per-step barrier a scheduler time slice, and one thread is much faster. Reports are judged
 // over at least a millisecond of threads' time (kWaitWindowNs per thread), not one by one: a
 // streaming step lasts microseconds, and one interrupt in one of them must not send the next
-// hundred thousand steps to one thread. It takes two contended windows in a row, or one window
-// twice as long (one long region): a VM's host taking a vCPU away for a few milliseconds stalls
-// one window, more threads than cores stall them all. And only long waits count: a descheduled
+// hundred thousand steps to one thread. It takes two contended windows in a row: a VM's host
+// taking a vCPU away for a few milliseconds stalls one window (one region, however long, closes
+// at most one), more threads than cores stall them all. And only long waits count: a descheduled
 // thread costs a barrier a scheduler time slice (milliseconds), while the waits of steps of a
 // few microseconds on idle cores (barrier round trip, start skew, the last thread's join) can
 // reach a quarter of the time at under a microsecond each: the back-off needs the window's mean

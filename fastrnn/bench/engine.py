@@ -480,8 +480,8 @@ class OpenVinoImpl:
                 self.compiled = core.compile_model(core.read_model(path), "CPU", config)
             except RuntimeError as exc:  # e.g. a precision this CPU has no kernels for
                 raise Unavailable(f"OpenVINO cannot compile {cell} at {self.hint}: {str(exc).splitlines()[0]}") from exc
-        runs_at = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if self.hint == "bf16" and "bf16" not in runs_at:  # no bf16 kernels here: it falls back silently
+        runs_at = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16"
+        if self.hint == "bf16" and runs_at != "bf16":  # no bf16 kernels here: it falls back silently
             raise Unavailable(f"OpenVINO's CPU plugin runs the bf16 hint in {runs_at} on this CPU")
         self.request = self.compiled.create_infer_request()
         self.x = x

@@ -1201,6 +1201,9 @@ def run(cells=CELLS, shapes=tuple(SHAPES), threads=(1,), modes=MODES, peers=PEER
                         result["rows"].append(row)
                         if progress:
                             progress(_progress_line(row, subject))
+    for name, version in _versions(list(result["versions"])).items():  # peers imported by their first row
+        if result["versions"].get(name) is None and version is not None:
+            result["versions"][name] = version
     return result
 
 

@@ -1,6 +1,6 @@
 """No memory leaks: resident memory is flat over many forward/backward calls once warmed up.
 
-Each calling thread keeps its last C++ scratch buffer (up to 64 MiB) for its next call — that is
+Each calling thread keeps its last C++ scratch buffer (up to 256 MiB) for its next call — that is
 reuse, not a leak, and the warm-up absorbs it. Leaks inside the extension are also checked by
 LeakSanitizer and valgrind on a small run (.ci/sanitize, .ci/leaks; docs/guarantees.md).
 """

@@ -40,7 +40,10 @@ constexpr std::size_t kAlign = 64;
 
 // The scratch of one call. Each calling thread keeps its last buffer (up to kKeepBytes) for its
 // next call: a fresh multi-megabyte allocation costs a page fault per 4 KiB on first touch, which
-// is a measurable share of a small recurrent call.
+// is a measurable share of a small recurrent call, and of a large one on a VM: on a Zen 3 VM,
+// LSTM and GRU inference at D (50, 128, 1024), whose 105 MB input projection was above a 64 MiB
+// line, ran 7-8% faster with it kept (90 ms over its 25,600 pages). The memory stays with the
+// thread until it exits.
 class Scratch {
    public:
     explicit Scratch(std::size_t bytes) {
@@ -75,7 +78,7 @@ class Scratch {
     void* p = nullptr;
 
    private:
-    static constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
+    static constexpr std::size_t kKeepBytes = std::size_t(256) << 20;
     struct Kept {
         void* p = nullptr;
         std::size_t bytes = 0;

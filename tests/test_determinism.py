@@ -204,6 +204,28 @@ def test_inference_split_by_batch_rows_is_bitwise_one_thread(isa, threads, input
         assert _ran(regions, "recurrence") == {(1, 1, "caller")}, regions
 
 
+@pytest.mark.parametrize("threads_used", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", [{}, {"peephole": True}, {"zoneout_h": 0.3, "zoneout_c": 0.2}, {"proj_size": 9}],
+                         ids=["lstm", "peephole", "zoneout", "lstmp"])
+def test_rows_independent_of_the_batch_around_them(isa, threads, input_gemm, variant, dtype, threads_used):
+    """A row's result is the same bits whatever the batch beside it, on fastrnn's own kernels:
+    the register blocks of rows, and the forward step's unit group (AVX2 float32 LSTM: two unit
+    blocks per tile at N <= 32, one above), change the speed only. H = 80: five unit blocks, so
+    a group of two ends with a group of one (and 2 threads split them 2 + 3)."""
+    fastrnn._C._set_input_gemm("own")  # T*N >= 2048 rows below: the microkernel, not BLAS
+    threads(threads_used)
+    layer = fastrnn.LSTM(9, 80, dtype=dtype, rng=0, **variant).eval()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 40, 9)).astype(dtype)
+    K = variant.get("proj_size", 80)
+    h0, c0 = rng.standard_normal((1, 40, K)).astype(dtype), rng.standard_normal((1, 40, 80)).astype(dtype)
+    wide = _infer(layer, x, hx=(h0, c0))  # N = 40
+    part = _infer(layer, x[:, :32], hx=(h0[:, :32], c0[:, :32]))  # N = 32
+    _assert_bitwise(part, {k: np.ascontiguousarray(v[..., :32, :]) for k, v in wide.items()},
+                    f"{isa}: rows 0-31 of N = 40 against N = 32")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_inference_split_by_batch_rows_on_blas_is_within_rounding(threads, input_gemm, dtype):
     """On OpenBLAS the parts' input products have fewer rows, which may round differently (its

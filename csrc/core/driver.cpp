@@ -350,7 +350,7 @@ struct ForwardScratch {
         low_rows = cv.take<std::uint8_t>(reduced ? d.T * d.N * ReducedMatrix::max_row_bytes(widest_input) : 0);
         low_scales = cv.take<float>(reduced ? d.T * d.N : 0);
         packed_ih = cv.take<T>(own_ih_threads ? (GH + nr - 1) / nr * nr * widest_input : 0);
-        spill = cv.take<T>(own_ih_threads * kInputRows * kMaxTilePanels * nr);
+        spill = cv.take<T>(own_ih_threads * kInputRows * kInputPanels * nr);
         carve_threads(cv, d, threads, nr, tc, reduced);
     }
 };
@@ -646,7 +646,7 @@ struct CpuForward : CpuOps<T> {
             const auto job = [&](int tid, int threads) {
                 const i64 r0 = std::min(m, row_blocks * tid / threads * kInputRows);
                 const i64 r1 = std::min(m, row_blocks * (tid + 1) / threads * kInputRows);
-                T* spill = ws.spill + i64(tid) * kInputRows * kMaxTilePanels * ks.nr;
+                T* spill = ws.spill + i64(tid) * kInputRows * kInputPanels * ks.nr;
                 if (r1 > r0) ks.input_gemm(r1 - r0, k, X + r0 * k, k, ws.packed_ih, n, C + r0 * ldc, ldc, spill);
             };
             parallel_run(own_ih_threads, std::ref(job), "input product");

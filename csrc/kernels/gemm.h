@@ -207,9 +207,9 @@ void tile_gemm(std::int64_t N, std::int64_t K, const typename V::value_type* a, 
 
 // C[M, n] = A[M, K] W^T with W [n, K] packed forward as one gate of n units (pack_forward(w, 1,
 // n, K)): the hoisted input product on the recurrent product's kernels, where the dispatch file
-// prefers them to BLAS (own_input_gemm()). Rows in blocks of kInputRows, panels kMaxTilePanels
+// prefers them to BLAS (own_input_gemm()). Rows in blocks of kInputRows, panels kInputPanels
 // at a time, written in place; a last panel that runs past n goes through `spill`
-// [kInputRows, kMaxTilePanels * nr]. Each row's result is the same whatever the rows around it.
+// [kInputRows, kInputPanels * nr]. Each row's result is the same whatever the rows around it.
 // Passes of 128 over K, panels outer: 142 against 134 GFLOP/s (rows outer, passes of 256) at
 // 6400 x 256 x 1024, 122 against 109 at 8000 x 64 x 256 on a Xeon; in the recurrent products,
 // where a tile's pointwise work follows its GEMM, the same order measured no gain end to end.
@@ -222,11 +222,11 @@ void input_gemm(std::int64_t M, std::int64_t K, const typename V::value_type* a,
     using T = typename V::value_type;
     constexpr int NR = panel_width<V>();
     const std::int64_t nblk = (n + NR - 1) / NR;
-    const T* panels[kMaxTilePanels];
+    const T* panels[kInputPanels];
     for (std::int64_t m0 = 0; m0 < M; m0 += kInputRows) {
         const std::int64_t mc = std::min(kInputRows, M - m0);
-        for (std::int64_t b = 0; b < nblk; b += kMaxTilePanels) {
-            const int np = int(std::min<std::int64_t>(kMaxTilePanels, nblk - b));
+        for (std::int64_t b = 0; b < nblk; b += kInputPanels) {
+            const int np = int(std::min<std::int64_t>(kInputPanels, nblk - b));
             for (int p = 0; p < np; ++p) panels[p] = packed + (b + p) * K * NR;
             const std::int64_t col = b * NR, width = std::min<std::int64_t>(np * NR, n - col);
             if (width == np * NR) {

@@ -16,8 +16,11 @@ int microkernel_rows();
 // input_gemm) rather than BLAS: a per-microarchitecture choice too.
 bool own_input_gemm();
 
-// Most panels one thread's GEMM tile holds (forward GRU: 2 unit blocks x 3 gates).
-constexpr int kMaxTilePanels = 6;
+// Most panels one thread's GEMM tile holds (forward LSTM at small batch with 16 vector registers:
+// 2 unit blocks x 4 gates; steps_plain.h).
+constexpr int kMaxTilePanels = 8;
+// Panels per group of the hoisted input product on the microkernel (gemm.h's input_gemm).
+constexpr int kInputPanels = 6;
 // Rows of A per block of the hoisted input product on the microkernel (gemm.h's input_gemm): a
 // block (<= 96 x K) stays in L2 while the panels pass over it.
 constexpr std::int64_t kInputRows = 96;
@@ -174,7 +177,7 @@ struct KernelSet {
     void (*rows_gemm)(std::int64_t rows, std::int64_t depth, const T* w, std::int64_t N, const T* a, std::int64_t lda,
                       T* c, std::int64_t ldc);
     // C[M, n] = A[M, K] W^T, W [n, K] packed by pack_forward(w, 1, n, K): the hoisted input
-    // product on the microkernel (gemm.h); spill holds kInputRows x kMaxTilePanels x nr.
+    // product on the microkernel (gemm.h); spill holds kInputRows x kInputPanels x nr.
     void (*input_gemm)(std::int64_t M, std::int64_t K, const T* a, std::int64_t lda, const T* packed, std::int64_t n,
                        T* c, std::int64_t ldc, T* spill);
     // The sum of n elements with this ISA's loads: a read-bandwidth probe (gemm.h).

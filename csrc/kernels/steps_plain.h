@@ -18,8 +18,8 @@ template <class Cell, class GV, class CV, bool Train, bool Proj, class T>
 void forward_step(const Recurrence<T>& r, ThreadCtx<T>& tc, i64 s, i64 b0, i64 b1) {
     constexpr int NR = panel_width<GV>();
     constexpr int gemm_gates = Cell::two_phase ? 1 : Cell::gates;
-    constexpr i64 UG = units_group(gemm_gates);
     const i64 t = time_of(r, s), N = r.N, H = r.H, K = r.K, nblk = (H + NR - 1) / NR;
+    const i64 UG = forward_units_group<GV>(gemm_gates, N, r.reduced_hh != nullptr);
     const T* h_prev = r.hbuf + (s & 1) * N * K;
     T* h_next = r.hbuf + ((s + 1) & 1) * N * K;
     T* hr_next = r.hr ? r.hr + ((s + 1) & 1) * N * K : nullptr;

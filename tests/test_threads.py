@@ -302,6 +302,28 @@ def test_thread_pool_runs_every_job_exactly_once(tmp_path):
 
 
 
+# ---- the planner ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T,H,cell,want", [(200, 96, "lstm", 2), (100, 128, "lstm", 2), (200, 96, "gru", 2),
+                                           (40, 128, "lstm", 1), (8, 96, "lstm", 1), (8, 256, "lstm", 2)])
+def test_a_direction_is_split_where_its_steps_pay(T, H, cell, want):
+    """A direction's units go to 2 threads when a step has enough flops per thread for its
+    barrier and the call enough steps to share the threads' wake-up: 1.2e5 up to T = 33, then
+    4e6 / T down to 2.5e4 (an LSTM step at N = 1, H = 96 has 7.4e4 flops, at H = 128 1.3e5)."""
+    layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(H, H, rng=0).eval()
+    x = np.random.default_rng(0).standard_normal((T, 1, H)).astype(np.float32)
+    previous, backoff = fastrnn.get_num_threads(), fastrnn._C._set_thread_backoff(False)
+    try:
+        fastrnn.set_num_threads(2)
+        fastrnn._C._record_regions(True)
+        layer(x)
+        regions = fastrnn._C._record_regions(False)
+        assert [r[1] for r in regions if r[0] == "recurrence"] == [want], regions
+    finally:
+        fastrnn.set_num_threads(previous)
+        fastrnn._C._set_thread_backoff(backoff)
+
+
 # ---- the back-off to one thread -------------------------------------------------------------------
 
 @pytest.fixture

@@ -119,11 +119,16 @@ ThreadPlan plan_threads(const Desc& d, int nr, bool input_in_steps = false) {
     const double GH = double(cell_gates(d) * d.H), N = double(d.N);
     const double input = input_in_steps ? double(d.L > 1 ? std::min(d.C, state_size(d) * d.D) : d.C) : 0.0;
     const double step_flops = 2.0 * N * GH * (K + input) + (d.P > 0 ? 2.0 * N * K * double(d.H) : 0.0);
-    // ~1.5 us of GEMM per thread and step: a barrier costs a fraction. A one-step stream call
-    // starts a region for that one step, and waking the second thread costs a few us: an LSTM
-    // step at H=128 (2.6e5 flops) took 7.2 us on 2 threads against 6.5 on 1, at H=160 (4.1e5)
-    // 10.1 against 12.1 (tests/test_stream.py::test_two_threads_only_for_steps_that_pay).
-    const double min_flops_per_thread = input_in_steps && d.T == 1 ? 1.6e5 : 1.2e5;
+    // Flops per thread and step that pay for a barrier each step (0.12 us a round trip between a
+    // Xeon's cores, 0.22 on a Zen 3 VM: _C._barrier_ns()) and for waking the other threads once per
+    // call, which a call's T steps share. Sequences: 1.2e5 up to T = 33, then 4e6 / T down to 2.5e4
+    // from T = 160 (Zen 3, 2 threads, N = 1-4: LSTM and GRU at H = 96-128, T = 64-500, inference
+    // and training, 1.3-1.7x faster split; at T = 4-8 a split was slower whatever the size). A
+    // one-step stream call starts a region for that one step: an LSTM step at H = 128 (2.6e5
+    // flops) took 7.2 us on 2 threads against 6.5 on 1, at H = 160 (4.1e5) 10.1 against 12.1
+    // (tests/test_stream.py::test_two_threads_only_for_steps_that_pay).
+    const double min_flops_per_thread = input_in_steps ? (d.T == 1 ? 1.6e5 : 1.2e5)
+                                                       : std::clamp(4e6 / double(d.T), 2.5e4, 1.2e5);
     i64 per = std::min<i64>(nth / groups, blocks(d, nr));
     per = std::min<i64>(per, std::max<i64>(1, i64(step_flops / min_flops_per_thread)));
     return ThreadPlan{groups, int(std::max<i64>(per, 1))};

@@ -303,12 +303,25 @@ def test_cli_streaming_quick(tmp_path, capsys):
     for name in ("fastrnn stream (Python)", "fastrnn stream (C, mean)", "fastrnn layer T=1"):
         assert all(v > 0 for v in r["rows"][name]), name
     assert r["rows"]["torch Cell"] == [None, None]  # no peers asked for
-    for col in r["columns"]:
-        nbytes, bandwidth, seconds = r["bound"][col]
-        assert nbytes == 4 * (4 if col.startswith("LSTM") else 3) * 32 * 64 and bandwidth > 0
+    for col, weights_row, total_row in zip(r["columns"], r["rows"]["bound: weights / read bandwidth"],
+                                           r["rows"]["bound: + activations"]):
+        b = r["bound"][col]
+        assert b["bytes"] == 4 * (4 if col.startswith("LSTM") else 3) * 32 * 64 and b["bandwidth"] > 0
+        assert b["weights"] == weights_row and 0 < b["activations"] and b["seconds"] == total_row
+        assert b["seconds"] == b["weights"] + b["activations"]
         p50, p99 = r["percentiles"][col]
         assert 0 < p50 <= p99
     assert "stream (C p50) / bound" in table and "fastrnn stream (Python)" in table
+
+
+def test_activations_probe():
+    """The bound's pointwise part: a step's activations timed in C++ (best of the passes); a
+    hundred times the values take longer; negative counts are refused by name."""
+    small = min(fastrnn._C._activations_seconds(384, 256) for _ in range(3))
+    large = min(fastrnn._C._activations_seconds(38400, 25600) for _ in range(3))
+    assert 0 < small < large
+    with pytest.raises(ValueError, match="sigmoids, tanhs >= 0"):
+        fastrnn._C._activations_seconds(-1, 0)
 
 
 def test_cli_streaming_thread_scaling(tmp_path, capsys):

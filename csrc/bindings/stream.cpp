@@ -134,9 +134,36 @@ double read_bandwidth(i64 nbytes, i64 repeats) {
     return double(buf.size() * 4) / best;
 }
 
+// Seconds the active ISA's float32 activations take over one step's gates: `sigmoids` values
+// through the sigmoid and `tanhs` through tanh, each array read and written once (in L1; the best
+// of `repeats` passes of 8). The pointwise part of a streaming step's bound (bench --streaming): the
+// cell's other pointwise work (a few FMAs a unit) is left out, so the bound stays a lower one.
+double activations_seconds(i64 sigmoids, i64 tanhs, i64 repeats) {
+    if (sigmoids < 0 || tanhs < 0 || repeats < 1)
+        throw std::invalid_argument("_activations_seconds: sigmoids, tanhs >= 0, repeats >= 1");
+    std::vector<float, fastrnn::CacheLineAllocator<float>> x(std::size_t(std::max<i64>(sigmoids, tanhs) + 1), 0.5f),
+        y(x.size());
+    const auto& ks = fastrnn::active_kernels<float>();
+    double best = 1e300;
+    fastrnn::without_gil([&] {
+        for (i64 r = 0; r < repeats + 2; ++r) {
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int i = 0; i < 8; ++i) {  // 8 steps' worth per clock read
+                ks.activation(0, x.data(), y.data(), sigmoids);
+                ks.activation(1, y.data(), x.data(), tanhs);  // reads the sigmoids' output: no dead code
+            }
+            const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 8;
+            if (r >= 2) best = std::min(best, sec);
+        }
+    });
+    return best;
+}
+
 }  // namespace
 
 void register_stream(py::module_& m) {
+    m.def("_activations_seconds", &activations_seconds, py::arg("sigmoids"), py::arg("tanhs"),
+          py::arg("repeats") = 200);
     m.def("_read_bandwidth", &read_bandwidth, py::arg("nbytes"), py::arg("repeats") = 50);
     py::class_<PyStream>(m, "Stream")
         .def(py::init([](const py::object& plan_obj, i64 batch, double zoneout_h, double zoneout_c,

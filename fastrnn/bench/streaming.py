@@ -13,7 +13,10 @@ Rows, per cell and hidden size (input size = hidden size, one layer, float32):
   the state lives in the infer request across calls), one ``infer`` per step, float32 hint;
 - the bound: one step reads W_ih and W_hh (``4 G H (C + H)`` bytes), which stay in cache between
   steps; at the read bandwidth measured here on a buffer of that size with fastrnn's own vector
-  loads (``_C._read_bandwidth``) that takes ``bytes / bandwidth``. The pointwise work is not in it.
+  loads (``_C._read_bandwidth``) that takes ``bytes / bandwidth``; plus its pointwise work, the
+  cell's activations over the step's gates with fastrnn's own kernels (``_C._activations_seconds``:
+  LSTM 3 N H sigmoids and 2 N H tanh, GRU 2 N H and N H; the cell's few FMAs a unit are left
+  out, so it stays a lower bound).
 
 Each Python-timed row is the best of ``repeats`` rounds of a loop of at least ``min_time``
 seconds.
@@ -153,7 +156,8 @@ def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxrun
         min_time=0.2,
         c_steps=10000, progress=None):
     """Every row's seconds per step: {"columns": [...], "rows": {name: [s or None]}, "notes": [...],
-    "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: (bytes, B/s, s)}}."""
+    "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: {"bytes", "bandwidth"
+    (B/s), "weights" and "activations" (s), "seconds" (their sum)}}}."""
     import fastrnn
 
     say = progress or (lambda line: None)
@@ -174,7 +178,7 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
     columns, rows, pct, bound = [], {}, {}, {}
     names = ["fastrnn stream (Python)", "fastrnn stream (C, mean)", "fastrnn layer T=1", "torch Cell",
              "torch nn T=1", "onnxruntime 1 step/run", "openvino stateful 1 step/infer",
-             "bound: weights / read bandwidth"]
+             "bound: weights / read bandwidth", "bound: + activations"]
     for name in names:
         rows[name] = []
     for cell in cells:
@@ -229,8 +233,12 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
                 rows[row].append(seconds)
             nbytes = 4 * GATES[cell] * H * (H + H)
             bw = _C._read_bandwidth(nbytes)
-            bound[col] = (nbytes, bw, nbytes / bw)
+            sigmoids, tanhs = ((3, 2) if cell == "lstm" else (2, 1))
+            act = _C._activations_seconds(sigmoids * batch * H, tanhs * batch * H)
+            bound[col] = {"bytes": nbytes, "bandwidth": bw, "weights": nbytes / bw, "activations": act,
+                          "seconds": nbytes / bw + act}
             rows[names[7]].append(nbytes / bw)
+            rows[names[8]].append(nbytes / bw + act)
     return {"columns": columns, "rows": rows, "notes": notes, "percentiles": pct, "bound": bound,
             "batch": batch, "threads": threads, "isa": fastrnn.get_isa(), "cpu": _cpu_name()}
 
@@ -345,10 +353,10 @@ def format_table(result, markdown=False):
                  "fastrnn layer T=1"):
         vals = result["rows"][name]
         table.append([f"{name} / stream (Python)"] + ["-" if v is None else f"{v / f:.2f}x" for v, f in zip(vals, fast)])
-    table.append(["stream (C p50) / bound"] + [f"{result['percentiles'][c][0] / result['bound'][c][2]:.2f}x"
+    table.append(["stream (C p50) / bound"] + [f"{result['percentiles'][c][0] / result['bound'][c]['seconds']:.2f}x"
                                                for c in cols])
-    table.append(["read bandwidth GB/s"] + [f"{result['bound'][c][1] / 1e9:.0f} ({result['bound'][c][0] // 1024} KB)"
-                                            for c in cols])
+    table.append(["read bandwidth GB/s"] + [f"{result['bound'][c]['bandwidth'] / 1e9:.0f} "
+                                            f"({result['bound'][c]['bytes'] // 1024} KB)" for c in cols])
     out = _table(table, markdown)
     return "\n".join(lines + out + [f"note: {n}" for n in result["notes"]])
 

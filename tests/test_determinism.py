@@ -243,13 +243,15 @@ def test_inference_split_by_batch_rows_on_blas_is_within_rounding(threads, input
 
 
 @pytest.mark.parametrize("case", ["control", "training", "bidirectional", "few rows", "large weights", "large steps",
-                                  "short", "zoneout", "stream"])
+                                  "short", "zoneout", "stream", "three threads"])
 def test_batch_split_only_where_it_applies(threads, case):
     """Training (the weight gradients sum over rows), two directions (one per thread already),
     fewer than 4 rows per thread, recurrent weights over 512 KiB (float64: in float32 the step's
     share rules such weights out first), steps whose share per thread
     dwarfs a barrier, calls too short to pay for waking a thread, and inference zoneout keep the
-    split by units, and so do streams (the split allocates per call). The control splits."""
+    split by units, and so do streams (the split allocates per call). The control splits, and so
+    does a long call at 3 threads whose 8 rows take 2 (its units' split would take 3 at the long
+    calls' lower bar, but its steps are small: 2.6e5 flops)."""
     T, N, H, kw = 200, 8, 32, {}
     if case == "bidirectional":
         kw = dict(bidirectional=True)
@@ -263,10 +265,12 @@ def test_batch_split_only_where_it_applies(threads, case):
         T = 2
     elif case == "zoneout":
         kw = dict(zoneout_h=0.1)
+    elif case == "three threads":
+        T, H = 1000, 64
     dtype = np.float64 if case == "large weights" else np.float32
     layer = fastrnn.LSTM(8, H, dtype=dtype, rng=0, **kw).train(case == "training")
     x = np.random.default_rng(0).standard_normal((T, N, 8)).astype(dtype)
-    threads(2)
+    threads(3 if case == "three threads" else 2)
     regions = []
     if case == "stream":  # a chunk of the control's size
         stream = layer.stream(batch=N)
@@ -275,4 +279,4 @@ def test_batch_split_only_where_it_applies(threads, case):
         regions = fastrnn._C._record_regions(False)
     else:
         _infer(layer, x, regions)
-    assert _ran(regions, "batch") == ({(2, 2, "pool")} if case == "control" else set()), regions
+    assert _ran(regions, "batch") == ({(2, 2, "pool")} if case in ("control", "three threads") else set()), regions

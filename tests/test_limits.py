@@ -111,7 +111,8 @@ def test_scratch_allocation_failure_raises_memory_error(phase, tmp_path):
         want = small(x_small)[0]
         # A 2-layer RNN, T*N = 2^21 rows, H = 16: outputs 128 MiB. Forward (inference) scratch:
         # input projection + double buffer of layer outputs, 384 MiB. Backward: grad_x tiny,
-        # scratch (gate gradients + double buffer of layer gradients) 384 MiB.
+        # scratch (gate gradients + double buffer of layer gradients) 384 MiB; the training
+        # forward's 128 MiB scratch, which the thread keeps, is freed first: 328 MiB free.
         layer = fastrnn.RNN(1, 16, num_layers=2, rng=0)
         x = np.ones((2**10, 2**11, 1), np.float32)
         if "{phase}" == "backward":

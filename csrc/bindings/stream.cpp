@@ -137,7 +137,7 @@ double read_bandwidth(i64 nbytes, i64 repeats) {
 // Seconds the active ISA's float32 activations take over one step's gates: `sigmoids` values
 // through the sigmoid and `tanhs` through tanh, each array read and written once (in L1; the best
 // of `repeats` passes of 8). The pointwise part of a streaming step's bound (bench --streaming): the
-// cell's other pointwise work (a few FMAs a unit) is left out, so the bound stays a lower one.
+// cell's other pointwise work (a few FMAs a unit) is left out.
 double activations_seconds(i64 sigmoids, i64 tanhs, i64 repeats) {
     if (sigmoids < 0 || tanhs < 0 || repeats < 1)
         throw std::invalid_argument("_activations_seconds: sigmoids, tanhs >= 0, repeats >= 1");

@@ -917,12 +917,16 @@ struct CpuBackward : CpuOps<T> {
 // 4.3 against 4.3-5.8, the LSTM (1.05e6) a tie or 1-4 % slower; with 16 rows at H = 256, 64 rows
 // at H = 128 or 2 rows per thread the units' split was faster (2-10 %).
 // Not for streams (they allocate nothing per step) nor where the row copies would pass 256 MiB,
-// and only with at least as many threads as the units' split would use.
+// and only with at least as many threads as the units' split would use at the bar of short
+// calls (1.2e5 flops per thread, plan_threads at T = 1): long calls split units from less, but
+// steps under 1e6 flops a thread were measured faster split by rows.
 template <class T>
 int batch_split_threads(const Desc& d, const Noise<T>& nz, bool training, const ReducedWeights* low) {
     if (training || low || has_noise(nz) || nz.cand_mask || d.D != 1) return 1;
     const i64 threads = std::min<i64>(step_threads(), d.N / 4);
-    if (threads < 2 || threads < plan_threads(d, active_kernels<T>().nr).total()) return 1;
+    Desc one_step = d;
+    one_step.T = 1;
+    if (threads < 2 || threads < plan_threads(one_step, active_kernels<T>().nr).total()) return 1;
     if (double(d.T * d.N) * double(d.C + d.D * state_size(d)) * sizeof(T) > double(256 << 20)) return 1;
     // the parts' input products take the whole call's path (the microkernel's rows are the same
     // on any number of threads; a switch to BLAS would change their last bits)

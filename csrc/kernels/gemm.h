@@ -22,7 +22,7 @@ constexpr int panel_width() {
     return V::width > 1 ? 2 * V::width : 8;
 }
 
-// Depth of one pass over K of the recurrent products: keeps a tile's panels (<= 6 x kKC x nr) in
+// Depth of one pass over K of the recurrent products: keeps a tile's panels (<= 8 x kKC x nr) in
 // L2 while every row of A streams through them.
 constexpr std::int64_t kKC = 256;
 

@@ -16,8 +16,8 @@ int microkernel_rows();
 // input_gemm) rather than BLAS: a per-microarchitecture choice too.
 bool own_input_gemm();
 
-// Most panels one thread's GEMM tile holds (forward LSTM at small batch with 16 vector registers:
-// 2 unit blocks x 4 gates; steps_plain.h).
+// Most panels one thread's GEMM tile holds (the float32 AVX2 LSTM forward step at N <= 32: 2 unit
+// blocks x 4 gates; forward_units_group in step_common.h).
 constexpr int kMaxTilePanels = 8;
 // Panels per group of the hoisted input product on the microkernel (gemm.h's input_gemm).
 constexpr int kInputPanels = 6;

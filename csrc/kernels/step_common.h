@@ -43,7 +43,7 @@ inline void copy_units(T* dst, const T* src, i64 n) { std::memcpy(dst, src, size
 constexpr i64 units_group(int gemm_gates) { return gemm_gates >= 4 ? 1 : gemm_gates >= 2 ? 2 : 4; }
 // The float32 forward step's group with 16 vector registers (AVX2): an LSTM step at N <= 32 takes
 // two unit blocks (8 panels): the few-row register blocks get more panels each, and the pointwise
-// work runs on twice the units per row (measured on a Zen 3: A (N = 1) 10% faster, B and E 2%; at
+// work runs on twice the units per row (measured on a Zen 3: A (N = 1) 10% faster, B and E 2-4%; at
 // N = 64 no gain, its 32 KB tile no longer fits L1 beside the panels). The reduced-precision
 // products keep their group (not measured). The group never changes a bit of the result.
 template <class GV>

@@ -16,7 +16,7 @@ Rows, per cell and hidden size (input size = hidden size, one layer, float32):
   loads (``_C._read_bandwidth``) that takes ``bytes / bandwidth``; plus its pointwise work, the
   cell's activations over the step's gates with fastrnn's own kernels (``_C._activations_seconds``:
   LSTM 3 N H sigmoids and 2 N H tanh, GRU 2 N H and N H; the cell's few FMAs a unit are left
-  out, so it stays a lower bound).
+  out, and the two parts are taken not to overlap).
 
 Each Python-timed row is the best of ``repeats`` rounds of a loop of at least ``min_time``
 seconds.

@@ -123,7 +123,7 @@ ThreadPlan plan_threads(const Desc& d, int nr, bool input_in_steps = false) {
     // Xeon's cores, 0.22 on a Zen 3 VM: _C._barrier_ns()) and for waking the other threads once per
     // call, which a call's T steps share. Sequences: 1.2e5 up to T = 33, then 4e6 / T down to 2.5e4
     // from T = 160 (Zen 3, 2 threads, N = 1-4: LSTM and GRU at H = 96-128, T = 64-500, inference
-    // and training, 1.3-1.7x faster split; at T = 4-8 a split was slower whatever the size). A
+    // and training, 1.3-1.7x faster split; at T = 4-8 a split of those sizes was slower). A
     // one-step stream call starts a region for that one step: an LSTM step at H = 128 (2.6e5
     // flops) took 7.2 us on 2 threads against 6.5 on 1, at H = 160 (4.1e5) 10.1 against 12.1
     // (tests/test_stream.py::test_two_threads_only_for_steps_that_pay).

@@ -114,6 +114,22 @@ py::array_t<std::int64_t> time_steps(fastrnn::Stream<T>& s, const py::object& x_
     return ns;
 }
 
+// The fastest of `repeats` timed calls of `pass` (after two warm-up calls), without the GIL, in
+// seconds: the probes of a streaming step's bound below.
+template <class F>
+double best_seconds(i64 repeats, F&& pass) {
+    double best = 1e300;
+    fastrnn::without_gil([&] {
+        for (i64 r = 0; r < repeats + 2; ++r) {
+            const auto t0 = std::chrono::steady_clock::now();
+            pass();
+            const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            if (r >= 2) best = std::min(best, sec);
+        }
+    });
+    return best;
+}
+
 // Bytes per second that the active ISA's loads read from a buffer of `nbytes` (float32, read
 // `repeats` times after a warm-up; the best pass): the bandwidth bound of a streaming step whose
 // weights take as many bytes (they stay in that cache level between steps).
@@ -121,16 +137,8 @@ double read_bandwidth(i64 nbytes, i64 repeats) {
     if (nbytes < 64 || repeats < 1) throw std::invalid_argument("_read_bandwidth: nbytes >= 64, repeats >= 1");
     std::vector<float, fastrnn::CacheLineAllocator<float>> buf(std::size_t(nbytes / 4), 1.0f);
     const auto& ks = fastrnn::active_kernels<float>();
-    double best = 1e300;
     volatile float sink = 0;
-    fastrnn::without_gil([&] {
-        for (i64 r = 0; r < repeats + 2; ++r) {
-            const auto t0 = std::chrono::steady_clock::now();
-            sink = sink + ks.read_sum(buf.data(), i64(buf.size()));
-            const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            if (r >= 2) best = std::min(best, sec);
-        }
-    });
+    const double best = best_seconds(repeats, [&] { sink = sink + ks.read_sum(buf.data(), i64(buf.size())); });
     return double(buf.size() * 4) / best;
 }
 
@@ -144,19 +152,12 @@ double activations_seconds(i64 sigmoids, i64 tanhs, i64 repeats) {
     std::vector<float, fastrnn::CacheLineAllocator<float>> x(std::size_t(std::max<i64>(sigmoids, tanhs) + 1), 0.5f),
         y(x.size());
     const auto& ks = fastrnn::active_kernels<float>();
-    double best = 1e300;
-    fastrnn::without_gil([&] {
-        for (i64 r = 0; r < repeats + 2; ++r) {
-            const auto t0 = std::chrono::steady_clock::now();
-            for (int i = 0; i < 8; ++i) {  // 8 steps' worth per clock read
-                ks.activation(0, x.data(), y.data(), sigmoids);
-                ks.activation(1, y.data(), x.data(), tanhs);  // reads the sigmoids' output: no dead code
-            }
-            const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 8;
-            if (r >= 2) best = std::min(best, sec);
-        }
-    });
-    return best;
+    return best_seconds(repeats, [&] {
+               for (int i = 0; i < 8; ++i) {  // 8 steps' worth per clock read
+                   ks.activation(0, x.data(), y.data(), sigmoids);
+                   ks.activation(1, y.data(), x.data(), tanhs);  // reads the sigmoids' output: no dead code
+               }
+           }) / 8;
 }
 
 }  // namespace

@@ -445,14 +445,21 @@ std::int64_t cache_elements(const Desc& d, bool dropout) { return CacheLayout(d,
 
 // In elements of either dtype: carved as float, whose regions round up to 16 elements where
 // double's round up to 8, so twice the float bytes bound the double bytes.
+namespace {
+// Elements a batch-split part of `rows` rows copies its rows into (forward()): x and the output
+// sequence, the initial and final states.
+i64 row_copy_elements(const Desc& d, i64 rows) {
+    const i64 K = state_size(d), S = d.L * d.D;
+    return d.T * rows * (d.C + d.D * K) + 2 * S * rows * (K + (cell_has_c(d) ? d.H : 0));
+}
+}  // namespace
+
 std::int64_t forward_scratch_elements(const Desc& d, bool training, int threads, int nr, bool regularized) {
     Carver cv(nullptr, kAlign, true);
     ForwardScratch<float>(cv, d, training, regularized, threads, nr, nullptr, false, false, own_input_threads(d, false));
     // inference that may split the batch's rows (forward()): the parts' copies of their rows
     const bool may_split = !training && !regularized && d.D == 1 && d.N >= 8;
-    const std::int64_t K = state_size(d), S = d.L * d.D;
-    const std::int64_t copies = may_split ? d.T * d.N * (d.C + d.D * K) + 2 * S * d.N * (K + d.H) : 0;
-    return std::int64_t(cv.used() / sizeof(float)) + copies;
+    return std::int64_t(cv.used() / sizeof(float)) + (may_split ? row_copy_elements(d, d.N) : 0);
 }
 
 std::int64_t backward_scratch_elements(const Desc& d, bool retain, int threads, int nr, bool regularized) {
@@ -927,7 +934,7 @@ int batch_split_threads(const Desc& d, const Noise<T>& nz, bool training, const 
     Desc one_step = d;
     one_step.T = 1;
     if (threads < 2 || threads < plan_threads(one_step, active_kernels<T>().nr).total()) return 1;
-    if (double(d.T * d.N) * double(d.C + d.D * state_size(d)) * sizeof(T) > double(256 << 20)) return 1;
+    if (double(row_copy_elements(d, d.N)) * sizeof(T) > double(256 << 20)) return 1;
     // the parts' input products take the whole call's path (the microkernel's rows are the same
     // on any number of threads; a switch to BLAS would change their last bits)
     if (own_input_gemm() && d.T * d.N >= kOwnInputMinRows && d.T * (d.N / threads) < kOwnInputMinRows) return 1;
@@ -967,7 +974,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
                 OneThreadScope one;
                 Desc part = d;
                 part.N = R;
-                const std::unique_ptr<T[]> buf(new T[std::size_t(d.T * R * (d.C + W) + 2 * S * R * (K + has_c * d.H))]);
+                const std::unique_ptr<T[]> buf(new T[std::size_t(row_copy_elements(d, R))]);
                 T* xs = buf.get();
                 T *ys = xs + d.T * R * d.C, *hs = ys + d.T * R * W, *cs = hs + S * R * K;
                 T *hn = cs + has_c * S * R * d.H, *cn = hn + S * R * K;

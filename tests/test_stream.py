@@ -319,6 +319,36 @@ def test_two_threads_only_for_steps_that_pay(H, frames, threads):
         fastrnn._C._set_thread_backoff(backoff)
 
 
+def test_the_kept_step_setup_follows_the_isa_and_the_threads():
+    """A stream keeps its step's setup (kernels, thread plan, workspace) from one step to the next
+    and makes it again when what it was made from changes: after set_isa the next step computes
+    bitwise what a new stream computes on that ISA, and after set_num_threads(2) a step that pays
+    for two threads (LSTM H = 256, one frame) takes them."""
+    layer = fastrnn.LSTM(256, 256, rng=0).eval()
+    x = np.random.default_rng(0).standard_normal((4, 1, 256)).astype(np.float32)
+    isa, previous, backoff = fastrnn.get_isa(), fastrnn.get_num_threads(), fastrnn._C._set_thread_backoff(False)
+    try:
+        fastrnn.set_num_threads(1)
+        s = layer.stream(1)
+        s.step(x[0])
+        for other in [i for i in fastrnn.available_isas() if i != isa]:
+            fastrnn.set_isa(other)
+            fresh = layer.stream(1)
+            fresh.state = s.state
+            np.testing.assert_array_equal(s.step(x[1]), fresh.step(x[1]), err_msg=other)
+        fastrnn.set_isa(isa)
+        s.step(x[2])
+        fastrnn.set_num_threads(2)
+        fastrnn._C._record_regions(True)
+        s.step(x[3])
+        regions = fastrnn._C._record_regions(False)
+        assert [r[1] for r in regions if r[0] == "recurrence"] == [2], regions
+    finally:
+        fastrnn.set_isa(isa)
+        fastrnn.set_num_threads(previous)
+        fastrnn._C._set_thread_backoff(backoff)
+
+
 def test_one_stream_from_two_threads_is_refused():
     s = make("gru").stream(1)
     s._lock.acquire()  # another thread is inside step

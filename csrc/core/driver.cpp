@@ -46,9 +46,15 @@ constexpr std::size_t kAlign = 64;
 // thread until it exits.
 class Scratch {
    public:
-    explicit Scratch(std::size_t bytes) {
+    // `own`: a buffer of its own, never the thread's (a stream's kept call: KeptForward).
+    explicit Scratch(std::size_t bytes, bool own = false) {
         bytes = std::max<std::size_t>(bytes, 1);
         Kept& k = kept();
+        if (own) {
+            p = owned_ = ::operator new[](bytes, std::align_val_t(kAlign));
+            bytes_ = bytes;
+            return;
+        }
         if (k.bytes >= bytes) {
             p = k.p;
 #ifdef FASTRNN_ASAN
@@ -614,9 +620,9 @@ struct CpuForward : CpuOps<T> {
     ForwardScratch<T> ws;
 
     CpuForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_, T* cache_,
-               const ReducedWeights* low_ = nullptr)
+               const ReducedWeights* low_ = nullptr, bool own_scratch = false)
         : Base(d_, nz_, cache_, in_place_), pre(pre_), in_place(in_place_), low(low_),
-          own_ih_threads(own_input_threads(d_, low_ != nullptr)), buf(size()),
+          own_ih_threads(own_input_threads(d_, low_ != nullptr)), buf(size(), own_scratch),
           carver(buf.p, kAlign, true),
           ws(carver, d_, cache_ != nullptr, regularized, plan.total(), ks.nr, tc, pre_ || in_place_ || low_,
              low_ != nullptr, own_ih_threads) {
@@ -1008,6 +1014,62 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
     forward_walk(backend, d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache);
 }
 
+// A call's setup made once for calls of one shape: the backend (kernels, thread plan, thread
+// contexts) and its workspace, carved once. `nz` is the caller's (a stream's member).
+template <class T>
+struct KeptForward {
+    const Desc d;
+    const Noise<T>* nz;
+    const PackedWeights<T>* pre;
+    const bool in_place;
+    const ReducedWeights* low;
+    const KernelSet<T>* ks;
+    const int threads;
+    CpuForward<T> backend;
+
+    KeptForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_,
+                const ReducedWeights* low_)
+        : d(d_), nz(&nz_), pre(pre_), in_place(in_place_), low(low_), ks(&active_kernels<T>()),
+          threads(step_threads()), backend(d, nz_, pre_, in_place_, nullptr, low_, /*own_scratch=*/true) {}
+    // Everything the setup was made from: the shape (a stream's calls differ in T only), the
+    // caller's weights arrangement, the ISA and the threads a step may take now.
+    bool fits(const Desc& c, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_,
+              const ReducedWeights* low_) const {
+        return c.T == d.T && c.N == d.N && c.C == d.C && c.H == d.H && c.L == d.L && c.D == d.D && c.P == d.P &&
+               c.cell == d.cell && &nz_ == nz && pre_ == pre && in_place_ == in_place && low_ == low &&
+               ks == &active_kernels<T>() && threads == step_threads();
+    }
+};
+
+template <class T>
+void KeptForwardDeleter<T>::operator()(KeptForward<T>* p) const { delete p; }
+
+template <class T>
+void forward_repeated(KeptForwardPtr<T>& kept, const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0,
+                      const T* c0, const std::int64_t* lengths, T* out, T* h_n, T* c_n, const Noise<T>& nz,
+                      const PackedWeights<T>* pre, bool in_place, const ReducedWeights* low) {
+    const KernelSet<T>& ks = active_kernels<T>();
+    if (low && (nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
+        throw std::invalid_argument("int8/bf16: calls of a float32 plan without weight_drop, packed for the active ISA");
+    if (low) pre = nullptr, in_place = false;
+    if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;
+    if (nz.w_mask) in_place = false;
+    if (!kept || !kept->fits(d, nz, pre, in_place, low)) {
+        kept.reset();  // its workspace first
+        if (forward_scratch_elements(d, false, step_threads(), ks.nr, has_noise(nz)) * i64(sizeof(T)) >
+            kKeptForwardBytes) {
+            forward<T>(d, w, x, h0, c0, lengths, nullptr, out, h_n, c_n, nullptr, nz, pre, in_place, low, false);
+            return;
+        }
+        kept.reset(new KeptForward<T>(d, nz, pre, in_place, low));
+    }
+    CpuForward<T>& backend = kept->backend;
+    for (int i = 0; i < backend.plan.total(); ++i)  // which input each thread's reduced rows hold: none yet
+        backend.tc[i].reduced_of = nullptr, backend.tc[i].reduced_step = -1;
+    forward_walk(backend, kept->d, w, x, h0, c0, lengths, static_cast<const T*>(nullptr), out, h_n, c_n,
+                 static_cast<T*>(nullptr));
+}
+
 template <class T>
 void backward(const Desc& d, const LayerWeights<T>* w, const T* x, const std::int64_t* lengths, const T* masks,
               T* cache, const T* grad_out, const T* grad_h_n, const T* grad_c_n, T* grad_x, T* grad_h0,
@@ -1025,6 +1087,15 @@ template void forward<double>(const Desc&, const LayerWeights<double>*, const do
                               const std::int64_t*, const double*, double*, double*, double*, double*,
                               const Noise<double>&, const PackedWeights<double>*, bool, const ReducedWeights*,
                               bool);
+template struct KeptForwardDeleter<float>;
+template struct KeptForwardDeleter<double>;
+template void forward_repeated<float>(KeptForwardPtr<float>&, const Desc&, const LayerWeights<float>*, const float*,
+                                      const float*, const float*, const std::int64_t*, float*, float*, float*,
+                                      const Noise<float>&, const PackedWeights<float>*, bool, const ReducedWeights*);
+template void forward_repeated<double>(KeptForwardPtr<double>&, const Desc&, const LayerWeights<double>*,
+                                       const double*, const double*, const double*, const std::int64_t*, double*,
+                                       double*, double*, const Noise<double>&, const PackedWeights<double>*, bool,
+                                       const ReducedWeights*);
 template void backward<float>(const Desc&, const LayerWeights<float>*, const float*, const std::int64_t*,
                               const float*, float*, const float*, const float*, const float*, float*, float*, float*,
                               const LayerGrads<float>*, const BackwardOptions<float>&);

@@ -1,6 +1,8 @@
 // The one recurrent driver: every cell, every ISA, forward and BPTT, all layers and directions.
 #pragma once
 #include <cstdint>
+#include <memory>
+
 #include "desc.h"
 #include "plan.h"
 
@@ -72,6 +74,26 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache,
              const Noise<T>& noise = Noise<T>{}, const PackedWeights<T>* packed = nullptr, bool in_place = false,
              const ReducedWeights* low = nullptr, bool split_rows = true);
+
+// forward() for inference calls that repeat with one shape (a stream's steps; no batch split):
+// `kept` holds the call's setup (kernels, thread plan, the workspace and its layout, the workspace
+// its own, allocated once) and is used again while the call still fits it (the same shape, noise
+// object, weights arrangement, ISA and step threads), else made again. Calls whose workspace
+// exceeds kKeptForwardBytes take the thread's scratch each time instead (a stream keeps no large
+// buffer). One `kept` serves one thread at a time.
+template <class T>
+struct KeptForward;
+template <class T>
+struct KeptForwardDeleter {
+    void operator()(KeptForward<T>* p) const;
+};
+template <class T>
+using KeptForwardPtr = std::unique_ptr<KeptForward<T>, KeptForwardDeleter<T>>;
+constexpr std::int64_t kKeptForwardBytes = std::int64_t(4) << 20;
+template <class T>
+void forward_repeated(KeptForwardPtr<T>& kept, const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0,
+                      const T* c0, const std::int64_t* lengths, T* out, T* h_n, T* c_n, const Noise<T>& noise,
+                      const PackedWeights<T>* packed, bool in_place, const ReducedWeights* low);
 
 // Gradients of sum(out*grad_out) + sum(h_n*grad_h_n) + sum(c_n*grad_c_n) (null = zeros).
 // Writes grad_x, grad_h0, grad_c0; accumulates (+=) into the parameter gradients g.

@@ -147,12 +147,11 @@ void forward_walk(B& b, const Desc& d, const LayerWeights<T>* w, const T* x, con
                      : train ? cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1))
                              : ws.ybuf + ((l - 1) % 2) * TN * DK;
         T* Y = train ? cache + lay.y(l) : (l == d.L - 1 ? out : ws.ybuf + (l % 2) * TN * DK);
-        Recurrence<T> rec[2];
+        Recurrence<T> rec[2]{};
         for (i64 dir = 0; dir < D; ++dir) {
             const LayerWeights<T>& W = w[l * D + dir];
             const i64 s_idx = l * D + dir;
             Recurrence<T>& r = rec[dir];
-            r = Recurrence<T>{};
             r.steps = T_; r.N = N; r.H = H; r.G = G; r.K = K;
             r.reverse = dir == 1; r.train = train; r.lengths = lengths;
             r.bias = ws.bias[dir]; r.bhn = ws.bhn[dir];
@@ -225,11 +224,10 @@ void backward_walk(B& b, const Desc& d, const LayerWeights<T>* w, const T* x, co
         const T* X = l == 0 ? x : cache + (masks ? lay.dropped_input(l - 1) : lay.y(l - 1));
         const T* Y = cache + lay.y(l);
         T* dX = l == 0 ? grad_x : ws.dybuf + (l % 2) * TN * DK;
-        Recurrence<T> rec[2];
+        Recurrence<T> rec[2]{};
         for (i64 dir = 0; dir < D; ++dir) {
             const i64 s_idx = l * D + dir;
             Recurrence<T>& r = rec[dir];
-            r = Recurrence<T>{};
             r.steps = T_; r.N = N; r.H = H; r.G = G; r.K = K;
             r.reverse = dir == 1; r.train = true; r.lengths = lengths;
             r.row = lay.row;

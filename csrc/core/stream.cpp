@@ -38,6 +38,9 @@ Stream<T>::Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double z
 }
 
 template <class T>
+Stream<T>::~Stream() = default;
+
+template <class T>
 void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* active) {
     if (plan_->weights_version() != version_) {  // new arrays were set on the plan (allocates, rarely)
         version_ = plan_->weights_version();
@@ -61,8 +64,8 @@ void Stream<T>::step(const T* x, std::int64_t k, T* out, const std::uint8_t* act
     if (!in_place() && !kernels)
         packed = plan_->packed<T>(ks.nr, ks.pack_forward);
     // The state is read (h0) before it is written (h_n) layer by layer, so one buffer serves both.
-    forward<T>(d, w_.data(), x, h_.data(), c(), lengths, nullptr, out, h_.data(), c(), nullptr, noise_, packed.get(),
-               in_place(), low_.get(), /*split_rows=*/false);
+    forward_repeated<T>(kept_, d, w_.data(), x, h_.data(), c(), lengths, out, h_.data(), c(), noise_, packed.get(),
+                        in_place(), low_.get());
 }
 
 template <class T>

@@ -1,8 +1,10 @@
 // A stream: inference on a plan one step (or a chunk of steps) per call, the state carried from
 // one call to the next, for `batch` independent slots (streams) that start and stop on their own.
 // What a call would redo each time is done once: the call's descriptor, the state buffers, the
-// weights' arrangement; the workspace is the calling thread's kept scratch (no allocation after
-// the first step on a thread).
+// weights' arrangement, and the step's setup (kernels, thread plan, the workspace and its layout:
+// driver.h's KeptForward, made again when the chunk length, the threads, the ISA or the weights'
+// arrangement change). The workspace is the stream's own up to 4 MiB (no allocation after the
+// first step), above that the calling thread's kept scratch.
 //
 // The recurrent products of a few slots read W_hh (and W_hr) row-major in place (rows_gemm), so
 // nothing is packed and an update of the weights (the same arrays written, whoever writes them) is
@@ -15,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "driver.h"
 #include "plan.h"
 
 namespace fastrnn {
@@ -35,6 +38,7 @@ class Stream {
     // made after them.
     Stream(std::shared_ptr<const Plan> plan, std::int64_t batch, double zoneout_h = 0.0, double zoneout_c = 0.0,
            Precision precision = Precision::Float);
+    ~Stream();  // in stream.cpp, beside the kept step's type
 
     // x [k, N, C] -> out [k, N, K] (k >= 1 steps), the state carried. `active` [N] (null: all):
     // only slots with a nonzero entry step; the others keep their state and get zero output rows.
@@ -63,6 +67,7 @@ class Stream {
     std::vector<LayerWeights<T>> w_;
     std::uint64_t version_ = ~std::uint64_t(0);
     std::shared_ptr<const ReducedWeights> low_;  // the weights in `precision_` (not Float)
+    KeptForwardPtr<T> kept_;  // the step's setup and workspace, made at the first step (driver.h)
 };
 
 }  // namespace fastrnn

@@ -369,7 +369,7 @@ void Barrier::wait(int tid) {
 
 std::int64_t Barrier::wait_ns() const {
     std::int64_t sum = wait_ns_.load(std::memory_order_relaxed);
-    for (const Slot& s : slots_) sum += s.wait_ns.load(std::memory_order_relaxed);
+    for (int i = 0; i < used_slots(); ++i) sum += slots_[i].wait_ns.load(std::memory_order_relaxed);
     return sum;
 }
 

@@ -112,15 +112,22 @@ class BlasCall {
 class Barrier {
    public:
     static constexpr int kFlagBarrierThreads = 8;
-    explicit Barrier(int n) : n_(n) {}
+    // Only the slots of n threads are set: a one-thread call (a stream step) skips zeroing the rest.
+    explicit Barrier(int n) : n_(n) {
+        for (int i = 0; i < used_slots(); ++i) {
+            slots_[i].arrived.store(0, std::memory_order_relaxed);
+            slots_[i].wait_ns.store(0, std::memory_order_relaxed);
+        }
+    }
     void wait(int tid);
     std::int64_t wait_ns() const;  // summed over threads
 
    private:
     struct alignas(64) Slot {
-        std::atomic<std::uint32_t> arrived{0};
-        std::atomic<std::int64_t> wait_ns{0};
+        std::atomic<std::uint32_t> arrived;
+        std::atomic<std::int64_t> wait_ns;
     };
+    int used_slots() const { return n_ < kFlagBarrierThreads ? n_ : kFlagBarrierThreads; }
     const int n_;
     Slot slots_[kFlagBarrierThreads];
     alignas(64) std::atomic<int> count_{0};

@@ -134,7 +134,7 @@ class Context:
 class _Weights:
     """A validated weight set on its plan: what a layer keeps between calls (`prepare`)."""
 
-    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names", "copied")
+    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names", "plan_get", "copied")
 
     def __init__(self, plan, dtype, C, H, names, sources, arrays, key, copied=False):
         # names: the parameters' (buffers excluded); sources: every array as given, in the plan's

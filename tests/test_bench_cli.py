@@ -311,7 +311,10 @@ def test_cli_streaming_quick(tmp_path, capsys):
         assert b["seconds"] == b["weights"] + b["activations"]
         p50, p99 = r["percentiles"][col]
         assert 0 < p50 <= p99
-    assert "stream (C p50) / bound" in table and "fastrnn stream (Python)" in table
+        # the ratio pairs each round's step with that round's probes (repeats = 2 with --quick)
+        assert len(b["rounds"]) == 2 and b["bandwidth"] == np.median([bw for _, bw, _ in b["rounds"]])
+        assert b["ratio"] == np.median([step / (b["bytes"] / bw + act) for step, bw, act in b["rounds"]]) > 0
+    assert "stream (C p50) / bound, median of rounds" in table and "fastrnn stream (Python)" in table
 
 
 def test_activations_probe():

@@ -24,7 +24,6 @@ needs_readelf = pytest.mark.skipif(shutil.which("readelf") is None or shutil.whi
 PRIVATE = {"cache_elements", "saturation_stats",
            "forward_scratch_elements", "backward_scratch_elements", "get_num_threads", "set_num_threads",
            "set_thread_omp", "get_isa", "available_isas", "set_isa", "forward", "backward", "forward_stats",
-           "forward_repeated",  # matched by forward's pattern (void?fastrnn::forward?*); the stream's own call
            "active_kernels", "parameter_layout", "validate_config",
            # test hooks of the thread pool (tests/test_determinism.py, test_threads.py)
            "record_regions", "recorded_regions", "set_backoff", "step_threads", "wait_stats", "barrier_ns", "report_waits",

@@ -349,6 +349,25 @@ def test_the_kept_step_setup_follows_the_isa_and_the_threads():
         fastrnn._C._set_thread_backoff(backoff)
 
 
+@pytest.mark.parametrize("first,then", [("own", "blas"), ("blas", "own")])
+def test_the_kept_step_setup_follows_the_input_product_choice(first, then):
+    """A chunk of 2,048 frames may take the input product on fastrnn's microkernel or on BLAS
+    (their sums differ in the last bits): after the choice changes, the kept stream computes
+    bitwise what a new stream computes (it kept the old choice before, a review found)."""
+    layer = fastrnn.GRU(16, 16, rng=0).eval()
+    x = np.random.default_rng(0).standard_normal((2, 2048, 1, 16)).astype(np.float32)
+    try:
+        fastrnn._C._set_input_gemm(first)
+        s = layer.stream(1)
+        s.step(x[0])
+        fastrnn._C._set_input_gemm(then)
+        fresh = layer.stream(1)
+        fresh.state = s.state
+        np.testing.assert_array_equal(s.step(x[1]), fresh.step(x[1]))
+    finally:
+        fastrnn._C._set_input_gemm("detect")
+
+
 def test_one_stream_from_two_threads_is_refused():
     s = make("gru").stream(1)
     s._lock.acquire()  # another thread is inside step
@@ -576,7 +595,7 @@ void* aligned_alloc(size_t a, size_t n) { if (counting) count++; return __libc_m
 void* memalign(size_t a, size_t n) { if (counting) count++; return __libc_memalign(a, n); }
 int posix_memalign(void** p, size_t a, size_t n) { if (counting) count++; *p = __libc_memalign(a, n); return *p ? 0 : 12; }
 
-static int run(int cell, long N, long k) {
+static int run(int cell, long N, long k, int alternate) {  /* alternate: chunks of k and k - 1 */
     fastrnn_desc d; fastrnn_desc_init(&d);
     d.cell = cell; d.dtype = FASTRNN_FLOAT32; d.input_size = 24; d.hidden_size = 40; d.num_layers = 2;
     fastrnn_plan* plan; fastrnn_stream* s;
@@ -587,11 +606,15 @@ static int run(int cell, long N, long k) {
     for (long i = 0; i < np_; ++i) params[i] = 0.01f * (float)(i % 13);
     for (long i = 0; i < N; ++i) active[i] = i % 2;
     if (fastrnn_plan_set_params(plan, params, NULL) || fastrnn_stream_create(plan, N, 0, 0, &s)) return -1;
-    fastrnn_stream_step(s, k, x, y, NULL);  /* the first step sizes this thread's scratch */
+    fastrnn_stream_step(s, k, x, y, NULL);  /* the first step allocates the stream's workspace */
     fastrnn_stream_step(s, k, x, y, active);
+    if (alternate) fastrnn_stream_step(s, k - 1, x, y, NULL);  /* and the other length's, the thread's */
     counting = 1;
     for (int i = 0; i < 300; ++i)
-        if (fastrnn_stream_step(s, k, x, y, i % 3 ? NULL : active)) { counting = 0; return -1; }
+        if (fastrnn_stream_step(s, alternate && i % 2 ? k - 1 : k, x, y, i % 3 ? NULL : active)) {
+            counting = 0;
+            return -1;
+        }
     int64_t slot = 0;
     fastrnn_stream_reset(s, &slot, 1);
     fastrnn_stream_get_state(s, y, NULL);
@@ -603,7 +626,8 @@ static int run(int cell, long N, long k) {
 
 int main(void) {
     fastrnn_set_num_threads(1);
-    if (run(FASTRNN_LSTM, 1, 1) || run(FASTRNN_GRU, 3, 2) || run(FASTRNN_LSTM, 12, 1)) {
+    if (run(FASTRNN_LSTM, 1, 1, 0) || run(FASTRNN_GRU, 3, 2, 0) || run(FASTRNN_LSTM, 12, 1, 0) ||
+        run(FASTRNN_GRU, 2, 3, 1)) {
         printf("error %s\n", fastrnn_last_error()); return 1;
     }
     printf("allocations %ld\n", count);

@@ -633,9 +633,13 @@ struct CpuForward : CpuOps<T> {
         }
     }
     std::size_t size() const {
+        return bytes(d, cache != nullptr, regularized, plan.total(), ks.nr, pre || in_place || low, low != nullptr,
+                     own_ih_threads);
+    }
+    static std::size_t bytes(const Desc& d, bool train, bool regularized, int threads, int nr, bool prepacked,
+                             bool reduced, int own_ih_threads) {
         Carver sizing(nullptr, kAlign, true);
-        ForwardScratch<T>(sizing, d, cache != nullptr, regularized, plan.total(), ks.nr, nullptr,
-                          pre || in_place || low, low != nullptr, own_ih_threads);
+        ForwardScratch<T>(sizing, d, train, regularized, threads, nr, nullptr, prepacked, reduced, own_ih_threads);
         return sizing.used();
     }
 
@@ -1015,7 +1019,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
 }
 
 // A call's setup made once for calls of one shape: the backend (kernels, thread plan, thread
-// contexts) and its workspace, carved once. `nz` is the caller's (a stream's member).
+// contexts) and its workspace, carved once. `nz` is the caller's (a stream's member, unchanged).
 template <class T>
 struct KeptForward {
     const Desc d;
@@ -1026,6 +1030,7 @@ struct KeptForward {
     const KernelSet<T>* ks;
     const int threads;
     CpuForward<T> backend;
+    int misses = 0;  // calls in a row that did not fit
 
     KeptForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_,
                 const ReducedWeights* low_)
@@ -1037,7 +1042,8 @@ struct KeptForward {
               const ReducedWeights* low_) const {
         return c.T == d.T && c.N == d.N && c.C == d.C && c.H == d.H && c.L == d.L && c.D == d.D && c.P == d.P &&
                c.cell == d.cell && &nz_ == nz && pre_ == pre && in_place_ == in_place && low_ == low &&
-               ks == &active_kernels<T>() && threads == step_threads();
+               ks == &active_kernels<T>() && threads == step_threads() &&
+               backend.own_ih_threads == own_input_threads(c, low_ != nullptr);  // set_input_gemm, set_num_threads
     }
 };
 
@@ -1054,13 +1060,20 @@ void forward_repeated(KeptForwardPtr<T>& kept, const Desc& d, const LayerWeights
     if (low) pre = nullptr, in_place = false;
     if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;
     if (nz.w_mask) in_place = false;
-    if (!kept || !kept->fits(d, nz, pre, in_place, low)) {
-        kept.reset();  // its workspace first
-        if (forward_scratch_elements(d, false, step_threads(), ks.nr, has_noise(nz)) * i64(sizeof(T)) >
-            kKeptForwardBytes) {
+    if (kept && kept->fits(d, nz, pre, in_place, low)) {
+        kept->misses = 0;
+    } else {
+        // A call that does not fit runs on the thread's scratch, as any call; the setup is made
+        // again for the second such call in a row (a stream whose chunk length alternates keeps
+        // one setup and allocates nothing), and never above kKeptForwardBytes.
+        const std::size_t bytes =
+            CpuForward<T>::bytes(d, false, has_noise(nz), plan_threads(d, ks.nr, in_place).total(), ks.nr,
+                                 pre || in_place || low, low != nullptr, own_input_threads(d, low != nullptr));
+        if ((kept && ++kept->misses < 2) || bytes > std::size_t(kKeptForwardBytes)) {
             forward<T>(d, w, x, h0, c0, lengths, nullptr, out, h_n, c_n, nullptr, nz, pre, in_place, low, false);
             return;
         }
+        kept.reset();  // its workspace first
         kept.reset(new KeptForward<T>(d, nz, pre, in_place, low));
     }
     CpuForward<T>& backend = kept->backend;

@@ -78,9 +78,11 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
 // forward() for inference calls that repeat with one shape (a stream's steps; no batch split):
 // `kept` holds the call's setup (kernels, thread plan, the workspace and its layout, the workspace
 // its own, allocated once) and is used again while the call still fits it (the same shape, noise
-// object, weights arrangement, ISA and step threads), else made again. Calls whose workspace
-// exceeds kKeptForwardBytes take the thread's scratch each time instead (a stream keeps no large
-// buffer). One `kept` serves one thread at a time.
+// object, weights arrangement, ISA, step threads and input-product choice). A call that does not
+// fit runs as forward() does, on the thread's scratch; the second such call in a row makes the
+// setup again (one allocation). Calls whose workspace exceeds kKeptForwardBytes always take the
+// thread's scratch (a stream keeps no large buffer). `noise` must be the same object, unchanged,
+// at every call (a stream's member); one `kept` serves one thread at a time.
 template <class T>
 struct KeptForward;
 template <class T>

@@ -16,7 +16,11 @@ Rows, per cell and hidden size (input size = hidden size, one layer, float32):
   loads (``_C._read_bandwidth``) that takes ``bytes / bandwidth``; plus its pointwise work, the
   cell's activations over the step's gates with fastrnn's own kernels (``_C._activations_seconds``:
   LSTM 3 N H sigmoids and 2 N H tanh, GRU 2 N H and N H; the cell's few FMAs a unit are left
-  out, and the two parts are taken not to overlap).
+  out, and the two parts are taken not to overlap). The step's p50 and both probes are taken again
+  in ``repeats`` alternating rounds after the peers, and "stream (C p50) / bound" is the median of
+  the rounds' ratios: on a shared VM the step and the bandwidth move with the host's load
+  (10-20 % between runs minutes apart), and a ratio of numbers taken at different moments moved
+  with them.
 
 Each Python-timed row is the best of ``repeats`` rounds of a loop of at least ``min_time``
 seconds.
@@ -157,7 +161,9 @@ def run(cells=CELLS, hidden=HIDDEN, batch=1, threads=1, peers=("torch", "onnxrun
         c_steps=10000, progress=None):
     """Every row's seconds per step: {"columns": [...], "rows": {name: [s or None]}, "notes": [...],
     "percentiles": {column: (p50, p99)} of the C-timed steps, "bound": {column: {"bytes", "bandwidth"
-    (B/s), "weights" and "activations" (s), "seconds" (their sum)}}}."""
+    (B/s), "weights" and "activations" (s), "seconds" (their sum), the medians of the rounds,
+    "rounds": [(step p50 s, bandwidth, activations s)] and "ratio": the median of the rounds' step
+    p50 / (bytes / bandwidth + activations)}}}."""
     import fastrnn
 
     say = progress or (lambda line: None)
@@ -232,11 +238,17 @@ def _run(fastrnn, torch, cells, hidden, batch, threads, peers, repeats, min_time
                             notes.append(f"{peer}: not installed, its row is skipped")
                 rows[row].append(seconds)
             nbytes = 4 * GATES[cell] * H * (H + H)
-            bw = _C._read_bandwidth(nbytes)
             sigmoids, tanhs = ((3, 2) if cell == "lstm" else (2, 1))
-            act = _C._activations_seconds(sigmoids * batch * H, tanhs * batch * H)
+            rounds = []  # (step p50, bandwidth, activations), taken one after the other
+            for _ in range(max(1, repeats)):
+                p50 = float(np.percentile(s._core.time_steps(x, out, max(c_steps // 10, 100)), 50)) * 1e-9
+                rounds.append((p50, _C._read_bandwidth(nbytes),
+                               _C._activations_seconds(sigmoids * batch * H, tanhs * batch * H)))
+            bw = float(np.median([r[1] for r in rounds]))
+            act = float(np.median([r[2] for r in rounds]))
+            ratio = float(np.median([p50 / (nbytes / b + a) for p50, b, a in rounds]))
             bound[col] = {"bytes": nbytes, "bandwidth": bw, "weights": nbytes / bw, "activations": act,
-                          "seconds": nbytes / bw + act}
+                          "seconds": nbytes / bw + act, "ratio": ratio, "rounds": rounds}
             rows[names[7]].append(nbytes / bw)
             rows[names[8]].append(nbytes / bw + act)
     return {"columns": columns, "rows": rows, "notes": notes, "percentiles": pct, "bound": bound,
@@ -353,8 +365,7 @@ def format_table(result, markdown=False):
                  "fastrnn layer T=1"):
         vals = result["rows"][name]
         table.append([f"{name} / stream (Python)"] + ["-" if v is None else f"{v / f:.2f}x" for v, f in zip(vals, fast)])
-    table.append(["stream (C p50) / bound"] + [f"{result['percentiles'][c][0] / result['bound'][c]['seconds']:.2f}x"
-                                               for c in cols])
+    table.append(["stream (C p50) / bound, median of rounds"] + [f"{result['bound'][c]['ratio']:.2f}x" for c in cols])
     table.append(["read bandwidth GB/s"] + [f"{result['bound'][c]['bandwidth'] / 1e9:.0f} "
                                             f"({result['bound'][c]['bytes'] // 1024} KB)" for c in cols])
     out = _table(table, markdown)

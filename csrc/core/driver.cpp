@@ -969,6 +969,21 @@ void scatter_rows(const T* rows, T* full, i64 B, i64 N, i64 W, i64 n0, i64 n1) {
 
 }  // namespace
 
+// Which arrangement of the weights a forward call reads: `low` (int8, bf16) needs a float32 plan
+// without DropConnect, packed for the active ISA (int8: inference only); a plan's packed copy for
+// another ISA, or with DropConnect, is not used; training and DropConnect pack W_hh themselves.
+template <class T>
+void settle_weights(const KernelSet<T>& ks, const Noise<T>& nz, bool train, const PackedWeights<T>*& pre,
+                    bool& in_place, const ReducedWeights* low) {
+    if (low && (nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
+        throw std::invalid_argument("int8/bf16: calls of a float32 plan without weight_drop, packed for the active ISA");
+    if (low && train && low->precision != Precision::BF16)
+        throw std::invalid_argument("int8: inference only (training calls compute in float32 or bf16)");
+    if (low) pre = nullptr, in_place = false;
+    if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;
+    if (train || nz.w_mask) in_place = false;  // training: the backward needs the packed layout anyway
+}
+
 template <class T>
 void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, const T* c0,
              const std::int64_t* lengths, const T* masks, T* out, T* h_n, T* c_n, T* cache, const Noise<T>& nz,
@@ -1006,14 +1021,7 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
             if (e) std::rethrow_exception(e);
         return;
     }
-    const KernelSet<T>& ks = active_kernels<T>();
-    if (low && (nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
-        throw std::invalid_argument("int8/bf16: calls of a float32 plan without weight_drop, packed for the active ISA");
-    if (low && cache && low->precision != Precision::BF16)
-        throw std::invalid_argument("int8: inference only (training calls compute in float32 or bf16)");
-    if (low) pre = nullptr, in_place = false;
-    if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;  // packed for another ISA, or DropConnect
-    if (cache || nz.w_mask) in_place = false;  // training: the backward needs the packed layout anyway
+    settle_weights(active_kernels<T>(), nz, cache != nullptr, pre, in_place, low);
     CpuForward<T> backend(d, nz, pre, in_place, cache, low);  // scratch allocated once: nothing inside the time loop
     forward_walk(backend, d, w, x, h0, c0, lengths, masks, out, h_n, c_n, cache);
 }
@@ -1055,11 +1063,7 @@ void forward_repeated(KeptForwardPtr<T>& kept, const Desc& d, const LayerWeights
                       const T* c0, const std::int64_t* lengths, T* out, T* h_n, T* c_n, const Noise<T>& nz,
                       const PackedWeights<T>* pre, bool in_place, const ReducedWeights* low) {
     const KernelSet<T>& ks = active_kernels<T>();
-    if (low && (nz.w_mask || !std::is_same_v<T, float> || low->nr != ks.nr))
-        throw std::invalid_argument("int8/bf16: calls of a float32 plan without weight_drop, packed for the active ISA");
-    if (low) pre = nullptr, in_place = false;
-    if (pre && (pre->nr != ks.nr || nz.w_mask)) pre = nullptr;
-    if (nz.w_mask) in_place = false;
+    settle_weights(ks, nz, false, pre, in_place, low);
     if (kept && kept->fits(d, nz, pre, in_place, low)) {
         kept->misses = 0;
     } else {

@@ -2,9 +2,9 @@
 // one call to the next, for `batch` independent slots (streams) that start and stop on their own.
 // What a call would redo each time is done once: the call's descriptor, the state buffers, the
 // weights' arrangement, and the step's setup (kernels, thread plan, the workspace and its layout:
-// driver.h's KeptForward, made again when the chunk length, the threads, the ISA or the weights'
-// arrangement change). The workspace is the stream's own up to 4 MiB (no allocation after the
-// first step), above that the calling thread's kept scratch.
+// driver.h's forward_repeated). The workspace is the stream's own up to 4 MiB, above that the
+// calling thread's kept scratch; a step allocates only when the setup is made again (the chunk
+// length settled on another value; the threads, the ISA or the input-product choice changed).
 //
 // The recurrent products of a few slots read W_hh (and W_hr) row-major in place (rows_gemm), so
 // nothing is packed and an update of the weights (the same arrays written, whoever writes them) is

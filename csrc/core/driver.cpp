@@ -1027,31 +1027,28 @@ void forward(const Desc& d, const LayerWeights<T>* w, const T* x, const T* h0, c
 }
 
 // A call's setup made once for calls of one shape: the backend (kernels, thread plan, thread
-// contexts) and its workspace, carved once. `nz` is the caller's (a stream's member, unchanged).
+// contexts, the weights arrangement) and its workspace, carved once. `nz` is the caller's (a
+// stream's member, unchanged).
 template <class T>
 struct KeptForward {
-    const Desc d;
-    const Noise<T>* nz;
-    const PackedWeights<T>* pre;
-    const bool in_place;
-    const ReducedWeights* low;
-    const KernelSet<T>* ks;
-    const int threads;
+    const Desc d;  // the backend's descriptor (it holds a reference)
+    const int threads;  // step_threads() the plan was made for
     CpuForward<T> backend;
     int misses = 0;  // calls in a row that did not fit
 
-    KeptForward(const Desc& d_, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_,
-                const ReducedWeights* low_)
-        : d(d_), nz(&nz_), pre(pre_), in_place(in_place_), low(low_), ks(&active_kernels<T>()),
-          threads(step_threads()), backend(d, nz_, pre_, in_place_, nullptr, low_, /*own_scratch=*/true) {}
+    KeptForward(const Desc& d_, const Noise<T>& nz, const PackedWeights<T>* pre, bool in_place,
+                const ReducedWeights* low)
+        : d(d_), threads(step_threads()), backend(d, nz, pre, in_place, nullptr, low, /*own_scratch=*/true) {}
     // Everything the setup was made from: the shape (a stream's calls differ in T only), the
-    // caller's weights arrangement, the ISA and the threads a step may take now.
-    bool fits(const Desc& c, const Noise<T>& nz_, const PackedWeights<T>* pre_, bool in_place_,
-              const ReducedWeights* low_) const {
+    // caller's weights arrangement, the ISA, the threads a step may take now and the input-product
+    // choice (set_input_gemm, set_num_threads).
+    bool fits(const Desc& c, const Noise<T>& nz, const PackedWeights<T>* pre, bool in_place,
+              const ReducedWeights* low) const {
+        const CpuForward<T>& b = backend;
         return c.T == d.T && c.N == d.N && c.C == d.C && c.H == d.H && c.L == d.L && c.D == d.D && c.P == d.P &&
-               c.cell == d.cell && &nz_ == nz && pre_ == pre && in_place_ == in_place && low_ == low &&
-               ks == &active_kernels<T>() && threads == step_threads() &&
-               backend.own_ih_threads == own_input_threads(c, low_ != nullptr);  // set_input_gemm, set_num_threads
+               c.cell == d.cell && &nz == &b.nz && pre == b.pre && in_place == b.in_place && low == b.low &&
+               &b.ks == &active_kernels<T>() && threads == step_threads() &&
+               b.own_ih_threads == own_input_threads(c, low != nullptr);
     }
 };
 
@@ -1080,10 +1077,7 @@ void forward_repeated(KeptForwardPtr<T>& kept, const Desc& d, const LayerWeights
         kept.reset();  // its workspace first
         kept.reset(new KeptForward<T>(d, nz, pre, in_place, low));
     }
-    CpuForward<T>& backend = kept->backend;
-    for (int i = 0; i < backend.plan.total(); ++i)  // which input each thread's reduced rows hold: none yet
-        backend.tc[i].reduced_of = nullptr, backend.tc[i].reduced_step = -1;
-    forward_walk(backend, kept->d, w, x, h0, c0, lengths, static_cast<const T*>(nullptr), out, h_n, c_n,
+    forward_walk(kept->backend, kept->d, w, x, h0, c0, lengths, static_cast<const T*>(nullptr), out, h_n, c_n,
                  static_cast<T*>(nullptr));
 }
 

@@ -161,13 +161,14 @@ void carve_threads(Carver& cv, const Desc& d, int threads, int nr, ThreadCtx<T>*
 // do not depend on the threads.
 template <class T>
 struct InputRows {
-    void (*rows_gemm)(i64 rows, i64 depth, const T* w, i64 N, const T* a, i64 lda, T* c, i64 ldc) = nullptr;
+    void (*rows_gemm)(i64 rows, i64 depth, const T* w, i64 N, const T* a, i64 lda, T* c, i64 ldc, const T* next) = nullptr;
     const T *A = nullptr, *W = nullptr;
     T* C = nullptr;
     i64 m = 0, k = 0, lda = 0, ldc = 0, G = 0, H = 0, nr = 0;
     void units(i64 u0, i64 u1) const {
         for (i64 g = 0; u1 > u0 && g < G; ++g)
-            rows_gemm(u1 - u0, k, W + (g * H + u0) * k, m, A, lda, C + g * H + u0, ldc);
+            rows_gemm(u1 - u0, k, W + (g * H + u0) * k, m, A, lda, C + g * H + u0, ldc,
+                      g + 1 < G ? W + ((g + 1) * H + u0) * k : nullptr);
     }
     void blocks(i64 b0, i64 b1) const { units(std::min(H, b0 * nr), std::min(H, b1 * nr)); }
 };
@@ -693,7 +694,7 @@ struct CpuForward : CpuOps<T> {
     void input_rows(i64 m, i64 n, i64 k, const T* A, i64 lda, const T* W, T* C, i64 ldc) {
         const i64 H = d.H, G = n / H, nblk = blocks(d, ks.nr);
         if (plan.total() == 1 || d.D != 1 || G * H != n) {
-            ks.rows_gemm(n, k, W, m, A, lda, C, ldc);
+            ks.rows_gemm(n, k, W, m, A, lda, C, ldc, nullptr);
             return;
         }
         input = InputRows<T>{ks.rows_gemm, A, W, C, m, k, lda, ldc, G, H, ks.nr};

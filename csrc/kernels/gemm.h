@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #ifndef FASTRNN_ISA_NS
 #error "include from an ISA kernel file that defines FASTRNN_ISA_NS"
@@ -244,15 +245,58 @@ void input_gemm(std::int64_t M, std::int64_t K, const typename V::value_type* a,
 // c + n*ldc + r = dot(W row r, A row n), for `rows` rows and N rows of A. For the few rows of A
 // of a streaming step: nothing to pack, so the weights are always the caller's current ones,
 // and W is read once (R rows x S rows of A per register block, each W vector used S times).
-template <class V, int R, int S>
-inline void dot_block(std::int64_t depth, const typename V::value_type* w, const typename V::value_type* a,
-                      std::int64_t lda, typename V::value_type* c, std::int64_t ldc) {
-    using T = typename V::value_type;
-    V acc[R][S];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
+//
+// With `ahead`, each k step also requests its share of the R rows at `next` into L1. On AVX2 (16
+// registers, 32-byte loads) the R interleaved row streams of a block outrun the hardware
+// prefetchers: on a Zen 3, 384 KB of rows from L2 took 5.0 us without and 4.1 us with the requests,
+// the same as a plain read of those bytes (82 -> 95 GB/s at N = 1). AVX-512 keeps the plain loop,
+// measured faster there on a Xeon (see rows_gemm).
+template <class V>
+constexpr bool prefetch_next_rows() {
+    return V::regs == 16 && V::width > 1;
+}
+
+// Whether the ISA's vector has hsum4 (csrc/simd/): four lane sums at once.
+template <class V, class = void>
+struct has_hsum4 : std::false_type {};
+template <class V>
+struct has_hsum4<V, std::void_t<decltype(hsum4(static_cast<const V*>(nullptr),
+                                               static_cast<typename V::value_type*>(nullptr)))>> : std::true_type {};
+
+// out[r] = the sum of v[r]'s lanes, r < R. With hsum4, four at a time (a quarter of the
+// shuffles), and a block of fewer rows pads with zeros: every row's lanes are added in the same
+// order whatever block it is in, so a row's result never depends on how the rows were split.
+template <class V, int R>
+inline void lane_sums(const V* v, typename V::value_type* out) {
+    if constexpr (has_hsum4<V>::value) {
 #pragma GCC unroll 4
-        for (int s = 0; s < S; ++s) acc[r][s] = V::zero();
+        for (int r0 = 0; r0 < R; r0 += 4) {
+            V four[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; ++i) four[i] = r0 + i < R ? v[r0 + i] : V::zero();
+            typename V::value_type sums[4];
+            hsum4(four, sums);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4 && r0 + i < R; ++i) out[r0 + i] = sums[i];
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) out[r] = hsum(v[r]);
+    }
+}
+
+template <class V, int R, int S, bool ahead = false>
+inline void dot_block(std::int64_t depth, const typename V::value_type* w, const typename V::value_type* a,
+                      std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
+                      const typename V::value_type* next = nullptr) {
+    using T = typename V::value_type;
+    // Bytes of the next block per k step, in cache lines (at least one: small blocks ask twice).
+    constexpr int step_bytes = R * V::width * int(sizeof(T)), lines = step_bytes >= 64 ? step_bytes / 64 : 1;
+    V acc[S][R];
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) acc[s][r] = V::zero();
     std::int64_t k = 0;
     for (; k + V::width <= depth; k += V::width) {
         V av[S];
@@ -262,42 +306,66 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
         for (int r = 0; r < R; ++r) {
             const V wv = V::load(w + r * depth + k);
 #pragma GCC unroll 4
-            for (int s = 0; s < S; ++s) acc[r][s] = fmadd(wv, av[s], acc[r][s]);
+            for (int s = 0; s < S; ++s) acc[s][r] = fmadd(wv, av[s], acc[s][r]);
+        }
+        if constexpr (ahead) {
+            const char* line = reinterpret_cast<const char*>(next) + k / V::width * step_bytes;
+#pragma GCC unroll 8
+            for (int l = 0; l < lines; ++l) __builtin_prefetch(line + 64 * l, 0, 3);
         }
     }
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int s = 0; s < S; ++s) {
-            T sum = hsum(acc[r][s]);
+    for (int s = 0; s < S; ++s) {
+        T sums[R];
+        lane_sums<V, R>(acc[s], sums);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            T sum = sums[r];
             for (std::int64_t j = k; j < depth; ++j) sum += w[r * depth + j] * a[s * lda + j];
             c[s * ldc + r] = sum;
         }
+    }
 }
 
-// Rows r..r+R of W against every row of A, S at a time (then the rest one by one).
+// Rows r..r+R of W against every row of A, S at a time (then the rest one by one); the rows at
+// `next` are read after these.
 template <class V, int R, int S>
 inline void dot_rows(std::int64_t depth, const typename V::value_type* w, std::int64_t N,
-                     const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc) {
+                     const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
+                     const typename V::value_type* next) {
+    // Only the first pass over these rows requests the next ones.
+    constexpr bool ahead = prefetch_next_rows<V>();
     std::int64_t n = 0;
-    for (; n + S <= N; n += S) dot_block<V, R, S>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
-    for (; n < N; ++n) dot_block<V, R, 1>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
+    for (; n + S <= N; n += S) {
+        if (n == 0) dot_block<V, R, S, ahead>(depth, w, a, lda, c, ldc, next);
+        else dot_block<V, R, S>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
+    }
+    for (; n < N; ++n) {
+        if (n == 0) dot_block<V, R, 1, ahead>(depth, w, a, lda, c, ldc, next);
+        else dot_block<V, R, 1>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
+    }
 }
 
 template <class V>
 void rows_gemm(std::int64_t rows, std::int64_t depth, const typename V::value_type* w, std::int64_t N,
-               const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc) {
+               const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
+               const typename V::value_type* next) {
     // Four rows of W at a time: the fastest blocking measured for one row of A on AVX-512 (4 rows
     // 120 GB/s from L2, 8 rows 107, 16 rows with a tree reduction 105, software prefetch of the
-    // next rows slower still; a plain read of the same bytes 134); more rows of A share each load.
-    constexpr int R1 = 4, RN = 4;
+    // next rows slower still; a plain read of the same bytes 134); more rows of A share each load:
+    // 4 there, 3 with AVX2's 16 registers (12 accumulators; with 4 the 16 spill: on a Zen 3, H =
+    // 128, 4 to 8 slots took 23 % less time with 3 and hsum4's reduction than with 4 and hsum).
+    constexpr int R1 = 4, RN = 4, S = V::regs == 16 ? 3 : 4;
+    if (!next) next = w + rows * depth;
+    const auto after = [&](std::int64_t r) { return r < rows ? w + r * depth : next; };  // rows read after row r-1
     std::int64_t r = 0;
     if (N == 1) {
-        for (; r + R1 <= rows; r += R1) dot_block<V, R1, 1>(depth, w + r * depth, a, lda, c + r, ldc);
+        for (; r + R1 <= rows; r += R1)
+            dot_block<V, R1, 1, prefetch_next_rows<V>()>(depth, w + r * depth, a, lda, c + r, ldc, after(r + R1));
     } else {
-        for (; r + RN <= rows; r += RN) dot_rows<V, RN, 4>(depth, w + r * depth, N, a, lda, c + r, ldc);
+        for (; r + RN <= rows; r += RN) dot_rows<V, RN, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + RN));
     }
-    for (; r < rows; ++r) dot_rows<V, 1, 4>(depth, w + r * depth, N, a, lda, c + r, ldc);
+    for (; r < rows; ++r) dot_rows<V, 1, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 1));
 }
 
 // The sum of p[0..n) in eight independent vector chains: a read-bandwidth probe with this ISA's

@@ -174,8 +174,9 @@ struct KernelSet {
     void (*activation)(int fn, const T* x, T* y, std::int64_t n);
     // c[n*ldc + r] = dot(w row r, a row n) for `rows` rows of w [rows, depth] (row-major, in place)
     // and N rows of a: the products of a few rows (streaming steps) without packing (gemm.h).
+    // `next`: the rows the caller reads after these (nullptr: the ones that follow in memory).
     void (*rows_gemm)(std::int64_t rows, std::int64_t depth, const T* w, std::int64_t N, const T* a, std::int64_t lda,
-                      T* c, std::int64_t ldc);
+                      T* c, std::int64_t ldc, const T* next);
     // C[M, n] = A[M, K] W^T, W [n, K] packed by pack_forward(w, 1, n, K): the hoisted input
     // product on the microkernel (gemm.h); spill holds kInputRows x kInputPanels x nr.
     void (*input_gemm)(std::int64_t M, std::int64_t K, const T* a, std::int64_t lda, const T* packed, std::int64_t n,

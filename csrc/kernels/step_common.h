@@ -91,7 +91,10 @@ void forward_gemm(ThreadCtx<T>& tc, i64 s, i64 N, const T* a, i64 lda, const T* 
         const i64 ldt = i64(ng) * bb * NR, u0 = b * NR, cnt = std::min(bb * NR, units - u0);
         for (int q = 0; q < ng; ++q) {
             T* out = tile + q * bb * NR;
-            rows_gemm<GV>(cnt, depth, rows + ((g0 + q) * units + u0) * depth, N, a, lda, out, ldt);
+            const T* w = rows + ((g0 + q) * units + u0) * depth;
+            // Read next: the next gate's rows, after the last gate the next unit group's.
+            const T* next = q + 1 < ng ? w + units * depth : rows + (g0 * units + u0 + cnt) * depth;
+            rows_gemm<GV>(cnt, depth, w, N, a, lda, out, ldt, next);
             if (cnt < bb * NR)
                 for (i64 n = 0; n < N; ++n) zero_units(out + n * ldt + cnt, bb * NR - cnt);
         }

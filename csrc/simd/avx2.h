@@ -38,6 +38,13 @@ inline float hsum(Avx2F a) {  // the sum of the lanes
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
+// The lane sums of v[0..4) into out[0..4): three horizontal adds for four sums (the streaming
+// products' reduction, csrc/kernels/gemm.h). Each sum adds its lanes in the same order whatever
+// the other three vectors hold.
+inline void hsum4(const Avx2F* v, float* out) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(v[0].v, v[1].v), _mm256_hadd_ps(v[2].v, v[3].v));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
 inline Avx2F vmax(Avx2F a, Avx2F b) { return {_mm256_max_ps(b.v, a.v)}; }
 inline Avx2F step(Avx2F a) {  // 1 if a > 0, 0 if a <= 0, NaN if NaN
     __m256 pos = _mm256_and_ps(_mm256_cmp_ps(a.v, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.f));

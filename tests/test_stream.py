@@ -2,6 +2,7 @@
 one step or a chunk per call gives what one call over the whole sequence gives, on every ISA, cell
 and variant, both dtypes, the in-place path (few slots) and the packed one (many); resets, active
 slots, weight updates, state access, threads, and every refusal."""
+import copy
 import threading
 
 import numpy as np
@@ -226,6 +227,25 @@ def test_weight_update_is_seen(how, N):
     got = s.step(x[1])
     want, _ = layer(x[1:], state)
     assert rel_err(got, want) < 1e-6
+
+
+def test_a_replaced_entry_is_told_by_identity_and_a_deleted_one_is_named():
+    """The check that a layer's arrays were not replaced compares identities: a copy of equal
+    values is a new array, whose later in-place writes the next step must see. A deleted entry is
+    named by the next step."""
+    layer = make("gru", L=1)
+    x = np.ones((1, 7), np.float32)
+    s = layer.stream(1)
+    s.step(x)
+    layer.params["bias_hh_l0"] = layer.params["bias_hh_l0"].copy()  # equal values, a new array
+    s.step(x)  # a check by value would keep the old array here
+    layer.params["bias_hh_l0"][...] += 0.5  # an in-place write to the new one
+    s.reset()
+    want, _ = copy.deepcopy(layer)(x[None])  # a copy makes its plan anew
+    assert rel_err(s.step(x), want[0]) < 1e-6
+    del layer.params["weight_hh_l0"]
+    with pytest.raises(KeyError, match="weight_hh_l0"):
+        s.step(x)
 
 
 def test_non_contiguous_params_are_copied_every_step():

@@ -610,6 +610,24 @@ PYBIND11_MODULE(_C, m) {
     // "blas"; the setter also takes "detect".
     m.def("_input_gemm", [] { return std::string(fastrnn::own_input_gemm() ? "own" : "blas"); });
     m.def("_set_input_gemm", &fastrnn::set_input_gemm);
+    // Whether mapping[names[i]] is sources[i] for every i: identity, not equality (a replaced
+    // array of equal values is a new array), False for a missing name or a mapping that is not a
+    // dict. A layer's check that its plan's arrays were not replaced, at every call: 0.12 us where
+    // an itemgetter and all(map(operator.is_, ...)) took 0.35 (Zen 3, 4 arrays).
+    m.def("_same_entries", [](py::handle mapping, py::handle names, py::handle sources) {
+        if (!PyDict_Check(mapping.ptr()) || !PyTuple_Check(names.ptr()) || !PyTuple_Check(sources.ptr()) ||
+            PyTuple_GET_SIZE(names.ptr()) != PyTuple_GET_SIZE(sources.ptr()))
+            return false;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names.ptr()); ++i) {
+            PyObject* value = PyDict_GetItemWithError(mapping.ptr(), PyTuple_GET_ITEM(names.ptr(), i));
+            if (!value) {
+                if (PyErr_Occurred()) throw py::error_already_set();  // an unhashable key: not ours
+                return false;
+            }
+            if (value != PyTuple_GET_ITEM(sources.ptr(), i)) return false;
+        }
+        return true;
+    });
     register_optim(m);
     register_stream(m);
 }

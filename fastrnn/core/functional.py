@@ -134,14 +134,14 @@ class Context:
 class _Weights:
     """A validated weight set on its plan: what a layer keeps between calls (`prepare`)."""
 
-    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names", "plan_get", "copied")
+    __slots__ = ("plan", "dtype", "C", "H", "names", "sources", "arrays", "key", "plan_names", "copied")
 
     def __init__(self, plan, dtype, C, H, names, sources, arrays, key, copied=False):
         # names: the parameters' (buffers excluded); sources: every array as given, in the plan's
         # order; arrays: what the plan reads (contiguous copies where a source was not: `copied`,
         # and then later writes to the source do not reach the plan, which must not be kept).
         self.plan, self.dtype, self.C, self.H = plan, dtype, C, H
-        self.names, self.sources, self.arrays, self.key = names, sources, arrays, key
+        self.names, self.sources, self.arrays, self.key = names, tuple(sources), arrays, key
         self.copied = copied
 
 

@@ -327,23 +327,31 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
     }
 }
 
-// Rows r..r+R of W against every row of A, S at a time (then the rest one by one); the rows at
-// `next` are read after these.
+// One pass of rows r..r+R of W over the next min(S, left) rows of A; returns how many it took.
+// Only the first pass over these rows (`first`) requests the rows at `next`.
+template <class V, int R, int S>
+inline int dot_pass(std::int64_t left, bool first, std::int64_t depth, const typename V::value_type* w,
+                    const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
+                    const typename V::value_type* next) {
+    if constexpr (S > 1) {
+        if (left < S) return dot_pass<V, R, S - 1>(left, first, depth, w, a, lda, c, ldc, next);
+    }
+    if (first)
+        dot_block<V, R, S, prefetch_next_rows<V>()>(depth, w, a, lda, c, ldc, next);
+    else
+        dot_block<V, R, S>(depth, w, a, lda, c, ldc);
+    return S;
+}
+
+// Rows r..r+R of W against every row of A, S at a time and the rest in one pass (2 rows of A left:
+// one pass of 2, not two of 1, each of which would be bound by its FMA chains' latency); the rows
+// at `next` are read after these.
 template <class V, int R, int S>
 inline void dot_rows(std::int64_t depth, const typename V::value_type* w, std::int64_t N,
                      const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
                      const typename V::value_type* next) {
-    // Only the first pass over these rows requests the next ones.
-    constexpr bool ahead = prefetch_next_rows<V>();
-    std::int64_t n = 0;
-    for (; n + S <= N; n += S) {
-        if (n == 0) dot_block<V, R, S, ahead>(depth, w, a, lda, c, ldc, next);
-        else dot_block<V, R, S>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
-    }
-    for (; n < N; ++n) {
-        if (n == 0) dot_block<V, R, 1, ahead>(depth, w, a, lda, c, ldc, next);
-        else dot_block<V, R, 1>(depth, w, a + n * lda, lda, c + n * ldc, ldc);
-    }
+    for (std::int64_t n = 0; n < N;)
+        n += dot_pass<V, R, S>(N - n, n == 0, depth, w, a + n * lda, lda, c + n * ldc, ldc, next);
 }
 
 template <class V>

@@ -3,6 +3,9 @@ one step or a chunk per call gives what one call over the whole sequence gives, 
 and variant, both dtypes, the in-place path (few slots) and the packed one (many); resets, active
 slots, weight updates, state access, threads, and every refusal."""
 import copy
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -403,6 +406,42 @@ def test_one_stream_from_two_threads_is_refused():
 
 # ---- refusals ----------------------------------------------------------------------------------
 
+def test_core_step_keeps_a_converted_active_mask_alive():
+    """The binding converts an `active` that is not a bool array (a list) and must keep the
+    converted array until the step has read it. In a fresh process with malloc's mmap threshold
+    fixed, the 2 MB array of 2**21 slots has a mapping of its own, which a free unmaps: a step
+    reading it after the free crashes."""
+    code = (
+        "import numpy as np, fastrnn\n"
+        "N = 1 << 21\n"
+        "x = np.ones((N, 1), np.float32)\n"
+        "mask = np.arange(N) % 3 == 0\n"
+        "out, want = np.empty((N, 1), np.float32), np.empty((N, 1), np.float32)\n"
+        "fastrnn.GRU(1, 1, rng=0).eval().stream(N)._core.step(x, out, mask.tolist())\n"
+        "fastrnn.GRU(1, 1, rng=0).eval().stream(N)._core.step(x, want, mask)\n"
+        "assert np.array_equal(out, want) and np.count_nonzero(out[~mask]) == 0\n")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("H", [9, 61, 128])
+def test_a_slot_does_not_depend_on_the_other_slots(name, H):
+    """With the weights read in place (up to 8 slots) every slot's dot products add in the same
+    order whatever the number of slots and the passes they take: a slot's output is bit for bit
+    the same as a one-slot stream's."""
+    layer = make(name, C=H, H=H, L=1)
+    x = np.random.default_rng(H).standard_normal((3, 1, H)).astype(np.float32)
+    one = layer.stream(1)
+    want = np.stack([one.step(x[t]) for t in range(3)])
+    for N in range(2, 9):
+        s = layer.stream(N)
+        assert s._core.in_place
+        got = np.stack([s.step(np.repeat(x[t], N, axis=0)) for t in range(3)])
+        assert np.array_equal(got, np.repeat(want, N, axis=1)), N
+
+
 def test_bad_input_is_named():
     layer = make("lstm")
     s = layer.stream(3)
@@ -660,7 +699,6 @@ def test_c_stream_steps_allocate_nothing(tmp_path):
     _, tc, _ = _capi()
     if tc.CC is None:
         pytest.skip("no C compiler")
-    import subprocess
     import sys
     src = tmp_path / "count.c"
     src.write_text(ALLOC_COUNTER)
@@ -679,7 +717,6 @@ def test_c_latency_example(tmp_path):
     if tc.CC is None:
         pytest.skip("no C compiler")
     import os
-    import subprocess
     import sys
     flags = subprocess.run([sys.executable, "-m", "fastrnn", "config", "--cflags", "--libs"], env=tc.ENV,
                            capture_output=True, text=True, check=True).stdout.split()

@@ -69,8 +69,10 @@ void step_impl(fastrnn::Stream<T>& s, const py::object& x_obj, const py::object&
     const T* px = checked<T>(x, "x", dtype, false);
     T* pout = checked<T>(out, "out", dtype, true);
     const std::uint8_t* pa = nullptr;
-    if (!active.is_none()) {  // `active` keeps the array alive (a default py::array() would allocate one)
-        const auto act = py::cast<py::array>(active);
+    py::object act_alive;  // what pa points into, until the step has read it (not a py::array(): that allocates one)
+    if (!active.is_none()) {
+        const auto act = py::cast<py::array>(active);  // a list converts into a new array
+        act_alive = act;
         if (act.dtype().kind() != 'b' || act.itemsize() != 1 || act.ndim() != 1 || act.shape(0) != N ||
             !(act.flags() & py::array::c_style))
             throw std::invalid_argument("active: expected a contiguous bool array of shape (" + std::to_string(N) +

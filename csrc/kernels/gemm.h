@@ -276,7 +276,6 @@ inline void lane_sums(const V* v, typename V::value_type* out) {
             for (int i = 0; i < 4; ++i) four[i] = r0 + i < R ? v[r0 + i] : V::zero();
             typename V::value_type sums[4];
             hsum4(four, sums);
-#pragma GCC unroll 4
             for (int i = 0; i < 4 && r0 + i < R; ++i) out[r0 + i] = sums[i];
         }
     } else {
@@ -370,8 +369,9 @@ void rows_gemm(std::int64_t rows, std::int64_t depth, const typename V::value_ty
     // Four rows of W at a time: the fastest blocking measured for one row of A on AVX-512 (4 rows
     // 120 GB/s from L2, 8 rows 107, 16 rows with a tree reduction 105, software prefetch of the
     // next rows slower still; a plain read of the same bytes 134); more rows of A share each load:
-    // 4 there, 3 with AVX2's 16 registers (12 accumulators; with 4 the 16 spill: on a Zen 3, H =
-    // 128, 4 to 8 slots took 23 % less time with 3 and hsum4's reduction than with 4 and hsum).
+    // 4 there, 3 with 16 registers (AVX2, and the portable path: 12 accumulators; with 4 the 16
+    // spill: on a Zen 3, H = 128, 4 to 8 slots took 23 % less time with 3 and hsum4's reduction
+    // than with 4 and hsum). There rows of W go in groups of 8 for dot_pass.
     constexpr int R1 = 4, RN = V::regs == 16 ? 8 : 4, S = V::regs == 16 ? 3 : 4;
     if (!next) next = w + rows * depth;
     const auto after = [&](std::int64_t r) { return r < rows ? w + r * depth : next; };  // rows read after row r-1

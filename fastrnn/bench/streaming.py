@@ -28,7 +28,9 @@ seconds.
 With several thread counts (``--threads 1 2``) a second table follows (`thread_scaling`): at
 H = 128, 256 and 512, a stream step's C-timed p50 and a T = 100 sequence call's time per step at
 each count (rounds alternate the counts), the speed-up over the first, how often the pool's
-back-off sent the steps to one thread, and the barrier's round trip.
+back-off sent the steps to one thread, and the barrier's round trip. Each shape starts from a
+fresh back-off state: a back-off lasts a second or more, and one taken at H = 128 (where two
+threads gain nothing and wait most) would otherwise run the next shape's steps on one thread.
 """
 from __future__ import annotations
 
@@ -283,6 +285,7 @@ def thread_scaling(cells=CELLS, hidden=SCALING_HIDDEN, thread_counts=(1, 2), bat
             seq = g.standard_normal((T, batch, H)).astype(np.float32)
             out = np.empty((batch, H), np.float32)
             s = layer.stream(batch)
+            _C._set_thread_backoff(_C._set_thread_backoff(True))  # a fresh back-off state, the setting kept
             taken = {n: ([], [], 0) for n in thread_counts}
             steps = c_steps if H <= 256 else max(c_steps // 10, 50)
             for r in range(rounds):

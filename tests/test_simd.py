@@ -60,3 +60,28 @@ def test_rational_tanh_is_odd_and_monotone(isa):
     np.testing.assert_array_equal(_C._activation("tanh", -x), -y)
     assert np.all(np.diff(y) >= -6e-7)  # wiggles stay within twice the error bound (a few ulp near 1)
     assert fastrnn.get_isa() == isa
+
+
+def test_rows_gemm_on_every_blocking_branch(tmp_path):
+    """tests/cpp/rows_gemm.cpp: the streaming products with the weights read in place
+    (csrc/kernels/gemm.h) on the portable branch, on the AVX-512 branch through an array-backed
+    16-lane vector (so it runs on any CPU), and on AVX2 where this CPU has it: values against a
+    float64 reference, bit-identity whatever the slots and the split of the rows, and no access
+    past the arrays (guard pages)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    repo = Path(__file__).resolve().parents[1]
+    flags = ["-mavx2", "-mfma", "-DWITH_AVX2"] if "avx2" in fastrnn.available_isas() else []
+    exe = tmp_path / "rows_gemm"
+    build = subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{repo / 'csrc'}", *flags,
+                            str(repo / "tests" / "cpp" / "rows_gemm.cpp"), "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("ok "), run.stdout + run.stderr

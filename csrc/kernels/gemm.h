@@ -382,7 +382,10 @@ void rows_gemm(std::int64_t rows, std::int64_t depth, const typename V::value_ty
     } else {
         for (; r + RN <= rows; r += RN) dot_rows<V, RN, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + RN));
         if constexpr (RN > 4) {
-            if (r + 4 <= rows) dot_rows<V, 4, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 4)), r += 4;
+            if (r + 4 <= rows) {
+                dot_rows<V, 4, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 4));
+                r += 4;
+            }
         }
     }
     for (; r < rows; ++r) dot_rows<V, 1, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 1));

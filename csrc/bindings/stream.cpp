@@ -193,9 +193,10 @@ void register_stream(py::module_& m) {
              [](PyStream& s, const py::object& slots) {
                  const i64* p = nullptr;
                  i64 n = 0;
-                 py::array_t<i64, py::array::c_style | py::array::forcecast> a;
+                 py::object alive;  // what p points into (a default py::array_t would allocate an array)
                  if (!slots.is_none()) {
-                     a = py::cast<py::array_t<i64, py::array::c_style | py::array::forcecast>>(slots);
+                     const auto a = py::cast<py::array_t<i64, py::array::c_style | py::array::forcecast>>(slots);
+                     alive = a;
                      p = a.data();
                      n = a.size();
                  }

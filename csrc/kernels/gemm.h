@@ -289,8 +289,9 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
                       std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
                       const typename V::value_type* next = nullptr) {
     using T = typename V::value_type;
-    // Bytes of the next block per k step, in cache lines (at least one: small blocks ask twice).
-    constexpr int step_bytes = R * V::width * int(sizeof(T)), lines = step_bytes >= 64 ? step_bytes / 64 : 1;
+    // Bytes of the next block per k step, in cache lines, rounded up (3 rows: 96 bytes, 2 lines;
+    // small blocks ask for a line twice).
+    constexpr int step_bytes = R * V::width * int(sizeof(T)), lines = (step_bytes + 63) / 64;
     V acc[S][R];
 #pragma GCC unroll 4
     for (int s = 0; s < S; ++s)
@@ -313,24 +314,62 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
             for (int l = 0; l < lines; ++l) __builtin_prefetch(line + 64 * l, 0, 3);
         }
     }
+    // The lane sums 4 at a time: a row's 4 slots where a block has 4 slots and fewer rows (no zero
+    // padding: with it, 4-slot blocks of 3 rows made a stream step at H = 128 4-6 % slower), else a
+    // slot's rows. Either way each sum adds its lanes in hsum4's one order.
+    T sums[S][R];
+    if constexpr (has_hsum4<V>::value && S == 4 && R < 4) {
 #pragma GCC unroll 4
-    for (int s = 0; s < S; ++s) {
-        T sums[R];
-        lane_sums<V, R>(acc[s], sums);
+        for (int r = 0; r < R; ++r) {
+            const V four[4] = {acc[0][r], acc[1][r], acc[2][r], acc[3][r]};
+            T row[4];
+            hsum4(four, row);
+            for (int s = 0; s < 4; ++s) sums[s][r] = row[s];
+        }
+    } else {
+#pragma GCC unroll 4
+        for (int s = 0; s < S; ++s) lane_sums<V, R>(acc[s], sums[s]);
+    }
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s)
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            T sum = sums[r];
+            T sum = sums[s][r];
             for (std::int64_t j = k; j < depth; ++j) sum += w[r * depth + j] * a[s * lda + j];
             c[s * ldc + r] = sum;
         }
-    }
+}
+
+// Rows of W per register block in a pass over S rows of A (out of a group of R). A pass over one
+// row of A takes all R at once: its FMA chains are one a row, and with 4 of them a pass of rows
+// already in L1 waits on their latency. With 16 registers a pass over 4 rows of A takes 3 rows of
+// W (12 accumulators; the 4 rows of A are read from L1 as the FMAs' operands where they do not
+// fit): each weight loaded feeds 4 FMAs, where a pass over 3 took 4 rows (16 B of weights from L2
+// or L3 per cycle at 2 FMAs a cycle, against 21). On a Zen 3, rows_gemm over 2,048 rows of depth
+// 512 (4 MB, from L3): 4 slots 81-86 GFLOP/s against 69-70 as a pass of 3 and one of 1; a stream
+// step at H = 512 with 4 slots 9-18 % faster (LSTM and GRU), at H = 128 and 256 the same.
+template <class V, int R, int S>
+constexpr int block_rows() {
+    if constexpr (S == 1) return R;
+    else if constexpr (V::regs == 16 && S >= 4) return R < 3 ? R : 3;
+    else return R < 4 ? R : 4;
+}
+
+// Rows h..h+B of a group of R rows of W against S rows of A (dot_pass).
+template <class V, int B, int S>
+[[gnu::always_inline]] inline void dot_rows_block(bool first, std::int64_t depth, const typename V::value_type* w, int h, int R,
+                           const typename V::value_type* a, std::int64_t lda, typename V::value_type* c,
+                           std::int64_t ldc, const typename V::value_type* next) {
+    const typename V::value_type* wh = w + h * depth;
+    if (first)
+        dot_block<V, B, S, prefetch_next_rows<V>()>(depth, wh, a, lda, c + h, ldc, h + B < R ? wh + B * depth : next);
+    else
+        dot_block<V, B, S>(depth, wh, a, lda, c + h, ldc);
 }
 
 // One pass of rows r..r+R of W over the next min(S, left) rows of A; returns how many it took.
-// Register blocks of at most 4 rows, except a pass over one row of A, which takes all R at once:
-// its FMA chains are one a row, and with 4 of them a pass of rows already in L1 waits on their
-// latency (AVX2 groups 8 rows: with 4 slots, 3 + 1, a step took 15 % less). Only the first pass
-// over these rows (`first`) requests the rows at `next`.
+// Register blocks of block_rows() rows, the last one shorter where they do not divide R. Only the
+// first pass over these rows (`first`) requests the rows at `next`.
 template <class V, int R, int S>
 inline int dot_pass(std::int64_t left, bool first, std::int64_t depth, const typename V::value_type* w,
                     const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
@@ -338,16 +377,13 @@ inline int dot_pass(std::int64_t left, bool first, std::int64_t depth, const typ
     if constexpr (S > 1) {
         if (left < S) return dot_pass<V, R, S - 1>(left, first, depth, w, a, lda, c, ldc, next);
     }
-    constexpr int RB = S == 1 || R < 4 ? R : 4;
-#pragma GCC unroll 2
-    for (int h = 0; h < R; h += RB) {
-        const typename V::value_type* wh = w + h * depth;
-        if (first)
-            dot_block<V, RB, S, prefetch_next_rows<V>()>(depth, wh, a, lda, c + h, ldc,
-                                                          h + RB < R ? wh + RB * depth : next);
-        else
-            dot_block<V, RB, S>(depth, wh, a, lda, c + h, ldc);
+    if constexpr (V::regs == 16 && S == 4) {  // 5 or 6 left: 3 + 2 or 3 + 3, not 4 + 1 or 4 + 2
+        if (left % 4 == 1 || left % 4 == 2) return dot_pass<V, R, 3>(left, first, depth, w, a, lda, c, ldc, next);
     }
+    constexpr int RB = block_rows<V, R, S>(), full = R - R % RB;
+#pragma GCC unroll 2
+    for (int h = 0; h < full; h += RB) dot_rows_block<V, RB, S>(first, depth, w, h, R, a, lda, c, ldc, next);
+    if constexpr (full < R) dot_rows_block<V, R - full, S>(first, depth, w, full, R, a, lda, c, ldc, next);
     return S;
 }
 
@@ -362,33 +398,68 @@ inline void dot_rows(std::int64_t depth, const typename V::value_type* w, std::i
         n += dot_pass<V, R, S>(N - n, n == 0, depth, w, a + n * lda, lda, c + n * ldc, ldc, next);
 }
 
+// The rows of W read after row e-1 of rows_gemm's: row e, or after the last row `next`.
+template <class T>
+inline const T* rows_after(std::int64_t e, std::int64_t rows, std::int64_t depth, const T* w, const T* next) {
+    return e < rows ? w + e * depth : next;
+}
+
+// All rows of W in groups of RN against every row of A, then a group of 8 and one of 4 where they
+// fit, then single rows.
+template <class V, int RN>
+void row_groups(std::int64_t rows, std::int64_t depth, const typename V::value_type* w, std::int64_t N,
+                const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
+                const typename V::value_type* next) {
+    constexpr int S = 4;
+    const auto after = [&](std::int64_t e) { return rows_after(e, rows, depth, w, next); };
+    std::int64_t r = 0;
+    for (; r + RN <= rows; r += RN) dot_rows<V, RN, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + RN));
+    if constexpr (RN > 8) {
+        if (r + 8 <= rows) {
+            dot_rows<V, 8, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 8));
+            r += 8;
+        }
+    }
+    if constexpr (RN > 4) {
+        if (r + 4 <= rows) {
+            dot_rows<V, 4, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 4));
+            r += 4;
+        }
+    }
+    for (; r < rows; ++r) dot_rows<V, 1, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 1));
+}
+
 template <class V>
 void rows_gemm(std::int64_t rows, std::int64_t depth, const typename V::value_type* w, std::int64_t N,
                const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
                const typename V::value_type* next) {
     // Four rows of W at a time: the fastest blocking measured for one row of A on AVX-512 (4 rows
     // 120 GB/s from L2, 8 rows 107, 16 rows with a tree reduction 105, software prefetch of the
-    // next rows slower still; a plain read of the same bytes 134); more rows of A share each load:
-    // 4 there, 3 with 16 registers (AVX2, and the portable path: 12 accumulators; with 4 the 16
-    // spill: on a Zen 3, H = 128, 4 to 8 slots took 23 % less time with 3 and hsum4's reduction
-    // than with 4 and hsum). There rows of W go in groups of 8 for dot_pass.
-    constexpr int R1 = 4, RN = V::regs == 16 ? 8 : 4, S = V::regs == 16 ? 3 : 4;
+    // next rows slower still; a plain read of the same bytes 134). More rows of A share each load,
+    // up to 4 a pass (block_rows: blocks of 4 rows of W on AVX-512, of 3 or 4 with 16 registers).
+    // With 16 registers rows of W go in groups for dot_pass: 12 where passes over 4 rows of A take
+    // blocks of 3 (blocks of 3 and of 4 both divide 12), unless a pass after the first would no
+    // longer find the group's rows in L1 beside the rows of A (more than 4 rows of A at depth 512:
+    // on a Zen 3, 5 slots at H = 512 took 5 % more time in groups of 12); else 8 (3 slots at
+    // H = 512 took about 5 % more time in groups of 12).
+    using T = typename V::value_type;
+    constexpr int R1 = 4;
     if (!next) next = w + rows * depth;
-    const auto after = [&](std::int64_t r) { return r < rows ? w + r * depth : next; };  // rows read after row r-1
-    std::int64_t r = 0;
     if (N == 1) {
+        std::int64_t r = 0;
         for (; r + R1 <= rows; r += R1)
-            dot_block<V, R1, 1, prefetch_next_rows<V>()>(depth, w + r * depth, a, lda, c + r, ldc, after(r + R1));
+            dot_block<V, R1, 1, prefetch_next_rows<V>()>(depth, w + r * depth, a, lda, c + r, ldc,
+                                                         rows_after(r + R1, rows, depth, w, next));
+        for (; r < rows; ++r)
+            dot_rows<V, 1, 1>(depth, w + r * depth, N, a, lda, c + r, ldc, rows_after(r + 1, rows, depth, w, next));
+    } else if constexpr (V::regs == 16) {
+        if (N == 4 || (N > 4 && (12 + N) * depth * std::int64_t(sizeof(T)) <= 32768))
+            row_groups<V, 12>(rows, depth, w, N, a, lda, c, ldc, next);
+        else
+            row_groups<V, 8>(rows, depth, w, N, a, lda, c, ldc, next);
     } else {
-        for (; r + RN <= rows; r += RN) dot_rows<V, RN, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + RN));
-        if constexpr (RN > 4) {
-            if (r + 4 <= rows) {
-                dot_rows<V, 4, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 4));
-                r += 4;
-            }
-        }
+        row_groups<V, 4>(rows, depth, w, N, a, lda, c, ldc, next);
     }
-    for (; r < rows; ++r) dot_rows<V, 1, S>(depth, w + r * depth, N, a, lda, c + r, ldc, after(r + 1));
 }
 
 // The sum of p[0..n) in eight independent vector chains: a read-bandwidth probe with this ISA's

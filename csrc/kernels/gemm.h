@@ -290,13 +290,13 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
                       const typename V::value_type* next = nullptr) {
     using T = typename V::value_type;
     // Bytes of the next block per k step, in cache lines, rounded up (3 rows: 96 bytes, 2 lines;
-    // small blocks ask for a line twice).
+    // small blocks ask for a line twice). The next block is taken to be this one's size: before a
+    // shorter last block of a group this requests a row or two of the rows after it, which are read
+    // soon after too, and the short block requests fewer of the rows at `next` than follow.
     constexpr int step_bytes = R * V::width * int(sizeof(T)), lines = (step_bytes + 63) / 64;
-    V acc[S][R];
-#pragma GCC unroll 4
-    for (int s = 0; s < S; ++s)
+    V acc[S * R];  // slot s, row r at s * R + r
 #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) acc[s][r] = V::zero();
+    for (int i = 0; i < S * R; ++i) acc[i] = V::zero();
     std::int64_t k = 0;
     for (; k + V::width <= depth; k += V::width) {
         V av[S];
@@ -306,7 +306,7 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
         for (int r = 0; r < R; ++r) {
             const V wv = V::load(w + r * depth + k);
 #pragma GCC unroll 4
-            for (int s = 0; s < S; ++s) acc[s][r] = fmadd(wv, av[s], acc[s][r]);
+            for (int s = 0; s < S; ++s) acc[s * R + r] = fmadd(wv, av[s], acc[s * R + r]);
         }
         if constexpr (ahead) {
             const char* line = reinterpret_cast<const char*>(next) + k / V::width * step_bytes;
@@ -314,52 +314,40 @@ inline void dot_block(std::int64_t depth, const typename V::value_type* w, const
             for (int l = 0; l < lines; ++l) __builtin_prefetch(line + 64 * l, 0, 3);
         }
     }
-    // The lane sums 4 at a time: a row's 4 slots where a block has 4 slots and fewer rows (no zero
-    // padding: with it, 4-slot blocks of 3 rows made a stream step at H = 128 4-6 % slower), else a
-    // slot's rows. Either way each sum adds its lanes in hsum4's one order.
-    T sums[S][R];
-    if constexpr (has_hsum4<V>::value && S == 4 && R < 4) {
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-            const V four[4] = {acc[0][r], acc[1][r], acc[2][r], acc[3][r]};
-            T row[4];
-            hsum4(four, row);
-            for (int s = 0; s < 4; ++s) sums[s][r] = row[s];
-        }
-    } else {
-#pragma GCC unroll 4
-        for (int s = 0; s < S; ++s) lane_sums<V, R>(acc[s], sums[s]);
-    }
+    // All the block's sums at once (with hsum4, 4 at a time whatever their slots and rows: a block
+    // of 3 rows and 4 slots reduced slot by slot, each hsum4 padded with a zero vector, made a
+    // stream step at H = 128 4-6 % slower).
+    T sums[S * R];
+    lane_sums<V, S * R>(acc, sums);
 #pragma GCC unroll 4
     for (int s = 0; s < S; ++s)
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-            T sum = sums[s][r];
+            T sum = sums[s * R + r];
             for (std::int64_t j = k; j < depth; ++j) sum += w[r * depth + j] * a[s * lda + j];
             c[s * ldc + r] = sum;
         }
 }
 
-// Rows of W per register block in a pass over S rows of A (out of a group of R). A pass over one
-// row of A takes all R at once: its FMA chains are one a row, and with 4 of them a pass of rows
-// already in L1 waits on their latency. With 16 registers a pass over 4 rows of A takes 3 rows of
-// W (12 accumulators; the 4 rows of A are read from L1 as the FMAs' operands where they do not
-// fit): each weight loaded feeds 4 FMAs, where a pass over 3 took 4 rows (16 B of weights from L2
-// or L3 per cycle at 2 FMAs a cycle, against 21). On a Zen 3, rows_gemm over 2,048 rows of depth
-// 512 (4 MB, from L3): 4 slots 81-86 GFLOP/s against 69-70 as a pass of 3 and one of 1; a stream
-// step at H = 512 with 4 slots 9-18 % faster (LSTM and GRU), at H = 128 and 256 the same.
+// Rows of W per register block in a pass over S rows of A (out of a group of R): 4, but 3 in a
+// pass over 4 rows of A with 16 registers (12 accumulators; the 4 rows of A are read from L1 as
+// the FMAs' operands where they do not fit): each weight loaded feeds 4 FMAs, where a pass over 3
+// took 4 rows (16 B of weights from L2 or L3 per cycle at 2 FMAs a cycle, against 21). On a Zen 3,
+// rows_gemm over 2,048 rows of depth 512 (4 MB, from L3): 4 slots 81-86 GFLOP/s against 69-70 as a
+// pass of 3 and one of 1; a stream step with 4 slots 9-18 % faster at H = 512 and 4-6 % at H = 128
+// (LSTM and GRU).
 template <class V, int R, int S>
 constexpr int block_rows() {
-    if constexpr (S == 1) return R;
-    else if constexpr (V::regs == 16 && S >= 4) return R < 3 ? R : 3;
-    else return R < 4 ? R : 4;
+    constexpr int most = V::regs == 16 && S >= 4 ? 3 : 4;
+    return R < most ? R : most;
 }
 
 // Rows h..h+B of a group of R rows of W against S rows of A (dot_pass).
 template <class V, int B, int S>
-[[gnu::always_inline]] inline void dot_rows_block(bool first, std::int64_t depth, const typename V::value_type* w, int h, int R,
-                           const typename V::value_type* a, std::int64_t lda, typename V::value_type* c,
-                           std::int64_t ldc, const typename V::value_type* next) {
+[[gnu::always_inline]] inline void dot_rows_block(bool first, std::int64_t depth, const typename V::value_type* w,
+                                                  int h, int R, const typename V::value_type* a, std::int64_t lda,
+                                                  typename V::value_type* c, std::int64_t ldc,
+                                                  const typename V::value_type* next) {
     const typename V::value_type* wh = w + h * depth;
     if (first)
         dot_block<V, B, S, prefetch_next_rows<V>()>(depth, wh, a, lda, c + h, ldc, h + B < R ? wh + B * depth : next);
@@ -367,9 +355,10 @@ template <class V, int B, int S>
         dot_block<V, B, S>(depth, wh, a, lda, c + h, ldc);
 }
 
-// One pass of rows r..r+R of W over the next min(S, left) rows of A; returns how many it took.
-// Register blocks of block_rows() rows, the last one shorter where they do not divide R. Only the
-// first pass over these rows (`first`) requests the rows at `next`.
+// One pass of rows r..r+R of W over the next min(S, left) rows of A (with 16 registers, 5 or 6
+// left take 3); returns how many it took. Register blocks of block_rows() rows, the last one
+// shorter where they do not divide R. Only the first pass over these rows (`first`) requests the
+// rows at `next`.
 template <class V, int R, int S>
 inline int dot_pass(std::int64_t left, bool first, std::int64_t depth, const typename V::value_type* w,
                     const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
@@ -387,9 +376,9 @@ inline int dot_pass(std::int64_t left, bool first, std::int64_t depth, const typ
     return S;
 }
 
-// Rows r..r+R of W against every row of A, S at a time and the rest in one pass (2 rows of A left:
-// one pass of 2, not two of 1, each of which would be bound by its FMA chains' latency); the rows
-// at `next` are read after these.
+// Rows r..r+R of W against every row of A, S at a time (dot_pass: with 16 registers 5 and 6 as
+// 3 + 2 and 3 + 3) and the rest in one pass (2 rows of A left: one pass of 2, not two of 1, each
+// of which would be bound by its FMA chains' latency); the rows at `next` are read after these.
 template <class V, int R, int S>
 inline void dot_rows(std::int64_t depth, const typename V::value_type* w, std::int64_t N,
                      const typename V::value_type* a, std::int64_t lda, typename V::value_type* c, std::int64_t ldc,
@@ -437,11 +426,11 @@ void rows_gemm(std::int64_t rows, std::int64_t depth, const typename V::value_ty
     // 120 GB/s from L2, 8 rows 107, 16 rows with a tree reduction 105, software prefetch of the
     // next rows slower still; a plain read of the same bytes 134). More rows of A share each load,
     // up to 4 a pass (block_rows: blocks of 4 rows of W on AVX-512, of 3 or 4 with 16 registers).
-    // With 16 registers rows of W go in groups for dot_pass: 12 where passes over 4 rows of A take
-    // blocks of 3 (blocks of 3 and of 4 both divide 12), unless a pass after the first would no
-    // longer find the group's rows in L1 beside the rows of A (more than 4 rows of A at depth 512:
-    // on a Zen 3, 5 slots at H = 512 took 5 % more time in groups of 12); else 8 (3 slots at
-    // H = 512 took about 5 % more time in groups of 12).
+    // With 16 registers rows of W go in groups for dot_pass: 12 for 4 to 8 rows of A (blocks of 3
+    // and of 4 both divide 12), unless a pass after the first would no longer find the group's
+    // rows in L1 beside the rows of A (more than 4 rows of A at depth 512: on a Zen 3, 5 slots at
+    // H = 512 took 5 % more time in groups of 12); else 8 (3 slots at H = 512 took about 5 % more
+    // time in groups of 12).
     using T = typename V::value_type;
     constexpr int R1 = 4;
     if (!next) next = w + rows * depth;
